@@ -1,0 +1,291 @@
+"""Where heads, KV groups and MLPs live in each supported model family, and how to cut them out.
+
+One :class:`Family` per architecture says which parameters of a layer are sliced along which
+dimension when heads or FFN neurons go. :class:`ModelAdapter` reads the current sizes of a
+model's layers from its modules (so it stays right while a model is pruned step by step) and
+removes units physically, giving the layer the same shapes the bundled per-layer modelling
+code builds at load time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slimformer.errors import UnsupportedArchitecture
+from slimformer.modeling.modeling_slimformer import (
+    FAMILIES,
+    NoUnits,
+    head_dim_of,
+    layers_of,
+    shape_layer,
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one architecture family looks like inside a layer."""
+
+    name: str
+    attention_output: str  # projection whose input is the concatenation of the heads' outputs
+    mlp_down: str  # projection whose input is the FFN neurons and whose output is the MLP's output
+    mlp_prefixes: tuple[str, ...]  # parameters that belong to the MLP (dropped when it is removed)
+    # parameter (relative to the layer) -> (dimension, unit): units are "q" (query-head elements),
+    # "kv" (key/value-head elements), "qkv" (GPT-2's fused projection) or "ffn" (intermediate neurons)
+    slices: dict[str, tuple[int, str]]
+    head_projections: tuple[str, ...]  # q/k/v projections (magnitude importance)
+    up_projections: tuple[str, ...]
+
+
+def _bert_like(name: str) -> Family:
+    return Family(
+        name=name,
+        attention_output="attention.output.dense",
+        mlp_down="output.dense",
+        mlp_prefixes=("intermediate.dense.", "output.dense."),
+        slices={
+            **{f"attention.self.{p}.{w}": (0, "q") for p in ("query", "key", "value") for w in ("weight", "bias")},
+            "attention.output.dense.weight": (1, "q"),
+            "intermediate.dense.weight": (0, "ffn"),
+            "intermediate.dense.bias": (0, "ffn"),
+            "output.dense.weight": (1, "ffn"),
+        },
+        head_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
+        up_projections=("intermediate.dense",),
+    )
+
+
+def _llama_like(name: str) -> Family:
+    return Family(
+        name=name,
+        attention_output="self_attn.o_proj",
+        mlp_down="mlp.down_proj",
+        mlp_prefixes=("mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj."),
+        slices={
+            "self_attn.q_proj.weight": (0, "q"),
+            "self_attn.q_proj.bias": (0, "q"),
+            **{f"self_attn.{p}.{w}": (0, "kv") for p in ("k_proj", "v_proj") for w in ("weight", "bias")},
+            "self_attn.o_proj.weight": (1, "q"),
+            **{f"mlp.{p}.{w}": (0, "ffn") for p in ("gate_proj", "up_proj") for w in ("weight", "bias")},
+            "mlp.down_proj.weight": (1, "ffn"),
+        },
+        head_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        up_projections=("mlp.gate_proj", "mlp.up_proj"),
+    )
+
+
+_REGISTRY: dict[str, Family] = {
+    **{name: _bert_like(name) for name in ("bert", "roberta", "xlm-roberta")},
+    **{name: _llama_like(name) for name in ("llama", "mistral", "qwen2", "qwen3")},
+    "distilbert": Family(
+        name="distilbert",
+        attention_output="attention.out_lin",
+        mlp_down="ffn.lin2",
+        mlp_prefixes=("ffn.lin1.", "ffn.lin2."),
+        slices={
+            **{f"attention.{p}.{w}": (0, "q") for p in ("q_lin", "k_lin", "v_lin") for w in ("weight", "bias")},
+            "attention.out_lin.weight": (1, "q"),
+            "ffn.lin1.weight": (0, "ffn"),
+            "ffn.lin1.bias": (0, "ffn"),
+            "ffn.lin2.weight": (1, "ffn"),
+        },
+        head_projections=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        up_projections=("ffn.lin1",),
+    ),
+    # GPT-2's Conv1D stores weights as [in, out], so output units are columns.
+    "gpt2": Family(
+        name="gpt2",
+        attention_output="attn.c_proj",
+        mlp_down="mlp.c_proj",
+        mlp_prefixes=("mlp.c_fc.", "mlp.c_proj."),
+        slices={
+            "attn.c_attn.weight": (1, "qkv"),
+            "attn.c_attn.bias": (0, "qkv"),
+            "attn.c_proj.weight": (0, "q"),
+            "mlp.c_fc.weight": (1, "ffn"),
+            "mlp.c_fc.bias": (0, "ffn"),
+            "mlp.c_proj.weight": (0, "ffn"),
+        },
+        head_projections=("attn.c_attn",),
+        up_projections=("mlp.c_fc",),
+    ),
+}
+
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def family_of(config) -> Family:
+    """The family adapter for a config, or :class:`UnsupportedArchitecture` naming what is supported."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _REGISTRY:
+        raise UnsupportedArchitecture(
+            f"model type {model_type!r} is not supported; slimformer prunes these families: "
+            f"{', '.join(SUPPORTED_FAMILIES)}",
+            details={"model_type": model_type, "supported": list(SUPPORTED_FAMILIES)},
+        )
+    return _REGISTRY[model_type]
+
+
+def _submodule(layer: nn.Module, path: str) -> nn.Module:
+    return layer.get_submodule(path)
+
+
+def _in_width(module: nn.Module) -> int:
+    if isinstance(module, NoUnits):
+        return 0
+    return module.weight.shape[0] if module.__class__.__name__ == "Conv1D" else module.in_features
+
+
+def _elements(units: list[int], size: int, device: torch.device) -> torch.Tensor:
+    """Indices of the elements of the given units (heads of ``size`` elements each)."""
+    if not units:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.cat([torch.arange(u * size, (u + 1) * size, device=device) for u in units])
+
+
+@dataclass
+class LayerSizes:
+    heads: int
+    kv_heads: int
+    intermediate: int
+    mlp_removed: bool
+
+
+class ModelAdapter:
+    """A model seen through its family: layer sizes, gate points, and physical removal of units."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.family = family_of(model.config)
+        self.layers = list(layers_of(model, self.family.name))
+        self.head_dim = head_dim_of(model.config, self.family.name)
+        self.grouped = "kv_heads" in FAMILIES[self.family.name]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def attention_output(self, layer_idx: int) -> nn.Module:
+        return _submodule(self.layers[layer_idx], self.family.attention_output)
+
+    def mlp_down(self, layer_idx: int) -> nn.Module:
+        return _submodule(self.layers[layer_idx], self.family.mlp_down)
+
+    def sizes(self, layer_idx: int) -> LayerSizes:
+        layer = self.layers[layer_idx]
+        heads = _in_width(self.attention_output(layer_idx)) // self.head_dim
+        kv_heads = heads
+        if self.grouped:
+            kv_heads = _submodule(layer, "self_attn.k_proj").out_features // self.head_dim
+        down = self.mlp_down(layer_idx)
+        return LayerSizes(heads, kv_heads, _in_width(down), isinstance(down, NoUnits))
+
+    def all_sizes(self) -> list[LayerSizes]:
+        return [self.sizes(i) for i in range(self.num_layers)]
+
+    def group_size(self, layer_idx: int) -> int:
+        """Query heads that share one key/value head in this layer (1 without grouped-query attention)."""
+        sizes = self.sizes(layer_idx)
+        return sizes.heads // sizes.kv_heads
+
+    def head_magnitude(self, layer_idx: int) -> torch.Tensor:
+        """L2 norm of each query head's q/k/v rows and output columns (the weight-magnitude baseline)."""
+        layer = self.layers[layer_idx]
+        sizes = self.sizes(layer_idx)
+        d, group = self.head_dim, self.group_size(layer_idx)
+        sq = torch.zeros(sizes.heads)
+        out = self.attention_output(layer_idx).weight.detach().float()
+        out = out if self.family.name == "gpt2" else out.t()  # -> [in (heads), out]
+        for h in range(sizes.heads):
+            sq[h] += out[h * d : (h + 1) * d].pow(2).sum()
+        for path in self.family.head_projections:
+            weight = _submodule(layer, path).weight.detach().float()
+            weight = weight.t() if self.family.name == "gpt2" else weight  # -> [out, in]
+            if self.family.name == "gpt2":  # fused q, k, v of width heads * d each
+                width = sizes.heads * d
+                for part in range(3):
+                    block = weight[part * width : (part + 1) * width]
+                    for h in range(sizes.heads):
+                        sq[h] += block[h * d : (h + 1) * d].pow(2).sum()
+                continue
+            is_kv = self.grouped and not path.endswith("q_proj")
+            for h in range(sizes.heads):
+                unit = h // group if is_kv else h
+                # a KV head is shared by its group: each query head gets an equal share of it
+                share = 1.0 / group if is_kv else 1.0
+                sq[h] += share * weight[unit * d : (unit + 1) * d].pow(2).sum()
+        return sq.sqrt()
+
+    def neuron_magnitude(self, layer_idx: int) -> torch.Tensor:
+        """L2 norm of each FFN neuron's input rows and output column."""
+        layer = self.layers[layer_idx]
+        down = self.mlp_down(layer_idx)
+        if isinstance(down, NoUnits):
+            return torch.zeros(0)
+        gpt2 = self.family.name == "gpt2"
+        sq = (down.weight.detach().float() if gpt2 else down.weight.detach().float().t()).pow(2).sum(1)
+        for path in self.family.up_projections:
+            weight = _submodule(layer, path).weight.detach().float()
+            sq = sq + (weight.t() if gpt2 else weight).pow(2).sum(1)
+        return sq.sqrt()
+
+    def prune_layer(
+        self,
+        layer_idx: int,
+        *,
+        remove_heads: list[int] = (),
+        remove_neurons: list[int] = (),
+        remove_mlp: bool = False,
+    ) -> None:
+        """Physically remove query heads, FFN neurons or the whole MLP of one layer.
+
+        Indices refer to the layer as it is now. With grouped-query attention, a KV head goes
+        when all its query heads go, and the kept groups must keep equal numbers of query heads.
+        """
+        layer = self.layers[layer_idx]
+        sizes = self.sizes(layer_idx)
+        group = self.group_size(layer_idx)
+        drop_heads = set(remove_heads)
+        keep_q = [h for h in range(sizes.heads) if h not in drop_heads]
+        if not keep_q:
+            raise ValueError(f"layer {layer_idx}: removing every attention head is not supported")
+        keep_kv = sorted({h // group for h in keep_q})
+        per_group = {g: sum(1 for h in keep_q if h // group == g) for g in keep_kv}
+        if len(set(per_group.values())) > 1:
+            raise ValueError(
+                f"layer {layer_idx}: kept query heads per KV group differ ({per_group}); "
+                "num_key_value_groups must stay an integer"
+            )
+        drop_neurons = set(remove_neurons)
+        keep_ffn = [] if (remove_mlp or sizes.mlp_removed) else [
+            n for n in range(sizes.intermediate) if n not in drop_neurons
+        ]
+        skip_mlp = remove_mlp or sizes.mlp_removed
+
+        device = next(layer.parameters()).device
+        q_elements = _elements(keep_q, self.head_dim, device)
+        width = sizes.heads * self.head_dim
+        index = {
+            "q": q_elements,
+            "kv": _elements(keep_kv, self.head_dim, device),
+            "qkv": torch.cat([q_elements, q_elements + width, q_elements + 2 * width]),
+            "ffn": torch.tensor(keep_ffn, dtype=torch.long, device=device),
+        }
+        state = {}
+        for key, value in layer.state_dict().items():
+            if skip_mlp and key.startswith(self.family.mlp_prefixes):
+                continue
+            rule = self.family.slices.get(key)
+            state[key] = value.index_select(rule[0], index[rule[1]]).clone() if rule else value
+        shape_layer(
+            self.family.name,
+            layer,
+            heads=len(keep_q),
+            kv_heads=len(keep_kv) if self.grouped else None,
+            head_dim=self.head_dim,
+            intermediate=len(keep_ffn),
+            skip_mlp=skip_mlp,
+        )
+        layer.load_state_dict(state, strict=True)

@@ -1,0 +1,394 @@
+"""How much each attention head, FFN neuron and whole MLP matters.
+
+Michel, Levy & Neubig (2019): put a gate xi_h on every head's output and score the head by the
+expected magnitude of the loss gradient with respect to its gate, I_h = E |dL/d xi_h|, with the
+scores of each layer normalised by their L2 norm. Prasanna, Rogers & Rumshisky (2020) do the same
+with one gate on each layer's whole MLP; one gate per intermediate neuron scores FFN neurons.
+
+transformers 5 has no ``head_mask`` any more, so the gates are ours: a forward pre-hook on the
+attention output projection scales each head's slice of its input, a pre-hook on the MLP's down
+projection scales each neuron, and a forward hook on the down projection scales the MLP's output.
+All gates are 1 while scoring, so the model computes exactly what it computes without them.
+
+The loss is the task loss when the batches carry labels. Without labels the loss compares the gated
+model with the original model it was at xi = 1. A KL divergence or a distance to the original output
+is zero with a zero gradient at that point for every gate (the original is its own optimum), so the
+label-free loss takes the original's outputs in the limit of zero temperature: cross-entropy against the
+original's predicted class or next token (the KL to its sharpened distribution), and for embedding models
+an in-batch contrastive loss that asks each gated embedding to stay closest to its own original embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimformer.architectures import ModelAdapter
+from slimformer.errors import Cancelled, InvalidSpec
+
+logger = logging.getLogger(__name__)
+
+ImportanceMethod = Literal["michel", "magnitude", "random"]
+LossKind = Literal["auto", "task", "label_free"]
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class Importance:
+    """Scores for one model: one tensor per layer for heads and for FFN neurons, one score per MLP.
+
+    Layers whose MLP was removed have an empty neuron tensor and a NaN MLP score.
+    """
+
+    heads: list[torch.Tensor]
+    neurons: list[torch.Tensor]
+    mlps: torch.Tensor
+    method: str
+    loss: str = ""
+    batches: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def head_matrix(self) -> torch.Tensor:
+        """Layers x heads, NaN where a layer has fewer heads than the widest one (for heatmaps)."""
+        width = max(len(h) for h in self.heads)
+        out = torch.full((len(self.heads), width), float("nan"))
+        for i, scores in enumerate(self.heads):
+            out[i, : len(scores)] = scores
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "loss": self.loss,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+            "heads": [h.tolist() for h in self.heads],
+            "mlps": [None if torch.isnan(m) else float(m) for m in self.mlps],
+            "neurons_summary": [
+                {"count": len(n), "mean": float(n.mean()) if len(n) else None} for n in self.neurons
+            ],
+        }
+
+
+def _scale(x: torch.Tensor, gate: torch.Tensor, repeat: int = 1) -> torch.Tensor:
+    """``x`` [batch, ..., width] times the gate: [n] shared, or [B, n] per example; each unit spans ``repeat``."""
+    g = gate.to(x.dtype)
+    if repeat > 1:
+        g = g.repeat_interleave(repeat, dim=-1)
+    if g.dim() == 2:
+        g = g[: x.shape[0]].reshape(x.shape[0], *([1] * (x.dim() - 2)), g.shape[-1])
+    return x * g
+
+
+class Gates:
+    """Multiplicative gates on every head, FFN neuron and MLP of a model, installed as hooks.
+
+    Use as a context manager; gate tensors are leaves with ``requires_grad`` so one backward pass
+    gives dL/d xi for all of them. Setting a gate to zero removes that unit's contribution exactly.
+    """
+
+    def __init__(
+        self, adapter: ModelAdapter, *, requires_grad: bool = True, per_example: int | None = None
+    ) -> None:
+        """``per_example=B`` gives every example of a batch of up to B its own gates (shape [B, n]), so one
+        backward pass yields each example's gradient; otherwise one gate per unit is shared by the batch."""
+        self.adapter = adapter
+        param = next(adapter.model.parameters())
+        dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+        sizes = adapter.all_sizes()
+
+        def gate(n: int) -> torch.Tensor:
+            shape = (per_example, n) if per_example else (n,)
+            return torch.ones(shape, device=param.device, dtype=dtype, requires_grad=requires_grad)
+
+        self.heads = [gate(s.heads) for s in sizes]
+        self.neurons = [gate(0 if s.mlp_removed else s.intermediate) for s in sizes]
+        self.mlps = [None if s.mlp_removed else gate(1) for s in sizes]
+        self._handles: list = []
+
+    def __enter__(self) -> Gates:
+        adapter = self.adapter
+        d = adapter.head_dim
+        for i in range(adapter.num_layers):
+            head_gate = self.heads[i]
+
+            def scale_heads(module, args, gate=head_gate):
+                (x, *rest) = args
+                return (_scale(x, gate, repeat=d), *rest)
+
+            self._handles.append(adapter.attention_output(i).register_forward_pre_hook(scale_heads))
+            if self.mlps[i] is None:
+                continue
+            neuron_gate, mlp_gate = self.neurons[i], self.mlps[i]
+
+            def scale_neurons(module, args, gate=neuron_gate):
+                (x, *rest) = args
+                return (_scale(x, gate), *rest)
+
+            def scale_mlp(module, args, output, gate=mlp_gate):
+                return _scale(output, gate)
+
+            down = adapter.mlp_down(i)
+            self._handles.append(down.register_forward_pre_hook(scale_neurons))
+            self._handles.append(down.register_forward_hook(scale_mlp))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def leaves(self) -> list[torch.Tensor]:
+        return [*self.heads, *self.neurons, *(m for m in self.mlps if m is not None)]
+
+    def zero_grad(self) -> None:
+        for g in self.leaves():
+            g.grad = None
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """CUDA when present (or when asked), CPU otherwise."""
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_task(model: nn.Module) -> str:
+    """text-classification, text-generation or feature-extraction, from the model's head."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "text-classification"
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return "text-generation"
+    return "feature-extraction"
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of token embeddings over real tokens (sentence-transformers' pooling)."""
+    if attention_mask is None:
+        return hidden.mean(1)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision outputs (autocast), unchanged otherwise (float64 in the gradient tests)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def compute_loss(
+    model: nn.Module,
+    batch: dict,
+    kind: Literal["task", "label_free"],
+    reference: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The scoring loss of one batch (see the module docstring for the label-free form).
+
+    ``reference``: the original model's normalised embeddings of the batch, for the label-free loss of
+    an embedding model. While scoring (all gates at 1) they equal the gated model's own, detached.
+    """
+    task = model_task(model)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if kind == "task":
+        if "labels" not in batch:
+            raise InvalidSpec("the task loss needs labels, and this batch has none")
+        if task == "feature-extraction":
+            raise InvalidSpec("an embedding model has no task loss; use the label-free loss")
+        if task == "text-generation":  # next-token loss, computed here to keep the model's precision
+            logits = _full_precision(model(**inputs).logits)[:, :-1]
+            targets = batch["labels"][:, 1:]
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return model(**inputs, labels=batch["labels"]).loss
+    if task == "feature-extraction":
+        out = model(**inputs)
+        emb = F.normalize(_full_precision(mean_pool(out.last_hidden_state, batch.get("attention_mask"))), dim=-1)
+        if emb.shape[0] < 2:
+            raise InvalidSpec("label-free scoring of an embedding model needs batches of at least 2 texts")
+        ref = emb.detach() if reference is None else reference
+        return F.cross_entropy(emb @ ref.T / 0.05, torch.arange(emb.shape[0], device=emb.device))
+    logits = _full_precision(model(**inputs).logits)
+    if task == "text-generation":
+        logits, targets = logits[:, :-1], logits[:, :-1].detach().argmax(-1)
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            keep = mask[:, 1:].bool()  # predict only real next tokens
+            targets = targets.masked_fill(~keep, -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    if logits.shape[-1] == 1:  # regression: stay close to the original score
+        raise InvalidSpec("label-free scoring of a regression model is not supported; give labelled data")
+    return F.cross_entropy(logits, logits.detach().argmax(-1))
+
+
+def _grad_magnitude(grad: torch.Tensor, rows: int, per_example: bool) -> torch.Tensor:
+    """|dL/d xi| of one batch; per example, summed over the batch's real rows.
+
+    The loss is a batch mean, so an example's own gradient is ``rows`` times its share of the batch gradient.
+    """
+    grad = grad.detach().double().cpu()
+    return (grad[:rows] * rows).abs().sum(0) if per_example else grad.abs()
+
+
+def _normalise(scores: torch.Tensor) -> torch.Tensor:
+    norm = scores.norm(p=2)
+    return scores / norm if norm > 0 else scores
+
+
+def score_importance(
+    model: nn.Module,
+    batches: Iterable[dict],
+    *,
+    method: ImportanceMethod = "michel",
+    loss: LossKind = "auto",
+    normalize: bool = True,
+    normalize_neurons: bool = False,
+    per_example: bool = True,
+    seed: int = 0,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> Importance:
+    """Score every head, FFN neuron and whole MLP of ``model``.
+
+    Args:
+        model: a model of a supported family; it stays on its device and is left unchanged.
+        batches: tokenised batches (dicts of tensors; ``labels`` present for the task loss).
+        method: ``michel`` (gradient of the loss w.r.t. gates), ``magnitude`` (weight norms) or
+            ``random`` (seeded random order, a baseline).
+        loss: ``task`` needs labels; ``label_free`` never uses them; ``auto`` picks ``task`` when
+            the first batch has labels and the model has a task head.
+        normalize: Michel's layer-wise L2 normalisation of head scores (and of the MLP scores across layers).
+        normalize_neurons: the same normalisation for FFN neurons. Off by default: on
+            minilm-l6-sst2, global ranking of raw neuron scores kept more accuracy (docs/benchmarks.md).
+        per_example: Michel's E_x |dL(x)/d xi| with a gate per example (one backward pass per batch
+            still); ``False`` takes |dL/d xi| of each batch's mean loss instead.
+
+    Returns:
+        :class:`Importance`.
+
+    Raises:
+        InvalidSpec: the task loss without labels, an empty calibration set, an unknown method.
+        Cancelled: ``should_cancel`` returned true between batches.
+    """
+    adapter = ModelAdapter(model)
+    sizes = adapter.all_sizes()
+    start = time.perf_counter()
+    mlp_nan = torch.tensor([float("nan") if s.mlp_removed else 0.0 for s in sizes])
+    if method == "random":
+        gen = torch.Generator().manual_seed(seed)
+        return Importance(
+            heads=[torch.rand(s.heads, generator=gen) for s in sizes],
+            neurons=[torch.rand(0 if s.mlp_removed else s.intermediate, generator=gen) for s in sizes],
+            mlps=torch.rand(len(sizes), generator=gen) + mlp_nan,
+            method=method,
+            seconds=time.perf_counter() - start,
+        )
+    if method == "magnitude":
+        heads = [adapter.head_magnitude(i) for i in range(adapter.num_layers)]
+        neurons = [adapter.neuron_magnitude(i) for i in range(adapter.num_layers)]
+        if normalize:
+            heads = [_normalise(h) for h in heads]
+        if normalize_neurons:
+            neurons = [_normalise(n) for n in neurons]
+        mlps = torch.stack([n.sum() for n in neurons]) + mlp_nan
+        return Importance(heads, neurons, mlps, method=method, seconds=time.perf_counter() - start)
+    if method != "michel":
+        raise InvalidSpec(f"unknown importance method {method!r}; choose michel, magnitude or random")
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # dropout off: the gradient of the model users will run
+    requires = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)  # gradients only for the gates: faster, less memory
+    batches = list(batches)
+    if not batches:
+        raise InvalidSpec("importance scoring needs calibration data, and none was given")
+    width = max(len(b["input_ids"]) for b in batches) if per_example else None
+    gates = Gates(adapter, per_example=width)
+    # accumulated in float64, handed out as float32
+    head_acc = [torch.zeros(s.heads, dtype=torch.float64) for s in sizes]
+    neuron_acc = [torch.zeros(0 if s.mlp_removed else s.intermediate, dtype=torch.float64) for s in sizes]
+    mlp_acc = torch.zeros(len(sizes), dtype=torch.float64)
+    examples = 0
+    kind = loss
+    if kind == "auto":
+        kind = "task" if ("labels" in batches[0] and model_task(model) != "feature-extraction") else "label_free"
+    try:
+        with gates:
+            for step, batch in enumerate(batches):
+                if should_cancel and should_cancel():
+                    raise Cancelled("scoring was cancelled")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                gates.zero_grad()
+                with _autocast(device):
+                    value = compute_loss(model, batch, kind)
+                if not torch.isfinite(value):
+                    raise InvalidSpec(f"the scoring loss is {value.item()} on calibration batch {step}")
+                value.backward()
+                rows = len(batch["input_ids"])
+                examples += rows
+
+                for i in range(len(sizes)):
+                    head_acc[i] += _grad_magnitude(gates.heads[i].grad, rows, per_example)
+                    if gates.mlps[i] is not None:
+                        neuron_acc[i] += _grad_magnitude(gates.neurons[i].grad, rows, per_example)
+                        mlp_acc[i] += _grad_magnitude(gates.mlps[i].grad, rows, per_example).squeeze()
+                if on_progress:
+                    on_progress((step + 1) / len(batches), f"scored batch {step + 1}/{len(batches)}")
+    finally:
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    n = examples if per_example else len(batches)
+    heads = [(h / n).float() for h in head_acc]
+    neurons = [(x / n).float() for x in neuron_acc]
+    mlps = (mlp_acc / n).float()
+    if normalize:
+        heads = [_normalise(h) for h in heads]
+        mlps = _normalise(mlps)
+    if normalize_neurons:
+        neurons = [_normalise(x) for x in neurons]
+    return Importance(
+        heads,
+        neurons,
+        mlps + mlp_nan,
+        method=method,
+        loss=kind,
+        batches=len(batches),
+        extra={"examples": examples, "per_example": per_example},
+        seconds=time.perf_counter() - start,
+    )
+
+
+@contextlib.contextmanager
+def gated(model: nn.Module, *, heads=None, neurons=None, mlps=None) -> Iterator[Gates]:
+    """Run ``model`` with some units switched off (gate 0) instead of removed.
+
+    ``heads``/``neurons``: {layer: [indices]}; ``mlps``: [layers]. The reference for what
+    physical pruning must reproduce.
+    """
+    gates = Gates(ModelAdapter(model), requires_grad=False)
+    with torch.no_grad():
+        for layer, idx in (heads or {}).items():
+            gates.heads[layer][list(idx)] = 0.0
+        for layer, idx in (neurons or {}).items():
+            gates.neurons[layer][list(idx)] = 0.0
+        for layer in mlps or []:
+            gates.mlps[layer].zero_()
+    with gates:
+        yield gates

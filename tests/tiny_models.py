@@ -1,0 +1,67 @@
+"""Tiny random models of every supported family, built from configs in code (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+VOCAB = 128
+
+# family -> (config class, config kwargs); every model: 2 or 3 layers, 4 heads of 8 dims, FFN 37.
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "bert": ("BertConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=3, intermediate_size=37,
+                                max_position_embeddings=64)),
+    "roberta": ("RobertaConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                      intermediate_size=37, max_position_embeddings=66, pad_token_id=1)),
+    "xlm-roberta": ("XLMRobertaConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                             intermediate_size=37, max_position_embeddings=66, pad_token_id=1)),
+    "distilbert": ("DistilBertConfig", dict(dim=32, n_heads=4, n_layers=2, hidden_dim=37, max_position_embeddings=64)),
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_head=4, n_layer=2, n_inner=37, n_positions=64, pad_token_id=0)),
+    "llama": ("LlamaConfig", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                  num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64, pad_token_id=0)),
+    "mistral": ("MistralConfig", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64,
+                                      pad_token_id=0)),
+    "qwen2": ("Qwen2Config", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                  num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64, pad_token_id=0)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                  num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64, pad_token_id=0)),
+}
+DECODERS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+HEADS = {
+    "base": "AutoModel",
+    "classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+def tiny_config(family: str, **overrides):
+    name, kwargs = CONFIGS[family]
+    return getattr(transformers, name)(vocab_size=VOCAB, **{**kwargs, **overrides})
+
+
+def tiny_model(family: str, head: str = "classification", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    extra = {"num_labels": 3} if head == "classification" else {}
+    config = tiny_config(family, **extra, **overrides)
+    model = getattr(transformers, HEADS[head]).from_config(config)
+    # random init is tiny for some families: scale weights so units differ clearly in importance
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name and "wte" not in name and "wpe" not in name:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+def tiny_batch(family: str, batch_size: int = 4, seq_len: int = 12, labels: bool = True, seed: int = 1,
+               head: str = "classification") -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch_size, seq_len), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, seq_len - 3 :] = 0  # one padded row keeps masking honest
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if labels and head == "classification":
+        batch["labels"] = torch.randint(0, 3, (batch_size,), generator=gen)
+    if labels and head == "causal-lm":
+        batch["labels"] = ids.masked_fill(mask == 0, -100)
+    return batch
