@@ -53,18 +53,19 @@ def count_macs(model: nn.Module, seq_len: int) -> int:
     )
     task = model_task(model)
     base = model.base_model
+    pooler = getattr(base, "pooler", None)
+    if pooler is not None and getattr(pooler, "dense", None) is not None:  # BERT's pooler: the first token only
+        total += pooler.dense.in_features * pooler.dense.out_features
     if task == "text-generation":
         out = model.get_output_embeddings()
         total += seq_len * out.weight.shape[0] * out.weight.shape[1]
     elif task == "text-classification":
-        for module in model.modules():
-            if module is base or any(module is m for m in base.modules()):
-                continue
-            if isinstance(module, nn.Linear):
-                total += module.in_features * module.out_features
-        pooler = getattr(base, "pooler", None)
-        if pooler is not None and getattr(pooler, "dense", None) is not None:
-            total += pooler.dense.in_features * pooler.dense.out_features
+        inside = {id(m) for m in base.modules()}
+        head = sum(
+            m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside
+        )
+        # decoders score every token and pick the last; encoders classify one pooled token
+        total += head * (seq_len if adapter.grouped or adapter.family.name == "gpt2" else 1)
     return int(total)
 
 

