@@ -34,12 +34,48 @@ def _budget(text: str) -> float:
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="CSV, TSV, JSON lines or Parquet file")
-    parser.add_argument("--eval-data", help="file to measure the metric on (default: the calibration sample)")
+    parser.add_argument("--eval-data", help="file to evaluate on (default: a held-out fifth of --data)")
     parser.add_argument("--text-column", help="column with the text (default: text, sentence, ...)")
     parser.add_argument("--text-pair-column", help="column with the second text of sentence pairs")
     parser.add_argument("--label-column", help="column with labels (default: label, when present)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per input (default 128)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-samples", type=int, help="use at most this many training rows")
+    parser.add_argument("--eval-samples", type=int, default=2000, help="evaluate on at most this many rows")
+    parser.add_argument("--task", choices=["text-classification", "text-generation", "feature-extraction"])
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--onnx", action="store_true", help="also export model.onnx, checked with onnxruntime")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
+def _add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heads", type=_fraction, default=0.0, help="fraction of attention heads to remove")
+    parser.add_argument("--ffn", type=_fraction, default=0.0, help="fraction of FFN neurons to remove")
+    parser.add_argument("--whole-mlps", type=int, default=0, help="number of whole MLPs to remove")
+    parser.add_argument("--macs-budget", type=_budget, help="keep at most this fraction of the MACs")
+    parser.add_argument("--layout", choices=["per_layer", "uniform"], default="per_layer")
+    parser.add_argument("--ranking", choices=["global", "per_layer"], default="global")
+    parser.add_argument("--importance", choices=["michel", "magnitude", "random"], default="michel")
+    parser.add_argument("--schedule", choices=["one_shot", "iterative"], default="one_shot")
+    parser.add_argument("--step", type=_fraction, default=0.1, help="iterative: fraction of what remains per step")
+    parser.add_argument("--metric-floor", type=_budget, default=0.9,
+                        help="iterative: stop before the metric falls below this fraction of the original")
+    parser.add_argument("--calibration-samples", type=int, default=512)
+
+
+def _add_distill_arguments(parser: argparse.ArgumentParser, *, student: bool) -> None:
+    if student:
+        group = parser.add_mutually_exclusive_group(required=True)
+        group.add_argument("--student-layers", type=int, help="keep this many of the teacher's layers")
+        group.add_argument("--student", help="a smaller model (folder or Hub id) with the teacher's tokenizer")
+        parser.add_argument("--layer-selection", choices=["even", "importance"], default="even")
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the gold-label loss")
+    parser.add_argument("--hidden-loss", choices=["cosine", "mse"])
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-minutes", type=float)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,27 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    prune = sub.add_parser("prune", help="score and remove heads / FFN neurons of a model, locally")
+    prune = sub.add_parser("prune", help="score and remove heads / FFN neurons / MLPs of a model, locally")
     prune.add_argument("model", help="local model folder or Hub id")
     _add_data_arguments(prune)
-    prune.add_argument("--heads", type=_fraction, default=0.0, help="fraction of attention heads to remove")
-    prune.add_argument("--ffn", type=_fraction, default=0.0, help="fraction of FFN neurons to remove")
-    prune.add_argument("--whole-mlps", type=int, default=0, help="number of whole MLPs to remove")
-    prune.add_argument("--macs-budget", type=_budget, help="keep at most this fraction of the MACs")
-    prune.add_argument("--params-budget", type=_budget, help="keep at most this fraction of the parameters")
-    prune.add_argument("--layout", choices=["per_layer", "uniform"], default="per_layer")
-    prune.add_argument("--ranking", choices=["global", "per_layer"], default="global")
-    prune.add_argument("--importance", choices=["michel", "magnitude", "random"], default="michel")
-    prune.add_argument("--schedule", choices=["one_shot", "iterative"], default="one_shot")
-    prune.add_argument("--step", type=_fraction, default=0.1, help="iterative: fraction of what remains per step")
-    prune.add_argument("--metric-floor", type=_budget, default=0.9,
-                       help="iterative: stop before the metric falls below this fraction of the original")
-    prune.add_argument("--calibration-samples", type=int, default=512)
-    prune.add_argument("--task", choices=["text-classification", "text-generation", "feature-extraction"])
-    prune.add_argument("--onnx", action="store_true", help="also export model.onnx, checked with onnxruntime")
-    prune.add_argument("--seed", type=int, default=0)
-    prune.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _add_prune_arguments(prune)
+
+    distill = sub.add_parser("distill", help="distil a model into a smaller student, locally")
+    distill.add_argument("model", metavar="TEACHER", help="local model folder or Hub id")
+    _add_data_arguments(distill)
+    _add_distill_arguments(distill, student=True)
+
+    compress = sub.add_parser("compress", help="run a job spec (YAML or JSON) locally")
+    compress.add_argument("spec", help="job spec file (see docs/job-spec.md)")
+    compress.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    compress.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     return parser
 
 
@@ -75,7 +104,7 @@ def _progress_printer():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("[bold]{task.fields[stage]:<12}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
         TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
     )
     task = progress.add_task("", total=1.0, stage="starting")
@@ -86,52 +115,125 @@ def _progress_printer():
     return progress, update
 
 
-def _print_prune_summary(report: dict) -> None:
+def _print_summary(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    before, after, metric = report["original"], report["pruned"], report["metric"]
-    table = Table(title=f"{report['model']} ({report['task']})")
-    table.add_column("")
-    table.add_column("original", justify="right")
-    table.add_column("pruned", justify="right")
-    table.add_column("change", justify="right")
-    for key, fmt in (("parameters", "{:,}"), ("macs", "{:,}")):
-        table.add_row(key, fmt.format(before[key]), fmt.format(after[key]), f"{after[key] / before[key]:.1%}")
-    table.add_row(metric, f"{before[metric]:.4f}", f"{after[metric]:.4f}", f"{after[metric] - before[metric]:+.4f}")
-    pruning = report["pruning"]
-    table.add_row("heads", str(sum(pruning["original_heads_per_layer"])), str(sum(pruning["heads_per_layer"])), "")
-    table.add_row(
-        "FFN neurons", str(sum(pruning["original_neurons_per_layer"])), str(sum(pruning["neurons_per_layer"])), ""
-    )
+    evaluation = report["evaluation"]
+    before, after = evaluation["original"], evaluation["compressed"]
+    table = Table(title=f"{report['base_model']['id']} ({report['base_model']['task']}, {report['spec']['method']})")
+    for column, justify in (("", "left"), ("original", "right"), ("compressed", "right"), ("change", "right")):
+        table.add_column(column, justify=justify)
+    for key in ("parameters", "macs"):
+        table.add_row(key, f"{before[key]:,}", f"{after[key]:,}", f"{after[key] / before[key]:.1%}")
+    for name, value in before["metrics"].items():
+        other = after["metrics"].get(name)
+        table.add_row(name, f"{value:.4f}", f"{other:.4f}", f"{other - value:+.4f}")
+    if evaluation.get("agreement") is not None:
+        table.add_row("agreement", "", f"{evaluation['agreement']:.4f}", "")
+    if before.get("latency") and after.get("latency"):
+        table.add_row("latency p50 b1 (ms)", f"{before['latency']['batch1_p50_ms']:.2f}",
+                      f"{after['latency']['batch1_p50_ms']:.2f}", f"{evaluation['ratios']['latency_speedup']:.2f}x")
+    pruning = report.get("pruning")
+    if pruning:
+        table.add_row("heads", str(sum(pruning["original_heads_per_layer"])), str(sum(pruning["heads_per_layer"])), "")
+        table.add_row("FFN neurons", str(sum(pruning["original_neurons_per_layer"])),
+                      str(sum(pruning["neurons_per_layer"])), "")
     Console().print(table)
 
 
-def _run_prune(args: argparse.Namespace) -> int:
-    from slimformer.pipeline import PruneRequest, prune_local
-    from slimformer.pruning import PruningTarget
+def _dataset(args: argparse.Namespace) -> dict:
+    return {
+        "path": args.data, "eval_path": args.eval_data, "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column, "label_column": args.label_column, "max_samples": args.max_samples,
+    }
 
-    request = PruneRequest(
-        model=args.model, data=args.data, out=args.out, eval_data=args.eval_data,
-        target=PruningTarget(
-            heads=args.heads, ffn=args.ffn, whole_mlps=args.whole_mlps, macs_budget=args.macs_budget,
-            params_budget=args.params_budget, ranking=args.ranking,
-        ),
-        text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
-        task=args.task, layout=args.layout, schedule=args.schedule, step=args.step, metric_floor=args.metric_floor,
-        importance=args.importance, calibration_samples=args.calibration_samples, batch_size=args.batch_size,
-        max_length=args.max_length, onnx=args.onnx, seed=args.seed, overwrite=args.overwrite,
-    )
-    request.validate()  # bad arguments fail before the model loads
+
+def _common(args: argparse.Namespace, method: str) -> dict:
+    return {
+        "model": {"id": args.model, "task": args.task},
+        "dataset": _dataset(args),
+        "method": method,
+        "evaluation": {"max_samples": args.eval_samples, "latency": not args.no_latency, "onnx": args.onnx},
+        "seed": args.seed,
+    }
+
+
+def _run_spec(spec, out: str, overwrite: bool) -> int:
+    import tempfile
+
+    from slimformer.pipeline import run
+
     progress, update = _progress_printer()
-    with progress:
-        report = prune_local(request, on_progress=update)
-    _print_prune_summary(report)
-    print(f"wrote {args.out}" + (" (load with trust_remote_code=True)" if args.layout == "per_layer" else ""))
+    with tempfile.TemporaryDirectory(prefix="slimformer-") as workdir, progress:
+        result = run(spec, workdir, on_progress=update, out_dir=out, overwrite=overwrite)
+    _print_summary(result.report)
+    remote = result.report["artifacts"]["per_layer"]
+    print(f"wrote {out}" + (" (load with trust_remote_code=True)" if remote else "") + "; card: README.md")
     return 0
 
 
-COMMANDS = {"prune": _run_prune}
+def _validated(data: dict):
+    from pydantic import ValidationError
+
+    from slimformer.errors import InvalidSpec
+    from slimformer.spec import JobSpec
+
+    try:
+        return JobSpec.model_validate(data, context={"local_files": True})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise InvalidSpec(f"{where}: {first['msg']}" + (f" (and {err.error_count() - 1} more problems)"
+                                                        if err.error_count() > 1 else "")) from None
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    spec = _validated(_common(args, "prune") | {"prune": {
+        "heads": args.heads, "ffn": args.ffn, "whole_mlps": args.whole_mlps, "macs_budget": args.macs_budget,
+        "layout": args.layout, "ranking": args.ranking, "importance": args.importance, "schedule": args.schedule,
+        "step": args.step, "metric_floor": args.metric_floor, "calibration_samples": args.calibration_samples,
+    }})
+    return _run_spec(spec, args.out, args.overwrite)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    student = {"layers": args.student_layers, "layer_selection": args.layer_selection} if args.student_layers \
+        else {"id": args.student}
+    spec = _validated(_common(args, "distill") | {"distill": {
+        "student": student, "temperature": args.temperature, "alpha": args.alpha, "hidden_loss": args.hidden_loss,
+        "epochs": args.epochs, "max_steps": args.max_steps, "max_minutes": args.max_minutes,
+        "learning_rate": args.learning_rate,
+    }})
+    return _run_spec(spec, args.out, args.overwrite)
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from slimformer.errors import InvalidSpec
+
+    path = Path(args.spec)
+    if not path.is_file():
+        raise InvalidSpec(f"spec file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML too
+    except yaml.YAMLError as err:
+        raise InvalidSpec(f"{path.name} is not valid YAML/JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{path.name} must hold a mapping (model, dataset, method, ...)")
+    # relative data paths are relative to the spec file
+    dataset = data.get("dataset")
+    if isinstance(dataset, dict):
+        for key in ("path", "eval_path"):
+            if isinstance(dataset.get(key), str) and not Path(dataset[key]).is_absolute():
+                dataset[key] = str((path.parent / dataset[key]).resolve())
+    return _run_spec(_validated(data), args.out, args.overwrite)
+
+
+COMMANDS = {"prune": _run_prune, "distill": _run_distill, "compress": _run_compress}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,41 +1,47 @@
-"""Recipes that wire the components together: load -> score -> prune -> measure -> write.
+"""The recipe: run a job spec end to end.
 
-Each recipe reports progress through ``on_progress(stage, fraction, message)`` and checks
-``should_cancel()`` between steps, so the command line and the workers drive it the same way.
+``run(spec, workdir, on_progress, should_cancel)`` does pull -> score -> prune and/or distil -> evaluate ->
+card -> write the artifact folder, reporting ``on_progress(stage, fraction, message)`` with the stages
+``downloading, scoring, pruning, distilling, evaluating, writing_card`` (``publishing`` once the Hub
+integration lands) and checking ``should_cancel()`` between steps. The artifact folder appears only
+when everything succeeded: a failed or cancelled run leaves no folder that looks complete.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import json
 import logging
+import platform
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from slimformer import __version__
+from slimformer.architectures import family_of
 from slimformer.artifacts import atomic_folder, save_model_folder
-from slimformer.data import load_text_file, make_batches
+from slimformer.card import build_card
+from slimformer.data import TextData, load_text_file, make_batches, table_to_text_data
 from slimformer.errors import Cancelled, DatasetError, InvalidSpec
-from slimformer.evaluation import count_macs, count_parameters, predict, task_metric
+from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
 from slimformer.export import export_onnx
-from slimformer.hub import load_model
+from slimformer.hub import LoadedModel, load_model
 from slimformer.importance import score_importance
-from slimformer.pruning import (
-    PruningTarget,
-    iterative_prune,
-    one_shot_prune,
-    plan_pruning,
-    predicted_parameters,
-)
+from slimformer.pruning import PruningTarget, iterative_prune, one_shot_prune, plan_pruning
+from slimformer.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float, str], None]
+STAGES = ("downloading", "scoring", "pruning", "distilling", "evaluating", "writing_card", "publishing")
+REPORT_FILE = "compression_report.json"
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "compression_report.schema.json"
 
 
 def set_seed(seed: int) -> None:
@@ -44,173 +50,312 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class PruneRequest:
-    """A local pruning run (the ``slimformer prune`` command)."""
-
-    model: str
-    data: str
-    out: str
-    target: PruningTarget = field(default_factory=PruningTarget)
-    eval_data: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    task: str | None = None
-    layout: str = "per_layer"
-    schedule: str = "one_shot"
-    step: float = 0.1
-    metric_floor: float = 0.9
-    importance: str = "michel"
-    calibration_samples: int = 512
-    eval_samples: int | None = None
-    batch_size: int = 32
-    max_length: int = 128
-    onnx: bool = False
-    seed: int = 0
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        self.target.validate()
-        if self.layout not in ("per_layer", "uniform"):
-            raise InvalidSpec(f"layout must be per_layer or uniform, got {self.layout!r}")
-        if self.schedule not in ("one_shot", "iterative"):
-            raise InvalidSpec(f"schedule must be one_shot or iterative, got {self.schedule!r}")
-        if self.importance not in ("michel", "magnitude", "random"):
-            raise InvalidSpec(f"importance must be michel, magnitude or random, got {self.importance!r}")
-        if not 0 < self.metric_floor <= 1:
-            raise InvalidSpec(f"metric_floor must be in (0, 1], got {self.metric_floor}")
-        if self.calibration_samples < 1 or self.batch_size < 1 or self.max_length < 8:
-            raise InvalidSpec("calibration_samples and batch_size must be positive and max_length at least 8")
-        out = Path(self.out)
-        if out.exists() and any(out.iterdir()) and not self.overwrite:
-            raise InvalidSpec(f"output folder {out} already exists and is not empty; choose another or remove it")
-
-
 def _noop(stage: str, fraction: float, message: str) -> None:
     pass
 
 
-def prune_local(
-    request: PruneRequest,
+@dataclass
+class RunResult:
+    folder: Path
+    report: dict
+
+
+@dataclass
+class _Data:
+    train: TextData
+    evaluation: TextData
+    description: dict
+
+
+def _load_data(spec: JobSpec, use_labels: bool, resolve_upload: Callable[[str], Path] | None) -> _Data:
+    ds = spec.dataset
+    columns = dict(text_column=ds.text_column, text_pair_column=ds.text_pair_column, label_column=ds.label_column,
+                   labels=use_labels)
+    if ds.path:
+        train = load_text_file(ds.path, **columns)
+        evaluation = load_text_file(ds.eval_path, **columns) if ds.eval_path else None
+        source, eval_source = Path(ds.path).name, Path(ds.eval_path).name if ds.eval_path else None
+    elif ds.upload_id:
+        if resolve_upload is None:
+            raise InvalidSpec("dataset.upload_id needs the service's upload store")
+        train = load_text_file(resolve_upload(ds.upload_id), **columns)
+        evaluation = load_text_file(resolve_upload(ds.eval_upload_id), **columns) if ds.eval_upload_id else None
+        source, eval_source = f"upload {ds.upload_id}", f"upload {ds.eval_upload_id}" if ds.eval_upload_id else None
+    else:
+        import datasets
+
+        def split(name: str) -> TextData:
+            try:
+                table = datasets.load_dataset(ds.hub_id, ds.config, split=name)
+            except Exception as err:  # datasets raises many types; the message names the problem
+                raise DatasetError(f"cannot load split {name!r} of dataset {ds.hub_id!r}: {err}") from err
+            return table_to_text_data(table, source=f"{ds.hub_id}:{name}", **columns)
+
+        train = split(ds.split)
+        evaluation = split(ds.eval_split) if ds.eval_split else None
+        source, eval_source = f"{ds.hub_id} ({ds.split})", f"{ds.hub_id} ({ds.eval_split})" if ds.eval_split else None
+    order = list(range(len(train)))
+    random.Random(spec.seed).shuffle(order)
+    if ds.max_samples:
+        order = order[: ds.max_samples]
+    train = train.subset(order)
+    if evaluation is None:
+        # hold out a fifth of the training rows, never scored or trained on
+        cut = max(1, len(train) // 5)
+        evaluation, train = train.subset(list(range(cut))), train.subset(list(range(cut, len(train))))
+        eval_source = f"{source} (held-out {cut} rows)"
+    evaluation = evaluation.head(spec.evaluation.max_samples)
+    return _Data(train, evaluation, {
+        "source": source, "rows": len(train), "eval_source": eval_source, "eval_rows": len(evaluation),
+        "eval_split": ds.eval_split if ds.hub_id else None,
+        "eval_dataset_type": ds.hub_id or "custom",
+        "text_column": train.text_column, "text_pair_column": train.text_pair_column,
+        "label_column": train.label_column if use_labels else None,
+    })
+
+
+def _base_license(model_id: str, token: str | None) -> str | None:
+    """The base model's license from its card metadata, when it has one."""
+    from huggingface_hub import ModelCard
+
+    local = Path(model_id)
+    try:
+        if local.exists():
+            readme = local / "README.md"
+            if not readme.is_file() or not readme.read_text(errors="replace").startswith("---"):
+                return None
+            card = ModelCard.load(readme)
+        else:
+            card = ModelCard.load(model_id, token=token)
+    except Exception:  # no card, or unreachable: the license is simply unknown
+        return None
+    return getattr(card.data, "license", None)
+
+
+def _environment(device: torch.device) -> dict:
+    import huggingface_hub
+    import transformers
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "huggingface_hub": huggingface_hub.__version__, "slimformer": __version__, "device": device.type,
+        "threads": torch.get_num_threads(), "platform": platform.platform(),
+    }
+
+
+def _folder_size(folder: Path, names: tuple[str, ...] = ("model.safetensors",)) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name in names or p.name.startswith("model-0"))
+
+
+def _original_size(loaded: LoadedModel) -> int | None:
+    path = Path(loaded.source)
+    if path.is_dir():
+        return _folder_size(path) or None
+    return None
+
+
+def run(
+    spec: JobSpec,
+    workdir: str | Path,
     *,
     on_progress: ProgressFn = _noop,
     should_cancel: Callable[[], bool] = lambda: False,
-) -> dict:
-    """Prune a local or Hub model on a local data file and write a folder that reloads.
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    token: str | None = None,
+    resolve_upload: Callable[[str], Path] | None = None,
+    job_id: str | None = None,
+) -> RunResult:
+    """Run ``spec``; write the artifact folder (default ``workdir/model``) and return it with the report.
 
-    Returns the report that is also written as ``pruning_report.json`` in the folder.
+    Raises:
+        InvalidSpec, DatasetError, ModelLoadError, UnsupportedArchitecture: bad input, before any heavy work
+            where it can be known early.
+        Cancelled: ``should_cancel()`` returned true; nothing is left in the output folder's place.
     """
-    request.validate()
-    set_seed(request.seed)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir else workdir / "model"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InvalidSpec(f"output folder {out} already exists and is not empty; choose another or remove it")
+    set_seed(spec.seed)
     started = time.perf_counter()
+    timings: dict[str, float] = {}
 
     def check() -> None:
         if should_cancel():
-            raise Cancelled("the run was cancelled")
+            raise Cancelled("the job was cancelled")
 
-    on_progress("loading", 0.0, f"loading {request.model}")
-    loaded = load_model(request.model, task=request.task)
-    model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
-    use_labels = task == "text-classification"
-    data = load_text_file(
-        request.data, text_column=request.text_column, text_pair_column=request.text_pair_column,
-        label_column=request.label_column, labels=use_labels,
-    )
-    order = list(range(len(data)))
-    random.Random(request.seed).shuffle(order)
-    calibration = data.subset(order[: request.calibration_samples])
-    if request.eval_data:
-        evaluation = load_text_file(
-            request.eval_data, text_column=request.text_column or data.text_column,
-            text_pair_column=request.text_pair_column or data.text_pair_column,
-            label_column=request.label_column or data.label_column, labels=use_labels,
-        ).head(request.eval_samples)
-    else:
-        evaluation = calibration
-    if request.importance == "michel" and request.target.heads + request.target.ffn == 0 and not (
-        request.target.whole_mlps or request.target.macs_budget or request.target.params_budget
-    ):
-        raise InvalidSpec("nothing to prune: give heads, ffn, whole_mlps or a budget")
-    batch_kwargs = dict(task=task, config=model.config, batch_size=request.batch_size, max_length=request.max_length)
-    cal_batches = make_batches(tokenizer, calibration, **batch_kwargs)
-    eval_batches = make_batches(tokenizer, evaluation, **batch_kwargs)
-    check()
-
-    on_progress("evaluating", 0.0, "measuring the original model")
-    reference = predict(model, eval_batches) if task != "text-generation" else None
-    metric_name, original_metric = task_metric(model, eval_batches, reference)
-    original = {
-        "parameters": count_parameters(model),
-        "macs": count_macs(model, request.max_length),
-        metric_name: original_metric,
-    }
-    check()
-
-    def score(m):
+    def stage(name: str, fraction: float, message: str) -> None:
         check()
-        return score_importance(
-            m, cal_batches, method=request.importance, seed=request.seed,
-            on_progress=lambda f, msg: on_progress("scoring", f, msg), should_cancel=should_cancel,
-        )
+        on_progress(name, fraction, message)
 
-    on_progress("scoring", 0.0, "scoring heads and neurons")
-    if request.schedule == "iterative":
-        result = iterative_prune(
-            model, score, lambda m: task_metric(m, eval_batches, reference)[1], request.target,
-            step=request.step, metric_floor=request.metric_floor, layout=request.layout,
-            on_step=lambda p: on_progress("pruning", p["heads_removed"], f"{metric_name} {p['metric']:.4f}"),
-        )
-        predicted = None
-    else:
-        importance = score(model)
-        on_progress("pruning", 0.0, "removing units")
-        plan = plan_pruning(model, importance, request.target, layout=request.layout, seq_len=request.max_length)
-        predicted = predicted_parameters(model, plan)
-        result = one_shot_prune(model, importance, plan, layout=request.layout)
-    pruned = result.model
-    check()
+    # -- downloading: model and data
+    t0 = time.perf_counter()
+    stage("downloading", 0.0, f"loading {spec.model.id}")
+    loaded = load_model(spec.model.id, task=spec.model.task if spec.model.task != "sentence-similarity" else
+                        "feature-extraction", revision=spec.model.revision, token=token)
+    model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
+    family = family_of(model.config).name
+    commit = getattr(model.config, "_commit_hash", None)
+    # classifiers learn from labels; embedding models compare pair similarities with gold scores (STS)
+    use_labels = task in ("text-classification", "feature-extraction")
+    stage("downloading", 0.6, "loading data")
+    data = _load_data(spec, use_labels, resolve_upload)
+    max_length = 128
+    batch_kwargs = dict(task=task, config=model.config, batch_size=32, max_length=max_length)
+    pair_kwargs = {}
+    if task == "feature-extraction":
+        evaluation_data = data.evaluation
+        if evaluation_data.pairs is not None and evaluation_data.labels is not None:
+            pair_kwargs = {
+                "pair_batches": make_batches(tokenizer, TextData(evaluation_data.pairs), **batch_kwargs),
+                "pair_scores": [float(v) for v in evaluation_data.labels],
+            }
+        # an embedding model embeds each sentence on its own: pairs become two texts
+        data.train = TextData(data.train.texts + (data.train.pairs or []), source=data.train.source,
+                              text_column=data.train.text_column)
+        data.evaluation = TextData(evaluation_data.texts, source=evaluation_data.source,
+                                   text_column=evaluation_data.text_column)
+    eval_batches = make_batches(tokenizer, data.evaluation, **batch_kwargs)
+    calibration = data.train.head(spec.prune.calibration_samples)
+    data.description["calibration_rows"] = len(calibration)
+    data.description["calibration_source"] = data.description["source"]
+    original = copy.deepcopy(model).eval()
+    timings["downloading"] = time.perf_counter() - t0
 
-    on_progress("evaluating", 0.5, "measuring the pruned model")
-    _, pruned_metric = task_metric(pruned, eval_batches, reference)
-    after = {
-        "parameters": count_parameters(pruned),
-        "macs": count_macs(pruned, request.max_length),
-        metric_name: pruned_metric,
-    }
-    if predicted is not None and predicted != after["parameters"]:
-        raise RuntimeError(f"pruning left {after['parameters']} parameters, the plan predicted {predicted}")
+    reference = predict(original, eval_batches) if task != "text-generation" else None
+    pruning_record = importance_report = distill_report = None
+    compressed = model
+
+    # -- scoring and pruning
+    if spec.method in ("prune", "prune_distill"):
+        t0 = time.perf_counter()
+        p = spec.prune
+        cal_batches = make_batches(tokenizer, calibration, **batch_kwargs)
+        target = PruningTarget(heads=p.heads, ffn=p.ffn, whole_mlps=p.whole_mlps, macs_budget=p.macs_budget,
+                               ranking=p.ranking)
+
+        def score(m):
+            return score_importance(
+                m, cal_batches, method=p.importance, seed=spec.seed, should_cancel=should_cancel,
+                on_progress=lambda f, msg: on_progress("scoring", f, msg),
+            )
+
+        stage("scoring", 0.0, "scoring heads, neurons and MLPs")
+        if p.schedule == "iterative":
+            result = iterative_prune(
+                compressed, score, lambda m: task_metric(m, eval_batches, reference)[1], target, step=p.step,
+                metric_floor=p.metric_floor, layout=p.layout,
+                on_step=lambda point: stage("pruning", min(1.0, point["heads_removed"] / max(p.heads, 1e-9)),
+                                            f"metric {point['metric']:.4f} at {point['heads_removed']:.0%} heads"),
+            )
+        else:
+            importance = score(compressed)
+            timings["scoring"] = time.perf_counter() - t0
+            stage("pruning", 0.0, "removing units")
+            plan = plan_pruning(compressed, importance, target, layout=p.layout, seq_len=max_length)
+            result = one_shot_prune(compressed, importance, plan, layout=p.layout)
+        compressed = result.model
+        pruning_record = result.record.to_dict()
+        if result.importance:
+            importance_report = result.importance[0].to_dict()
+        timings["pruning"] = time.perf_counter() - t0 - timings.get("scoring", 0.0)
+        stage("pruning", 1.0, "pruned")
+
+    # -- distilling
+    if spec.method in ("distill", "prune_distill"):
+        t0 = time.perf_counter()
+        compressed, distill_report = _distill(spec, original, compressed, tokenizer, task, data, workdir,
+                                              on_progress, should_cancel, token)
+        timings["distilling"] = time.perf_counter() - t0
+
+    # -- evaluating, side by side
+    t0 = time.perf_counter()
+    stage("evaluating", 0.0, "measuring the original and the compressed model")
+    evaluation = evaluate_side_by_side(
+        original, compressed, eval_batches, seq_len=max_length, latency=spec.evaluation.latency, **pair_kwargs,
+        on_progress=lambda s, f, m: on_progress("evaluating", f, m), should_cancel=should_cancel,
+    )
+    timings["evaluating"] = time.perf_counter() - t0
+
+    # -- writing the folder and the card
+    t0 = time.perf_counter()
+    stage("writing_card", 0.0, "writing the model, report and card")
     report = {
-        "slimformer_version": __version__,
-        "model": request.model,
-        "task": task,
-        "request": {k: v for k, v in asdict(request).items() if k not in ("out", "overwrite")},
-        "data": {
-            "file": data.source, "rows": len(data), "calibration_rows": len(calibration),
-            "evaluation": evaluation.source, "evaluation_rows": len(evaluation),
-            "text_column": data.text_column, "text_pair_column": data.text_pair_column,
-            "label_column": data.label_column if use_labels else None,
+        "schema_version": 1,
+        "job_id": job_id,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "spec": spec.model_dump(mode="json"),
+        "base_model": {
+            "id": spec.model.id, "revision": spec.model.revision, "commit": commit, "task": task, "family": family,
+            "license": _base_license(spec.model.id, token),
         },
-        "original": original,
-        "pruned": after,
-        "metric": metric_name,
-        "pruning": result.record.to_dict(),
-        "importance": [imp.to_dict() for imp in result.importance],
-        "seconds": 0.0,
+        "data": data.description,
+        "evaluation": evaluation,
+        "pruning": pruning_record,
+        "importance": importance_report,
+        "distillation": distill_report,
+        "artifacts": {},
+        "environment": _environment(next(compressed.parameters()).device),
+        "seconds": {},
     }
-    on_progress("writing", 0.0, f"writing {request.out}")
-    with atomic_folder(request.out, overwrite=request.overwrite) as folder:
-        save_model_folder(pruned, tokenizer, folder)
-        if request.onnx:
+    with atomic_folder(out, overwrite=overwrite) as folder:
+        save_model_folder(compressed, tokenizer, folder)
+        onnx = None
+        if spec.evaluation.onnx:
             check()
-            report["onnx"] = export_onnx(pruned, eval_batches[0], folder / "model.onnx")
-            report["onnx"]["path"] = "model.onnx"
-        report["seconds"] = round(time.perf_counter() - started, 2)
-        (folder / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    on_progress("done", 1.0, "done")
-    if use_labels and evaluation.labels is None:
-        logger.warning("the evaluation data has no labels: the metric is agreement with the original model")
-    return report
+            onnx = export_onnx(compressed, eval_batches[0], folder / "model.onnx")
+            onnx["path"] = "model.onnx"
+        report["artifacts"] = {
+            "layout": spec.prune.layout if "prune" in spec.method else "uniform",
+            "per_layer": bool(getattr(compressed.config, "auto_map", None)),
+            "size_bytes": _folder_size(folder),
+            "original_size_bytes": _original_size(loaded),
+            "onnx": onnx,
+        }
+        timings["writing_card"] = time.perf_counter() - t0
+        report["seconds"] = {k: round(v, 2) for k, v in timings.items()} | {
+            "total": round(time.perf_counter() - started, 2)}
+        build_card(report, folder)
+        report["artifacts"]["files"] = sorted([p.name for p in folder.iterdir()] + [REPORT_FILE])
+        (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        check()
+    on_progress("writing_card", 1.0, f"wrote {out}")
+    return RunResult(folder=out, report=report)
 
 
-__all__ = ["PruneRequest", "prune_local", "set_seed", "DatasetError"]
+def _distill(spec, teacher, student_or_pruned, tokenizer, task, data, workdir, on_progress, should_cancel, token):
+    """Build the student (layer-dropped, named, or the pruned model) and distil the teacher into it."""
+    from slimformer import distillation
+
+    d = spec.distill
+    on_progress("distilling", 0.0, "preparing the student")
+    if spec.method == "prune_distill":
+        student = student_or_pruned
+    elif d.student.layers is not None:
+        cal = None
+        if d.student.layer_selection == "importance":
+            cal = make_batches(tokenizer, data.train.head(spec.prune.calibration_samples), task=task,
+                               config=teacher.config)
+        student, _kept = distillation.make_layer_dropped_student(
+            teacher, d.student.layers, strategy=d.student.layer_selection, calibration_batches=cal)
+    else:
+        named = load_model(d.student.id, task=task, token=token)
+        distillation.check_student_compatible(teacher, named.model, tokenizer, named.tokenizer)
+        student = named.model
+    config = distillation.DistillConfig(
+        temperature=d.temperature, alpha=d.alpha, hidden_loss=d.hidden_loss, epochs=d.epochs, max_steps=d.max_steps,
+        max_minutes=d.max_minutes, learning_rate=d.learning_rate, seed=spec.seed,
+    )
+    result = distillation.distill(
+        teacher, student, tokenizer, data.train, data.evaluation, config, task=task,
+        checkpoint_dir=workdir / "checkpoints", on_progress=on_progress, should_cancel=should_cancel,
+    )
+    return result.student, result.to_report() if hasattr(result, "to_report") else {
+        "steps": result.steps, "seconds": result.seconds, "best_metric": result.best_metric,
+        "history": result.history, "health": result.health, "resumed_from_step": result.resumed_from_step,
+    }
+
+
+__all__ = ["run", "RunResult", "STAGES", "set_seed"]

@@ -12,6 +12,9 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One intra-op thread: tiny models gain nothing from more, and several pytest or benchmark processes
+# sharing the two cores would otherwise spin against each other (100x slower forward passes).
+torch.set_num_threads(1)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 

@@ -7,7 +7,7 @@ from slimformer.cli import main
 
 
 def _prune(model, data, out, *extra):
-    return main(["prune", str(model), "--data", str(data), "--out", str(out), *extra])
+    return main(["prune", str(model), "--data", str(data), "--out", str(out), "--no-latency", *extra])
 
 
 def test_prune_writes_a_folder_that_reloads_and_prints_a_summary(tiny_classifier_folder, labelled_csv, tmp_path, capsys):
@@ -15,12 +15,14 @@ def test_prune_writes_a_folder_that_reloads_and_prints_a_summary(tiny_classifier
     assert _prune(tiny_classifier_folder, labelled_csv, out, "--heads", "0.5", "--ffn", "0.3") == 0
     printed = capsys.readouterr().out
     assert "parameters" in printed and "accuracy" in printed and "trust_remote_code=True" in printed
-    report = json.loads((out / "pruning_report.json").read_text())
+    report = json.loads((out / "compression_report.json").read_text())
     assert report["pruning"]["heads_per_layer"] and sum(report["pruning"]["heads_per_layer"]) == 4
-    assert report["pruned"]["parameters"] < report["original"]["parameters"]
-    assert report["importance"][0]["loss"] == "task"
+    evaluation = report["evaluation"]
+    assert evaluation["compressed"]["parameters"] < evaluation["original"]["parameters"]
+    assert report["importance"]["loss"] == "task"
     model = transformers.AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
-    assert sum(p.numel() for p in model.parameters()) == report["pruned"]["parameters"]
+    assert sum(p.numel() for p in model.parameters()) == evaluation["compressed"]["parameters"]
+    assert (out / "README.md").is_file()
     assert (out / "tokenizer.json").is_file() and (out / "modeling_slimformer.py").is_file()
     assert not list(tmp_path.glob(".pruned.partial-*"))
 
@@ -37,15 +39,15 @@ def test_iterative_schedule_from_the_command_line(tiny_classifier_folder, labell
     out = tmp_path / "iter"
     assert _prune(tiny_classifier_folder, labelled_csv, out, "--heads", "0.5", "--schedule", "iterative",
                   "--step", "0.25", "--metric-floor", "0.01") == 0
-    report = json.loads((out / "pruning_report.json").read_text())
+    report = json.loads((out / "compression_report.json").read_text())
     assert len(report["pruning"]["curve"]) >= 3
 
 
 def test_onnx_export_from_the_command_line(tiny_classifier_folder, labelled_csv, tmp_path):
     out = tmp_path / "onnx"
     assert _prune(tiny_classifier_folder, labelled_csv, out, "--heads", "0.5", "--onnx") == 0
-    report = json.loads((out / "pruning_report.json").read_text())
-    assert (out / "model.onnx").is_file() and report["onnx"]["max_abs_diff"] <= 1e-4
+    report = json.loads((out / "compression_report.json").read_text())
+    assert (out / "model.onnx").is_file() and report["artifacts"]["onnx"]["max_abs_diff"] <= 1e-4
 
 
 @pytest.mark.parametrize(

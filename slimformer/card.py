@@ -1,0 +1,394 @@
+"""The evaluation card: a Hugging Face model card that puts the original and the compressed model side by side.
+
+Built with huggingface_hub's ``ModelCard`` / ``ModelCardData`` / ``EvalResult`` (metadata the Hub reads:
+``base_model``, tags, ``pipeline_tag``, ``license``, ``model-index``) and a Jinja template for the body.
+Plots are PNGs next to ``README.md``: the head-importance heatmap and the metric-vs-fraction-pruned curve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+logger = logging.getLogger(__name__)
+
+HEATMAP = "head_importance.png"
+CURVE = "pruning_curve.png"
+
+PIPELINE_TAG = {
+    "text-classification": "text-classification",
+    "text-generation": "text-generation",
+    "feature-extraction": "feature-extraction",
+    "sentence-similarity": "sentence-similarity",
+}
+METRIC_LABELS = {
+    "accuracy": "Accuracy", "macro_f1": "Macro F1", "pearson": "Pearson", "spearman": "Spearman",
+    "perplexity": "Perplexity", "next_token_accuracy": "Next-token accuracy", "cosine_to_original": "Cosine to original",
+}
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ summary }}
+
+## Original and compressed, side by side
+
+Measured in the same run, on the same data ({{ rows }} rows of {{ eval_source }}), the same hardware
+({{ device }}, {{ threads }} threads) and the same sequence length ({{ seq_len }} tokens).
+
+| | original | compressed | change |
+|---|---:|---:|---:|
+{% for row in table %}| {{ row[0] }} | {{ row[1] }} | {{ row[2] }} | {{ row[3] }} |
+{% endfor %}
+{% if agreement is not none %}
+Agreement with the original model: **{{ agreement }}**.
+{% endif %}
+{% if removed %}
+## What was removed
+
+| layer | heads kept | heads removed (original numbering) | FFN neurons kept | MLP |
+|---:|---:|---|---:|---|
+{% for r in removed %}| {{ r.layer }} | {{ r.heads_kept }} / {{ r.heads_total }} | {{ r.heads_removed }} | {{ r.neurons_kept }} / {{ r.neurons_total }} | {{ r.mlp }} |
+{% endfor %}
+{% endif %}
+{% if heatmap %}
+![Head importance: layers x heads, removed heads crossed out]({{ heatmap }})
+{% endif %}
+{% if curve %}
+![Metric against the fraction of heads removed]({{ curve }})
+{% endif %}
+
+## How it was made
+
+{{ method_text }}
+{% if distill_text %}
+{{ distill_text }}
+{% endif %}
+{% if health %}
+### Training health
+
+{% for h in health %}- **{{ h.level }}** ({{ h.check }}): {{ h.message }}
+{% endfor %}
+{% endif %}
+
+## How to load it
+
+```python
+{{ load_code }}
+```
+{% if per_layer %}
+The layers of this model differ in shape, so the folder ships its modelling code
+(`modeling_slimformer.py`, named in `config.json`'s `auto_map`): load it with `trust_remote_code=True`
+after reading that file. It imports only torch and transformers.{% if onnx %} `model.onnx` runs the same
+model without any Python modelling code (onnxruntime).{% endif %}
+{% endif %}
+
+## Reproducibility
+
+- base model: `{{ base_model }}` at revision `{{ revision }}`{% if commit %} (commit `{{ commit }}`){% endif %}
+- seed: {{ seed }}
+- versions: {{ versions }}
+- the full job spec and every number are in `compression_report.json`
+
+<details><summary>Job spec</summary>
+
+```json
+{{ spec_json }}
+```
+
+</details>
+
+## Limitations
+
+- Numbers come from {{ rows }} evaluation rows on {{ device }}; other data, sequence lengths and hardware
+  give other latencies and scores.
+- Pruning removes what mattered least for the calibration data ({{ calibration }}); inputs unlike that data
+  may lose more quality than measured here.
+- The base model's own limitations and biases carry over to this model.
+"""
+
+
+def _fmt(value, metric: str | None = None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if metric in ("accuracy", "macro_f1", "next_token_accuracy"):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
+
+
+def _change(before, after, *, ratio: bool = False, metric: str | None = None) -> str:
+    if before is None or after is None:
+        return ""
+    if ratio:
+        return f"{after / before:.1%}" if before else ""
+    if metric in ("accuracy", "macro_f1", "next_token_accuracy"):
+        return f"{100 * (after - before):+.2f} pt"
+    return f"{after - before:+.4f}"
+
+
+def _table(evaluation: dict, artifacts: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    original, compressed = evaluation["original"], evaluation["compressed"]
+    for name, value in original["metrics"].items():
+        other = compressed["metrics"].get(name)
+        rows.append((METRIC_LABELS.get(name, name), _fmt(value, name), _fmt(other, name),
+                     _change(value, other, metric=name)))
+    for key, label in (("parameters", "Parameters"), ("macs", "MACs per sequence")):
+        rows.append((label, _fmt(original[key]), _fmt(compressed[key]), _change(original[key], compressed[key],
+                                                                                ratio=True)))
+    size_before, size_after = artifacts.get("original_size_bytes"), artifacts.get("size_bytes")
+    rows.append(("Size on disk", _mb(size_before), _mb(size_after), _change(size_before, size_after, ratio=True)))
+    lat_o, lat_c = original.get("latency"), compressed.get("latency")
+    if lat_o and lat_c:
+        ratios = evaluation["ratios"]
+        rows.append(("Latency p50, batch 1 (ms)", f"{lat_o['batch1_p50_ms']:.2f}", f"{lat_c['batch1_p50_ms']:.2f}",
+                     f"{ratios['latency_speedup']:.2f}x faster"))
+        rows.append(("Latency p95, batch 1 (ms)", f"{lat_o['batch1_p95_ms']:.2f}", f"{lat_c['batch1_p95_ms']:.2f}", ""))
+        rows.append(("Throughput, batch 32 (seq/s)", f"{lat_o['batch32_throughput']:.1f}",
+                     f"{lat_c['batch32_throughput']:.1f}", f"{ratios['throughput_speedup']:.2f}x"))
+    return rows
+
+
+def _mb(size) -> str:
+    return "—" if size is None else f"{size / 1e6:.1f} MB"
+
+
+def _removed_rows(pruning: dict | None) -> list[dict]:
+    if not pruning:
+        return []
+    rows = []
+    removed_mlps = set(pruning.get("removed_mlps", []))
+    for layer, total in enumerate(pruning["original_heads_per_layer"]):
+        removed = pruning["removed_heads"].get(str(layer), [])
+        rows.append({
+            "layer": layer,
+            "heads_kept": pruning["heads_per_layer"][layer],
+            "heads_total": total,
+            "heads_removed": ", ".join(map(str, removed)) or "none",
+            "neurons_kept": pruning["neurons_per_layer"][layer],
+            "neurons_total": pruning["original_neurons_per_layer"][layer],
+            "mlp": "removed" if layer in removed_mlps else "kept",
+        })
+    return rows
+
+
+def plot_head_heatmap(heads: list[list[float]], removed: dict[str, list[int]], path: Path) -> Path:
+    """Layers x heads importance, removed heads crossed out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    width = max(len(h) for h in heads)
+    grid = np.full((len(heads), width), np.nan)
+    for i, row in enumerate(heads):
+        grid[i, : len(row)] = row
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * width + 2), max(2.5, 0.4 * len(heads) + 1.5)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for layer, idx in removed.items():
+        for head in idx:
+            ax.text(head, int(layer), "x", ha="center", va="center", color="white", fontsize=11, fontweight="bold")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(width))
+    ax.set_yticks(range(len(heads)))
+    ax.set_title("Head importance (x = removed)")
+    fig.colorbar(image, ax=ax, label="importance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pruning_curve(curve: list[dict], metric: str, path: Path) -> Path:
+    """Metric against the fraction of heads (and FFN neurons) removed, one point per iterative step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    x = [p["heads_removed"] for p in curve]
+    y = [p["metric"] for p in curve]
+    ax.plot(x, y, marker="o", label="heads removed")
+    if any(p.get("ffn_removed") for p in curve):
+        ax.plot([p["ffn_removed"] for p in curve], y, marker="s", linestyle="--", label="FFN neurons removed")
+    rejected = [p for p in curve if not p.get("kept", True)]
+    if rejected:
+        ax.scatter([p["heads_removed"] for p in rejected], [p["metric"] for p in rejected], color="red", zorder=3,
+                   label="below the floor (undone)")
+    ax.set_xlabel("fraction removed")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title("Iterative pruning")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def eval_results(report: dict) -> list[EvalResult]:
+    """``model-index`` entries: the compressed model's task metrics on the evaluation data."""
+    evaluation = report["evaluation"]
+    data = report["data"]
+    task = report["base_model"]["task"]
+    return [
+        EvalResult(
+            task_type=PIPELINE_TAG.get(task, task),
+            dataset_type=data.get("eval_dataset_type") or "custom",
+            dataset_name=data.get("eval_source") or "evaluation data",
+            dataset_split=data.get("eval_split"),
+            metric_type=name,
+            metric_name=METRIC_LABELS.get(name, name),
+            metric_value=round(float(value), 6),
+        )
+        for name, value in evaluation["compressed"]["metrics"].items()
+    ]
+
+
+def build_card(report: dict, folder: Path) -> ModelCard:
+    """Write ``README.md`` (and the PNGs it shows) into ``folder`` from a compression report."""
+    folder = Path(folder)
+    base = report["base_model"]
+    method = report["spec"]["method"]
+    evaluation = report["evaluation"]
+    pruning = report.get("pruning")
+    heatmap = curve = None
+    importance = report.get("importance")
+    if importance and importance.get("heads"):
+        plot_head_heatmap(importance["heads"], (pruning or {}).get("removed_heads", {}), folder / HEATMAP)
+        heatmap = HEATMAP
+    if pruning and len(pruning.get("curve", [])) > 1:
+        plot_pruning_curve(pruning["curve"], evaluation["primary_metric"], folder / CURVE)
+        curve = CURVE
+    tags = ["slimformer"] + (["pruned"] if "prune" in method else []) + (["distilled"] if "distill" in method else [])
+    # a local folder is no Hub id: the metadata names only what the Hub can resolve
+    on_hub = base.get("commit") is not None or not base["id"].startswith((".", "/", "~"))
+    card_data = ModelCardData(
+        base_model=base["id"] if on_hub else None,
+        base_model_revision=base.get("commit") or base.get("revision"),
+        tags=tags,
+        pipeline_tag=PIPELINE_TAG.get(base["task"], base["task"]),
+        library_name="transformers",
+        license=base.get("license"),
+        model_name=report.get("name") or f"{base['id'].split('/')[-1]}-slim",
+        eval_results=eval_results(report),
+    )
+    artifacts = report.get("artifacts", {})
+    per_layer = bool(artifacts.get("per_layer"))
+    auto_class = {"text-classification": "AutoModelForSequenceClassification",
+                  "text-generation": "AutoModelForCausalLM"}.get(base["task"], "AutoModel")
+    repo = (report["spec"].get("publish") or {}).get("repo_id") or "path/to/this/folder"
+    trust = ", trust_remote_code=True" if per_layer else ""
+    load_code = (f"from transformers import AutoTokenizer, {auto_class}\n\n"
+                 f"model = {auto_class}.from_pretrained(\"{repo}\"{trust})\n"
+                 f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")")
+    primary = evaluation["primary_metric"]
+    o_metric = evaluation["original"]["metrics"].get(primary)
+    c_metric = evaluation["compressed"]["metrics"].get(primary)
+    if c_metric is None and evaluation.get("agreement") is not None:  # no labels: agreement is the measure
+        primary, o_metric, c_metric = "agreement with the original", 1.0, evaluation["agreement"]
+    ratios = evaluation["ratios"]
+    summary = (
+        f"A {'pruned' if 'prune' in method else 'distilled'}"
+        f"{' and distilled' if method == 'prune_distill' else ''} version of "
+        + (f"[`{base['id']}`](https://huggingface.co/{base['id']})" if on_hub else f"`{base['id']}`")
+        + ", made with slimformer: "
+        f"{ratios['parameters']:.0%} of the parameters and {ratios['macs']:.0%} of the MACs, "
+        f"{METRIC_LABELS.get(primary, primary)} {_fmt(c_metric, primary)} (original {_fmt(o_metric, primary)})"
+        + (f", {ratios['latency_speedup']:.2f}x faster at batch 1" if ratios.get("latency_speedup") else "")
+        + "."
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in report.get("environment", {}).items() if k in
+                         ("python", "torch", "transformers", "huggingface_hub", "slimformer"))
+    card = ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        title=f"{card_data.model_name}",
+        summary=summary,
+        table=_table(evaluation, artifacts),
+        agreement=None if evaluation.get("agreement") is None else f"{evaluation['agreement']:.2%}"
+        if evaluation["task"] != "feature-extraction" else f"{evaluation['agreement']:.4f} mean cosine",
+        rows=evaluation["rows"],
+        eval_source=report["data"].get("eval_source", "the evaluation data"),
+        device=evaluation["device"],
+        threads=evaluation["threads"],
+        seq_len=evaluation["seq_len"],
+        removed=_removed_rows(pruning),
+        heatmap=heatmap,
+        curve=curve,
+        method_text=_method_text(report),
+        distill_text=_distill_text(report),
+        health=(report.get("distillation") or {}).get("health", []),
+        load_code=load_code,
+        per_layer=per_layer,
+        onnx=bool(artifacts.get("onnx")),
+        base_model=base["id"],
+        revision=base.get("revision", "main"),
+        commit=base.get("commit"),
+        seed=report["spec"].get("seed", 0),
+        versions=versions,
+        spec_json=json.dumps(report["spec"], indent=2),
+        calibration=report["data"].get("calibration_source") or report["data"].get("source", "the given data"),
+    )
+    card.save(folder / "README.md")
+    return card
+
+
+def _method_text(report: dict) -> str:
+    spec = report["spec"]
+    if "prune" not in spec["method"]:
+        return "The model was not pruned."
+    p = spec["prune"]
+    imp = report.get("importance") or {}
+    how = {
+        "michel": "Michel et al. (2019): the expected magnitude of the loss gradient with respect to a gate on "
+                  "each head's output (and on each FFN neuron), heads normalised per layer",
+        "magnitude": "the L2 norm of each unit's weights",
+        "random": "a random order (a baseline)",
+    }[p["importance"]]
+    loss = {"task": "the task loss on labelled data", "label_free": "a label-free loss against the original "
+            "model's own predictions"}.get(imp.get("loss", ""), "")
+    target = ", ".join(
+        part for part in (
+            f"{p['heads']:.0%} of the attention heads" if p["heads"] else "",
+            f"{p['ffn']:.0%} of the FFN neurons" if p["ffn"] else "",
+            f"{p['whole_mlps']} whole MLP(s)" if p["whole_mlps"] else "",
+            f"a budget of {p['macs_budget']:.0%} of the MACs" if p.get("macs_budget") else "",
+        ) if part
+    )
+    data = report["data"]
+    schedule = ("in one shot" if p["schedule"] == "one_shot" else
+                f"iteratively: {p['step']:.0%} of what remained per step, re-scoring each time, stopping before "
+                f"the metric fell below {p['metric_floor']:.0%} of the original")
+    return (
+        f"Importance was scored with {how}, using {loss} on {data.get('calibration_rows', '?')} calibration rows "
+        f"of {data.get('source', 'the given data')} ({imp.get('seconds', 0):.1f} s). The target was {target}, "
+        f"ranked {'across layers' if p['ranking'] == 'global' else 'within each layer'}, removed {schedule}. "
+        f"Units were removed physically (weights sliced) in the `{p['layout']}` layout."
+    )
+
+
+def _distill_text(report: dict) -> str:
+    d = report.get("distillation")
+    if not d:
+        return ""
+    spec = report["spec"]["distill"]
+    return (
+        f"### Distillation\n\nThe student was trained for {d.get('steps', '?')} steps "
+        f"({d.get('seconds', 0) / 60:.1f} min) on soft targets of the original model at temperature "
+        f"{spec['temperature']} (alpha {spec['alpha']} on gold labels where present"
+        f"{', hidden-state ' + spec['hidden_loss'] + ' alignment' if spec.get('hidden_loss') else ''}); "
+        f"the best checkpoint by the evaluation metric was kept"
+        + (f" (best {d['best_metric']:.4f})." if d.get("best_metric") is not None else ".")
+    )

@@ -1,0 +1,183 @@
+"""The job spec: what a user asks slimformer to do. The service's API accepts exactly this model.
+
+Unknown fields are rejected and every field has a default or a clear error. Local paths (``dataset.path``,
+a local folder as ``model.id``) are for the command line only: validate with
+``JobSpec.model_validate(data, context={"local_files": False})`` to refuse them (the service does).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+Task = Literal["text-classification", "sentence-similarity", "feature-extraction", "text-generation"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _local_allowed(info: ValidationInfo) -> bool:
+    return (info.context or {}).get("local_files", True)
+
+
+class ModelSpec(_Strict):
+    """The model to compress."""
+
+    id: str = Field(..., min_length=1, description="Hub model id (`org/name`), or a local folder on the command line.",
+                    examples=["sentence-transformers/all-MiniLM-L6-v2"])
+    revision: str = Field("main", min_length=1, description="Branch, tag or commit of the Hub repo.")
+    task: Task | None = Field(None, description="Inferred from the checkpoint's architecture when null.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str, info: ValidationInfo) -> str:
+        if HUB_ID.match(value):
+            return value
+        if _local_allowed(info):
+            return value
+        raise ValueError(f"{value!r} is not a Hub model id (expected 'name' or 'org/name')")
+
+
+class DatasetSpec(_Strict):
+    """Where the calibration / training data and the evaluation data come from: one of three sources."""
+
+    hub_id: str | None = Field(None, description="Hub dataset id, read with datasets.load_dataset.",
+                               examples=["stanfordnlp/sst2"])
+    config: str | None = Field(None, description="Dataset configuration (Hub datasets).")
+    split: str = Field("train", description="Split used for scoring and training (Hub datasets).")
+    eval_split: str | None = Field("validation", description="Split used for evaluation (Hub datasets).")
+    upload_id: str | None = Field(None, description="An upload from POST /v1/datasets.")
+    eval_upload_id: str | None = Field(None, description="An upload used for evaluation.")
+    path: str | None = Field(None, description="A local CSV/TSV/JSONL/Parquet file (command line only).")
+    eval_path: str | None = Field(None, description="A local evaluation file (command line only).")
+    text_column: str | None = Field(None, description="Text column; guessed (text, sentence, ...) when null.")
+    text_pair_column: str | None = Field(None, description="Second text of sentence pairs.")
+    label_column: str | None = Field(None, description="Labels; 'label' is used when present and this is null.")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
+
+    @model_validator(mode="after")
+    def _one_source(self, info: ValidationInfo) -> DatasetSpec:
+        sources = [name for name in ("hub_id", "upload_id", "path") if getattr(self, name)]
+        if len(sources) != 1:
+            raise ValueError("give exactly one data source: hub_id, upload_id or path"
+                             + (f" (got {', '.join(sources)})" if sources else ""))
+        if self.eval_upload_id and not self.upload_id:
+            raise ValueError("eval_upload_id goes with upload_id")
+        if self.eval_path and not self.path:
+            raise ValueError("eval_path goes with path")
+        if (self.path or self.eval_path) and not _local_allowed(info):
+            raise ValueError("local file paths are accepted on the command line only; upload the file to "
+                             "POST /v1/datasets and use upload_id")
+        return self
+
+
+class PruneSpec(_Strict):
+    """What to remove and how (see docs/pruning.md)."""
+
+    heads: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of attention heads to remove.")
+    ffn: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of FFN neurons to remove.")
+    whole_mlps: int = Field(0, ge=0, description="Number of whole MLPs to remove (per_layer layout).")
+    macs_budget: float | None = Field(None, gt=0.0, le=1.0, description="Keep at most this fraction of the MACs.")
+    layout: Literal["per_layer", "uniform"] = Field("per_layer", description="per_layer: best quality, loads "
+                                                    "with trust_remote_code=True; uniform: stock transformers.")
+    schedule: Literal["one_shot", "iterative"] = "one_shot"
+    step: float = Field(0.1, gt=0.0, lt=1.0, description="Iterative: fraction of what remains removed per step.")
+    metric_floor: float = Field(0.9, gt=0.0, le=1.0, description="Iterative: stop before the metric falls "
+                                "below this fraction of the original.")
+    ranking: Literal["global", "per_layer"] = "global"
+    importance: Literal["michel", "magnitude", "random"] = "michel"
+    calibration_samples: int = Field(512, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _something(self) -> PruneSpec:
+        if self.macs_budget is not None and (self.heads or self.ffn):
+            raise ValueError("give macs_budget or heads/ffn fractions, not both")
+        if self.schedule == "iterative" and (self.macs_budget is not None or self.whole_mlps):
+            raise ValueError("the iterative schedule takes heads/ffn fractions; use one_shot for macs_budget "
+                             "and whole_mlps")
+        return self
+
+    def removes_something(self) -> bool:
+        return bool(self.heads or self.ffn or self.whole_mlps or self.macs_budget is not None)
+
+
+class StudentSpec(_Strict):
+    """The student: a layer-dropped copy of the teacher ({layers}) or a smaller model ({id})."""
+
+    layers: int | None = Field(None, ge=1, description="Keep this many of the teacher's layers.")
+    id: str | None = Field(None, description="A smaller model sharing the teacher's tokenizer and labels.")
+    layer_selection: Literal["even", "importance"] = "even"
+
+    @model_validator(mode="after")
+    def _one(self) -> StudentSpec:
+        if (self.layers is None) == (self.id is None):
+            raise ValueError("give the student as {layers: K} or {id: MODEL}, exactly one")
+        return self
+
+
+class DistillSpec(_Strict):
+    """Knowledge distillation (Hinton et al. 2015) of the teacher into the student."""
+
+    student: StudentSpec | None = Field(None, description="Required for method distill; prune_distill uses the "
+                                        "pruned model as the student.")
+    temperature: float = Field(2.0, gt=0.0, le=20.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the gold-label loss (when labels exist).")
+    hidden_loss: Literal["cosine", "mse"] | None = None
+    epochs: float = Field(3.0, gt=0.0, le=100.0)
+    max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0.0, le=24 * 60)
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+
+
+class EvaluationSpec(_Strict):
+    max_samples: int | None = Field(2000, ge=1, description="Evaluate on at most this many rows.")
+    latency: bool = Field(True, description="Measure latency and throughput of both models.")
+    onnx: bool = Field(False, description="Also export model.onnx, checked with onnxruntime.")
+
+
+class PublishSpec(_Strict):
+    """Publish the result to the Hub (the token travels separately, never in the spec)."""
+
+    repo_id: str = Field(..., description="Target repo, `org/name`.")
+    private: bool = True
+    create_pr: bool = False
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo(cls, value: str) -> str:
+        if not HUB_ID.match(value) or "/" not in value:
+            raise ValueError(f"{value!r} is not a Hub repo id (expected 'org/name')")
+        return value
+
+
+class JobSpec(_Strict):
+    """A compression job."""
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    method: Literal["prune", "distill", "prune_distill"] = "prune"
+    prune: PruneSpec = Field(default_factory=PruneSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    publish: PublishSpec | None = None
+    seed: int = Field(0, ge=0, description="Seeds python, numpy and torch.")
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> JobSpec:
+        if self.method in ("prune", "prune_distill") and not self.prune.removes_something():
+            raise ValueError(f"method {self.method} needs something to remove: set prune.heads, prune.ffn, "
+                             "prune.whole_mlps or prune.macs_budget")
+        if self.method == "distill" and self.distill.student is None:
+            raise ValueError("method distill needs distill.student: {layers: K} or {id: MODEL}")
+        if self.method == "prune_distill" and self.distill.student is not None:
+            raise ValueError("method prune_distill distils into the pruned model; leave distill.student unset")
+        return self
+
+
+def job_spec_schema() -> dict:
+    """The JSON schema of :class:`JobSpec` (published as docs/job-spec.schema.json)."""
+    return JobSpec.model_json_schema()
