@@ -273,7 +273,7 @@ def score_importance(
             the first batch has labels and the model has a task head.
         normalize: Michel's layer-wise L2 normalisation of head scores (and of the MLP scores across layers).
         normalize_neurons: the same normalisation for FFN neurons. Off by default: on
-            minilm-l6-sst2, global ranking of raw neuron scores kept more accuracy (docs/benchmarks.md).
+            minilm-l6-sst2, global ranking of raw neuron scores kept more accuracy (docs/pruning.md).
         per_example: Michel's E_x |dL(x)/d xi| with a gate per example (one backward pass per batch
             still); ``False`` takes |dL/d xi| of each batch's mean loss instead.
 

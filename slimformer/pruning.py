@@ -469,12 +469,14 @@ def iterative_prune(
     re-scores, and evaluates. It stops at the target, or before the step whose metric falls below
     ``metric_floor`` x the original metric (that step is undone). The curve of
     (fraction of heads removed, fraction of FFN neurons removed, metric) is kept in the record.
+    The result holds a new model; the one passed in is left unchanged.
     """
     target.validate()
     if not 0 < step < 1:
         raise InvalidSpec(f"step must be in (0, 1), got {step}", details={"field": "step"})
     if target.macs_budget is not None or target.params_budget is not None or target.whole_mlps:
         raise InvalidSpec("the iterative schedule takes head and FFN fractions; use one_shot for budgets and whole MLPs")
+    model = copy.deepcopy(model)
     adapter = ModelAdapter(model)
     record = PruningRecord.start(adapter)
     total_heads, total_neurons = sum(record.original_heads), sum(record.original_neurons)

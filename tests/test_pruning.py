@@ -211,3 +211,14 @@ def test_iterative_schedule_stops_before_the_metric_floor():
     assert 1 - sum(s.heads for s in sizes) / 12 == pytest.approx(curve[2]["heads_removed"])
     removed = sum(len(v) for v in result.record.removed_heads().values())
     assert removed == 12 - sum(s.heads for s in sizes)
+
+
+def test_iterative_schedule_leaves_the_callers_model_unchanged():
+    model = tiny_model("bert")
+    before = model.config.to_dict()
+    batch = tiny_batch("bert", batch_size=8)
+    metrics = iter([1.0, 0.1])  # the first step falls below the floor: nothing is kept
+    result = iterative_prune(model, lambda m: score_importance(m, [batch]), lambda m: next(metrics),
+                             PruningTarget(heads=0.5), step=0.25)
+    assert model.config.to_dict() == before and not getattr(model.config, "auto_map", None)
+    assert sum(s.heads for s in ModelAdapter(result.model).all_sizes()) == 12
