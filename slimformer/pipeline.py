@@ -331,15 +331,17 @@ def _distill(spec, teacher, student_or_pruned, tokenizer, task, data, workdir, o
 
     d = spec.distill
     on_progress("distilling", 0.0, "preparing the student")
+    layer_map = None
     if spec.method == "prune_distill":
         student = student_or_pruned
     elif d.student.layers is not None:
-        cal = None
+        calibration = None
         if d.student.layer_selection == "importance":
-            cal = make_batches(tokenizer, data.train.head(spec.prune.calibration_samples), task=task,
-                               config=teacher.config)
-        student, _kept = distillation.make_layer_dropped_student(
-            teacher, d.student.layers, strategy=d.student.layer_selection, calibration_batches=cal)
+            calibration = make_batches(tokenizer, data.train.head(spec.prune.calibration_samples), task=task,
+                                       config=teacher.config)
+        student, layer_map = distillation.make_layer_dropped_student(
+            teacher, d.student.layers, strategy=d.student.layer_selection, calibration_batches=calibration,
+            should_cancel=should_cancel)
     else:
         named = load_model(d.student.id, task=task, token=token)
         distillation.check_student_compatible(teacher, named.model, tokenizer, named.tokenizer)
@@ -348,13 +350,23 @@ def _distill(spec, teacher, student_or_pruned, tokenizer, task, data, workdir, o
         temperature=d.temperature, alpha=d.alpha, hidden_loss=d.hidden_loss, epochs=d.epochs, max_steps=d.max_steps,
         max_minutes=d.max_minutes, learning_rate=d.learning_rate, seed=spec.seed,
     )
+    # the best checkpoint is chosen on rows held out of the training data, never on the evaluation data
+    dev_rows = min(500, max(1, len(data.train) // 10))
+    dev = data.train.subset(list(range(dev_rows)))
+    train = data.train.subset(list(range(dev_rows, len(data.train))))
     result = distillation.distill(
-        teacher, student, tokenizer, data.train, data.evaluation, config, task=task,
-        checkpoint_dir=workdir / "checkpoints", on_progress=on_progress, should_cancel=should_cancel,
+        teacher, student, tokenizer, train, dev, config, task=task, layer_map=layer_map,
+        checkpoint_dir=Path(workdir) / "checkpoints", on_progress=on_progress, should_cancel=should_cancel,
     )
-    return result.student, result.to_report() if hasattr(result, "to_report") else {
-        "steps": result.steps, "seconds": result.seconds, "best_metric": result.best_metric,
-        "history": result.history, "health": result.health, "resumed_from_step": result.resumed_from_step,
+    history = result.history
+    stride = max(1, len(history) // 200)  # keep the report readable: at most ~200 points of the loss curve
+    return result.student, {
+        "student": {"layers": d.student.layers, "kept_layers": layer_map} if d.student and d.student.layers
+        else {"id": d.student.id} if d.student else {"pruned": True},
+        "steps": result.steps, "seconds": round(result.seconds, 2), "stopped_because": result.stopped_because,
+        "metric": result.metric_name, "best_metric": result.best_metric, "best_step": result.best_step,
+        "teacher_metric": result.teacher_metric, "resumed_from_step": result.resumed_from_step,
+        "evaluations": result.evaluations(), "history": history[::stride], "health": result.health,
     }
 
 

@@ -138,3 +138,31 @@ def test_base_model_license_is_inherited(tiny_classifier_folder, labelled_csv, t
     finally:
         (Path(tiny_classifier_folder) / "README.md").unlink()
     assert ModelCard.load(result.folder / "README.md").data.license == "apache-2.0"
+
+
+def test_distill_run_writes_a_stock_student_with_a_training_health_section(tiny_classifier_folder, labelled_csv,
+                                                                           tmp_path):
+    spec = _spec(tiny_classifier_folder, labelled_csv, method="distill", prune={},
+                 distill={"student": {"layers": 1}, "max_steps": 6}, evaluation={"latency": False})
+    result = run(spec, tmp_path / "w")
+    config = json.loads((result.folder / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and "auto_map" not in config
+    transformers.AutoModelForSequenceClassification.from_pretrained(result.folder)
+    report = result.report
+    assert report["distillation"]["steps"] == 6 and report["distillation"]["student"]["layers"] == 1
+    assert report["pruning"] is None
+    text = (result.folder / "README.md").read_text()
+    assert "### Distillation" in text and "### Training health" in text
+    assert {"slimformer", "distilled"} <= set(ModelCard.load(result.folder / "README.md").data.tags)
+    jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+
+
+def test_prune_then_distill_trains_the_pruned_model(tiny_classifier_folder, labelled_csv, tmp_path):
+    spec = _spec(tiny_classifier_folder, labelled_csv, method="prune_distill", prune={"heads": 0.5},
+                 distill={"max_steps": 4}, evaluation={"latency": False})
+    result = run(spec, tmp_path / "w")
+    report = result.report
+    assert report["distillation"]["student"] == {"pruned": True} and report["distillation"]["steps"] == 4
+    assert sum(report["pruning"]["heads_per_layer"]) == 4
+    assert {"pruned", "distilled"} <= set(ModelCard.load(result.folder / "README.md").data.tags)
+    transformers.AutoModelForSequenceClassification.from_pretrained(result.folder, trust_remote_code=True)
