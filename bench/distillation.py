@@ -36,10 +36,11 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from tables import Table, render_markdown, render_text
 
 from slimformer.data import TextData, load_text_file, make_batches
 from slimformer.distillation import (
@@ -84,14 +85,6 @@ STUDENT_SETTINGS = {
     "layer-dropped": replace(BASE, learning_rate=1e-4, hidden_loss="cosine", hidden_weight=1.0),
     "pruned": replace(BASE, learning_rate=5e-5, hidden_loss="cosine", hidden_weight=1.0),
 }
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -347,28 +340,6 @@ def training_table(runs: list[dict]) -> Table:
         notes=[f"held-out: {HELD_OUT} training sentences kept out of training, used to keep the best checkpoint; "
                "the teacher was most likely fine-tuned on them, so held-out accuracy runs above validation accuracy"],
     )
-
-
-def render_text(table: Table) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(table.headers, *table.rows, strict=True)]
-
-    def line(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in pairs)
-
-    out = [table.title, line(table.headers), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in table.rows]
-    out += [f"  {n}" for n in table.notes]
-    return "\n".join(out)
-
-
-def render_markdown(table: Table) -> str:
-    out = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.headers))) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in table.rows]
-    if table.notes:
-        out += [""] + [f"{n[0].upper()}{n[1:]}." for n in table.notes]
-    return "\n".join(out)
 
 
 def plot(path: Path, runs: list[dict], teacher_acc: float, lat: dict) -> None:

@@ -30,10 +30,11 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tables import Table, render_markdown, render_text
 
 from slimformer.data import load_text_file, make_batches
 from slimformer.evaluation import count_macs, count_parameters, measure_latency, task_metric
@@ -85,14 +86,6 @@ class Inputs:
     calibration: list[dict]
     validation: list[dict]
     validation_sentences: int
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- set-up
@@ -437,28 +430,6 @@ def scoring_table(michel_seconds: float, scores: dict[str, list[Importance]], ga
         notes=["'removed vs gated': validation accuracy after physical removal and after gating the same "
                "Michel-chosen units to zero (the way the reference figures were measured)"],
     )
-
-
-def render_text(table: Table) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(table.headers, *table.rows, strict=True)]
-
-    def line(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in pairs)
-
-    out = [table.title, line(table.headers), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in table.rows]
-    out += [f"  {n}" for n in table.notes]
-    return "\n".join(out)
-
-
-def render_markdown(table: Table) -> str:
-    out = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.headers))) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in table.rows]
-    if table.notes:
-        out += [""] + [f"{n[0].upper()}{n[1:]}." for n in table.notes]
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- outputs
