@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only Michel scoring time and the MACs-vs-latency table (one-shot models), written to "
              "pruning_latency.{json,md}: to re-measure on an idle machine without the accuracy sweep",
     )
+    parser.add_argument("--latency-rounds", type=int, dest="rounds_override",
+                        help="rounds of the latency table (default 5; 1 with --quick)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for json, md and png")
     args = parser.parse_args(argv)
     if args.fractions is None:
@@ -114,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.iterative_step = 0.5 if args.quick else 0.1
     # rounds x (warm-up + timed runs) forward passes per model, the models taking turns
     args.latency_rounds, args.latency_warmup, args.latency_runs = (1, 1, 2) if args.quick else (5, 1, 3)
+    if args.rounds_override:
+        args.latency_rounds = args.rounds_override
     return args
 
 
