@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import logging
-import os
-import platform
 import random
 import statistics
 import sys
@@ -40,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from tables import Table, render_markdown, render_text
+from tables import Table, environment, render_markdown, render_text
 
 from slimformer.data import TextData, load_text_file, make_batches
 from slimformer.distillation import (
@@ -380,18 +377,6 @@ def plot(path: Path, runs: list[dict], teacher_acc: float, lat: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def environment() -> dict:
-    return {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-    }
 
 
 def save(out: Path, results: dict, tables: list[Table], runs: list[dict], teacher_acc: float, lat: dict) -> None:

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import logging
-import os
-import platform
 import random
 import statistics
 import sys
@@ -34,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tables import Table, render_markdown, render_text
+from tables import Table, environment, render_markdown, render_text
 
 from slimformer.data import load_text_file, make_batches
 from slimformer.evaluation import count_macs, count_parameters, measure_latency, task_metric
@@ -477,18 +474,6 @@ def plot(path: Path, sweep: dict, full: float, iterative: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def environment() -> dict:
-    return {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-    }
 
 
 def save(out: Path, results: dict, tables: list[Table], sweep: dict, full: float, iterative: list[dict]) -> None:

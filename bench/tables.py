@@ -1,8 +1,15 @@
-"""Tables the benchmark scripts print (aligned text) and save (markdown)."""
+"""What the benchmark scripts share: tables they print (aligned text) and save (markdown), run metadata."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import platform
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
 
 
 @dataclass
@@ -33,3 +40,16 @@ def render_markdown(table: Table) -> str:
     if table.notes:
         out += [""] + [f"{n[0].upper()}{n[1:]}." for n in table.notes]
     return "\n".join(out)
+
+
+def environment() -> dict:
+    """When, where and how a benchmark ran."""
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    }
