@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from tables import Table, environment, render_markdown, render_text
+from tables import MODEL, ROOT, SHARED, TRAIN, VALIDATION, Table, environment, render_markdown, render_text
 
 from slimformer.data import TextData, load_text_file, make_batches
 from slimformer.distillation import (
@@ -54,11 +54,6 @@ from slimformer.pruning import PruningTarget, plan_pruning, prune_model
 
 logger = logging.getLogger("distillation_bench")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-MODEL = SHARED / "models" / "minilm-l6-sst2"
-TRAIN = SHARED / "data" / "sst2" / "train.tsv"
-VALIDATION = SHARED / "data" / "sst2" / "validation.tsv"
 
 THREADS = 2
 BATCH_SIZE = 32

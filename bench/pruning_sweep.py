@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tables import Table, environment, render_markdown, render_text
+from tables import MODEL, ROOT, SHARED, TRAIN, VALIDATION, Table, environment, render_markdown, render_text
 
 from slimformer.data import load_text_file, make_batches
 from slimformer.evaluation import count_macs, count_parameters, measure_latency, task_metric
@@ -41,11 +41,6 @@ from slimformer.pruning import PruningTarget, iterative_prune, plan_pruning, pru
 
 logger = logging.getLogger("pruning_sweep")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-MODEL = SHARED / "models" / "minilm-l6-sst2"
-TRAIN = SHARED / "data" / "sst2" / "train.tsv"
-VALIDATION = SHARED / "data" / "sst2" / "validation.tsv"
 
 CALIBRATION_SENTENCES = 512
 BATCH_SIZE = 32

@@ -11,6 +11,13 @@ from pathlib import Path
 
 import torch
 
+# The fixed "user's model" and data every benchmark reads, in place, from ../shared beside the repository.
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODEL = SHARED / "models" / "minilm-l6-sst2"
+TRAIN = SHARED / "data" / "sst2" / "train.tsv"
+VALIDATION = SHARED / "data" / "sst2" / "validation.tsv"
+
 
 @dataclass
 class Table:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from slimformer.hub import AUTO_CLASS_FOR_TASK
+
 logger = logging.getLogger(__name__)
 
 HEATMAP = "head_importance.png"
@@ -286,8 +288,7 @@ def build_card(report: dict, folder: Path) -> ModelCard:
     )
     artifacts = report.get("artifacts", {})
     per_layer = bool(artifacts.get("per_layer"))
-    auto_class = {"text-classification": "AutoModelForSequenceClassification",
-                  "text-generation": "AutoModelForCausalLM"}.get(base["task"], "AutoModel")
+    auto_class = AUTO_CLASS_FOR_TASK.get(base["task"], "AutoModel")
     repo = (report["spec"].get("publish") or {}).get("repo_id") or "path/to/this/folder"
     trust = ", trust_remote_code=True" if per_layer else ""
     load_code = (f"from transformers import AutoTokenizer, {auto_class}\n\n"
