@@ -97,7 +97,56 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("spec", help="job spec file (see docs/job-spec.md)")
     compress.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     compress.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    _add_server_commands(sub)
     return parser
+
+
+def _add_server_commands(sub) -> None:
+    """``serve``, ``worker``, ``keys``, ``migrate``: the service side (needs the ``service`` extra)."""
+    serve = sub.add_parser("serve", help="run the API (and, by default, one worker process)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; SLIMFORMER_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000; SLIMFORMER_PORT)")
+    serve.add_argument("--data-dir", help="job store, queue and artifacts folder (default ./data; SLIMFORMER_DATA_DIR)")
+    serve.add_argument("--no-worker", action="store_true", help="API only; run `slimformer worker` elsewhere")
+
+    worker = sub.add_parser("worker", help="run a worker that takes jobs from the queue")
+    worker.add_argument("--data-dir", help="as for serve (SLIMFORMER_DATA_DIR)")
+    worker.add_argument("--queues", help="comma-separated queues (default: gpu,cpu with CUDA, else cpu)")
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default SLIMFORMER_WORKER_CONCURRENCY or 1)")
+    worker.add_argument("--hostname", help="Celery node name (default celery@HOST)")
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys.add_argument("--data-dir", help="as for serve (SLIMFORMER_DATA_DIR)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument("--admin", action="store_true", help="the key sees every key's jobs")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id", help="the id shown by `keys list`")
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the job store's schema (Alembic)")
+    migrate.add_argument("--data-dir", help="as for serve (SLIMFORMER_DATA_DIR)")
+
+
+def _run_server_command(args: argparse.Namespace) -> int:
+    try:
+        from pydantic import ValidationError
+
+        from service import commands
+    except ImportError as err:
+        raise SystemExit(f"error: `slimformer {args.command}` needs the service extra: pip install "
+                         f"'slimformer[service]' ({err})") from None
+    try:
+        return getattr(commands, args.command)(args)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except commands.StartupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _progress_printer():
@@ -234,11 +283,14 @@ def _run_compress(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prune": _run_prune, "distill": _run_distill, "compress": _run_compress}
+SERVER_COMMANDS = ("serve", "worker", "keys", "migrate")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in SERVER_COMMANDS:
+        return _run_server_command(args)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

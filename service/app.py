@@ -1,0 +1,132 @@
+"""The FastAPI application factory: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.artifacts import make_artifact_store
+from service.auth import AuthState, RateLimiter
+from service.errors import error_response, install_error_handlers
+from service.metrics import ApiMetrics
+from service.routes import router
+from service.settings import Settings
+from service.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Compress Hugging Face transformer models: score attention heads and MLPs (Michel et al. 2019; Prasanna et al.
+2020), remove the least important ones or distil into a smaller student, measure the original and the compressed
+model side by side, and publish the result with an evaluation card.
+
+Authenticate with `Authorization: Bearer <key>` (`slimformer keys create`). Every error has the body
+`{"error": {"code", "message", "details"}}`.
+"""
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over the limit, by Content-Length or by counting a streamed body."""
+
+    def __init__(self, app, *, default: int, uploads: int) -> None:
+        self.app, self.default, self.uploads = app, default, uploads
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.uploads if scope["path"].startswith("/v1/datasets") else self.default
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            response = error_response(413, "payload_too_large", f"request body larger than {limit} bytes")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            response = error_response(413, "payload_too_large", f"request body larger than {limit} bytes")
+            await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
+                     token_secret=settings.token_encryption_key)
+    from workers.celery_app import make_celery, queue_depths, send_job
+
+    celery = make_celery(settings)
+
+    def send(job_id: str, queue: str, countdown: float | None) -> None:
+        send_job(celery, job_id, queue, countdown=countdown)
+
+    def ping_broker() -> None:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+
+    metrics = ApiMetrics()
+    metrics.watch_store(store, settings, lambda: queue_depths(celery, settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        reaper = None
+        if run_reaper:
+            from workers.reaper import Reaper
+
+            reaper = Reaper(store, send, interval=settings.reaper_interval_seconds,
+                            stale_after=settings.stale_after_seconds,
+                            requeue_queued_after=settings.requeue_queued_after_seconds).start()
+        yield
+        if reaper:
+            reaper.stop()
+        store.dispose()
+
+    app = FastAPI(title="slimformer", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=[{"name": "jobs"}, {"name": "artifacts"}, {"name": "datasets"}, {"name": "health"}])
+    app.state.settings = settings
+    app.state.settings_events_interval = 0.5
+    app.state.store = store
+    app.state.artifacts = make_artifact_store(settings)
+    app.state.send = send
+    app.state.ping_broker = ping_broker
+    app.state.celery = celery
+    app.state.metrics = metrics
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.auth = AuthState(store, always=settings.mode == "production")
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.http_latency.labels(request.method, getattr(route, "path", "unmatched"),
+                                    str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, default=settings.max_request_bytes, uploads=settings.max_upload_bytes)
+    return app

@@ -1,0 +1,76 @@
+"""One error body for every failure: ``{"error": {"code", "message", "details"}}`` with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
+                 415: "unsupported_media_type", 416: "range_not_satisfiable", 422: "invalid_request",
+                 429: "rate_limited", 503: "unavailable"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details, self.headers = status, code, message, details or {}, headers
+
+
+def error_response(status: int, code: str, message: str, details: dict | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}},
+                        status_code=status, headers=headers)
+
+
+def field_errors(errors: list[dict], *, drop_prefix: tuple[str, ...] = ("body",)) -> list[dict]:
+    """pydantic errors as ``{"field": "prune.heads", "message": ...}`` (dotted paths, no "body" prefix)."""
+    out = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if str(p) not in drop_prefix]
+        out.append({"field": ".".join(loc) or None, "message": err.get("msg", "invalid"), "type": err.get("type")})
+    return out
+
+
+def invalid_spec(err: ValidationError, prefix: tuple[str, ...] = ()) -> ApiError:
+    fields = field_errors([dict(e, loc=prefix + tuple(e["loc"])) for e in err.errors()])
+    summary = "; ".join(f"{f['field']}: {f['message']}" if f["field"] else f["message"] for f in fields[:5])
+    return ApiError(422, "invalid_spec", f"the job spec is invalid: {summary}", {"fields": fields})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):  # noqa: ANN202
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):  # noqa: ANN202
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            detail = next(e for e in errors if e.get("type") == "json_invalid")
+            return error_response(400, "malformed_json", "the request body is not valid JSON: "
+                                  f"{(detail.get('ctx') or {}).get('error', 'parse error')}")
+        fields = field_errors(errors)
+        summary = "; ".join(f"{f['field']}: {f['message']}" if f["field"] else f["message"] for f in fields[:5])
+        return error_response(422, "invalid_request", f"the request is invalid: {summary}", {"fields": fields})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):  # noqa: ANN202
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # noqa: ANN202
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error; the server log has the details")

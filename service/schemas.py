@@ -1,0 +1,107 @@
+"""Request and response models of the API (v1). The job spec itself is ``slimformer.spec.JobSpec``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from slimformer.spec import JobSpec
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+SPEC_EXAMPLE = {
+    "model": {"id": "sentence-transformers/all-MiniLM-L6-v2"},
+    "dataset": {"hub_id": "glue", "config": "sst2", "split": "train", "eval_split": "validation",
+                "text_column": "sentence", "label_column": "label", "max_samples": 2000},
+    "method": "prune",
+    "prune": {"heads": 0.5, "ffn": 0.3},
+    "publish": {"repo_id": "my-org/minilm-pruned", "private": True},
+}
+
+
+class JobCreate(JobSpec):
+    """A job spec, plus the Hub token used to pull private models and publish (write-only: never returned)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SPEC_EXAMPLE]})
+
+    hub_token: SecretStr | None = Field(
+        None, description="Hugging Face token for private/gated models and publishing. Stored encrypted until the job "
+                          "ends, then wiped; never returned, never logged.", json_schema_extra={"writeOnly": True})
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., examples=["invalid_spec"])
+    message: str = Field(..., examples=["the job spec is invalid: prune.heads: Input should be less than 1"])
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    cancel: str
+    artifacts: str
+    download: str
+    card: str
+
+
+class JobView(BaseModel):
+    id: str
+    status: Status
+    stage: str | None = Field(None, description="downloading, scoring, pruning, distilling, evaluating, writing_card, "
+                                                "publishing, done")
+    progress: float = Field(..., ge=0, le=1)
+    eta_seconds: float | None = None
+    message: str | None = None
+    attempts: int
+    max_attempts: int
+    queue: str
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+    spec: dict[str, Any]
+    metrics: dict[str, Any] | None = Field(None, description="Primary metric before/after, ratios, agreement.")
+    published: dict[str, Any] | None = Field(None, description="Hub repo URL and commit of the published model.")
+    error: JobError | None = None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[JobView]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page; null on the last page.")
+
+
+class ArtifactFile(BaseModel):
+    path: str
+    size: int
+    url: str
+
+
+class ArtifactList(BaseModel):
+    job_id: str
+    files: list[ArtifactFile]
+
+
+class UploadView(BaseModel):
+    upload_id: str
+    filename: str
+    size: int
+    rows: int
+    columns: list[str]
+    created_at: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

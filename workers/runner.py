@@ -1,0 +1,241 @@
+"""What a worker does with one job id: lease it, run the pipeline, write progress, publish, record the result.
+
+Kept apart from Celery so that it reads as a recipe and can be driven from tests directly. The pipeline is
+imported lazily (it imports torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from service.artifacts import ArtifactStore
+from service.logs import current_job_id, forget_secret, redact, register_secret
+from service.settings import Settings
+from service.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+STAGE_WEIGHTS = {"downloading": 0.1, "scoring": 0.2, "pruning": 0.1, "distilling": 0.6, "evaluating": 0.2,
+                 "writing_card": 0.05, "publishing": 0.05}
+
+
+def stages_for(spec: dict) -> list[str]:
+    method = spec.get("method", "prune")
+    names = ["downloading"]
+    if method in ("prune", "prune_distill"):
+        names += ["scoring", "pruning"]
+    if method in ("distill", "prune_distill"):
+        names += ["distilling"]
+    names += ["evaluating", "writing_card"]
+    if spec.get("publish"):
+        names += ["publishing"]
+    return names
+
+
+def overall_progress(stages: list[str], stage: str, fraction: float) -> float:
+    """The job's progress 0..1 from the stage it is in and that stage's own fraction."""
+    total = sum(STAGE_WEIGHTS[s] for s in stages)
+    done = 0.0
+    for name in stages:
+        if name == stage:
+            return min(1.0, (done + STAGE_WEIGHTS[name] * max(0.0, min(1.0, fraction))) / total)
+        done += STAGE_WEIGHTS[name]
+    return min(1.0, done / total)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def summarise(report: dict) -> dict:
+    """The metrics summary a job view shows: primary metric before/after and the size and speed ratios."""
+    evaluation = report.get("evaluation") or {}
+    original, compressed = evaluation.get("original") or {}, evaluation.get("compressed") or {}
+    metric = evaluation.get("primary_metric")
+    return {
+        "task": evaluation.get("task"),
+        "metric": metric,
+        "original": (original.get("metrics") or {}).get(metric),
+        "compressed": (compressed.get("metrics") or {}).get(metric),
+        "parameters": {"original": original.get("parameters"), "compressed": compressed.get("parameters")},
+        "ratios": evaluation.get("ratios"),
+        "agreement": evaluation.get("agreement"),
+        "base_model_commit": (report.get("base_model") or {}).get("commit"),
+    }
+
+
+class _Lease:
+    """Writes the heartbeat on a thread, so a long step without progress callbacks still counts as alive."""
+
+    def __init__(self, store: JobStore, job_id: str, worker: str, interval: float) -> None:
+        self.store, self.job_id, self.worker, self.interval = store, job_id, worker, interval
+        self.cancelled = self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def write(self, **fields) -> None:
+        state = self.store.heartbeat(self.job_id, self.worker, **fields)
+        self.cancelled = self.cancelled or state == "cancel"
+        self.lost = self.lost or state == "lost"
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.write()
+            except Exception:  # the database may blink; the next beat retries, the reaper tolerates a few misses
+                logger.warning("heartbeat failed", exc_info=True)
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore,
+                 send: Callable[[str, str, float | None], None]) -> None:
+        self.settings, self.store, self.artifacts, self.send = settings, store, artifacts, send
+        self.worker = worker_name()
+
+    def run(self, job_id: str) -> str:
+        """Run one job to an end state. Returns ``succeeded``, ``failed``, ``cancelled``, ``retrying`` or ``skipped``."""
+        token_ctx = current_job_id.set(job_id)
+        try:
+            job = self.store.claim(job_id, self.worker, stale_after=self.settings.stale_after_seconds)
+            if job is None:
+                logger.info("job %s is not ours to run (taken, finished or cancelled); skipping", job_id)
+                return "skipped"
+            logger.info("running job %s (attempt %d of %d)", job_id, job["attempts"], job["max_attempts"])
+            return self._run(job)
+        finally:
+            current_job_id.reset(token_ctx)
+
+    def _run(self, job: dict) -> str:
+        from slimformer.errors import Cancelled, SlimformerError
+        from slimformer.spec import JobSpec
+
+        job_id, settings = job["id"], self.settings
+        hub_token = self.store.hub_token(job)
+        register_secret(hub_token)
+        workdir = settings.work_dir / job_id
+        stages = stages_for(job["spec"])
+        started = time.monotonic()
+        state = {"stage": None, "stage_started": time.time(), "written": 0.0, "seconds": {}}
+
+        with _Lease(self.store, job_id, self.worker, settings.heartbeat_seconds) as lease:
+            def on_progress(stage: str, fraction: float, message: str) -> None:
+                now = time.time()
+                changed = stage != state["stage"]
+                if changed and state["stage"] is not None:
+                    state["seconds"][state["stage"]] = round(now - state["stage_started"], 3)
+                    state["stage_started"] = now
+                state["stage"] = stage
+                if not changed and now - state["written"] < 0.5:
+                    return
+                state["written"] = now
+                progress = overall_progress(stages, stage, fraction)
+                elapsed = time.monotonic() - started
+                eta = elapsed * (1 - progress) / progress if progress > 0.02 else None
+                lease.write(stage=stage, progress=round(progress, 4), message=redact(message)[:500],
+                            eta_seconds=round(eta, 1) if eta is not None else None,
+                            stage_started_at=state["stage_started"], stage_seconds=dict(state["seconds"]))
+
+            def should_cancel() -> bool:
+                return lease.cancelled or lease.lost
+
+            try:
+                spec = JobSpec.model_validate(job["spec"], context={"local_files": False})
+                result = self._pipeline(spec, job, workdir, hub_token, on_progress, should_cancel)
+                if state["stage"] is not None:
+                    state["seconds"][state["stage"]] = round(time.time() - state["stage_started"], 3)
+                if should_cancel():
+                    raise Cancelled("the job was cancelled")
+                on_progress("publishing" if "publishing" in stages else "writing_card", 1.0, "storing the artifacts")
+                files = self.artifacts.publish_folder(f"jobs/{job_id}", result.folder)
+                summary = summarise(result.report) | {
+                    "files": files, "published": getattr(result, "published", None),
+                }
+                if not self.store.finish(job_id, self.worker, "succeeded", stage="done", progress=1.0,
+                                         message="finished", result=summary, stage_seconds=state["seconds"]):
+                    logger.warning("job %s was taken from this worker before it finished; result discarded", job_id)
+                    return "skipped"
+                shutil.rmtree(workdir, ignore_errors=True)
+                logger.info("job %s succeeded", job_id)
+                return "succeeded"
+            except Cancelled:
+                if lease.lost:
+                    logger.warning("job %s: lease lost (reaped as stale); stopping without touching it", job_id)
+                    return "skipped"
+                self.artifacts.delete_prefix(f"jobs/{job_id}")
+                shutil.rmtree(workdir, ignore_errors=True)
+                self.store.finish(job_id, self.worker, "cancelled", message="cancelled", stage_seconds=state["seconds"])
+                logger.info("job %s cancelled", job_id)
+                return "cancelled"
+            except SlimformerError as err:
+                if getattr(err, "transient", False) and job["attempts"] < job["max_attempts"]:
+                    delay = settings.retry_backoff_seconds * 2 ** (job["attempts"] - 1) * random.uniform(0.8, 1.2)
+                    error = {"code": err.code, "message": redact(err.message)}
+                    if self.store.requeue(job_id, self.worker, delay=delay, error=error,
+                                          message=f"transient failure, retrying in {delay:.0f} s: {error['message']}"):
+                        self.send(job_id, job["queue"], delay)
+                    logger.warning("job %s: transient failure (%s); retry in %.0f s", job_id, err.code, delay)
+                    return "retrying"
+                return self._fail(job_id, workdir, err.code, err.message, err.details, state["seconds"])
+            except Exception as err:  # noqa: BLE001 - anything else is our bug or the machine's; say what it was
+                from pydantic import ValidationError
+
+                if isinstance(err, ValidationError):
+                    return self._fail(job_id, workdir, "invalid_spec", str(err), {}, state["seconds"])
+                logger.exception("job %s failed with an unexpected error", job_id)
+                code = "time_limit" if type(err).__name__ == "SoftTimeLimitExceeded" else "internal_error"
+                message = ("the job ran past the time limit" if code == "time_limit"
+                           else f"internal error: {type(err).__name__}: {err}")
+                return self._fail(job_id, workdir, code, message, {}, state["seconds"])
+            finally:
+                forget_secret(hub_token)
+
+    def _fail(self, job_id: str, workdir: Path, code: str, message: str, details: dict, seconds: dict) -> str:
+        self.artifacts.delete_prefix(f"jobs/{job_id}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        safe_details = {k: redact(str(v)) if isinstance(v, str) else v for k, v in (details or {}).items()}
+        self.store.finish(job_id, self.worker, "failed", error_code=code, error_message=redact(message)[:4000],
+                          error_details=safe_details, message="failed", stage_seconds=seconds)
+        logger.info("job %s failed: %s", job_id, code)
+        return "failed"
+
+    def _pipeline(self, spec, job, workdir, hub_token, on_progress, should_cancel):
+        from slimformer import pipeline
+        from slimformer.hub import HubPolicy
+
+        settings = self.settings
+        policy = HubPolicy(
+            allow_pickle=settings.allow_pickle, allow_remote_code=settings.allow_remote_code,
+            max_model_bytes=settings.max_model_bytes, endpoint=settings.hf_endpoint,
+            cache_dir=settings.hf_cache_dir or settings.data_dir / "hf-cache",
+        )
+
+        def resolve_upload(upload_id: str) -> Path:
+            from service.store import NotFound
+            from slimformer.errors import DatasetError
+
+            try:
+                upload = self.store.get_upload(upload_id, owner=job["owner"])
+            except NotFound:
+                raise DatasetError(f"upload {upload_id} does not exist (or belongs to another key)") from None
+            return self.artifacts.fetch_file(upload["path"], workdir / "uploads" / upload_id / upload["filename"])
+
+        return pipeline.run(
+            spec, workdir, on_progress=on_progress, should_cancel=should_cancel, out_dir=workdir / "model",
+            overwrite=True, token=hub_token, resolve_upload=resolve_upload, job_id=job["id"], hub_policy=policy,
+        )
