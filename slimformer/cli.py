@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
     _add_server_commands(sub)
+    _add_client_commands(sub)
     return parser
 
 
@@ -282,8 +283,535 @@ def _run_compress(args: argparse.Namespace) -> int:
     return _run_spec(_validated(data), args.out, args.overwrite)
 
 
+# -- client commands: talk to a running service (httpx and rich only; never torch or transformers) ----------
+def _add_client_commands(sub) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--server", help="service URL (default: SLIMFORMER_SERVER, the config file written by "
+                                             "`slimformer login`, else http://127.0.0.1:8000)")
+    connection.add_argument("--api-key", help="API key (default: SLIMFORMER_API_KEY, else the config file)")
+    connection.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show tracebacks")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
+
+    login = sub.add_parser("login", parents=[connection], help="save the server URL and API key for later commands")
+    login.add_argument("--no-verify", action="store_true", help="save without asking the server first")
+
+    submit = sub.add_parser("submit", parents=[connection, as_json],
+                            help="submit a job to the service (a spec file, or flags)",
+                            description="Submit a compression job. Give a job spec file (docs/job-spec.md), or "
+                                        "--model with --data/--hub-dataset and targets; flags override the file. "
+                                        "Local data files are uploaded for you.")
+    submit.add_argument("spec", nargs="?", help="job spec file (YAML or JSON)")
+    submit.add_argument("--model", help="Hub model id")
+    submit.add_argument("--revision", help="branch, tag or commit of the model")
+    submit.add_argument("--task", choices=["text-classification", "sentence-similarity", "feature-extraction",
+                                           "text-generation"])
+    source = submit.add_mutually_exclusive_group()
+    source.add_argument("--data", help="local CSV, TSV, JSON lines or Parquet file (uploaded)")
+    source.add_argument("--hub-dataset", help="Hub dataset id")
+    submit.add_argument("--eval-data", help="local evaluation file (uploaded; with --data)")
+    submit.add_argument("--hub-config", help="dataset configuration (with --hub-dataset)")
+    submit.add_argument("--split", help="training split (with --hub-dataset; default train)")
+    submit.add_argument("--eval-split", help="evaluation split (with --hub-dataset; default validation)")
+    submit.add_argument("--text-column")
+    submit.add_argument("--text-pair-column")
+    submit.add_argument("--label-column")
+    submit.add_argument("--max-samples", type=int, help="use at most this many training rows")
+    submit.add_argument("--method", choices=["prune", "distill", "prune_distill"],
+                        help="default: distill with --student-layers/--student, else prune")
+    submit.add_argument("--heads", type=_fraction, help="fraction of attention heads to remove")
+    submit.add_argument("--ffn", type=_fraction, help="fraction of FFN neurons to remove")
+    submit.add_argument("--whole-mlps", type=int, help="number of whole MLPs to remove")
+    submit.add_argument("--macs-budget", type=_budget, help="keep at most this fraction of the MACs")
+    submit.add_argument("--layout", choices=["per_layer", "uniform"])
+    submit.add_argument("--ranking", choices=["global", "per_layer"])
+    submit.add_argument("--importance", choices=["michel", "magnitude", "random"])
+    submit.add_argument("--schedule", choices=["one_shot", "iterative"])
+    submit.add_argument("--step", type=_fraction)
+    submit.add_argument("--metric-floor", type=_budget)
+    submit.add_argument("--calibration-samples", type=int)
+    student = submit.add_mutually_exclusive_group()
+    student.add_argument("--student-layers", type=int, help="distil into this many of the teacher's layers")
+    student.add_argument("--student", help="distil into this smaller Hub model")
+    submit.add_argument("--max-minutes", type=float, help="stop distilling after this many minutes")
+    submit.add_argument("--epochs", type=float)
+    submit.add_argument("--eval-samples", type=int, help="evaluate on at most this many rows")
+    submit.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    submit.add_argument("--onnx", action="store_true", help="also export model.onnx")
+    submit.add_argument("--publish", metavar="REPO", help="publish the result to this Hub repo (org/name)")
+    submit.add_argument("--public", action="store_true", help="make the published repo public")
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--hub-token-env", metavar="VAR",
+                        help="environment variable holding a Hub token (private models, publishing)")
+    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+
+    jobs = sub.add_parser("jobs", parents=[connection, as_json], help="list your jobs on the service")
+    jobs.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    jobs.add_argument("--limit", type=int, default=20, help="at most this many (1-100; default 20)")
+    jobs.add_argument("--cursor", help="next page: the cursor printed under the previous one")
+
+    for name, text in (("status", "show one job"), ("watch", "follow a job with a progress bar until it ends"),
+                       ("cancel", "cancel a queued or running job"),
+                       ("card", "print a finished job's evaluation card (Markdown)")):
+        command = sub.add_parser(name, parents=[connection, as_json], help=text)
+        command.add_argument("job_id", metavar="ID")
+        if name == "card":
+            command.add_argument("--html", action="store_true", help="the card rendered as HTML")
+
+    download = sub.add_parser("download", parents=[connection, as_json],
+                              help="download a finished job's model (resumable; sizes verified)")
+    download.add_argument("job_id", metavar="ID")
+    download.add_argument("--out", help="folder (default ./ID; with --tar, the current folder)")
+    download.add_argument("--tar", action="store_true", help="one streamed .tar.gz instead of the files")
+
+
+def _client(args: argparse.Namespace):
+    from slimformer.client import Client, resolve_connection
+
+    connection = resolve_connection(args.server, args.api_key)
+    return Client(connection.server, api_key=connection.api_key)
+
+
+def _print_json(data) -> None:
+    import json
+
+    print(json.dumps(data, indent=2))
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _metrics_line(view: dict) -> str:
+    metrics = view.get("metrics") or {}
+    parts = []
+    metric = metrics.get("metric")
+    if metric and metrics.get("original") is not None and metrics.get("compressed") is not None:
+        parts.append(f"{metric} {metrics['original']:.4f} -> {metrics['compressed']:.4f}")
+    ratios = metrics.get("ratios") or {}
+    if ratios.get("parameters") is not None:
+        parts.append(f"parameters {ratios['parameters']:.1%} of the original")
+    if ratios.get("latency_speedup"):
+        parts.append(f"{ratios['latency_speedup']:.2f}x faster at batch 1")
+    return "; ".join(parts)
+
+
+def _finish(view: dict) -> int:
+    """The exit code of a job that ended, with one line about how it ended."""
+    job_id, status = view["id"], view["status"]
+    if status == "succeeded":
+        took = ""
+        seconds = sum((view.get("stage_seconds") or {}).values())
+        if seconds:
+            took = f" in {_duration(seconds)}"
+        line = _metrics_line(view)
+        print(f"job {job_id} succeeded{took}" + (f": {line}" if line else ""), file=sys.stderr)
+        print(f"download it with `slimformer download {job_id}`", file=sys.stderr)
+        return 0
+    if status == "failed":
+        error = view.get("error") or {}
+        print(f"error: job {job_id} failed: {error.get('message') or view.get('message') or 'no reason given'}",
+              file=sys.stderr)
+        return 1
+    print(f"error: job {job_id} was cancelled", file=sys.stderr)
+    return 1
+
+
+def _follow(client, job_id: str, *, as_json: bool) -> int:
+    """Follow a job to its end: a live bar on a terminal, a line per stage elsewhere, NDJSON with --json."""
+    import json
+
+    from slimformer.client import TERMINAL
+
+    last = None
+    console = _stderr_console()
+    try:
+        if as_json:
+            for view in client.follow(job_id):
+                print(json.dumps(view), flush=True)
+                last = view
+        elif console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            columns = (TextColumn("[bold]{task.fields[stage]:<12}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                       TextColumn("{task.fields[eta]}"), TimeElapsedColumn(), TextColumn("{task.description}"))
+            with Progress(*columns, console=console, transient=True) as progress:
+                task = progress.add_task("", total=1.0, stage="queued", eta="")
+                for view in client.follow(job_id):
+                    last = view
+                    eta = f"ETA {_duration(view['eta_seconds'])}" if view.get("eta_seconds") is not None else ""
+                    progress.update(task, completed=view["progress"], stage=view.get("stage") or view["status"],
+                                    eta=eta, description=(view.get("message") or "")[:60])
+        else:
+            shown = None
+            for view in client.follow(job_id):
+                last = view
+                key = (view["status"], view.get("stage"))
+                if key != shown:
+                    shown = key
+                    eta = f", ETA {_duration(view['eta_seconds'])}" if view.get("eta_seconds") is not None else ""
+                    print(f"{view['status']:<9} {view.get('stage') or '':<12} {view['progress']:>4.0%}{eta}  "
+                          f"{view.get('message') or ''}".rstrip(), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print(f"stopped watching; the job goes on (`slimformer watch {job_id}`)", file=sys.stderr)
+        return 130
+    if last is None or last["status"] not in TERMINAL:
+        last = client.job(job_id)
+    return _finish(last)
+
+
+def _load_spec_file(path_text: str):
+    from pathlib import Path
+
+    import yaml
+
+    from slimformer.errors import InvalidSpec
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise InvalidSpec(f"spec file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML too
+    except yaml.YAMLError as err:
+        raise InvalidSpec(f"{path.name} is not valid YAML/JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{path.name} must hold a mapping (model, dataset, method, ...)")
+    return data, path.resolve().parent
+
+
+def _submit_spec(args: argparse.Namespace) -> tuple[dict, object]:
+    """The spec from the file (if any) with the flags laid over it, and the folder its relative paths start from."""
+    from pathlib import Path
+
+    from slimformer.errors import InvalidSpec
+
+    if args.spec:
+        data, base = _load_spec_file(args.spec)
+    else:
+        data, base = {}, Path.cwd()
+
+    def section(name: str) -> dict:
+        value = data.get(name)
+        if not isinstance(value, dict):
+            value = data[name] = {}
+        return value
+
+    def put(target: dict, key: str, value) -> None:
+        if value is not None:
+            target[key] = value
+
+    if args.model:
+        section("model")["id"] = args.model
+    put(section("model"), "revision", args.revision)
+    put(section("model"), "task", args.task)
+    if not data["model"]:
+        del data["model"]
+    dataset = section("dataset")
+    if args.data or args.hub_dataset:
+        for key in ("path", "eval_path", "hub_id", "upload_id", "eval_upload_id", "config"):
+            dataset.pop(key, None)
+    if args.data:
+        dataset["path"] = str(Path(args.data).resolve())
+    if args.eval_data:
+        dataset["eval_path"] = str(Path(args.eval_data).resolve())
+    put(dataset, "hub_id", args.hub_dataset)
+    put(dataset, "config", args.hub_config)
+    put(dataset, "split", args.split)
+    put(dataset, "eval_split", args.eval_split)
+    for key in ("text_column", "text_pair_column", "label_column", "max_samples"):
+        put(dataset, key, getattr(args, key))
+    if not dataset:
+        del data["dataset"]
+    if "model" not in data or "dataset" not in data:
+        raise InvalidSpec("give a spec file, or --model and a data source (--data FILE or --hub-dataset ID)")
+
+    wants_student = args.student_layers is not None or args.student is not None
+    if args.method:
+        data["method"] = args.method
+    elif not args.spec:
+        data["method"] = "distill" if wants_student else "prune"
+    prune = {k: getattr(args, k) for k in ("heads", "ffn", "whole_mlps", "macs_budget", "layout", "ranking",
+                                           "importance", "schedule", "step", "metric_floor", "calibration_samples")}
+    if any(v is not None for v in prune.values()):
+        section("prune").update({k: v for k, v in prune.items() if v is not None})
+    if wants_student:
+        section("distill")["student"] = ({"layers": args.student_layers} if args.student_layers is not None
+                                         else {"id": args.student})
+    if args.max_minutes is not None:
+        section("distill")["max_minutes"] = args.max_minutes
+    if args.epochs is not None:
+        section("distill")["epochs"] = args.epochs
+    if args.eval_samples is not None:
+        section("evaluation")["max_samples"] = args.eval_samples
+    if args.no_latency:
+        section("evaluation")["latency"] = False
+    if args.onnx:
+        section("evaluation")["onnx"] = True
+    if args.publish:
+        data["publish"] = {"repo_id": args.publish, "private": not args.public}
+    if args.seed is not None:
+        data["seed"] = args.seed
+    return data, base
+
+
+def _upload_local_files(client, data: dict, base) -> None:
+    """Upload ``dataset.path`` / ``eval_path`` and put their upload ids in their place."""
+    from pathlib import Path
+
+    dataset = data.get("dataset")
+    if not isinstance(dataset, dict):
+        return
+    for local, remote in (("path", "upload_id"), ("eval_path", "eval_upload_id")):
+        value = dataset.get(local)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = Path(base) / path
+        upload = client.upload(path)
+        columns = ", ".join(upload["columns"])
+        print(f"uploaded {path.name}: {upload['rows']} rows, columns {columns} ({upload['upload_id']})",
+              file=sys.stderr)
+        del dataset[local]
+        dataset[remote] = upload["upload_id"]
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from slimformer.client import ClientError
+
+    data, base = _submit_spec(args)
+    token = None
+    if args.hub_token_env:
+        token = os.environ.get(args.hub_token_env)
+        if not token:
+            raise ClientError(f"--hub-token-env {args.hub_token_env}: that environment variable is not set")
+    with _client(args) as client:
+        _upload_local_files(client, data, base)
+        view = client.submit(data, hub_token=token)
+        if args.json and not args.wait:
+            _print_json(view)
+            return 0
+        print(view["id"], flush=True)
+        if not args.wait:
+            print(f"submitted job {view['id']} ({view['status']}); follow it with `slimformer watch {view['id']}`",
+                  file=sys.stderr)
+            return 0
+        return _follow(client, view["id"], as_json=args.json)
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    from slimformer.client import (
+        Client,
+        ClientError,
+        config_path,
+        read_config,
+        resolve_connection,
+        write_config,
+    )
+
+    saved = read_config()
+    connection = resolve_connection(args.server, args.api_key, config=saved)
+    api_key = connection.api_key
+    if args.api_key is None and os.environ.get("SLIMFORMER_API_KEY") is None and sys.stdin.isatty():
+        import getpass
+
+        typed = getpass.getpass(f"API key for {connection.server} (empty: none, or keep the saved one): ").strip()
+        api_key = typed or api_key
+    if not args.no_verify:
+        with Client(connection.server, api_key=api_key) as client:
+            try:
+                client.jobs(limit=1)
+            except ClientError as err:
+                if err.status == 401:
+                    raise ClientError(f"the server at {connection.server} refused the key: {err.message}") from None
+                raise
+    path = write_config({"server": connection.server, "api_key": api_key or ""}, config_path())
+    key_note = "with an API key" if api_key else "without an API key"
+    print(f"saved {connection.server} ({key_note}) to {path}", file=sys.stderr)
+    return 0
+
+
+def _jobs_table(listing: dict):
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column, justify in (("ID", "left"), ("STATUS", "left"), ("STAGE", "left"), ("PROGRESS", "right"),
+                            ("MODEL", "left"), ("METHOD", "left"), ("CREATED", "left")):
+        table.add_column(column, justify=justify, no_wrap=column in ("ID", "CREATED"))
+    colours = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "queued": "blue"}
+    for job in listing["items"]:
+        spec = job.get("spec") or {}
+        status = job["status"]
+        table.add_row(job["id"], f"[{colours.get(status, 'white')}]{status}[/]", job.get("stage") or "",
+                      f"{job['progress']:.0%}", (spec.get("model") or {}).get("id", ""), spec.get("method", ""),
+                      job["created_at"][:19].replace("T", " "))
+    return table
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from slimformer.client import ClientError
+
+    if not 1 <= args.limit <= 100:
+        raise ClientError(f"--limit {args.limit}: give a number from 1 to 100")
+    with _client(args) as client:
+        listing = client.jobs(status=args.status, limit=args.limit, cursor=args.cursor)
+    if args.json:
+        _print_json(listing)
+        return 0
+    if not listing["items"]:
+        print("no jobs" + (f" with status {args.status}" if args.status else ""), file=sys.stderr)
+        return 0
+    Console(highlight=False).print(_jobs_table(listing))
+    if listing.get("next_cursor"):
+        print(f"more: slimformer jobs --cursor {listing['next_cursor']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client(args) as client:
+        view = client.job(args.job_id)
+    if args.json:
+        _print_json(view)
+        return 0
+    spec = view.get("spec") or {}
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [("id", view["id"]), ("status", view["status"]), ("stage", view.get("stage") or ""),
+            ("progress", f"{view['progress']:.0%}" + (f", ETA {_duration(view['eta_seconds'])}"
+                                                       if view.get("eta_seconds") is not None else "")),
+            ("message", view.get("message") or ""),
+            ("model", (spec.get("model") or {}).get("id", "")), ("method", spec.get("method", "")),
+            ("attempts", f"{view['attempts']} of {view['max_attempts']}"),
+            ("created", view["created_at"]), ("started", view.get("started_at") or ""),
+            ("finished", view.get("finished_at") or "")]
+    stages = view.get("stage_seconds") or {}
+    if stages:
+        rows.append(("stages", ", ".join(f"{k} {_duration(v)}" for k, v in stages.items())))
+    line = _metrics_line(view)
+    if line:
+        rows.append(("result", line))
+    if view.get("published"):
+        rows.append(("published", str(view["published"].get("url") or view["published"])))
+    if view.get("error"):
+        rows.append(("error", f"{view['error']['message']} ({view['error']['code']})"))
+    for key, value in rows:
+        if value:
+            table.add_row(key, str(value))
+    Console(highlight=False).print(table)
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _follow(client, args.job_id, as_json=args.json)
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        view = client.cancel(args.job_id)
+    if args.json:
+        _print_json(view)
+    elif view["status"] == "cancelled":
+        print(f"cancelled job {view['id']}", file=sys.stderr)
+    else:
+        print(f"cancel requested: job {view['id']} stops at its next check", file=sys.stderr)
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        text = client.card(args.job_id, format="html" if args.html else "markdown")
+    if args.json:
+        _print_json({"job_id": args.job_id, "format": "html" if args.html else "markdown", "card": text})
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    console = _stderr_console()
+    with _client(args) as client:
+        if args.tar:
+            target = client.download_tarball(args.job_id, Path(args.out or "."))
+            if args.json:
+                _print_json({"job_id": args.job_id, "archive": str(target), "size": target.stat().st_size})
+            else:
+                print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+            return 0
+        out = Path(args.out or args.job_id)
+        if console.is_terminal and not args.json:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            with Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                          console=console, transient=True) as progress:
+                tasks = {}
+
+                def on_file(path: str, size: int, have: int) -> None:
+                    tasks[path] = progress.add_task(path[-28:], total=size, completed=have)
+
+                def on_bytes(path: str, n: int) -> None:
+                    progress.advance(tasks[path], n)
+
+                results = client.download(args.job_id, out, on_file=on_file, on_bytes=on_bytes)
+        else:
+            results = client.download(args.job_id, out)
+    if args.json:
+        _print_json({"job_id": args.job_id, "out": str(out), "files": [
+            {"path": r.path, "size": r.size, "fetched": r.fetched, "resumed_from": r.resumed_from} for r in results]})
+        return 0
+    for r in results:
+        if r.resumed_from and not r.skipped:
+            print(f"resumed {r.path} at byte {r.resumed_from:,} of {r.size:,}", file=sys.stderr)
+    skipped = sum(r.skipped for r in results)
+    total = sum(r.size for r in results)
+    print(f"downloaded {len(results)} files ({total / 1e6:.1f} MB) to {out}"
+          + (f"; {skipped} were already complete" if skipped else "") + ", sizes verified", file=sys.stderr)
+    return 0
+
+
+CLIENT_HANDLERS = {"login": _cmd_login, "submit": _cmd_submit, "jobs": _cmd_jobs, "status": _cmd_status,
+                   "watch": _cmd_watch, "cancel": _cmd_cancel, "download": _cmd_download, "card": _cmd_card}
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return CLIENT_HANDLERS[args.command](args)
+    except SlimformerError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 COMMANDS = {"prune": _run_prune, "distill": _run_distill, "compress": _run_compress}
 SERVER_COMMANDS = ("serve", "worker", "keys", "migrate")
+CLIENT_COMMANDS = ("login", "submit", "jobs", "status", "watch", "cancel", "download", "card")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in SERVER_COMMANDS:
         return _run_server_command(args)
+    if args.command in CLIENT_COMMANDS:
+        return _run_client_command(args)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
