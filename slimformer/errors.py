@@ -11,6 +11,9 @@ class SlimformerError(Exception):
     """Base class: ``str(err)`` is the user-facing message; ``code`` is a stable machine-readable name."""
 
     code = "slimformer_error"
+    #: True when the same request may succeed later (a network error, a Hub answering 5xx): a worker may retry
+    #: the job. Everything else is the request's own fault and fails the same way every time.
+    transient = False
 
     def __init__(self, message: str, *, details: dict | None = None) -> None:
         super().__init__(message)
@@ -43,9 +46,58 @@ class DatasetError(SlimformerError, ValueError):
 
 
 class HubAccessError(SlimformerError, ConnectionError):
-    """The Hub refused or failed a request."""
+    """The Hub refused or failed a request. Subclasses name the reason; ``details`` holds repo and revision."""
 
     code = "hub_access_error"
+
+
+class RepoNotFound(HubAccessError):
+    """No such repo, or a private one the token cannot see (the Hub does not tell the two apart)."""
+
+    code = "repo_not_found"
+
+
+class RevisionNotFound(HubAccessError):
+    """The repo exists but the branch, tag or commit does not."""
+
+    code = "revision_not_found"
+
+
+class GatedRepo(HubAccessError):
+    """A gated repo whose conditions the token's user has not been granted."""
+
+    code = "gated_repo"
+
+
+class Unauthorized(HubAccessError):
+    """No token where one is needed, an invalid token, or a token without the rights asked for."""
+
+    code = "unauthorized"
+
+
+class ModelTooLarge(HubAccessError):
+    """The files to download exceed the operator's size limit (checked from metadata, before downloading)."""
+
+    code = "model_too_large"
+
+
+class PickleOnly(HubAccessError):
+    """The repo has only pickle checkpoints, which run code when loaded, and the operator has not allowed them."""
+
+    code = "pickle_only"
+
+
+class RemoteCode(HubAccessError):
+    """The model needs its own code (``trust_remote_code``) and the operator has not allowed it."""
+
+    code = "remote_code"
+
+
+class HubUnavailable(HubAccessError):
+    """Network errors or 5xx answers that outlasted the retries: worth retrying the job later."""
+
+    code = "hub_unavailable"
+    transient = True
 
 
 class ExportError(SlimformerError, RuntimeError):
