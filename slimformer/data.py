@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMN_GUESSES = ("text", "sentence", "sentence1", "content", "review", "question")
 PAIR_COLUMN_GUESSES = ("text_pair", "sentence2", "question2")
 LABEL_COLUMN_GUESSES = ("label", "labels", "score")
+STREAM_ABOVE_BYTES = 1 << 30  # Hub datasets larger than this are streamed
+STREAMING_ROW_CAP = 100_000  # rows read from a streamed dataset when no max_samples is given
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -34,6 +36,7 @@ class TextData:
     text_column: str = ""
     text_pair_column: str | None = None
     label_column: str | None = None
+    label_names: list[str] | None = None  # class names of integer labels (a ``datasets.ClassLabel`` column)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -42,7 +45,7 @@ class TextData:
         pick = lambda values: None if values is None else [values[i] for i in indices]  # noqa: E731
         return TextData(
             [self.texts[i] for i in indices], pick(self.pairs), pick(self.labels), self.source,
-            self.text_column, self.text_pair_column, self.label_column,
+            self.text_column, self.text_pair_column, self.label_column, self.label_names,
         )
 
     def head(self, n: int | None) -> TextData:
@@ -137,7 +140,8 @@ def table_to_text_data(
                 f"{source}: label column {label_col!r} is empty in {len(missing)} row(s), first at row {missing[0] + 1}",
                 details={"file": source, "column": label_col},
             )
-    return TextData(texts, pairs, label_values, source, text_col, pair_col, label_col)
+    names = getattr((getattr(table, "features", None) or {}).get(label_col), "names", None) if label_col else None
+    return TextData(texts, pairs, label_values, source, text_col, pair_col, label_col, names)
 
 
 def load_text_file(
@@ -161,24 +165,108 @@ def load_text_file(
     )
 
 
+def _dataset_bytes(dataset_id: str, token: str | None) -> int | None:
+    """Size of a Hub dataset's files from its metadata; None when unknown (no network, a local folder)."""
+    local = Path(dataset_id)
+    if local.is_dir():
+        return sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().dataset_info(dataset_id, files_metadata=True, token=token)
+    except Exception as err:  # the size only decides streaming; load_dataset reports real problems
+        logger.debug("no size for dataset %s: %s", dataset_id, type(err).__name__)
+        return None
+    sizes = [s.size for s in info.siblings or [] if s.size is not None]
+    return sum(sizes) if sizes else None
+
+
+def load_hub_dataset(
+    dataset_id: str,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    token: str | None = None,
+    max_samples: int | None = None,
+    streaming: bool | None = None,
+    stream_above_bytes: int = STREAM_ABOVE_BYTES,
+    seed: int = 0,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    labels: bool = True,
+) -> TextData:
+    """Read one split of a Hub dataset with ``datasets.load_dataset`` and map its columns.
+
+    A dataset larger than ``stream_above_bytes`` (or ``streaming=True``) is streamed: rows are drawn through a
+    shuffle buffer and at most ``max_samples`` (or ``STREAMING_ROW_CAP``) are read. A smaller one is loaded
+    whole, shuffled with ``seed`` and cut to ``max_samples``.
+
+    Raises:
+        DatasetError: unknown dataset, config or split, a missing column, empty rows, labels the model lacks.
+        HubUnavailable: the Hub could not be reached (worth retrying later).
+
+    Example:
+        >>> data = load_hub_dataset("stanfordnlp/sst2", split="validation", max_samples=500)
+    """
+    import datasets
+
+    from slimformer.errors import HubUnavailable
+    from slimformer.hub import is_transient
+
+    where = f"{dataset_id}" + (f" ({config})" if config else "") + f" split {split!r}"
+    details = {"dataset": dataset_id, "config": config, "split": split}
+    if streaming is None:
+        size = _dataset_bytes(dataset_id, token)
+        streaming = size is not None and size > stream_above_bytes
+    datasets.disable_progress_bars()
+    try:
+        table = datasets.load_dataset(dataset_id, config, split=split, token=token, streaming=streaming)
+        if streaming:
+            rows = max_samples or STREAMING_ROW_CAP
+            if max_samples is None:
+                logger.info("streaming %s: reading at most %d rows", where, rows)
+            stream = table.shuffle(seed=seed, buffer_size=10_000).take(rows)
+            table = datasets.Dataset.from_list(list(stream), features=table.features)
+        elif max_samples is not None and max_samples < len(table):
+            table = table.shuffle(seed=seed).select(range(max_samples))
+    except Exception as err:  # datasets raises many types; the message names the problem
+        if is_transient(err):
+            raise HubUnavailable(f"the Hub could not be reached to load {where}", details=details) from err
+        raise DatasetError(f"cannot load {where}: {err}", details=details) from err
+    if len(table) == 0:
+        raise DatasetError(f"{where} has no rows", details=details)
+    return table_to_text_data(
+        table, source=f"{dataset_id}:{split}", text_column=text_column, text_pair_column=text_pair_column,
+        label_column=label_column, labels=labels,
+    )
+
+
 def encode_labels(data: TextData, config) -> list:
     """Labels as the model expects them: class ids (strings mapped through ``label2id``) or floats."""
     if data.labels is None:
-        raise DatasetError(f"{data.source} has no label column")
+        raise DatasetError(f"{data.source} has no label column", details={"file": data.source})
     num_labels = getattr(config, "num_labels", 2)
     if num_labels == 1 or getattr(config, "problem_type", None) == "regression":
         try:
             return [float(v) for v in data.labels]
         except (TypeError, ValueError) as err:
-            raise DatasetError(f"{data.source}: column {data.label_column!r} must hold numbers for a regression model") from err
+            raise DatasetError(f"{data.source}: column {data.label_column!r} must hold numbers for a regression model",
+                               details={"file": data.source, "column": data.label_column}) from err
     label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    folded = {k.casefold(): v for k, v in label2id.items()}
+    values = data.labels
+    if data.label_names and all(n.casefold() in folded for n in data.label_names):
+        # class ids of the data's own order (ClassLabel): go through the names, which may be ordered differently
+        by_index = {i: folded[n.casefold()] for i, n in enumerate(data.label_names)}
+        values = [by_index.get(v, v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
     out, unknown = [], set()
-    for value in data.labels:
+    for value in values:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             unknown.add(repr(value))
             continue
-        if isinstance(value, str) and value in label2id:
-            out.append(label2id[value])
+        if isinstance(value, str) and (value in label2id or value.strip().casefold() in folded):
+            out.append(label2id[value] if value in label2id else folded[value.strip().casefold()])
             continue
         try:
             as_int = int(value)

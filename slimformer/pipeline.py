@@ -2,9 +2,10 @@
 
 ``run(spec, workdir, on_progress, should_cancel)`` does pull -> score -> prune and/or distil -> evaluate ->
 card -> write the artifact folder, reporting ``on_progress(stage, fraction, message)`` with the stages
-``downloading, scoring, pruning, distilling, evaluating, writing_card`` (``publishing`` once the Hub
-integration lands) and checking ``should_cancel()`` between steps. The artifact folder appears only
-when everything succeeded: a failed or cancelled run leaves no folder that looks complete.
+``downloading, scoring, pruning, distilling, evaluating, writing_card, publishing`` and checking
+``should_cancel()`` between steps. The artifact folder appears only when everything succeeded: a failed or
+cancelled run leaves no folder that looks complete. With ``spec.publish`` set, the finished folder is then
+uploaded to the Hub; the token is used for the Hub calls only and never written anywhere.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from slimformer import __version__
 from slimformer.architectures import family_of
 from slimformer.artifacts import atomic_folder, save_model_folder
 from slimformer.card import build_card
-from slimformer.data import TextData, load_text_file, make_batches, table_to_text_data
-from slimformer.errors import Cancelled, DatasetError, InvalidSpec
+from slimformer.data import TextData, load_hub_dataset, load_text_file, make_batches
+from slimformer.errors import Cancelled, InvalidSpec, Unauthorized
 from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
 from slimformer.export import export_onnx
-from slimformer.hub import LoadedModel, load_model
+from slimformer.hub import HubPolicy, LoadedModel, load_model, publish_folder
 from slimformer.importance import score_importance
 from slimformer.pruning import PruningTarget, iterative_prune, one_shot_prune, plan_pruning
 from slimformer.spec import JobSpec
@@ -58,6 +59,7 @@ def _noop(stage: str, fraction: float, message: str) -> None:
 class RunResult:
     folder: Path
     report: dict
+    published: dict | None = None  # repo_url, commit_sha, commit_url, pr_url when spec.publish was set
 
 
 @dataclass
@@ -67,7 +69,8 @@ class _Data:
     description: dict
 
 
-def _load_data(spec: JobSpec, use_labels: bool, resolve_upload: Callable[[str], Path] | None) -> _Data:
+def _load_data(spec: JobSpec, use_labels: bool, resolve_upload: Callable[[str], Path] | None,
+               token: str | None = None) -> _Data:
     ds = spec.dataset
     columns = dict(text_column=ds.text_column, text_pair_column=ds.text_pair_column, label_column=ds.label_column,
                    labels=use_labels)
@@ -82,17 +85,12 @@ def _load_data(spec: JobSpec, use_labels: bool, resolve_upload: Callable[[str], 
         evaluation = load_text_file(resolve_upload(ds.eval_upload_id), **columns) if ds.eval_upload_id else None
         source, eval_source = f"upload {ds.upload_id}", f"upload {ds.eval_upload_id}" if ds.eval_upload_id else None
     else:
-        import datasets
+        def split(name: str, max_samples: int | None) -> TextData:
+            return load_hub_dataset(ds.hub_id, config=ds.config, split=name, token=token, max_samples=max_samples,
+                                    seed=spec.seed, **columns)
 
-        def split(name: str) -> TextData:
-            try:
-                table = datasets.load_dataset(ds.hub_id, ds.config, split=name)
-            except Exception as err:  # datasets raises many types; the message names the problem
-                raise DatasetError(f"cannot load split {name!r} of dataset {ds.hub_id!r}: {err}") from err
-            return table_to_text_data(table, source=f"{ds.hub_id}:{name}", **columns)
-
-        train = split(ds.split)
-        evaluation = split(ds.eval_split) if ds.eval_split else None
+        train = split(ds.split, ds.max_samples)
+        evaluation = split(ds.eval_split, spec.evaluation.max_samples) if ds.eval_split else None
         source, eval_source = f"{ds.hub_id} ({ds.split})", f"{ds.hub_id} ({ds.eval_split})" if ds.eval_split else None
     order = list(range(len(train)))
     random.Random(spec.seed).shuffle(order)
@@ -114,20 +112,18 @@ def _load_data(spec: JobSpec, use_labels: bool, resolve_upload: Callable[[str], 
     })
 
 
-def _base_license(model_id: str, token: str | None) -> str | None:
-    """The base model's license from its card metadata, when it has one."""
+def _base_license(folder: Path | None) -> str | None:
+    """The base model's license from its card metadata (the snapshot holds README.md), when it has one."""
     from huggingface_hub import ModelCard
 
-    local = Path(model_id)
+    if folder is None:
+        return None
+    readme = Path(folder) / "README.md"
     try:
-        if local.exists():
-            readme = local / "README.md"
-            if not readme.is_file() or not readme.read_text(errors="replace").startswith("---"):
-                return None
-            card = ModelCard.load(readme)
-        else:
-            card = ModelCard.load(model_id, token=token)
-    except Exception:  # no card, or unreachable: the license is simply unknown
+        if not readme.is_file() or not readme.read_text(errors="replace").startswith("---"):
+            return None
+        card = ModelCard.load(readme)
+    except Exception:  # an unreadable card: the license is simply unknown
         return None
     return getattr(card.data, "license", None)
 
@@ -148,7 +144,7 @@ def _folder_size(folder: Path, names: tuple[str, ...] = ("model.safetensors",)) 
 
 
 def _original_size(loaded: LoadedModel) -> int | None:
-    path = Path(loaded.source)
+    path = Path(loaded.path or loaded.source)
     if path.is_dir():
         return _folder_size(path) or None
     return None
@@ -165,19 +161,28 @@ def run(
     token: str | None = None,
     resolve_upload: Callable[[str], Path] | None = None,
     job_id: str | None = None,
+    hub_policy: HubPolicy | None = None,
 ) -> RunResult:
     """Run ``spec``; write the artifact folder (default ``workdir/model``) and return it with the report.
 
     Raises:
         InvalidSpec, DatasetError, ModelLoadError, UnsupportedArchitecture: bad input, before any heavy work
             where it can be known early.
+        HubAccessError (and its subclasses): the model could not be downloaded or the result not published;
+            ``err.transient`` says whether trying again later may succeed.
         Cancelled: ``should_cancel()`` returned true; nothing is left in the output folder's place.
+
+    ``hub_policy`` governs downloads (pickle, remote code, size, cache, endpoint, retries) and publishing.
+    ``token`` is the user's Hub token: passed to the Hub calls, never logged or written.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     out = Path(out_dir) if out_dir else workdir / "model"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InvalidSpec(f"output folder {out} already exists and is not empty; choose another or remove it")
+    if spec.publish is not None and not token:
+        raise Unauthorized(f"publishing to {spec.publish.repo_id} needs a Hub token with write access",
+                           details={"repo_id": spec.publish.repo_id})
     set_seed(spec.seed)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -194,14 +199,14 @@ def run(
     t0 = time.perf_counter()
     stage("downloading", 0.0, f"loading {spec.model.id}")
     loaded = load_model(spec.model.id, task=spec.model.task if spec.model.task != "sentence-similarity" else
-                        "feature-extraction", revision=spec.model.revision, token=token)
+                        "feature-extraction", revision=spec.model.revision, token=token, policy=hub_policy)
     model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
     family = family_of(model.config).name
-    commit = getattr(model.config, "_commit_hash", None)
+    commit = loaded.commit
     # classifiers learn from labels; embedding models compare pair similarities with gold scores (STS)
     use_labels = task in ("text-classification", "feature-extraction")
     stage("downloading", 0.6, "loading data")
-    data = _load_data(spec, use_labels, resolve_upload)
+    data = _load_data(spec, use_labels, resolve_upload, token)
     max_length = 128
     batch_kwargs = dict(task=task, config=model.config, batch_size=32, max_length=max_length)
     pair_kwargs = {}
@@ -267,7 +272,7 @@ def run(
     if spec.method in ("distill", "prune_distill"):
         t0 = time.perf_counter()
         compressed, distill_report = _distill(spec, original, compressed, tokenizer, task, data, workdir,
-                                              on_progress, should_cancel, token)
+                                              on_progress, should_cancel, token, hub_policy)
         timings["distilling"] = time.perf_counter() - t0
 
     # -- evaluating, side by side
@@ -289,7 +294,7 @@ def run(
         "spec": spec.model_dump(mode="json"),
         "base_model": {
             "id": spec.model.id, "revision": spec.model.revision, "commit": commit, "task": task, "family": family,
-            "license": _base_license(spec.model.id, token),
+            "license": _base_license(loaded.path),
         },
         "data": data.description,
         "evaluation": evaluation,
@@ -322,10 +327,23 @@ def run(
         (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         check()
     on_progress("writing_card", 1.0, f"wrote {out}")
-    return RunResult(folder=out, report=report)
+
+    # -- publishing: the folder is complete; a failure here leaves it in place for a retry
+    published = None
+    if spec.publish is not None:
+        target = spec.publish
+        stage("publishing", 0.0, f"uploading to {target.repo_id}")
+        t0 = time.perf_counter()
+        result = publish_folder(out, target.repo_id, token=token, private=target.private, create_pr=target.create_pr,
+                                job_id=job_id, policy=hub_policy)
+        published = result.to_dict()
+        timings["publishing"] = time.perf_counter() - t0
+        on_progress("publishing", 1.0, f"published {result.commit_url}" + (" (unchanged)" if result.skipped else ""))
+    return RunResult(folder=out, report=report, published=published)
 
 
-def _distill(spec, teacher, student_or_pruned, tokenizer, task, data, workdir, on_progress, should_cancel, token):
+def _distill(spec, teacher, student_or_pruned, tokenizer, task, data, workdir, on_progress, should_cancel, token,
+             hub_policy=None):
     """Build the student (layer-dropped, named, or the pruned model) and distil the teacher into it."""
     from slimformer import distillation
 
@@ -343,7 +361,7 @@ def _distill(spec, teacher, student_or_pruned, tokenizer, task, data, workdir, o
             teacher, d.student.layers, strategy=d.student.layer_selection, calibration_batches=calibration,
             should_cancel=should_cancel)
     else:
-        named = load_model(d.student.id, task=task, token=token)
+        named = load_model(d.student.id, task=task, token=token, policy=hub_policy)
         distillation.check_student_compatible(teacher, named.model, tokenizer, named.tokenizer)
         student = named.model
     config = distillation.DistillConfig(
