@@ -45,26 +45,36 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > limit:
             response = error_response(413, "payload_too_large", f"request body larger than {limit} bytes")
             return await response(scope, receive, send)
-        seen = 0
+        seen, too_large, started = 0, False, False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    # the app sees a client that went away; the client gets the 413 below
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message):
+            nonlocal started
+            if too_large:
+                return
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
             response = error_response(413, "payload_too_large", f"request body larger than {limit} bytes")
             await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from service.logs import configure_logging
@@ -103,20 +104,65 @@ def serve(args) -> int:
     from service.app import create_app
 
     app = create_app(settings)
-    child = None
+    supervisor = None
     if not args.no_worker:
-        env = dict(os.environ, SLIMFORMER_DATA_DIR=str(Path(settings.data_dir).resolve()))
-        child = subprocess.Popen([sys.executable, "-m", "slimformer.cli", "worker"], env=env, start_new_session=True)
-        logger.info("started a worker process (pid %d)", child.pid)
+        supervisor = WorkerSupervisor(settings).start()
     logger.info("serving on http://%s:%d with %s", settings.host, settings.port, settings.public_summary())
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                     timeout_graceful_shutdown=10)
     finally:
+        if supervisor is not None:
+            supervisor.stop()
+    return 0
+
+
+class WorkerSupervisor:
+    """The embedded worker: a ``slimformer worker`` process that is started again if it dies (killed, OOM).
+
+    Its in-flight job is not lost: the reaper sees the stale heartbeat and sends the job again.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.env = dict(os.environ, SLIMFORMER_DATA_DIR=str(Path(settings.data_dir).resolve()))
+        self.child: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def _spawn(self) -> None:
+        self.child = subprocess.Popen([sys.executable, "-m", "slimformer.cli", "worker"], env=self.env,
+                                      start_new_session=True)
+        logger.info("started a worker process (pid %d)", self.child.pid)
+
+    def start(self) -> WorkerSupervisor:
+        self._spawn()
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stop.wait(1.0):
+            if self.child is not None and self.child.poll() is not None:
+                code = self.child.returncode
+                try:  # take down what is left of its process group (pool children)
+                    os.killpg(self.child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                logger.warning("the worker process exited (code %s); starting a new one in %.0f s", code, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 30.0)
+                self._spawn()
+            else:
+                delay = 1.0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        child = self.child
         if child is not None and child.poll() is None:
             os.killpg(child.pid, signal.SIGTERM)
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
-    return 0

@@ -316,17 +316,19 @@ class JobStore:
             NotFound, Conflict (the job already ended).
         """
         job = self.get_job(job_id, owner=owner)
+        if job["status"] in TERMINAL:
+            raise Conflict("job_finished", f"job {job_id} already ended with status {job['status']}")
         with self.engine.begin() as conn:
             done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued").values(
                 status="cancelled", cancel_requested=True, finished_at=now(), hub_token=None,
                 message="cancelled before a worker started it"))
             if done.rowcount == 0:
-                conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
-                             .values(cancel_requested=True, message="cancelling"))
-        job = self.get_job(job_id)
-        if job["status"] in ("succeeded", "failed") or (job["status"] == "cancelled" and not job["cancel_requested"]):
+                done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
+                                    .values(cancel_requested=True, message="cancelling"))
+        if done.rowcount == 0:  # it ended between the read and the update
+            job = self.get_job(job_id)
             raise Conflict("job_finished", f"job {job_id} already ended with status {job['status']}")
-        return job
+        return self.get_job(job_id)
 
     # -- jobs: worker side ----------------------------------------------------------------------
     def claim(self, job_id: str, worker: str, *, stale_after: float) -> dict | None:
