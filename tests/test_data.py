@@ -74,3 +74,99 @@ def test_causal_lm_batches_mask_padding_in_labels(minilm_path):
     batches = make_batches(tokenizer, TextData(["a b c d e", "a"]), task="text-generation", batch_size=2)
     labels, mask = batches[0]["labels"], batches[0]["attention_mask"]
     assert (labels[mask == 0] == -100).all() and (labels[mask == 1] >= 0).all()
+
+
+@pytest.fixture
+def dataset_folder(tmp_path):
+    """A dataset laid out like a Hub dataset repo: one file per split, read by datasets.load_dataset(id)."""
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    rows = [f"{word} film {i},{label}" for i in range(20) for word, label in (("good", "positive"), ("bad", "negative"))]
+    (folder / "train.csv").write_text("sentence,label\n" + "\n".join(rows) + "\n")
+    (folder / "validation.csv").write_text("sentence,label\n" + "\n".join(rows[:6]) + "\n")
+    return folder
+
+
+def test_hub_dataset_split_with_max_samples(dataset_folder):
+    from slimformer.data import load_hub_dataset
+
+    full = load_hub_dataset(str(dataset_folder), split="train", streaming=False)
+    assert len(full) == 40 and full.source.endswith(":train") and full.label_column == "label"
+    some = load_hub_dataset(str(dataset_folder), split="train", max_samples=5, seed=1)
+    assert len(some) == 5 and set(some.texts) <= set(full.texts)
+    assert some.texts == load_hub_dataset(str(dataset_folder), split="train", max_samples=5, seed=1).texts
+    assert len(load_hub_dataset(str(dataset_folder), split="validation")) == 6
+
+
+def test_large_hub_dataset_is_streamed_and_stops_at_max_samples(dataset_folder, monkeypatch):
+    import datasets
+
+    from slimformer.data import load_hub_dataset
+
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(k) or real(*a, **k))
+    data = load_hub_dataset(str(dataset_folder), split="train", max_samples=7, stream_above_bytes=100)
+    assert calls[-1]["streaming"] is True and len(data) == 7
+    config = transformers.BertConfig(num_labels=2, id2label={0: "negative", 1: "positive"},
+                                     label2id={"negative": 0, "positive": 1})
+    assert sorted(set(encode_labels(data, config))) <= [0, 1]
+    load_hub_dataset(str(dataset_folder), split="train", max_samples=7)
+    assert calls[-1]["streaming"] is False  # small: loaded whole, then cut
+
+
+def test_unknown_hub_dataset_split_or_column_is_a_clear_error(dataset_folder, tmp_path):
+    from slimformer.data import load_hub_dataset
+
+    with pytest.raises(DatasetError) as err:
+        load_hub_dataset(str(dataset_folder), split="test")
+    assert "'test'" in str(err.value) and err.value.details["split"] == "test"
+    with pytest.raises(DatasetError) as err:
+        load_hub_dataset(str(dataset_folder), split="train", text_column="review")
+    assert "'review'" in str(err.value) and err.value.details["column"] == "review"
+    with pytest.raises(DatasetError, match="cannot load"):
+        load_hub_dataset(str(tmp_path / "no-such-dataset"), split="train")
+
+
+def test_class_label_ids_follow_the_names_to_the_models_label2id():
+    import datasets
+
+    from slimformer.data import table_to_text_data
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["positive", "negative"])})
+    table = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 0]}, features=features)
+    data = table_to_text_data(table, source="reviews:train")
+    assert data.label_names == ["positive", "negative"] and data.subset([1]).label_names == data.label_names
+    named = transformers.BertConfig(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                                    label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    assert encode_labels(data, named) == [1, 0, 1]  # by name, whatever the order
+    generic = transformers.BertConfig(num_labels=2)  # LABEL_0, LABEL_1: the ids are all there is
+    assert encode_labels(data, generic) == [0, 1, 0]
+
+
+def test_string_labels_match_regardless_of_case(tmp_path):
+    config = transformers.BertConfig(num_labels=2, id2label={0: "negative", 1: "positive"},
+                                     label2id={"negative": 0, "positive": 1})
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\na,Positive\nb,NEGATIVE\n")
+    assert encode_labels(load_text_file(path), config) == [1, 0]
+
+
+def test_undecodable_csv_and_corrupt_parquet_name_the_file(tmp_path):
+    (tmp_path / "latin.csv").write_bytes(b"text,label\n" + bytes(range(128, 256)) + b",1\n")
+    with pytest.raises(DatasetError, match="latin.csv") as err:
+        load_text_file(tmp_path / "latin.csv")
+    assert err.value.details["file"].endswith("latin.csv")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DatasetError, match="broken.parquet could not be read"):
+        load_text_file(tmp_path / "broken.parquet")
+
+
+def test_empty_text_cells_name_the_column_and_row(tmp_path):
+    path = tmp_path / "holes.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": null, "label": 0}\n')
+    with pytest.raises(DatasetError) as err:
+        load_text_file(path)
+    assert "holes.jsonl" in str(err.value) and "'text'" in str(err.value) and "row 2" in str(err.value)
+    assert err.value.details == {"file": "holes.jsonl", "column": "text"}
