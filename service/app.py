@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.artifacts import make_artifact_store
 from service.auth import AuthState, RateLimiter
+from service.dashboard import router as dashboard_router
 from service.errors import error_response, install_error_handlers
 from service.metrics import ApiMetrics
 from service.routes import router
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.auth = AuthState(store, always=settings.mode == "production")
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(dashboard_router)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):

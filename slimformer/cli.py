@@ -379,6 +379,16 @@ def _print_json(data) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _stdout_console():
+    """A console for tables; piped output gets room for whole ids instead of the 80 columns rich assumes."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)
+    return console
+
+
 def _stderr_console():
     from rich.console import Console
 
@@ -663,8 +673,6 @@ def _jobs_table(listing: dict):
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from slimformer.client import ClientError
 
     if not 1 <= args.limit <= 100:
@@ -677,14 +685,13 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     if not listing["items"]:
         print("no jobs" + (f" with status {args.status}" if args.status else ""), file=sys.stderr)
         return 0
-    Console(highlight=False).print(_jobs_table(listing))
+    _stdout_console().print(_jobs_table(listing))
     if listing.get("next_cursor"):
         print(f"more: slimformer jobs --cursor {listing['next_cursor']}", file=sys.stderr)
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     with _client(args) as client:
@@ -717,7 +724,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for key, value in rows:
         if value:
             table.add_row(key, str(value))
-    Console(highlight=False).print(table)
+    _stdout_console().print(table)
     return 0
 
 

@@ -1,0 +1,234 @@
+// One job: live progress, stage timeline, side-by-side metrics, plots, evaluation card, downloads, cancel.
+"use strict";
+
+(() => {
+  const { el } = SF;
+  const root = document.getElementById("job");
+  const jobId = root.dataset.jobId;
+  const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
+  const METRIC_LABELS = {
+    accuracy: "Accuracy", macro_f1: "Macro F1", pearson: "Pearson", spearman: "Spearman", perplexity: "Perplexity",
+    next_token_accuracy: "Next-token accuracy", cosine_to_original: "Cosine to original",
+  };
+  const PERCENT_METRICS = ["accuracy", "macro_f1", "next_token_accuracy"];
+  let resultsShown = false;
+  let current = null;
+
+  function stagesFor(spec) {
+    const method = spec.method || "prune";
+    const names = ["downloading"];
+    if (method !== "distill") names.push("scoring", "pruning");
+    if (method !== "prune") names.push("distilling");
+    names.push("evaluating", "writing_card");
+    if (spec.publish) names.push("publishing");
+    return names;
+  }
+
+  function renderTimeline(view) {
+    const seconds = view.stage_seconds || {};
+    const names = stagesFor(view.spec || {});
+    for (const name of Object.keys(seconds)) if (!names.includes(name)) names.push(name);
+    const total = Object.values(seconds).reduce((a, b) => a + b, 0) || 1;
+    const running = view.status === "running" ? view.stage : null;
+    const items = names.map((name) => {
+      let state = "pending";
+      let text = "";
+      if (name in seconds) {
+        state = "done";
+        text = SF.duration(seconds[name]) || "<1s";
+      }
+      if (name === running) {
+        state = "current";
+        text = "in progress";
+      }
+      const span = el("span", { class: "span" });
+      span.style.width = name in seconds ? `${Math.max(2, (100 * seconds[name]) / total).toFixed(1)}%` : "0";
+      return el("li", { class: state, "data-stage": name },
+        el("span", { class: "name", text: name.replace("_", " ") }), el("span", { class: "track" }, span),
+        el("span", { class: "time muted", text }));
+    });
+    document.getElementById("timeline").replaceChildren(...items);
+  }
+
+  function render(view) {
+    current = view;
+    const spec = view.spec || {};
+    SF.setBadge(document.getElementById("status"), view.status);
+    const summary = [(spec.model || {}).id, spec.method, `created ${SF.when(view.created_at)}`];
+    if (view.finished_at) summary.push(`finished ${SF.when(view.finished_at)}`);
+    if (view.attempts > 1) summary.push(`attempt ${view.attempts} of ${view.max_attempts}`);
+    document.getElementById("summary").textContent = summary.filter(Boolean).join(" · ");
+    SF.setProgress(document.getElementById("progress"), view);
+    const label = [SF.progressText(view)];
+    if (view.message && view.status === "running") label.push(view.message);
+    document.getElementById("progress-label").textContent = label.join(" — ");
+    document.getElementById("cancel").hidden = SF.TERMINAL.includes(view.status);
+    document.getElementById("download-tar").hidden = view.status !== "succeeded";
+    const error = document.getElementById("job-error");
+    if (view.error && view.status === "failed") {
+      error.replaceChildren(el("strong", { text: "The job failed: " }), view.error.message,
+        el("span", { class: "muted", text: ` (${view.error.code})` }));
+      error.hidden = false;
+    } else if (view.error && view.status === "queued") {
+      error.replaceChildren(el("strong", { text: "Retrying: " }), view.error.message);
+      error.hidden = false;
+    } else {
+      error.hidden = true;
+    }
+    document.getElementById("spec").textContent = JSON.stringify(spec, null, 2);
+    renderTimeline(view);
+    if (view.status === "succeeded" && !resultsShown) {
+      resultsShown = true;
+      showResults().catch((err) => SF.showBanner(`could not load the results: ${err.message}`));
+    }
+  }
+
+  function fmt(value, metric) {
+    if (value === null || value === undefined) return "—";
+    if (Number.isInteger(value) && !metric) return value.toLocaleString("en-US");
+    if (PERCENT_METRICS.includes(metric)) return `${(100 * value).toFixed(2)}%`;
+    return Number(value).toPrecision(4).replace(/\.?0+$/, "");
+  }
+
+  function change(before, after, { ratio = false, metric = null } = {}) {
+    if (before === null || before === undefined || after === null || after === undefined) return "";
+    if (ratio) return before ? `${((100 * after) / before).toFixed(1)}%` : "";
+    if (PERCENT_METRICS.includes(metric)) {
+      const d = 100 * (after - before);
+      return `${d >= 0 ? "+" : ""}${d.toFixed(2)} pt`;
+    }
+    const d = after - before;
+    return `${d >= 0 ? "+" : ""}${d.toFixed(4)}`;
+  }
+
+  const mb = (bytes) => (bytes === null || bytes === undefined ? "—" : `${(bytes / 1e6).toFixed(1)} MB`);
+
+  // The same rows as the evaluation card's table, from compression_report.json.
+  function metricRows(report) {
+    const evaluation = report.evaluation;
+    const original = evaluation.original;
+    const compressed = evaluation.compressed;
+    const rows = [];
+    for (const [name, value] of Object.entries(original.metrics || {})) {
+      const other = (compressed.metrics || {})[name];
+      rows.push([METRIC_LABELS[name] || name, fmt(value, name), fmt(other, name), change(value, other, { metric: name }),
+        name === evaluation.primary_metric]);
+    }
+    if (evaluation.agreement !== null && evaluation.agreement !== undefined) {
+      rows.push(["Agreement with the original", "", fmt(evaluation.agreement), "", false]);
+    }
+    for (const [key, label] of [["parameters", "Parameters"], ["macs", "MACs per sequence"]]) {
+      rows.push([label, fmt(original[key]), fmt(compressed[key]), change(original[key], compressed[key], { ratio: true }),
+        false]);
+    }
+    const artifacts = report.artifacts || {};
+    rows.push(["Size on disk", mb(artifacts.original_size_bytes), mb(artifacts.size_bytes),
+      change(artifacts.original_size_bytes, artifacts.size_bytes, { ratio: true }), false]);
+    const lo = original.latency;
+    const lc = compressed.latency;
+    if (lo && lc) {
+      const ratios = evaluation.ratios || {};
+      rows.push(["Latency p50, batch 1 (ms)", lo.batch1_p50_ms.toFixed(2), lc.batch1_p50_ms.toFixed(2),
+        `${(ratios.latency_speedup || 0).toFixed(2)}x faster`, false]);
+      rows.push(["Latency p95, batch 1 (ms)", lo.batch1_p95_ms.toFixed(2), lc.batch1_p95_ms.toFixed(2), "", false]);
+      rows.push(["Throughput, batch 32 (seq/s)", lo.batch32_throughput.toFixed(1), lc.batch32_throughput.toFixed(1),
+        `${(ratios.throughput_speedup || 0).toFixed(2)}x`, false]);
+    }
+    return rows;
+  }
+
+  async function showImage(files, name, imgId, figureId) {
+    if (!files.some((f) => f.path === name)) return;
+    const img = document.getElementById(imgId);
+    img.src = await SF.blobURL(`${base}/artifacts/${encodeURIComponent(name)}`);
+    document.getElementById(figureId).hidden = false;
+  }
+
+  // The card's HTML comes from the API (Markdown rendered without raw HTML). Parsed off-document first, so its
+  // images do not load without the key; each is then fetched with the key and shown from a blob URL.
+  async function showCard() {
+    const html = await (await SF.api(`${base}/card?format=html`)).text();
+    const doc = new DOMParser().parseFromString(html, "text/html");
+    const pending = [];
+    for (const img of doc.querySelectorAll("img")) {
+      const src = img.getAttribute("src") || "";
+      img.removeAttribute("src");
+      if (src.startsWith(`${base}/artifacts/`)) img.dataset.src = src;
+    }
+    for (const link of doc.querySelectorAll("a[href]")) {
+      link.setAttribute("rel", "noopener noreferrer");
+      link.setAttribute("target", "_blank");
+    }
+    const card = document.getElementById("card");
+    card.replaceChildren(...doc.body.childNodes);
+    for (const img of card.querySelectorAll("img[data-src]")) {
+      pending.push(SF.blobURL(img.dataset.src).then((url) => { img.src = url; }).catch(() => {}));
+    }
+    await Promise.all(pending);
+  }
+
+  async function showResults() {
+    const { files } = await SF.getJSON(`${base}/artifacts`);
+    document.getElementById("results").hidden = false;
+    document.getElementById("files").replaceChildren(...files.map((f) => el("li", {},
+      el("button", { type: "button", class: "link", "data-path": f.path,
+        onclick: () => SF.saveAs(`${base}/artifacts/${f.path.split("/").map(encodeURIComponent).join("/")}`,
+          f.path.split("/").at(-1)).catch((err) => SF.showBanner(err.message)) }, f.path),
+      el("span", { class: "muted", text: ` ${mb(f.size)}` }))));
+    const work = [
+      showImage(files, "head_importance.png", "heatmap", "heatmap-figure"),
+      showImage(files, "pruning_curve.png", "curve", "curve-figure"),
+      showCard().catch((err) => {
+        document.getElementById("card").textContent = `no card: ${err.message}`;
+      }),
+    ];
+    if (files.some((f) => f.path === "compression_report.json")) {
+      const report = await SF.getJSON(`${base}/artifacts/compression_report.json`);
+      const evaluation = report.evaluation;
+      document.getElementById("metrics-note").textContent =
+        `${evaluation.task}, ${evaluation.rows} evaluation rows on ${evaluation.device}`
+        + ` (${evaluation.threads} threads); primary metric: ${evaluation.primary_metric}.`;
+      document.querySelector("#metrics tbody").replaceChildren(...metricRows(report).map(([label, a, b, c, primary]) =>
+        el("tr", { class: primary ? "primary" : null }, el("th", { text: label }), el("td", { text: a }),
+          el("td", { text: b }), el("td", { text: c }))));
+    }
+    await Promise.all(work);
+  }
+
+  async function cancel() {
+    const button = document.getElementById("cancel");
+    button.disabled = true;
+    try {
+      render(await SF.getJSON(`${base}/cancel`, { method: "POST" }));
+    } catch (err) {
+      SF.showBanner(err.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function start() {
+    try {
+      render(await SF.getJSON(base));
+    } catch (err) {
+      if (err.status !== 401) SF.showBanner(err.message);
+      document.getElementById("status").textContent = "unknown";
+      return;
+    }
+    if (!SF.TERMINAL.includes(current.status)) {
+      try {
+        await SF.follow(jobId, render);
+      } catch (err) {
+        SF.showBanner(err.message);
+      }
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    document.getElementById("cancel").addEventListener("click", cancel);
+    document.getElementById("download-tar").addEventListener("click", () => {
+      SF.saveAs(`${base}/download`, `${jobId}.tar.gz`).catch((err) => SF.showBanner(err.message));
+    });
+    start();
+  });
+})();
