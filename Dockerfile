@@ -43,13 +43,14 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
     rm -rf /tmp/wheels
 
 # The other dependencies from pyproject.toml (library + service extra), cached until it changes.
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml /src/
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /tmp/requirements.txt; \
     pip install -r /tmp/requirements.txt
 
+COPY README.md /src/
 COPY slimformer/ /src/slimformer/
 COPY service/ /src/service/
 COPY workers/ /src/workers/
