@@ -115,7 +115,7 @@
         name === evaluation.primary_metric]);
     }
     if (evaluation.agreement !== null && evaluation.agreement !== undefined) {
-      rows.push(["Agreement with the original", "", fmt(evaluation.agreement), "", false]);
+      rows.push(["Agreement with the original", "", `${(100 * evaluation.agreement).toFixed(2)}%`, "", false]);
     }
     for (const [key, label] of [["parameters", "Parameters"], ["macs", "MACs per sequence"]]) {
       rows.push([label, fmt(original[key]), fmt(compressed[key]), change(original[key], compressed[key], { ratio: true }),
@@ -148,7 +148,9 @@
   // images do not load without the key; each is then fetched with the key and shown from a blob URL.
   async function showCard() {
     const html = await (await SF.api(`${base}/card?format=html`)).text();
-    const doc = new DOMParser().parseFromString(html, "text/html");
+    // the page's policy refuses inline styles (even in a parsed copy): table alignment becomes a class
+    const doc = new DOMParser().parseFromString(
+      html.replace(/ style="text-align:\s*(left|right|center);?"/g, ' class="align-$1"'), "text/html");
     const pending = [];
     for (const img of doc.querySelectorAll("img")) {
       const src = img.getAttribute("src") || "";
@@ -159,12 +161,34 @@
       link.setAttribute("rel", "noopener noreferrer");
       link.setAttribute("target", "_blank");
     }
+    foldDetails(doc);
     const card = document.getElementById("card");
     card.replaceChildren(...doc.body.childNodes);
     for (const img of card.querySelectorAll("img[data-src]")) {
       pending.push(SF.blobURL(img.dataset.src).then((url) => { img.src = url; }).catch(() => {}));
     }
     await Promise.all(pending);
+  }
+
+  // The API renders the card without raw HTML, so its "<details><summary>…</summary> … </details>" arrives as
+  // text paragraphs: fold what lies between them into a real <details> element.
+  function foldDetails(doc) {
+    for (const start of [...doc.querySelectorAll("p")]) {
+      const match = /^<details>\s*<summary>(.*)<\/summary>$/.exec(start.textContent.trim());
+      if (!match) continue;
+      const details = doc.createElement("details");
+      const summary = doc.createElement("summary");
+      summary.textContent = match[1];
+      details.append(summary);
+      let node = start.nextSibling;
+      while (node && !(node.nodeName === "P" && node.textContent.trim() === "</details>")) {
+        const next = node.nextSibling;
+        details.append(node);
+        node = next;
+      }
+      if (node) node.remove();
+      start.replaceWith(details);
+    }
   }
 
   async function showResults() {
@@ -174,7 +198,7 @@
       el("button", { type: "button", class: "link", "data-path": f.path,
         onclick: () => SF.saveAs(`${base}/artifacts/${f.path.split("/").map(encodeURIComponent).join("/")}`,
           f.path.split("/").at(-1)).catch((err) => SF.showBanner(err.message)) }, f.path),
-      el("span", { class: "muted", text: ` ${mb(f.size)}` }))));
+      el("span", { class: "muted", text: ` ${f.size < 1e6 ? `${(f.size / 1e3).toFixed(1)} kB` : mb(f.size)}` }))));
     const work = [
       showImage(files, "head_importance.png", "heatmap", "heatmap-figure"),
       showImage(files, "pruning_curve.png", "curve", "curve-figure"),
@@ -189,7 +213,7 @@
         `${evaluation.task}, ${evaluation.rows} evaluation rows on ${evaluation.device}`
         + ` (${evaluation.threads} threads); primary metric: ${evaluation.primary_metric}.`;
       document.querySelector("#metrics tbody").replaceChildren(...metricRows(report).map(([label, a, b, c, primary]) =>
-        el("tr", { class: primary ? "primary" : null }, el("th", { text: label }), el("td", { text: a }),
+        el("tr", { class: primary ? "primary-metric" : null }, el("th", { text: label }), el("td", { text: a }),
           el("td", { text: b }), el("td", { text: c }))));
     }
     await Promise.all(work);
@@ -213,6 +237,7 @@
     } catch (err) {
       if (err.status !== 401) SF.showBanner(err.message);
       document.getElementById("status").textContent = "unknown";
+      for (const node of root.querySelectorAll("section:not(.job-head), details.spec, #progress")) node.hidden = true;
       return;
     }
     if (!SF.TERMINAL.includes(current.status)) {

@@ -101,7 +101,9 @@
       if (node.tagName === "FIELDSET") node.querySelector("legend").after(message);
       else {
         node.setAttribute("aria-invalid", "true");
-        (node.closest("label") || node).after(message);
+        const label = node.closest("label");
+        if (label) label.append(message);
+        else node.after(message);
       }
     }
     formError.append(el("strong", { text: err.message }));
