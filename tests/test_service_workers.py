@@ -38,9 +38,19 @@ def distill_spec(upload_id: str, steps: int) -> dict:
         "model": {"id": "acme/tiny"},
         "dataset": {"upload_id": upload_id},
         "method": "distill",
-        "distill": {"student": {"layers": 1}, "max_steps": steps, "epochs": 1000},
-        "evaluation": {"latency": False},
+        "distill": {"student": {"layers": 1}, "max_steps": steps, "epochs": 100},
+        "evaluation": {"latency": False, "max_samples": 64},
     }
+
+
+@pytest.fixture
+def big_csv(tmp_path):
+    """Enough rows for distillation to pass a checkpoint (every 200 steps of 32 rows)."""
+    words = [("great", "positive"), ("awful", "negative"), ("fine", "positive"), ("dull", "negative")]
+    rows = ["sentence,label"] + [f"{w} film {i} of the year,{label}" for i in range(400) for w, label in words]
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 def events(service: Service, job_id: str, timeout: float = 300) -> list[tuple[str, dict]]:
@@ -140,15 +150,15 @@ def test_bad_input_fails_at_once_with_the_library_message(embedded_service, labe
 def test_transient_hub_failures_are_retried_by_the_job(embedded_service, labelled_csv):
     service = embedded_service
     upload = service.upload(labelled_csv)
-    service.hub.fail_next(40, 503)  # more than the client's own retries: the job itself is retried
+    service.hub.fail_next(6, 503)  # more than the client's own retries: the job itself is retried
     job = service.wait(service.submit(prune_spec(upload["upload_id"]))["id"])
-    assert job["status"] == "succeeded", job
+    assert job["status"] == "succeeded", (job["error"], job["message"], service.hub.requests[:12])
     assert job["attempts"] >= 2
 
 
-def test_cancel_a_running_job_stops_it_within_seconds(embedded_service, labelled_csv):
+def test_cancel_a_running_job_stops_it_within_seconds(embedded_service, big_csv):
     service = embedded_service
-    upload = service.upload(labelled_csv)
+    upload = service.upload(big_csv)
     job = service.submit(distill_spec(upload["upload_id"], steps=100000))
     service.wait(job["id"], until=lambda j: j["stage"] == "distilling")
     with service.client() as c:
@@ -178,20 +188,19 @@ def _worker_pids(service: Service) -> list[int]:
     return pids
 
 
-def test_embedded_worker_killed_mid_job_is_restarted_and_the_job_resumes(embedded_service, labelled_csv):
+def test_embedded_worker_killed_mid_job_is_restarted_and_the_job_resumes(embedded_service, big_csv):
     import os
     import signal
 
     service = embedded_service
-    upload = service.upload(labelled_csv)
-    job = service.submit(distill_spec(upload["upload_id"], steps=400))
-    service.wait(job["id"], until=lambda j: j["stage"] == "distilling" and j["progress"] > 0.3, timeout=300)
-    # wait for a checkpoint to be on disk, then kill the worker and its pool child like a lost machine
-    checkpoints = service.data_dir / "work" / job["id"] / "checkpoints"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(checkpoints.glob("**/*.safetensors")):
-        time.sleep(0.2)
-    assert any(checkpoints.glob("**/*.safetensors")), "no distillation checkpoint was written"
+    upload = service.upload(big_csv)
+    job = service.submit(distill_spec(upload["upload_id"], steps=700))
+    # distilling is 0.6 of the job's 0.95 weight after downloading's 0.1: past 0.37 means past step 280 of 700,
+    # so the checkpoint of step 200 is on disk
+    service.wait(job["id"], until=lambda j: j["stage"] == "distilling" and j["progress"] > 0.37, timeout=300)
+    checkpoint = torch.load(service.data_dir / "work" / job["id"] / "checkpoints" / "checkpoint.pt",
+                            weights_only=True)
+    assert checkpoint["run"]["step"] >= 200
     pids = _worker_pids(service)
     assert pids
     for pid in pids:
@@ -201,16 +210,16 @@ def test_embedded_worker_killed_mid_job_is_restarted_and_the_job_resumes(embedde
     assert job["attempts"] == 2
     with service.client() as c:
         report = c.get(f"/v1/jobs/{job['id']}/artifacts/compression_report.json").json()
-    assert report["distillation"]["resumed_from_step"] > 0
+    assert report["distillation"]["resumed_from_step"] >= 200
     assert "worker lost" in service.logs() or "sending it to the" in service.logs()
 
 
-def test_redis_postgres_two_workers_survive_a_kill_and_an_api_restart(production_service, labelled_csv):
+def test_redis_postgres_two_workers_survive_a_kill_and_an_api_restart(production_service, labelled_csv, big_csv):
     service = production_service
     first, second = service.start_worker("first"), service.start_worker("second")
     upload = service.upload(labelled_csv)
-    long_job = service.submit(distill_spec(upload["upload_id"], steps=300))
-    short = [service.submit(prune_spec(upload["upload_id"]))["id"] for _ in range(3)]
+    long_job = service.submit(distill_spec(service.upload(big_csv)["upload_id"], steps=300))
+    short = [service.submit(prune_spec(upload["upload_id"], seed=i))["id"] for i in range(3)]
     service.wait(long_job["id"], until=lambda j: j["stage"] == "distilling")
     # the worker running the long job, from the job row's worker name (host:pid of the pool child)
     owner_pid = _job_worker_pid(service, long_job["id"])
