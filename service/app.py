@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -140,5 +141,25 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict:
+        """FastAPI's schema, with its default 422 body replaced by the one error body every route returns."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes, tags=app.openapi_tags)
+            for methods in schema["paths"].values():
+                for operation in methods.values():
+                    invalid = operation.get("responses", {}).get("422")
+                    if invalid and "HTTPValidationError" in json.dumps(invalid):
+                        operation["responses"]["422"] = {
+                            "description": "Invalid request; `details.fields` lists each bad field.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(BodyLimit, default=settings.max_request_bytes, uploads=settings.max_upload_bytes)
     return app

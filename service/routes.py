@@ -34,6 +34,7 @@ from service.schemas import (
     JobCreate,
     JobList,
     JobView,
+    Me,
     UploadView,
 )
 from service.store import TERMINAL, Conflict, NotFound
@@ -227,10 +228,12 @@ def _finished_job(request: Request, job_id: str, caller) -> dict:
 @router.get("/v1/jobs/{job_id}/artifacts", response_model=ArtifactList, tags=["artifacts"],
             responses=errors(401, 404, 409, 429), summary="List the files of a finished job")
 async def list_artifacts(job_id: str, request: Request, caller: CallerDep) -> ArtifactList:
-    await run_in_threadpool(_finished_job, request, job_id, caller)
+    job = await run_in_threadpool(_finished_job, request, job_id, caller)
     files = await run_in_threadpool(request.app.state.artifacts.list, f"jobs/{job_id}")
+    digests = {f["path"]: f.get("sha256") for f in (job.get("result") or {}).get("files") or []}
     return ArtifactList(job_id=job_id, files=[
-        ArtifactFile(path=f["path"], size=f["size"], url=f"/v1/jobs/{job_id}/artifacts/{f['path']}") for f in files])
+        ArtifactFile(path=f["path"], size=f["size"], sha256=digests.get(f["path"]),
+                     url=f"/v1/jobs/{job_id}/artifacts/{f['path']}") for f in files])
 
 
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -368,6 +371,11 @@ def render_card_html(markdown: str, artifact_base: str) -> str:
         end = body.find("\n---", 3)
         body = body[end + 4:] if end != -1 else body
     html = MarkdownIt("commonmark", {"html": False}).enable("table").render(body)
+    # raw HTML stays escaped (the card holds user-chosen names); only the card's own folding tags come back
+    html = re.sub(r"<p>&lt;details&gt;\s*&lt;summary&gt;(.*?)&lt;/summary&gt;</p>", r"<details><summary>\1</summary>",
+                  html)
+    html = html.replace("<p>&lt;details&gt;</p>", "<details>").replace("<p>&lt;/details&gt;</p>", "</details>")
+    html = re.sub(r' style="text-align:\s*(left|right|center);?"', r' class="align-\1"', html)
     return re.sub(r'src="(?!https?:|/)([^"]+)"', lambda m: f'src="{artifact_base}{m[1]}"', html)
 
 
@@ -435,6 +443,13 @@ async def upload_dataset(request: Request, caller: CallerDep,
                                   rows=rows, columns=columns, path=key)
     return UploadView(upload_id=upload_id, filename=name, size=size, rows=rows, columns=columns,
                       created_at=iso(row["created_at"]))
+
+
+@router.get("/v1/me", response_model=Me, tags=["health"], responses=errors(401, 429),
+            summary="Who the API key is: its name, whether it is an admin, whether auth is on")
+async def me(request: Request, caller: CallerDep) -> Me:
+    return Me(key_id=caller.owner, name=caller.name, admin=caller.admin,
+              auth_enabled=request.app.state.auth.enabled)
 
 
 # -- health -------------------------------------------------------------------------------------------

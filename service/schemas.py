@@ -85,6 +85,7 @@ class JobList(BaseModel):
 class ArtifactFile(BaseModel):
     path: str
     size: int
+    sha256: str | None = Field(None, description="SHA-256 of the file as the worker wrote it.")
     url: str
 
 
@@ -100,6 +101,13 @@ class UploadView(BaseModel):
     rows: int
     columns: list[str]
     created_at: str
+
+
+class Me(BaseModel):
+    key_id: str = Field(..., description="`local` while auth is off.")
+    name: str
+    admin: bool
+    auth_enabled: bool
 
 
 class Health(BaseModel):

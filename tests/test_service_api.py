@@ -158,6 +158,8 @@ def test_cancel_a_queued_job_at_once_and_409_once_it_ended(client):
 def test_keys_separate_tenants_and_admin_sees_all(client, keys):
     assert client.post("/v1/jobs", json=SPEC).status_code == 401
     assert client.get("/v1/jobs", headers=auth("sf_nope_nope")).status_code == 401
+    me = client.get("/v1/me", headers=auth(keys["alice"])).json()
+    assert me["name"] == "alice" and me["admin"] is False and me["auth_enabled"] is True
     alice = client.post("/v1/jobs", json=SPEC, headers=auth(keys["alice"])).json()
     bob = client.post("/v1/jobs", json=SPEC, headers=auth(keys["bob"])).json()
     for path in ("", "/events", "/artifacts", "/download", "/card", "/artifacts/config.json"):
@@ -208,9 +210,11 @@ def test_artifacts_list_range_download_and_card(app, client):
     job = client.post("/v1/jobs", json=SPEC).json()
     assert client.get(f"/v1/jobs/{job['id']}/artifacts").status_code == 409
     content = bytes(range(256)) * 40
-    card = "---\nlicense: mit\n---\n# Card\n\n![Heads](head_importance.png)\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    card = ("---\nlicense: mit\n---\n# Card <script>alert(1)</script>\n\n![Heads](head_importance.png)\n\n"
+            "| a | b |\n|---|--:|\n| 1 | 2 |\n\n<details>\n<summary>Job spec</summary>\n\n```yaml\nseed: 0\n```\n\n</details>\n")
     finish_job(app, job["id"], {"model.safetensors": content, "README.md": card.encode(), "sub/x.txt": b"x"})
     listed = client.get(f"/v1/jobs/{job['id']}/artifacts").json()["files"]
+    assert all(f["sha256"] is None for f in listed)  # finish_job recorded no digests
     assert [(f["path"], f["size"]) for f in listed] == [("README.md", len(card)), ("model.safetensors", 10240),
                                                         ("sub/x.txt", 1)]
     url = f"/v1/jobs/{job['id']}/artifacts/model.safetensors"
@@ -236,6 +240,9 @@ def test_artifacts_list_range_download_and_card(app, client):
     html = client.get(f"/v1/jobs/{job['id']}/card", params={"format": "html"}).text
     assert f'<img src="/v1/jobs/{job["id"]}/artifacts/head_importance.png"' in html and "<table>" in html
     assert "license: mit" not in html
+    assert "<script>" not in html and "&lt;script&gt;" in html  # user-chosen text in a card stays text
+    assert "<details><summary>Job spec</summary>" in html and "</details>" in html
+    assert '<td class="align-right">2</td>' in html
 
 
 def test_events_stream_ends_with_the_final_status(app, client):
@@ -284,6 +291,7 @@ def test_uploads_over_the_limit_get_413_and_foreign_uploads_are_unknown(tmp_path
 
 # -- health, metrics, settings ------------------------------------------------------------------------------
 def test_health_ready_and_metrics(client):
+    assert client.get("/v1/me").json() == {"key_id": "local", "name": "local", "admin": True, "auth_enabled": False}
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "broker": "ok", "artifacts": "ok"}

@@ -3,6 +3,7 @@ a worker killed with SIGKILL mid-job, an API restarted while jobs run, the Hub t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -95,6 +96,7 @@ def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedd
     with service.client() as c:
         files = c.get(f"/v1/jobs/{job['id']}/artifacts").json()["files"]
         names = {f["path"] for f in files}
+        assert all(len(f["sha256"]) == 64 for f in files)
         assert {"model.safetensors", "config.json", "README.md", "compression_report.json"} <= names
         tarball = c.get(f"/v1/jobs/{job['id']}/download")
         assert tarball.status_code == 200 and tarball.headers["content-type"] == "application/gzip"
@@ -107,6 +109,8 @@ def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedd
         tar.extractall(out, filter="data")
     folder = out / job["id"]
     assert {p.name for p in folder.iterdir()} == names
+    for f in files:
+        assert hashlib.sha256((folder / f["path"]).read_bytes()).hexdigest() == f["sha256"]
     report = json.loads((folder / "compression_report.json").read_text())
     model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
