@@ -6,6 +6,7 @@ imported lazily (it imports torch).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -70,6 +71,14 @@ def summarise(report: dict) -> dict:
         "agreement": evaluation.get("agreement"),
         "base_model_commit": (report.get("base_model") or {}).get("commit"),
     }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class _Lease:
@@ -162,7 +171,10 @@ class JobRunner:
                 if should_cancel():
                     raise Cancelled("the job was cancelled")
                 on_progress("publishing" if "publishing" in stages else "writing_card", 1.0, "storing the artifacts")
-                files = self.artifacts.publish_folder(f"jobs/{job_id}", result.folder)
+                digests = {p.relative_to(result.folder).as_posix(): _sha256(p)
+                           for p in result.folder.rglob("*") if p.is_file()}
+                files = [f | {"sha256": digests.get(f["path"])}
+                         for f in self.artifacts.publish_folder(f"jobs/{job_id}", result.folder)]
                 summary = summarise(result.report) | {
                     "files": files, "published": getattr(result, "published", None),
                 }
