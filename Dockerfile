@@ -50,15 +50,14 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /tmp/requirements.txt; \
     pip install -r /tmp/requirements.txt
 
+# pip byte-compiles what it installs, so the read-only image starts without compiling anything
 COPY README.md /src/
 COPY slimformer/ /src/slimformer/
 COPY service/ /src/service/
 COPY workers/ /src/workers/
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    pip install --no-deps /src && \
-    find /opt/slimformer -name __pycache__ -prune -exec rm -rf {} + && \
-    python3 -m compileall -q /opt/slimformer/lib
+    pip install --no-deps /src
 
 FROM ${BASE_IMAGE} AS runtime
 ENV PATH=/opt/slimformer/bin:$PATH \
