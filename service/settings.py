@@ -64,7 +64,6 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(500_000_000, ge=1024, description="Largest dataset upload.")
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per API key.")
     max_concurrent_jobs: int = Field(8, ge=1, description="Queued plus running jobs per API key.")
-    page_size_max: int = Field(100, ge=1, description="Largest page of GET /v1/jobs.")
 
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker writes a running job's heartbeat.")
     stale_after_seconds: float = Field(

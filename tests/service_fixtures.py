@@ -203,7 +203,9 @@ def embedded_service(tmp_path, hub_with_model):
     port = free_port()
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    service = Service(data_dir, base_env(data_dir, hub_with_model, port), port)
+    env = base_env(data_dir, hub_with_model, port)
+    env["SLIMFORMER_WORKER_METRICS_PORT"] = str(free_port())
+    service = Service(data_dir, env, port)
     service.hub = hub_with_model
     service.start_api(worker=True)
     yield service

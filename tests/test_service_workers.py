@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import time
 
+import httpx
 import pytest
 import torch
 import transformers
@@ -119,6 +120,15 @@ def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedd
         logits = model(**batch).logits
     assert logits.shape == (2, 2)
     assert report["pruning"] is not None and report["job_id"] == job["id"]
+
+    # the worker counted the job in its own metrics endpoint, the API in its store-backed ones
+    worker_metrics = httpx.get(f"http://127.0.0.1:{service.env['SLIMFORMER_WORKER_METRICS_PORT']}/metrics").text
+    assert 'slimformer_worker_jobs_total{outcome="succeeded"} 1.0' in worker_metrics
+    assert 'slimformer_worker_stage_seconds_count{stage="scoring"} 1.0' in worker_metrics
+    with service.client() as c:
+        api_metrics = c.get("/metrics").text
+    assert 'slimformer_jobs{queue="cpu",status="succeeded"} 1.0' in api_metrics
+    assert 'slimformer_stage_seconds_count{stage="scoring"} 1.0' in api_metrics
 
     # the published repo on the Hub holds the same model
     published = service.hub.repos["acme/tiny-pruned"]

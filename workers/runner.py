@@ -126,7 +126,19 @@ class JobRunner:
                 logger.info("job %s is not ours to run (taken, finished or cancelled); skipping", job_id)
                 return "skipped"
             logger.info("running job %s (attempt %d of %d)", job_id, job["attempts"], job["max_attempts"])
-            return self._run(job)
+            started = time.monotonic()
+            outcome = self._run(job)
+            try:
+                from workers import metrics
+
+                m = metrics.get()
+                m["jobs"].labels(outcome).inc()
+                m["job_seconds"].labels(outcome).observe(time.monotonic() - started)
+                for stage, seconds in (self.store.get_job(job_id).get("stage_seconds") or {}).items():
+                    m["stage_seconds"].labels(stage).observe(float(seconds))
+            except Exception:  # metrics must never change a job's outcome
+                logger.debug("could not record worker metrics", exc_info=True)
+            return outcome
         finally:
             current_job_id.reset(token_ctx)
 

@@ -6,6 +6,7 @@ A worker on a machine with CUDA serves the ``gpu`` queue (and helps with ``cpu``
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery
 
@@ -70,9 +71,9 @@ def run_worker(settings: Settings, *, queues: list[str] | None = None, concurren
     if hostname:
         argv += ["--hostname", hostname]
     if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
+        from workers import metrics
 
-        start_http_server(settings.worker_metrics_port)
+        metrics.enable(settings.data_dir.resolve() / f"worker-metrics-{os.getpid()}", settings.worker_metrics_port)
     reaper.start()
     try:
         app.worker_main(argv)
