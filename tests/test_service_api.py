@@ -352,3 +352,16 @@ def test_the_service_never_imports_torch():
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_readme_lists_every_setting_and_docs_list_every_route(app):
+    from service.settings import env_variables
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    missing = [name for name in env_variables() if f"`{name}`" not in readme]
+    assert not missing, f"README's settings table lacks {missing}"
+    api_doc = (root / "docs" / "api.md").read_text()
+    for path, methods in app.openapi()["paths"].items():
+        for method in methods:
+            assert f"`{method.upper()} {path.replace('{job_id}', '{id}')}" in api_doc, (method, path)
