@@ -120,18 +120,39 @@ def in_image(rootfs: Path, args: list[str], env: dict[str, str], **kwargs) -> su
 
 
 def run_in_image(rootfs: Path, args: list[str], env: dict[str, str], timeout: float = 120) -> str:
-    process = in_image(rootfs, args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, f"{args} failed:\n{output[-4000:]}"
+    process = in_image(rootfs, args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    output, errors = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"{args} failed:\n{output[-3000:]}\n{errors[-3000:]}"
     return output
 
 
-def get(url: str) -> tuple[int, dict]:
+def stop(process: subprocess.Popen) -> str:
+    process.terminate()
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
+
+
+def request(url: str, key: str | None = None, data: bytes | None = None,
+            content_type: str = "application/json") -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if data is not None:
+        headers["Content-Type"] = content_type
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def multipart(name: str, content: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: text/csv\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 @pytest.fixture
@@ -168,33 +189,75 @@ def test_image_is_non_root_with_a_healthcheck_and_roles(image):
     assert "SLIMFORMER_LOG_FORMAT=json" in config["Env"]
 
 
-def test_image_migrates_then_serves_healthz_and_readyz(rootfs, production_env):
+def wait_for_api(server: subprocess.Popen, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the API from the image did not answer:\n{stop(server)[-4000:]}")
+
+
+def test_image_migrates_serves_and_its_worker_runs_a_job(rootfs, production_env, tiny_classifier_folder,
+                                                         labelled_csv):
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {**production_env, "SLIMFORMER_PORT": str(port)}
-    if env["SLIMFORMER_MODE"] == "production":
+    production = env["SLIMFORMER_MODE"] == "production"
+    key = None
+    if production:
         assert "job store at revision" in run_in_image(rootfs, ["migrate"], env)
         run_in_image(rootfs, ["wait-migrated"], env)
+        key = run_in_image(rootfs, ["slimformer", "keys", "create", "--name", "image-test"], env).strip()
     server = in_image(rootfs, ["api"], env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = None
     try:
-        deadline, status = time.monotonic() + 120, None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                status, body = get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert server.poll() is None, server.communicate()[0][-4000:]
+        wait_for_api(server, url)
+        status, body = request(url + "/healthz")
         assert status == 200 and body["status"] == "ok"
-        status, body = get(f"http://127.0.0.1:{port}/readyz")
+        status, body = request(url + "/readyz")
         assert status == 200, body
         assert body["checks"] == {"store": "ok", "broker": "ok", "artifacts": "ok"}
         run_in_image(rootfs, ["healthcheck"], env, timeout=30)  # what HEALTHCHECK runs
-    finally:
-        server.terminate()
+        if not production:
+            return
+        # the same image as a worker: a real job, its model from the Hub test server on this machine
+        from hub_server import HubServer
+
+        hub = HubServer().start()
         try:
-            output, _ = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output, _ = server.communicate()
-    lines = [line for line in output.splitlines() if line.startswith("{")]
+            hub.add_repo("acme/tiny", tiny_classifier_folder)
+            metrics_port = free_port()
+            worker = in_image(rootfs, ["worker", "--hostname", "image@%h"],
+                              {**env, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "OMP_NUM_THREADS": "1",
+                               "SLIMFORMER_WORKER_QUEUES": "cpu", "SLIMFORMER_WORKER_METRICS_PORT": str(metrics_port)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            status, upload = request(url + "/v1/datasets", key, *multipart("reviews.csv", labelled_csv.read_bytes()))
+            assert status == 201, upload
+            spec = {"model": {"id": "acme/tiny"}, "dataset": {"upload_id": upload["upload_id"]}, "method": "prune",
+                    "prune": {"heads": 0.5, "ffn": 0.3}, "evaluation": {"latency": False}}
+            status, job = request(url + "/v1/jobs", key, json.dumps(spec).encode())
+            assert status == 202, job
+            deadline = time.monotonic() + 300
+            while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+                assert worker.poll() is None, stop(worker)[-4000:]
+                time.sleep(1)
+                job = request(f"{url}/v1/jobs/{job['id']}", key)[1]
+            assert job["status"] == "succeeded", (job, stop(worker)[-4000:])
+            status, listing = request(f"{url}/v1/jobs/{job['id']}/artifacts", key)
+            assert status == 200 and "config.json" in {f["path"] for f in listing["files"]}
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            assert "process_resident_memory_bytes" in metrics  # what Prometheus scrapes from a worker
+        finally:
+            hub.stop()
+        worker_lines = [json.loads(line) for line in stop(worker).splitlines() if line.startswith("{")]
+        worker = None
+        assert any(line.get("job_id") == job["id"] for line in worker_lines)  # JSON logs carry the job id
+    finally:
+        if worker is not None:
+            stop(worker)
+        api_output = stop(server)
+    lines = [line for line in api_output.splitlines() if line.startswith("{")]
     assert lines and all("level" in json.loads(line) for line in lines)  # JSON logs, as SLIMFORMER_LOG_FORMAT says
