@@ -35,6 +35,7 @@ class JobContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "job_id"):
             record.job_id = current_job_id.get()
+        record.job_tag = f"[job {record.job_id}] " if record.job_id else ""
         if _secrets:
             message = record.getMessage()
             cleaned = redact(message)
@@ -51,7 +52,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, stream=None) ->
         handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(job_id)s",
                                            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(job_id)s] %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(job_tag)s%(message)s"))
     handler.addFilter(JobContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -60,5 +61,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, stream=None) ->
     handler._slimformer = True
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
