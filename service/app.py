@@ -133,6 +133,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
                             stale_after=settings.stale_after_seconds,
                             requeue_queued_after=settings.requeue_queued_after_seconds).start()
         yield
+        for hook in app.state.shutdown_hooks:
+            hook()
         if reaper:
             reaper.stop()
         store.dispose()
@@ -140,6 +142,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app = FastAPI(title="slimformer", version="1", description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=[{"name": "jobs"}, {"name": "artifacts"}, {"name": "datasets"}, {"name": "health"}])
     app.state.settings = settings
+    app.state.shutdown_hooks = []
     app.state.settings_events_interval = 0.5
     app.state.store = store
     app.state.artifacts = make_artifact_store(settings)

@@ -107,6 +107,8 @@ def serve(args) -> int:
     supervisor = None
     if not args.no_worker:
         supervisor = WorkerSupervisor(settings).start()
+        # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so stop the worker in the app's shutdown
+        app.state.shutdown_hooks.append(supervisor.stop)
     logger.info("serving on http://%s:%d with %s", settings.host, settings.port, settings.public_summary())
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
@@ -115,6 +117,16 @@ def serve(args) -> int:
         if supervisor is not None:
             supervisor.stop()
     return 0
+
+
+def _die_with_parent() -> None:
+    """In the worker child (Linux): receive SIGTERM when the serve process dies, however it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 class WorkerSupervisor:
@@ -131,7 +143,7 @@ class WorkerSupervisor:
 
     def _spawn(self) -> None:
         self.child = subprocess.Popen([sys.executable, "-m", "slimformer.cli", "worker"], env=self.env,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_die_with_parent)
         logger.info("started a worker process (pid %d)", self.child.pid)
 
     def start(self) -> WorkerSupervisor:

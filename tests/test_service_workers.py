@@ -270,3 +270,21 @@ def _is_parent_of(parent: int, child: int) -> bool:
         with open(f"/proc/{pid}/stat") as fh:
             pid = int(fh.read().rsplit(")", 1)[1].split()[1])
     return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_serve_stops_its_worker(embedded_service, how):
+    import os
+    import signal
+
+    service = embedded_service
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _worker_pids(service):
+        time.sleep(0.2)
+    assert _worker_pids(service), "serve started no worker"
+    os.kill(service.api.pid, getattr(signal, how))
+    service.api.popen.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _worker_pids(service):
+        time.sleep(0.2)
+    assert not _worker_pids(service), f"the worker outlived serve after {how}"
