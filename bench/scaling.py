@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -75,6 +76,34 @@ class Process:
         self.fh.close()
 
 
+class Contention:
+    """Samples the load average and other pytest processes while a row is timed: on 2 cores, a test suite
+    running beside the benchmark halves its numbers, and the table should say so."""
+
+    def __init__(self) -> None:
+        self.loads: list[float] = []
+        self.others = 0
+        self.done = threading.Event()
+
+    def start(self) -> Contention:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.done.wait(2.0):
+            self.loads.append(os.getloadavg()[0])
+            seen = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True).stdout.split()
+            self.others = max(self.others, len(seen))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def mean_load(self) -> float:
+        return statistics.mean(self.loads) if self.loads else os.getloadavg()[0]
+
+
 def postgres(sql: str) -> None:
     import psycopg
 
@@ -100,6 +129,7 @@ def run_one(workers: int, jobs: int, hub_url: str, csv: Path, work: Path) -> dic
         "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
         "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "SLIMFORMER_DATA_DIR": str(data),
         "SLIMFORMER_PORT": str(port), "SLIMFORMER_LOG_FORMAT": "json", "HF_ENDPOINT": hub_url,
+        "SLIMFORMER_MAX_CONCURRENT_JOBS": "10000", "SLIMFORMER_RATE_LIMIT_PER_MINUTE": "100000",
         "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(work / "hf-home"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1",
     })
@@ -135,17 +165,19 @@ def run_one(workers: int, jobs: int, hub_url: str, csv: Path, work: Path) -> dic
             started = time.perf_counter()
             ids = [client.post("/v1/jobs", json=spec | {"seed": i}).json()["id"] for i in range(count)]
             done: dict[str, dict] = {}
+            wanted = set(ids)
             while len(done) < count:
-                for job_id in ids:
-                    if job_id not in done:
-                        job = client.get(f"/v1/jobs/{job_id}").json()
-                        if job["status"] in TERMINAL:
-                            done[job_id] = job
-                time.sleep(0.2)
+                # one listing per poll: polling each job would put the API on the cores the workers need
+                for job in client.get("/v1/jobs", params={"limit": 100}).json()["items"]:
+                    if job["id"] in wanted and job["status"] in TERMINAL:
+                        done[job["id"]] = job
+                time.sleep(0.25)
             return time.perf_counter() - started, list(done.values())
 
         batch(workers)  # warm-up: imports, the model in the Hub cache, first connections
+        watch = Contention().start()
         wall, finished = batch(jobs)
+        watch.stop()
         failed = [j for j in finished if j["status"] != "succeeded"]
         if failed:
             raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0].get('error')}")
@@ -157,7 +189,8 @@ def run_one(workers: int, jobs: int, hub_url: str, csv: Path, work: Path) -> dic
         waits = [seconds(j["created_at"], j["started_at"]) for j in finished]
         return {"workers": workers, "jobs": jobs, "wall_seconds": wall, "jobs_per_minute": jobs / wall * 60,
                 "mean_job_seconds": statistics.mean(run_times), "median_job_seconds": statistics.median(run_times),
-                "max_queue_wait_seconds": max(waits)}
+                "max_queue_wait_seconds": max(waits), "load_average": watch.mean_load(),
+                "other_test_processes_seen": watch.others}
     finally:
         for process in reversed(processes):
             process.stop()
@@ -190,6 +223,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
     parser.add_argument("--jobs", type=int, default=12, help="jobs timed per worker count")
     args = parser.parse_args()
+    if not 1 <= args.jobs <= 90:
+        parser.error("--jobs must be 1..90 (one page of the job listing holds them and the warm-up jobs)")
     from hub_server import HubServer
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -209,12 +244,14 @@ def main() -> None:
     base = results[0]["jobs_per_minute"]
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} tiny prune jobs "
           "per row\n")
-    print("| workers | wall (s) | jobs/min | speed-up | mean job (s) | median job (s) | longest queue wait (s) |")
-    print("|--------:|---------:|---------:|---------:|-------------:|---------------:|-----------------------:|")
+    print("| workers | wall (s) | jobs/min | speed-up | mean job (s) | median job (s) | longest queue wait (s) "
+          "| load avg | other pytest procs |")
+    print("|--------:|---------:|---------:|---------:|-------------:|---------------:|-----------------------:"
+          "|---------:|-------------------:|")
     for r in results:
         print(f"| {r['workers']} | {r['wall_seconds']:.1f} | {r['jobs_per_minute']:.1f} | "
               f"{r['jobs_per_minute'] / base:.2f}x | {r['mean_job_seconds']:.2f} | {r['median_job_seconds']:.2f} | "
-              f"{r['max_queue_wait_seconds']:.1f} |")
+              f"{r['max_queue_wait_seconds']:.1f} | {r['load_average']:.1f} | {r['other_test_processes_seen']} |")
     meta = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
             "when": datetime.now().isoformat(timespec="seconds"), "jobs_per_row": args.jobs}
     (RESULTS / "scaling.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
