@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -169,10 +170,12 @@ def run_setup(name: str, work: Path, hub: HubServer, csv: Path, args) -> dict:
     if name == "redis":
         database = fresh_postgres_database()
         env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-        env["REDIS_URL"] = "redis://127.0.0.1:6379/15"
+        # a database of its own, so that no other worker on this Redis takes these jobs
+        redis_db = 1 + uuid.uuid4().int % 14
+        env["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
         import subprocess
 
-        subprocess.run(["redis-cli", "-n", "15", "FLUSHDB"], capture_output=True)
+        subprocess.run(["redis-cli", "-n", str(redis_db), "FLUSHDB"], capture_output=True)
     service = Service(data, env, port)
     try:
         if name == "redis":

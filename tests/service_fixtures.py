@@ -227,7 +227,7 @@ def production_service(tmp_path, hub_with_model):
     redis_db = 1 + int(uuid.uuid4().int % 14)
     env = base_env(data_dir, hub_with_model, port)
     env.update({"DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-                "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}"})
+                "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "SLIMFORMER_MAX_CONCURRENT_JOBS": "1000"})
     subprocess.run(["redis-cli", "-n", str(redis_db), "FLUSHDB"], capture_output=True)
     service = Service(data_dir, env, port)
     service.hub = hub_with_model

@@ -288,3 +288,28 @@ def test_stopping_serve_stops_its_worker(embedded_service, how):
     while time.monotonic() < deadline and _worker_pids(service):
         time.sleep(0.2)
     assert not _worker_pids(service), f"the worker outlived serve after {how}"
+
+
+def test_a_burst_of_concurrent_posts_puts_every_job_on_the_redis_queue(production_service, labelled_csv):
+    """No worker runs: every accepted job must be one message in the broker's `cpu` list, none lost."""
+    import asyncio
+
+    service = production_service
+    upload = service.upload(labelled_csv)["upload_id"]
+
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+            async def post(seed: int) -> str:
+                r = await client.post("/v1/jobs", json=prune_spec(upload, seed=seed))
+                assert r.status_code == 202, r.text
+                return r.json()["id"]
+
+            return await asyncio.gather(*(post(i) for i in range(120)))
+
+    ids = asyncio.run(burst())
+    assert len(set(ids)) == 120
+    db = service.env["REDIS_URL"].rsplit("/", 1)[1]
+    messages = subprocess.run(["redis-cli", "-n", db, "LRANGE", "cpu", "0", "-1"], capture_output=True,
+                              text=True).stdout.splitlines()
+    queued = [json.loads(json.loads(m)["headers"]["argsrepr"].replace("'", '"'))[0] for m in messages if m.strip()]
+    assert sorted(queued) == sorted(ids)
