@@ -68,7 +68,8 @@ ENV PATH=/opt/slimformer/bin:$PATH \
     SLIMFORMER_LOG_FORMAT=json \
     HF_HUB_DISABLE_TELEMETRY=1
 # /data/artifacts exists in the image so a volume mounted there starts out owned by the service user
-RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home slimformer && \
+RUN groupadd --system --gid 10001 slimformer && \
+    useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home slimformer && \
     mkdir -p /data/artifacts && chown -R 10001:10001 /data
 COPY --from=build /opt/slimformer /opt/slimformer
 COPY deploy/image/entrypoint.sh /usr/local/bin/slimformer-entrypoint

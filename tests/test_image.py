@@ -170,11 +170,14 @@ def production_env():
     database = f"slimformer_image_{uuid.uuid4().hex[:8]}"
     with admin:
         admin.execute(f"CREATE DATABASE {database}")
+    broker = redis.Redis(host="127.0.0.1", port=6379, db=15)
+    broker.flushdb()  # no message of an earlier run
     try:
         yield {"SLIMFORMER_MODE": "production", "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}",
                "REDIS_URL": "redis://127.0.0.1:6379/15", "SLIMFORMER_API_KEY_PEPPER": "image-test-pepper-0123456789",
                "SLIMFORMER_TOKEN_ENCRYPTION_KEY": "image-test-token-key-0123456789", "SLIMFORMER_HOST": "127.0.0.1"}
     finally:
+        broker.flushdb()
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
@@ -201,7 +204,7 @@ def wait_for_api(server: subprocess.Popen, url: str, timeout: float = 120) -> No
 
 
 def test_image_migrates_serves_and_its_worker_runs_a_job(rootfs, production_env, tiny_classifier_folder,
-                                                         labelled_csv):
+                                                         labelled_csv, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**production_env, "SLIMFORMER_PORT": str(port)}
@@ -230,10 +233,15 @@ def test_image_migrates_serves_and_its_worker_runs_a_job(rootfs, production_env,
         try:
             hub.add_repo("acme/tiny", tiny_classifier_folder)
             metrics_port = free_port()
+            worker_log = (tmp_path / "worker.log").open("w")
             worker = in_image(rootfs, ["worker", "--hostname", "image@%h"],
                               {**env, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "OMP_NUM_THREADS": "1",
                                "SLIMFORMER_WORKER_QUEUES": "cpu", "SLIMFORMER_WORKER_METRICS_PORT": str(metrics_port)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=worker_log, stderr=subprocess.STDOUT, text=True)
+
+            def worker_output() -> str:
+                worker_log.flush()
+                return (tmp_path / "worker.log").read_text(errors="replace")
             status, upload = request(url + "/v1/datasets", key, *multipart("reviews.csv", labelled_csv.read_bytes()))
             assert status == 201, upload
             spec = {"model": {"id": "acme/tiny"}, "dataset": {"upload_id": upload["upload_id"]}, "method": "prune",
@@ -242,18 +250,24 @@ def test_image_migrates_serves_and_its_worker_runs_a_job(rootfs, production_env,
             assert status == 202, job
             deadline = time.monotonic() + 300
             while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-                assert worker.poll() is None, stop(worker)[-4000:]
+                assert worker.poll() is None, worker_output()[-6000:]
                 time.sleep(1)
                 job = request(f"{url}/v1/jobs/{job['id']}", key)[1]
-            assert job["status"] == "succeeded", (job, stop(worker)[-4000:])
+            if job["status"] != "succeeded":
+                import redis
+
+                keys = redis.Redis(db=15).keys("*")
+                raise AssertionError(f"{job}\nbroker keys {keys}, cpu list {redis.Redis(db=15).llen('cpu')}\n"
+                                     f"{worker_output()[-3000:]}\nAPI:\n{stop(server)[-5000:]}")
             status, listing = request(f"{url}/v1/jobs/{job['id']}/artifacts", key)
             assert status == 200 and "config.json" in {f["path"] for f in listing["files"]}
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-            assert "process_resident_memory_bytes" in metrics  # what Prometheus scrapes from a worker
+            assert 'slimformer_worker_jobs_total{outcome="succeeded"} 1.0' in metrics  # what Prometheus scrapes
         finally:
             hub.stop()
-        worker_lines = [json.loads(line) for line in stop(worker).splitlines() if line.startswith("{")]
+        stop(worker)
         worker = None
+        worker_lines = [json.loads(line) for line in worker_output().splitlines() if line.startswith("{")]
         assert any(line.get("job_id") == job["id"] for line in worker_lines)  # JSON logs carry the job id
     finally:
         if worker is not None:
