@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -118,9 +119,12 @@ def run_one(workers: int, jobs: int, hub_url: str, csv: Path, work: Path) -> dic
     from service.settings import Settings
     from workers.celery_app import make_celery
 
-    database, redis_db = f"slimformer_bench_{uuid.uuid4().hex[:8]}", 9
+    database = f"slimformer_bench_{uuid.uuid4().hex[:8]}"
+    # an empty Redis database: a worker of another run on the same database would take these jobs
+    redis_db = next((db for db in random.sample(range(1, 16), 15) if redis.Redis(db=db).dbsize() == 0), None)
+    if redis_db is None:
+        raise RuntimeError("every Redis database 1..15 holds keys; free one (FLUSHDB) for the benchmark")
     postgres(f"CREATE DATABASE {database}")
-    redis.Redis(db=redis_db).flushdb()
     data = work / f"data-{workers}"
     data.mkdir()
     port = 18000 + workers

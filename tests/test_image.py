@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -170,11 +171,14 @@ def production_env():
     database = f"slimformer_image_{uuid.uuid4().hex[:8]}"
     with admin:
         admin.execute(f"CREATE DATABASE {database}")
-    broker = redis.Redis(host="127.0.0.1", port=6379, db=15)
-    broker.flushdb()  # no message of an earlier run
+    # an empty Redis database: another test's worker on the same database would take this test's job
+    redis_db = next((db for db in (15, *random.sample(range(1, 15), 14))
+                     if redis.Redis(host="127.0.0.1", port=6379, db=db).dbsize() == 0), 15)
+    broker = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+    broker.flushdb()
     try:
         yield {"SLIMFORMER_MODE": "production", "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}",
-               "REDIS_URL": "redis://127.0.0.1:6379/15", "SLIMFORMER_API_KEY_PEPPER": "image-test-pepper-0123456789",
+               "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "SLIMFORMER_API_KEY_PEPPER": "image-test-pepper-0123456789",
                "SLIMFORMER_TOKEN_ENCRYPTION_KEY": "image-test-token-key-0123456789", "SLIMFORMER_HOST": "127.0.0.1"}
     finally:
         broker.flushdb()
@@ -256,8 +260,8 @@ def test_image_migrates_serves_and_its_worker_runs_a_job(rootfs, production_env,
             if job["status"] != "succeeded":
                 import redis
 
-                keys = redis.Redis(db=15).keys("*")
-                raise AssertionError(f"{job}\nbroker keys {keys}, cpu list {redis.Redis(db=15).llen('cpu')}\n"
+                broker = redis.Redis.from_url(env["REDIS_URL"])
+                raise AssertionError(f"{job}\nbroker keys {broker.keys('*')}, cpu list {broker.llen('cpu')}\n"
                                      f"{worker_output()[-3000:]}\nAPI:\n{stop(server)[-5000:]}")
             status, listing = request(f"{url}/v1/jobs/{job['id']}/artifacts", key)
             assert status == 200 and "config.json" in {f["path"] for f in listing["files"]}
