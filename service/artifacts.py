@@ -8,6 +8,7 @@ every file.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 CHUNK = 1 << 20
+VERSION_NAME = re.compile(r"^\..+\.(v|link)-[0-9a-f]+$")
 
 
 class ArtifactNotFound(LookupError):
@@ -68,17 +70,21 @@ class LocalArtifactStore:
         return path
 
     def publish_folder(self, prefix: str, folder: Path) -> list[dict]:
-        target = self._path(prefix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(folder, staging)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(staging, target)  # atomic on one filesystem: readers never see a half-copied folder
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        """Copy into a new version folder, then swap the ``prefix`` symlink to it in one rename: a reader that
+        resolved the link keeps reading one complete version; the version before is removed at the next publish."""
+        link = self.root / clean_key(prefix)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        version = link.parent / f".{link.name}.v-{uuid.uuid4().hex[:12]}"
+        shutil.copytree(folder, version)
+        previous = os.readlink(link) if link.is_symlink() else None
+        if link.exists() and not link.is_symlink():  # a plain folder from an older layout
+            shutil.rmtree(link)
+        staging_link = link.parent / f".{link.name}.link-{uuid.uuid4().hex[:8]}"
+        os.symlink(version.name, staging_link)
+        os.replace(staging_link, link)  # atomic: readers see the old version or the new, never neither
+        for old in link.parent.glob(f".{link.name}.v-*"):
+            if old.name not in (version.name, previous):
+                shutil.rmtree(old, ignore_errors=True)
         return self.list(prefix)
 
     def put_file(self, key: str, source: Path) -> None:
@@ -97,11 +103,22 @@ class LocalArtifactStore:
         return destination
 
     def list(self, prefix: str) -> list[dict]:
-        base = self._path(prefix)
+        base = self._path(prefix)  # resolved once: a published folder's listing comes from one version
         if not base.is_dir():
             return []
-        return [{"path": p.relative_to(base).as_posix(), "size": p.stat().st_size}
-                for p in sorted(base.rglob("*")) if p.is_file()]
+        files = []
+        for folder, dirs, names in os.walk(base, followlinks=True):
+            # version folders and link staging are internal; published folders show through their links
+            dirs[:] = sorted(d for d in dirs if not VERSION_NAME.match(d))
+            for name in names:
+                path = Path(folder) / name
+                if VERSION_NAME.match(name):
+                    continue
+                try:
+                    files.append({"path": path.relative_to(base).as_posix(), "size": path.stat().st_size})
+                except FileNotFoundError:  # removed by a later publish while we walked it
+                    continue
+        return sorted(files, key=lambda f: f["path"])
 
     def size(self, key: str) -> int:
         path = self._path(key)
@@ -124,7 +141,13 @@ class LocalArtifactStore:
                 yield chunk
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
+        link = self.root / clean_key(prefix)
+        for version in link.parent.glob(f".{link.name}.v-*"):
+            shutil.rmtree(version, ignore_errors=True)
+        if link.is_symlink():
+            link.unlink()
+        else:
+            shutil.rmtree(link, ignore_errors=True)
 
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
