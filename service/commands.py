@@ -120,11 +120,12 @@ def serve(args) -> int:
 
 
 def _die_with_parent() -> None:
-    """In the worker child (Linux): receive SIGTERM when the serve process dies, however it dies."""
+    """In the worker child (Linux): die when the serve process dies, however it dies (its pool children follow:
+    Celery gives them the same parent-death signal). A job it was running is picked up again by the reaper."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -173,8 +174,12 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
         child = self.child
         if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+            # SIGTERM to Celery's main process only (its documented warm shutdown); a job still running after
+            # a few seconds is stopped hard and resumes, from its last checkpoint, when the service next runs
+            child.terminate()
             try:
-                child.wait(timeout=30)
+                child.wait(timeout=8)
             except subprocess.TimeoutExpired:
+                logger.warning("the worker is still busy; stopping it (its job resumes at the next start)")
                 os.killpg(child.pid, signal.SIGKILL)
+                child.wait(timeout=10)
