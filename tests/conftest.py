@@ -53,27 +53,13 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_classifier_folder(tmp_path_factory, minilm_path) -> str:
     """A tiny random BERT classifier saved with a real tokenizer (all-MiniLM-L6-v2's), labels neg/pos."""
-    import transformers
+    from tiny_models import save_tiny_classifier
 
-    folder = tmp_path_factory.mktemp("tiny-bert-classifier")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=37,
-        max_position_embeddings=128, num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    transformers.AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny-bert-classifier"), minilm_path)
 
 
 @pytest.fixture
 def labelled_csv(tmp_path) -> Path:
-    rows = ["sentence,label"] + [
-        f"{word} movie number {i},{label}"
-        for i in range(24)
-        for word, label in (("great", "positive"), ("awful", "negative"))
-    ]
-    path = tmp_path / "reviews.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    from tiny_models import write_reviews_csv
+
+    return write_reviews_csv(tmp_path / "reviews.csv")

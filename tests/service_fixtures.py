@@ -187,6 +187,23 @@ def base_env(data_dir: Path, hub: HubServer, port: int) -> dict:
     return env
 
 
+def start_service_with_keys(data_dir: Path, model_folder: str, names=("alice", "bob")) -> tuple[Service, HubServer]:
+    """``slimformer serve`` with auth on (one key per name; requests go as the first) and the Hub test server
+    holding ``acme/tiny``. Stop both with ``service.stop(); hub.stop()``."""
+    hub = HubServer().start()
+    hub.add_repo("acme/tiny", model_folder)
+    port = free_port()
+    service = Service(data_dir, base_env(data_dir, hub, port), port)
+    service.keys = {}
+    for name in names:
+        created = service.command("keys", "create", "--name", name)
+        assert created.returncode == 0, created.stderr
+        service.keys[name] = created.stdout.strip()
+    service.headers = {"Authorization": f"Bearer {service.keys[names[0]]}"}
+    service.start_api(worker=True)
+    return service, hub
+
+
 @pytest.fixture
 def hub_with_model(tiny_classifier_folder):
     """The Hub test server holding ``acme/tiny`` (a tiny BERT classifier) and a user with a write token."""
@@ -240,5 +257,5 @@ def production_service(tmp_path, hub_with_model):
     drop_postgres_database(database)
 
 
-__all__ = ["embedded_service", "production_service", "hub_with_model", "Service", "Proc", "free_port",
+__all__ = ["start_service_with_keys", "embedded_service", "production_service", "hub_with_model", "Service", "Proc", "free_port",
            "redis_available", "postgres_available", "TERMINAL"]

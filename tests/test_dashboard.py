@@ -9,8 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub_server import HubServer
-from service_fixtures import ROOT, Service, base_env, free_port
+from service_fixtures import ROOT, start_service_with_keys
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -27,18 +26,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_classifier_folder):
     """`slimformer serve` with auth on (keys for alice and bob) and the Hub test server holding acme/tiny."""
-    hub = HubServer().start()
-    hub.add_repo("acme/tiny", tiny_classifier_folder)
-    data_dir = tmp_path_factory.mktemp("dashboard-service")
-    port = free_port()
-    svc = Service(data_dir, base_env(data_dir, hub, port), port)
-    svc.keys = {}
-    for name in ("alice", "bob"):
-        created = svc.command("keys", "create", "--name", name)
-        assert created.returncode == 0, created.stderr
-        svc.keys[name] = created.stdout.strip()
-    svc.headers = {"Authorization": f"Bearer {svc.keys['alice']}"}
-    svc.start_api(worker=True)
+    svc, hub = start_service_with_keys(tmp_path_factory.mktemp("dashboard-service"), tiny_classifier_folder)
     yield svc
     svc.stop()
     hub.stop()

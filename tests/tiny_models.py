@@ -65,3 +65,27 @@ def tiny_batch(family: str, batch_size: int = 4, seq_len: int = 12, labels: bool
     if labels and head == "causal-lm":
         batch["labels"] = ids.masked_fill(mask == 0, -100)
     return batch
+
+
+def save_tiny_classifier(folder, tokenizer_path) -> str:
+    """A tiny random BERT classifier (labels negative/positive) saved with a real tokenizer: seconds per job."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=37,
+        max_position_embeddings=128, num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(folder)
+    return str(folder)
+
+
+def write_reviews_csv(path, repeats: int = 24):
+    """A labelled CSV: ``great movie number i`` is positive, ``awful movie number i`` negative."""
+    rows = ["sentence,label"] + [
+        f"{word} movie number {i},{label}"
+        for i in range(repeats)
+        for word, label in (("great", "positive"), ("awful", "negative"))
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
