@@ -360,7 +360,7 @@ def _add_client_commands(sub) -> None:
             command.add_argument("--html", action="store_true", help="the card rendered as HTML")
 
     download = sub.add_parser("download", parents=[connection, as_json],
-                              help="download a finished job's model (resumable; sizes verified)")
+                              help="download a finished job's model (resumable; sizes and SHA-256 verified)")
     download.add_argument("job_id", metavar="ID")
     download.add_argument("--out", help="folder (default ./ID; with --tar, the current folder)")
     download.add_argument("--tar", action="store_true", help="one streamed .tar.gz instead of the files")
@@ -794,7 +794,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     skipped = sum(r.skipped for r in results)
     total = sum(r.size for r in results)
     print(f"downloaded {len(results)} files ({total / 1e6:.1f} MB) to {out}"
-          + (f"; {skipped} were already complete" if skipped else "") + ", sizes verified", file=sys.stderr)
+          + (f"; {skipped} were already complete" if skipped else "") + ", sizes and SHA-256 verified", file=sys.stderr)
     return 0
 
 

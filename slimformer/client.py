@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -101,6 +102,14 @@ def resolve_connection(server: str | None = None, api_key: str | None = None,
 
 
 # -- downloads -----------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass
 class FileDownload:
     path: str
@@ -298,7 +307,17 @@ class Client:
             target = (out / rel).resolve()
             if out.resolve() not in target.parents:
                 raise ClientError(f"refusing artifact path {rel!r}: it leaves {out}")
-            results.append(self._download_file(job_id, rel, item["size"], target, on_bytes, on_file))
+            result = self._download_file(job_id, rel, item["size"], target, on_bytes, on_file)
+            expected = item.get("sha256")
+            if expected and _sha256(target) != expected:
+                # a file of the right size but other content (an older download): fetch it whole once more
+                target.unlink()
+                result = self._download_file(job_id, rel, item["size"], target, on_bytes, on_file)
+                if _sha256(target) != expected:
+                    target.unlink()
+                    raise ClientError(f"{rel}: its SHA-256 does not match the server's; the file was removed, "
+                                      "run the same command again")
+            results.append(result)
         return results
 
     def _download_file(self, job_id: str, rel: str, size: int, target: Path,

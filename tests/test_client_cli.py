@@ -225,7 +225,7 @@ def test_download_verifies_sizes_and_resumes_partial_files(cli, service, finishe
     listing = {f["path"]: f["size"] for f in service.client().get(f"/v1/jobs/{job_id}/artifacts").json()["files"]}
     out = tmp_path / "model"
     code, _, err = cli("download", job_id, "--out", str(out))
-    assert code == 0 and f"downloaded {len(listing)} files" in err and "sizes verified" in err
+    assert code == 0 and f"downloaded {len(listing)} files" in err and "sizes and SHA-256 verified" in err
     assert {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()} == listing
     assert {"config.json", "model.safetensors", "README.md", "head_importance.png"} <= set(listing)
     weights = (out / "model.safetensors").read_bytes()
@@ -248,6 +248,12 @@ def test_download_verifies_sizes_and_resumes_partial_files(cli, service, finishe
     (out / "config.json").write_bytes((out / "config.json").read_bytes() + b"garbage")
     code, text, err = cli("download", job_id, "--out", str(out))
     assert code == 0 and (out / "config.json").stat().st_size == listing["config.json"]
+
+    # the same size but other bytes: the listing's SHA-256 catches it and the file is fetched again
+    config = (out / "config.json").read_bytes()
+    (out / "config.json").write_bytes(config.replace(b"{", b"[", 1))
+    code, text, err = cli("download", job_id, "--out", str(out))
+    assert code == 0 and (out / "config.json").read_bytes() == config
 
 
 def test_download_as_one_archive(cli, finished, tmp_path):
