@@ -37,7 +37,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from tables import MODEL, ROOT, SHARED, TRAIN, VALIDATION, Table, environment, render_markdown, render_text
+from tables import (
+    MODEL,
+    ROOT,
+    TRAIN,
+    VALIDATION,
+    Table,
+    check_shared_inputs,
+    environment,
+    render_markdown,
+    render_text,
+)
 
 from slimformer.data import TextData, load_text_file, make_batches
 from slimformer.distillation import (
@@ -106,17 +116,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.latency = {"rounds": 1, "b32": (1, 2), "b1": (2, 5)} if args.quick else {"rounds": 3, "b32": (1, 5),
                                                                                    "b1": (3, 20)}
     return args
-
-
-def check_inputs() -> None:
-    """Exit with a message (status 1) when the shared model or data are not there."""
-    missing = [p for p in (MODEL / "config.json", TRAIN, VALIDATION) if not p.is_file()]
-    if missing:
-        sys.exit(
-            "distillation benchmark: it reads the shared model and data from "
-            f"{SHARED} (../shared next to the repository), and these are missing:\n  "
-            + "\n  ".join(str(p) for p in missing)
-        )
 
 
 def by_length_batches(tokenizer, data: TextData, config) -> list[dict]:
@@ -388,7 +387,7 @@ def save(out: Path, results: dict, tables: list[Table], runs: list[dict], teache
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    check_inputs()
+    check_shared_inputs("distillation benchmark")
     # An FFN whose every neuron is pruned becomes a zero-width Linear, and torch warns about initialising it.
     warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
     torch.set_num_threads(THREADS)

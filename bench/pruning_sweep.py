@@ -31,7 +31,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tables import MODEL, ROOT, SHARED, TRAIN, VALIDATION, Table, environment, render_markdown, render_text
+from tables import (
+    MODEL,
+    ROOT,
+    TRAIN,
+    VALIDATION,
+    Table,
+    check_shared_inputs,
+    environment,
+    render_markdown,
+    render_text,
+)
 
 from slimformer.data import load_text_file, make_batches
 from slimformer.evaluation import count_macs, count_parameters, measure_latency, task_metric
@@ -121,17 +131,6 @@ def parse_fractions(text: str) -> list[float]:
     if not values or not all(0 < v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"fractions must lie in (0, 1), got {text!r}")
     return values
-
-
-def check_inputs() -> None:
-    """Exit with a message (status 1) when the shared model or data are not there."""
-    missing = [p for p in (MODEL / "config.json", TRAIN, VALIDATION) if not p.is_file()]
-    if missing:
-        sys.exit(
-            "pruning_sweep: the benchmark reads the shared model and data from "
-            f"{SHARED} (../shared next to the repository), and these are missing:\n  "
-            + "\n  ".join(str(p) for p in missing)
-        )
 
 
 def load_inputs() -> Inputs:
@@ -505,7 +504,7 @@ def latency_only(inputs: Inputs, args: argparse.Namespace, started: float) -> in
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    check_inputs()
+    check_shared_inputs("pruning_sweep")
     # An FFN whose every neuron is pruned becomes a zero-width Linear, and torch warns about initialising it.
     warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
     torch.set_num_threads(THREADS)

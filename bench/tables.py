@@ -19,6 +19,17 @@ TRAIN = SHARED / "data" / "sst2" / "train.tsv"
 VALIDATION = SHARED / "data" / "sst2" / "validation.tsv"
 
 
+def check_shared_inputs(benchmark: str) -> None:
+    """Exit with a message (status 1) when the shared model or data are not there."""
+    missing = [p for p in (MODEL / "config.json", TRAIN, VALIDATION) if not p.is_file()]
+    if missing:
+        sys.exit(
+            f"{benchmark}: the benchmark reads the shared model and data from "
+            f"{SHARED} (../shared next to the repository), and these are missing:\n  "
+            + "\n  ".join(str(p) for p in missing)
+        )
+
+
 @dataclass
 class Table:
     title: str

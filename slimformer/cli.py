@@ -802,10 +802,10 @@ CLIENT_HANDLERS = {"login": _cmd_login, "submit": _cmd_submit, "jobs": _cmd_jobs
                    "watch": _cmd_watch, "cancel": _cmd_cancel, "download": _cmd_download, "card": _cmd_card}
 
 
-def _run_client_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+def _run_guarded(handler, args: argparse.Namespace) -> int:
+    """Run a command: library errors become one ``error: ...`` line and exit 2 (tracebacks with --debug)."""
     try:
-        return CLIENT_HANDLERS[args.command](args)
+        return handler(args)
     except SlimformerError as err:
         if args.debug:
             raise
@@ -814,6 +814,11 @@ def _run_client_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    return _run_guarded(CLIENT_HANDLERS[args.command], args)
 
 
 COMMANDS = {"prune": _run_prune, "distill": _run_distill, "compress": _run_compress}
@@ -835,17 +840,7 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-    try:
-        return COMMANDS[args.command](args)
-    except SlimformerError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
+    return _run_guarded(COMMANDS[args.command], args)
 
 if __name__ == "__main__":
     sys.exit(main())

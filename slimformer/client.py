@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from slimformer.checksum import file_sha256
 from slimformer.errors import SlimformerError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -102,14 +102,6 @@ def resolve_connection(server: str | None = None, api_key: str | None = None,
 
 
 # -- downloads -----------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class FileDownload:
     path: str
@@ -309,11 +301,11 @@ class Client:
                 raise ClientError(f"refusing artifact path {rel!r}: it leaves {out}")
             result = self._download_file(job_id, rel, item["size"], target, on_bytes, on_file)
             expected = item.get("sha256")
-            if expected and _sha256(target) != expected:
+            if expected and file_sha256(target) != expected:
                 # a file of the right size but other content (an older download): fetch it whole once more
                 target.unlink()
                 result = self._download_file(job_id, rel, item["size"], target, on_bytes, on_file)
-                if _sha256(target) != expected:
+                if file_sha256(target) != expected:
                     target.unlink()
                     raise ClientError(f"{rel}: its SHA-256 does not match the server's; the file was removed, "
                                       "run the same command again")

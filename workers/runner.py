@@ -6,7 +6,6 @@ imported lazily (it imports torch).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -21,6 +20,7 @@ from service.artifacts import ArtifactStore
 from service.logs import current_job_id, forget_secret, redact, register_secret
 from service.settings import Settings
 from service.store import JobStore
+from slimformer.checksum import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,6 @@ def summarise(report: dict) -> dict:
         "agreement": evaluation.get("agreement"),
         "base_model_commit": (report.get("base_model") or {}).get("commit"),
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Lease:
@@ -183,7 +175,7 @@ class JobRunner:
                 if should_cancel():
                     raise Cancelled("the job was cancelled")
                 on_progress("publishing" if "publishing" in stages else "writing_card", 1.0, "storing the artifacts")
-                digests = {p.relative_to(result.folder).as_posix(): _sha256(p)
+                digests = {p.relative_to(result.folder).as_posix(): file_sha256(p)
                            for p in result.folder.rglob("*") if p.is_file()}
                 files = [f | {"sha256": digests.get(f["path"])}
                          for f in self.artifacts.publish_folder(f"jobs/{job_id}", result.folder)]
