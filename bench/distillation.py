@@ -57,9 +57,10 @@ from slimformer.distillation import (
     finetune,
     make_layer_dropped_student,
 )
-from slimformer.evaluation import count_parameters, measure_latency, task_metric
+from slimformer.evaluation import measure_latency, task_metric
 from slimformer.hub import load_model
 from slimformer.importance import score_importance
+from slimformer.models import count_parameters
 from slimformer.pruning import PruningTarget, plan_pruning, prune_model
 
 logger = logging.getLogger("distillation_bench")

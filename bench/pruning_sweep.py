@@ -44,9 +44,10 @@ from tables import (
 )
 
 from slimformer.data import load_text_file, make_batches
-from slimformer.evaluation import count_macs, count_parameters, measure_latency, task_metric
+from slimformer.evaluation import measure_latency, task_metric
 from slimformer.hub import load_model
 from slimformer.importance import Importance, gated, score_importance
+from slimformer.models import count_macs, count_parameters
 from slimformer.pruning import PruningTarget, iterative_prune, plan_pruning, prune_model
 
 logger = logging.getLogger("pruning_sweep")

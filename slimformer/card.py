@@ -13,7 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from slimformer.hub import AUTO_CLASS_FOR_TASK
+from slimformer.models import AUTO_CLASS_FOR_TASK
 
 logger = logging.getLogger(__name__)
 

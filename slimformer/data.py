@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from slimformer.errors import DatasetError
+from slimformer.spec import UPLOAD_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,6 @@ PAIR_COLUMN_GUESSES = ("text_pair", "sentence2", "question2")
 LABEL_COLUMN_GUESSES = ("label", "labels", "score")
 STREAM_ABOVE_BYTES = 1 << 30  # Hub datasets larger than this are streamed
 STREAMING_ROW_CAP = 100_000  # rows read from a streamed dataset when no max_samples is given
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 @dataclass
@@ -59,7 +59,7 @@ def read_table(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"data file {path} does not exist", details={"file": str(path)})
-    kind = FORMATS.get(path.suffix.lower())
+    kind = UPLOAD_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DatasetError(
             f"{path.name}: unsupported file type {path.suffix!r}; use CSV, TSV, JSON lines or Parquet",
@@ -73,7 +73,7 @@ def read_table(path: str | Path):
         kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     datasets.disable_progress_bars()
     try:
-        table = datasets.load_dataset(kind, data_files=str(path), split="train", **kwargs)
+        table = datasets.load_dataset("csv" if kind == "tsv" else kind, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for bad files
         raise DatasetError(f"{path.name} could not be read as {kind}: {err}", details={"file": str(path)}) from err
     if len(table) == 0:

@@ -62,12 +62,12 @@ from slimformer.architectures import ModelAdapter
 from slimformer.data import TextData, encode_labels, make_batches
 from slimformer.errors import Cancelled, DatasetError, InvalidSpec, SlimformerError
 from slimformer.evaluation import predict, task_metric
-from slimformer.importance import compute_loss, mean_pool, model_task, pick_device
+from slimformer.importance import compute_loss
 from slimformer.modeling.modeling_slimformer import FAMILIES
+from slimformer.models import Task, mean_pool, model_task, pick_device, set_seed
 
 logger = logging.getLogger(__name__)
 
-Task = Literal["text-classification", "text-generation", "feature-extraction"]
 LayerStrategy = Literal["even", "importance"]
 ProgressFn = Callable[[str, float, str], None]
 CancelFn = Callable[[], bool]
@@ -937,12 +937,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: readers see old or new, never half."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -1098,7 +1092,7 @@ class _Run:
         self.total_steps = min(total, config.max_steps) if config.max_steps is not None else total
         self.max_seconds = config.max_minutes * 60 if config.max_minutes is not None else None
 
-        _seed_everything(config.seed)  # before the projection is initialised
+        set_seed(config.seed)  # before the projection is initialised
         self.projection = None
         if teacher is not None and config.hidden_loss is not None and config.hidden_weight > 0:
             if _hidden_width(student) != _hidden_width(teacher):

@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimformer.architectures import LayerSizes, ModelAdapter
 from slimformer.errors import Cancelled, InvalidSpec
-from slimformer.importance import model_task
+from slimformer.models import count_macs, count_parameters, mean_pool, model_task
 
 logger = logging.getLogger(__name__)
 
@@ -35,61 +34,9 @@ ProgressFn = Callable[[str, float, str], None]
 CancelFn = Callable[[], bool]
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Distinct parameters (tied embeddings counted once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel()
-    return total
-
-
-def layer_macs(sizes: LayerSizes, *, hidden: int, head_dim: int, seq_len: int, glu: bool) -> int:
-    """Multiply-accumulates of one transformer layer over a sequence of ``seq_len`` tokens."""
-    q_width, kv_width = sizes.heads * head_dim, sizes.kv_heads * head_dim
-    projections = hidden * (2 * q_width + 2 * kv_width)  # q, o and k, v
-    attention = 2 * seq_len * q_width  # scores QK^T and the weighted sum of V, per token
-    ffn = 0 if sizes.mlp_removed else sizes.intermediate * hidden * (3 if glu else 2)
-    return seq_len * (projections + attention + ffn)
-
-
-def count_macs(model: nn.Module, seq_len: int) -> int:
-    """Multiply-accumulates for one sequence of ``seq_len`` tokens (embedding look-ups are free).
-
-    Counts the layers, the task head (pooler and classifier on one token, the LM head on every token).
-    """
-    adapter = ModelAdapter(model)
-    config = model.config
-    hidden = getattr(config, "dim", None) if adapter.family.name == "distilbert" else config.hidden_size
-    glu = adapter.grouped  # llama-like MLPs have gate, up and down projections
-    total = sum(
-        layer_macs(s, hidden=hidden, head_dim=adapter.head_dim, seq_len=seq_len, glu=glu)
-        for s in adapter.all_sizes()
-    )
-    task = model_task(model)
-    base = model.base_model
-    pooler = getattr(base, "pooler", None)
-    if pooler is not None and getattr(pooler, "dense", None) is not None:  # BERT's pooler: the first token only
-        total += pooler.dense.in_features * pooler.dense.out_features
-    if task == "text-generation":
-        out = model.get_output_embeddings()
-        total += seq_len * out.weight.shape[0] * out.weight.shape[1]
-    elif task == "text-classification":
-        inside = {id(m) for m in base.modules()}
-        head = sum(
-            m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside
-        )
-        # decoders score every token and pick the last; encoders classify one pooled token
-        total += head * (seq_len if adapter.grouped or adapter.family.name == "gpt2" else 1)
-    return int(total)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable[dict]) -> torch.Tensor:
     """Logits (classification, regression) or mean-pooled embeddings for every example, in order."""
-    from slimformer.importance import mean_pool
-
     model.eval()
     device = next(model.parameters()).device
     outputs = []

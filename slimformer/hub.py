@@ -39,16 +39,9 @@ from slimformer.errors import (
     RevisionNotFound,
     Unauthorized,
 )
+from slimformer.models import AUTO_CLASS_FOR_TASK, TASKS
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("text-classification", "text-generation", "feature-extraction", "sentence-similarity")
-AUTO_CLASS_FOR_TASK = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "text-generation": "AutoModelForCausalLM",
-    "feature-extraction": "AutoModel",
-    "sentence-similarity": "AutoModel",
-}
 
 SAFETENSORS_PATTERNS = ("*.safetensors",)
 # configs (model, generation, tokenizer, sentence-transformers modules, shard indexes) are all JSON

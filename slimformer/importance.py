@@ -33,6 +33,7 @@ from torch import nn
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import Cancelled, InvalidSpec
+from slimformer.models import autocast_for, mean_pool, model_task
 
 logger = logging.getLogger(__name__)
 
@@ -154,37 +155,6 @@ class Gates:
     def zero_grad(self) -> None:
         for g in self.leaves():
             g.grad = None
-
-
-def pick_device(preferred: str | None = None) -> torch.device:
-    """CUDA when present (or when asked), CPU otherwise."""
-    if preferred:
-        return torch.device(preferred)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def model_task(model: nn.Module) -> str:
-    """text-classification, text-generation or feature-extraction, from the model's head."""
-    name = type(model).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return "text-generation"
-    return "feature-extraction"
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of token embeddings over real tokens (sentence-transformers' pooling)."""
-    if attention_mask is None:
-        return hidden.mean(1)
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 def _full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -335,7 +305,7 @@ def score_importance(
                     raise Cancelled("scoring was cancelled")
                 batch = {k: v.to(device) for k, v in batch.items()}
                 gates.zero_grad()
-                with _autocast(device):
+                with autocast_for(device):
                     value = compute_loss(model, batch, kind)
                 if not torch.isfinite(value):
                     raise InvalidSpec(f"the scoring loss is {value.item()} on calibration batch {step}")

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from slimformer import __version__
@@ -34,21 +33,15 @@ from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
 from slimformer.export import export_onnx
 from slimformer.hub import HubPolicy, LoadedModel, load_model, publish_folder
 from slimformer.importance import score_importance
+from slimformer.models import set_seed
 from slimformer.pruning import PruningTarget, iterative_prune, one_shot_prune, plan_pruning
-from slimformer.spec import JobSpec
+from slimformer.spec import STAGES, JobSpec
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float, str], None]
-STAGES = ("downloading", "scoring", "pruning", "distilling", "evaluating", "writing_card", "publishing")
 REPORT_FILE = "compression_report.json"
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "compression_report.schema.json"
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _noop(stage: str, fraction: float, message: str) -> None:

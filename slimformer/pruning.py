@@ -30,9 +30,9 @@ from torch import nn
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import InvalidSpec, UnsupportedArchitecture
-from slimformer.evaluation import count_macs, count_parameters
 from slimformer.importance import Importance
 from slimformer.modeling import modeling_slimformer as bundled
+from slimformer.models import count_macs, count_parameters
 
 logger = logging.getLogger(__name__)
 

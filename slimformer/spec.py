@@ -13,6 +13,30 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Task = Literal["text-classification", "sentence-similarity", "feature-extraction", "text-generation"]
+TASKS: tuple[str, ...] = Task.__args__
+
+# The pipeline's stages in order, with each stage's share of a job's progress bar (the service and the runner
+# read this one table; weights are relative, only the stages a job runs count).
+STAGE_WEIGHTS: dict[str, float] = {
+    "downloading": 0.1,
+    "scoring": 0.2,
+    "pruning": 0.1,
+    "distilling": 0.6,
+    "evaluating": 0.2,
+    "writing_card": 0.05,
+    "publishing": 0.05,
+}
+STAGES: tuple[str, ...] = tuple(STAGE_WEIGHTS)
+
+# Data files slimformer reads (local files and uploads): suffix -> reader.
+UPLOAD_FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+}
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
 
 
@@ -176,6 +200,32 @@ class JobSpec(_Strict):
         if self.method == "prune_distill" and self.distill.student is not None:
             raise ValueError("method prune_distill distils into the pruned model; leave distill.student unset")
         return self
+
+
+def stages_for(spec: JobSpec | dict) -> list[str]:
+    """The stages a job runs, in order, from its method and whether it publishes."""
+    data = spec.model_dump() if isinstance(spec, JobSpec) else spec
+    method = data.get("method", "prune")
+    names = ["downloading"]
+    if method in ("prune", "prune_distill"):
+        names += ["scoring", "pruning"]
+    if method in ("distill", "prune_distill"):
+        names += ["distilling"]
+    names += ["evaluating", "writing_card"]
+    if data.get("publish"):
+        names += ["publishing"]
+    return names
+
+
+def overall_progress(stages: list[str], stage: str, fraction: float) -> float:
+    """A job's progress 0..1 from the stage it is in and that stage's own fraction."""
+    total = sum(STAGE_WEIGHTS[s] for s in stages)
+    done = 0.0
+    for name in stages:
+        if name == stage:
+            return min(1.0, (done + STAGE_WEIGHTS[name] * max(0.0, min(1.0, fraction))) / total)
+        done += STAGE_WEIGHTS[name]
+    return min(1.0, done / total)
 
 
 def job_spec_schema() -> dict:

@@ -4,7 +4,8 @@ from tiny_models import tiny_batch, tiny_model
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import Cancelled, InvalidSpec
-from slimformer.importance import Gates, compute_loss, gated, mean_pool, model_task, score_importance
+from slimformer.importance import Gates, compute_loss, gated, score_importance
+from slimformer.models import mean_pool, model_task
 
 EPS = 1e-3  # central differences: O(EPS^2) error; Llama's RMSNorm computes in float32 even in a float64 model
 

@@ -4,8 +4,8 @@ from tiny_models import CONFIGS, DECODERS, tiny_batch, tiny_model
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import InvalidSpec
-from slimformer.evaluation import count_macs, count_parameters
 from slimformer.importance import gated, score_importance
+from slimformer.models import count_macs, count_parameters
 from slimformer.pruning import (
     PruningPlan,
     PruningTarget,

@@ -21,36 +21,9 @@ from service.logs import current_job_id, forget_secret, redact, register_secret
 from service.settings import Settings
 from service.store import JobStore
 from slimformer.checksum import file_sha256
+from slimformer.spec import overall_progress, stages_for
 
 logger = logging.getLogger(__name__)
-
-STAGE_WEIGHTS = {"downloading": 0.1, "scoring": 0.2, "pruning": 0.1, "distilling": 0.6, "evaluating": 0.2,
-                 "writing_card": 0.05, "publishing": 0.05}
-
-
-def stages_for(spec: dict) -> list[str]:
-    method = spec.get("method", "prune")
-    names = ["downloading"]
-    if method in ("prune", "prune_distill"):
-        names += ["scoring", "pruning"]
-    if method in ("distill", "prune_distill"):
-        names += ["distilling"]
-    names += ["evaluating", "writing_card"]
-    if spec.get("publish"):
-        names += ["publishing"]
-    return names
-
-
-def overall_progress(stages: list[str], stage: str, fraction: float) -> float:
-    """The job's progress 0..1 from the stage it is in and that stage's own fraction."""
-    total = sum(STAGE_WEIGHTS[s] for s in stages)
-    done = 0.0
-    for name in stages:
-        if name == stage:
-            return min(1.0, (done + STAGE_WEIGHTS[name] * max(0.0, min(1.0, fraction))) / total)
-        done += STAGE_WEIGHTS[name]
-    return min(1.0, done / total)
-
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
