@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from slimformer.errors import DatasetError
-from slimformer.spec import UPLOAD_FORMATS
+from slimformer.spec import UPLOAD_FORMATS, is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +196,12 @@ def load_hub_dataset(
     text_pair_column: str | None = None,
     label_column: str | None = None,
     labels: bool = True,
+    local_files: bool = True,
 ) -> TextData:
     """Read one split of a Hub dataset with ``datasets.load_dataset`` and map its columns.
+
+    With ``local_files=False`` (a service) the id is a Hub id and nothing else: ``datasets`` would read an
+    existing local folder of that name instead, so such a name is answered exactly as a missing Hub dataset.
 
     A dataset larger than ``stream_above_bytes`` (or ``streaming=True``) is streamed: rows are drawn through a
     shuffle buffer and at most ``max_samples`` (or ``STREAMING_ROW_CAP``) are read. A smaller one is loaded
@@ -216,6 +221,10 @@ def load_hub_dataset(
 
     where = f"{dataset_id}" + (f" ({config})" if config else "") + f" split {split!r}"
     details = {"dataset": dataset_id, "config": config, "split": split}
+    not_found = DatasetError(f"dataset {dataset_id} not found on the Hub (if it is private, give a token that can "
+                             "read it)", details=details)
+    if not local_files and (not is_hub_id(dataset_id) or os.path.lexists(dataset_id)):
+        raise not_found
     if streaming is None:
         size = _dataset_bytes(dataset_id, token)
         streaming = size is not None and size > stream_above_bytes
@@ -233,6 +242,8 @@ def load_hub_dataset(
     except Exception as err:  # datasets raises many types; the message names the problem
         if is_transient(err):
             raise HubUnavailable(f"the Hub could not be reached to load {where}", details=details) from err
+        if type(err).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
+            raise not_found from err
         raise DatasetError(f"cannot load {where}: {err}", details=details) from err
     if len(table) == 0:
         raise DatasetError(f"{where} has no rows", details=details)

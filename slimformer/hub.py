@@ -40,6 +40,7 @@ from slimformer.errors import (
     Unauthorized,
 )
 from slimformer.models import AUTO_CLASS_FOR_TASK, TASKS
+from slimformer.spec import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class HubPolicy:
         endpoint: Hub or mirror URL (``HF_ENDPOINT``, read at call time, then https://huggingface.co, when None).
         retries: extra attempts after a network error or a 5xx answer; 4xx answers are never retried.
         backoff_seconds: wait before the first retry; doubled each time, with jitter.
+        allow_local_files: a model id may name a local folder (the command line). A service passes False: every
+            id is then a Hub id, never looked up on the local disk, whatever folders exist there.
     """
 
     allow_pickle: bool = False
@@ -79,6 +82,7 @@ class HubPolicy:
     endpoint: str | None = None
     retries: int = 3
     backoff_seconds: float = 1.0
+    allow_local_files: bool = True
 
     def resolved_endpoint(self) -> str:
         from huggingface_hub import constants
@@ -330,8 +334,9 @@ def load_model(
 ) -> LoadedModel:
     """Load a model of a supported family with the head for ``task`` (inferred when not given), and its tokenizer.
 
-    ``model_id`` is a local folder, or a Hub id fetched with :func:`download_model` under ``policy`` (by default
-    one that allows remote code exactly when ``trust_remote_code`` is true) and loaded from the snapshot folder.
+    ``model_id`` is a local folder (unless ``policy.allow_local_files`` is false), or a Hub id fetched with
+    :func:`download_model` under ``policy`` (by default one that allows remote code exactly when
+    ``trust_remote_code`` is true) and loaded from the snapshot folder.
 
     Raises:
         ModelLoadError: a folder without a model, an id that cannot be loaded.
@@ -343,7 +348,11 @@ def load_model(
         raise InvalidSpec(f"unknown task {task!r}; choose one of {', '.join(TASKS)}", details={"field": "task"})
     local = Path(model_id)
     commit = None
-    if local.exists():
+    local_files = policy.allow_local_files if policy is not None else True
+    if not local_files and not is_hub_id(model_id):
+        raise InvalidSpec(f"{model_id!r} is not a Hub model id (expected 'name' or 'org/name')",
+                          details={"field": "model"})
+    if local_files and local.exists():
         if not local.is_dir() or not (local / "config.json").is_file():
             raise ModelLoadError(f"{model_id} is not a model folder: it has no config.json", details={"model": model_id})
     else:

@@ -63,8 +63,11 @@ class _Data:
 
 
 def _load_data(spec: JobSpec, use_labels: bool, resolve_upload: Callable[[str], Path] | None,
-               token: str | None = None) -> _Data:
+               token: str | None = None, local_files: bool = True) -> _Data:
     ds = spec.dataset
+    if (ds.path or ds.eval_path) and not local_files:
+        raise InvalidSpec("local data files are not allowed here; use an upload or a Hub dataset",
+                          details={"field": "dataset.path"})
     columns = dict(text_column=ds.text_column, text_pair_column=ds.text_pair_column, label_column=ds.label_column,
                    labels=use_labels)
     if ds.path:
@@ -80,7 +83,7 @@ def _load_data(spec: JobSpec, use_labels: bool, resolve_upload: Callable[[str], 
     else:
         def split(name: str, max_samples: int | None) -> TextData:
             return load_hub_dataset(ds.hub_id, config=ds.config, split=name, token=token, max_samples=max_samples,
-                                    seed=spec.seed, **columns)
+                                    seed=spec.seed, local_files=local_files, **columns)
 
         train = split(ds.split, ds.max_samples)
         evaluation = split(ds.eval_split, spec.evaluation.max_samples) if ds.eval_split else None
@@ -199,7 +202,8 @@ def run(
     # classifiers learn from labels; embedding models compare pair similarities with gold scores (STS)
     use_labels = task in ("text-classification", "feature-extraction")
     stage("downloading", 0.6, "loading data")
-    data = _load_data(spec, use_labels, resolve_upload, token)
+    data = _load_data(spec, use_labels, resolve_upload, token,
+                      local_files=hub_policy.allow_local_files if hub_policy is not None else True)
     max_length = 128
     batch_kwargs = dict(task=task, config=model.config, batch_size=32, max_length=max_length)
     pair_kwargs = {}
@@ -338,7 +342,7 @@ def run(
 def _distill(spec, teacher, student_or_pruned, tokenizer, task, data, workdir, on_progress, should_cancel, token,
              hub_policy=None):
     """Build the student (layer-dropped, named, or the pruned model) and distil the teacher into it."""
-    from slimformer import distillation
+    from slimformer import distill as distillation
 
     d = spec.distill
     on_progress("distilling", 0.0, "preparing the student")

@@ -48,6 +48,23 @@ def _local_allowed(info: ValidationInfo) -> bool:
     return (info.context or {}).get("local_files", True)
 
 
+def is_hub_id(value: str) -> bool:
+    """``name`` or ``org/name`` as the Hub spells repo ids: no path segments (``.``, ``..``), no leading or
+    trailing ``.``/``-`` in a part, no ``--``/``..`` inside one, nothing that a file system would read as a path."""
+    if not HUB_ID.match(value):
+        return False
+    return all(not part.startswith((".", "-")) and not part.endswith((".", "-")) and ".." not in part
+               and "--" not in part for part in value.split("/"))
+
+
+def hub_id_or_local(value: str, info: ValidationInfo, what: str) -> str:
+    """A Hub id; on the command line (``local_files`` context true) also a local folder or file."""
+    if is_hub_id(value) or _local_allowed(info):
+        return value
+    raise ValueError(f"{value!r} is not a Hub {what} id (expected 'name' or 'org/name'); local paths are "
+                     "accepted on the command line only")
+
+
 class ModelSpec(_Strict):
     """The model to compress."""
 
@@ -59,11 +76,17 @@ class ModelSpec(_Strict):
     @field_validator("id")
     @classmethod
     def _id_shape(cls, value: str, info: ValidationInfo) -> str:
-        if HUB_ID.match(value):
-            return value
-        if _local_allowed(info):
-            return value
-        raise ValueError(f"{value!r} is not a Hub model id (expected 'name' or 'org/name')")
+        return hub_id_or_local(value, info, "model")
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_shape(cls, value: str) -> str:
+        # a branch, tag or commit; never something a cache or a file system could read as a path
+        parts = value.split("/")
+        if (len(value) > 255 or value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts)
+                or not value.isprintable() or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} is not a branch, tag or commit name")
+        return value
 
 
 class DatasetSpec(_Strict):
@@ -82,6 +105,11 @@ class DatasetSpec(_Strict):
     text_pair_column: str | None = Field(None, description="Second text of sentence pairs.")
     label_column: str | None = Field(None, description="Labels; 'label' is used when present and this is null.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
+
+    @field_validator("hub_id")
+    @classmethod
+    def _hub_id_shape(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else hub_id_or_local(value, info, "dataset")
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> DatasetSpec:
@@ -136,6 +164,11 @@ class StudentSpec(_Strict):
     id: str | None = Field(None, description="A smaller model sharing the teacher's tokenizer and labels.")
     layer_selection: Literal["even", "importance"] = "even"
 
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else hub_id_or_local(value, info, "model")
+
     @model_validator(mode="after")
     def _one(self) -> StudentSpec:
         if (self.layers is None) == (self.id is None):
@@ -173,7 +206,7 @@ class PublishSpec(_Strict):
     @field_validator("repo_id")
     @classmethod
     def _repo(cls, value: str) -> str:
-        if not HUB_ID.match(value) or "/" not in value:
+        if not is_hub_id(value) or "/" not in value:
             raise ValueError(f"{value!r} is not a Hub repo id (expected 'org/name')")
         return value
 
@@ -188,7 +221,7 @@ class JobSpec(_Strict):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     publish: PublishSpec | None = None
-    seed: int = Field(0, ge=0, description="Seeds python, numpy and torch.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds python, numpy and torch (0 to 2**32 - 1).")
 
     @model_validator(mode="after")
     def _method_needs(self) -> JobSpec:

@@ -63,3 +63,35 @@ def labelled_csv(tmp_path) -> Path:
     from tiny_models import write_reviews_csv
 
     return write_reviews_csv(tmp_path / "reviews.csv")
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A fresh Hub on a free port; huggingface_hub (and transformers through it) pointed at it."""
+    from hub_server import ALICE_TOKEN, BOB_TOKEN, HubServer
+    from huggingface_hub import constants
+
+    server = HubServer().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    # huggingface_hub reads these at import time: set the values it already holds as well
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    server.add_user("alice", ALICE_TOKEN, orgs=("acme",))
+    server.add_user("bob", BOB_TOKEN)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def policy(tmp_path):
+    """A download policy with its own cache and quick retries."""
+    from slimformer.hub import HubPolicy
+
+    return HubPolicy(cache_dir=tmp_path / "cache", backoff_seconds=0.01)

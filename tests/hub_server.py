@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+# the users the tests' `hub` fixture (tests/conftest.py) creates
+ALICE_TOKEN = "hf_" + secrets.token_hex(16)  # alice: writes to alice/* and acme/*
+BOB_TOKEN = "hf_" + secrets.token_hex(16)  # bob: reads public repos only
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 

@@ -3,49 +3,18 @@ real huggingface_hub and transformers clients."""
 
 import json
 import logging
-import secrets
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from hub_server import HubServer
+from hub_server import ALICE_TOKEN as TOKEN
+from hub_server import BOB_TOKEN as OTHER_TOKEN
 
 from slimformer.errors import HubAccessError, HubUnavailable, PickleOnly, RemoteCode
-from slimformer.hub import HubPolicy, download_model, load_model, publish_folder
+from slimformer.hub import download_model, load_model, publish_folder
 from slimformer.pipeline import run
 from slimformer.spec import JobSpec
-
-TOKEN = "hf_" + secrets.token_hex(16)  # alice: writes to alice/* and acme/*
-OTHER_TOKEN = "hf_" + secrets.token_hex(16)  # bob: reads public repos only
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A fresh Hub on a free port; huggingface_hub (and transformers through it) pointed at it."""
-    from huggingface_hub import constants
-
-    server = HubServer().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    # huggingface_hub reads these at import time: set the values it already holds as well
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    server.add_user("alice", TOKEN, orgs=("acme",))
-    server.add_user("bob", OTHER_TOKEN)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def policy(tmp_path) -> HubPolicy:
-    return HubPolicy(cache_dir=tmp_path / "cache", backoff_seconds=0.01)
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:
