@@ -94,7 +94,7 @@ def run_one(workers: int, jobs: int, hub_url: str, csv: Path, work: Path) -> dic
     import redis
 
     from service.settings import Settings
-    from workers.celery_app import make_celery
+    from service.queue import make_celery
 
     database = f"slimformer_bench_{uuid.uuid4().hex[:8]}"
     # an empty Redis database: a worker of another run on the same database would take these jobs

@@ -2,38 +2,55 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.artifacts import make_artifact_store
 from service.auth import AuthState, RateLimiter
 from service.dashboard import router as dashboard_router
 from service.errors import error_response, install_error_handlers
 from service.metrics import ApiMetrics
+from service.queue import make_celery, queue_depths, send_job
+from service.reaper import Reaper
 from service.routes import router
 from service.settings import Settings
 from service.store import JobStore
 
 logger = logging.getLogger(__name__)
 
-DESCRIPTION = """\
-Compress Hugging Face transformer models: score attention heads and MLPs (Michel et al. 2019; Prasanna et al.
-2020), remove the least important ones or distil into a smaller student, measure the original and the compressed
-model side by side, and publish the result with an evaluation card.
+# the line breaks are part of the published OpenAPI description
+DESCRIPTION = (
+    "Compress Hugging Face transformer models: score attention heads and MLPs "
+    "(Michel et al. 2019; Prasanna et al.\n"
+    "2020), remove the least important ones or distil into a smaller student, measure the "
+    "original and the compressed\n"
+    "model side by side, and publish the result with an evaluation card.\n"
+    "\n"
+    "Authenticate with `Authorization: Bearer <key>` (`slimformer keys create`). Every error has "
+    "the body\n"
+    '`{"error": {"code", "message", "details"}}`.\n'
+)
+TAGS = ("jobs", "artifacts", "datasets", "health")
+ERROR_BODY_422 = {
+    "description": "Invalid request; `details.fields` lists each bad field.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
 
-Authenticate with `Authorization: Bearer <key>` (`slimformer keys create`). Every error has the body
-`{"error": {"code", "message", "details"}}`.
-"""
+
+def too_large_response(limit: int) -> Response:
+    return error_response(413, "payload_too_large", f"request body larger than {limit} bytes")
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over the limit, by Content-Length or by counting a streamed body."""
+    """Pure ASGI middleware: 413 for bodies over the limit, by Content-Length or by counting a
+    streamed body."""
 
     def __init__(self, app, *, default: int, uploads: int) -> None:
         self.app, self.default, self.uploads = app, default, uploads
@@ -45,8 +62,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            response = error_response(413, "payload_too_large", f"request body larger than {limit} bytes")
-            return await response(scope, receive, send)
+            return await too_large_response(limit)(scope, receive, send)
         seen, too_large, started = 0, False, False
 
         async def limited_receive():
@@ -75,12 +91,12 @@ class BodyLimit:
             if not too_large:
                 raise
         if too_large and not started:
-            response = error_response(413, "payload_too_large", f"request body larger than {limit} bytes")
-            await response(scope, receive, send)
+            await too_large_response(limit)(scope, receive, send)
 
 
 class RequestTimer:
-    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): latency per method, route template and status."""
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): latency per method, route template
+    and status."""
 
     def __init__(self, app, *, histogram) -> None:
         self.app, self.histogram = app, histogram
@@ -109,8 +125,6 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
                      token_secret=settings.token_encryption_key)
-    from workers.celery_app import make_celery, queue_depths, send_job
-
     celery = make_celery(settings)
 
     def send(job_id: str, queue: str, countdown: float | None) -> None:
@@ -127,8 +141,6 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     async def lifespan(app: FastAPI):
         reaper = None
         if run_reaper:
-            from workers.reaper import Reaper
-
             reaper = Reaper(store, send, interval=settings.reaper_interval_seconds,
                             stale_after=settings.stale_after_seconds,
                             requeue_queued_after=settings.requeue_queued_after_seconds).start()
@@ -140,7 +152,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         store.dispose()
 
     app = FastAPI(title="slimformer", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  openapi_tags=[{"name": "jobs"}, {"name": "artifacts"}, {"name": "datasets"}, {"name": "health"}])
+                  openapi_tags=[{"name": tag} for tag in TAGS])
     app.state.settings = settings
     app.state.shutdown_hooks = []
     app.state.settings_events_interval = 0.5
@@ -158,29 +170,23 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
 
     app.add_middleware(RequestTimer, histogram=metrics.http_latency)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     def openapi() -> dict:
-        """FastAPI's schema, with its default 422 body replaced by the one error body every route returns."""
+        """FastAPI's schema, with its default 422 body replaced by the one error body every route
+        returns."""
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes, tags=app.openapi_tags)
             for methods in schema["paths"].values():
                 for operation in methods.values():
                     invalid = operation.get("responses", {}).get("422")
                     if invalid and "HTTPValidationError" in json.dumps(invalid):
-                        operation["responses"]["422"] = {
-                            "description": "Invalid request; `details.fields` lists each bad field.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                        operation["responses"]["422"] = copy.deepcopy(ERROR_BODY_422)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(BodyLimit, default=settings.max_request_bytes, uploads=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, default=settings.max_request_bytes,
+                       uploads=settings.max_upload_bytes)
     return app

@@ -1,8 +1,9 @@
-"""The artifact store: finished model folders and uploaded datasets, by key (``jobs/<id>/...``, ``uploads/<id>/...``).
+"""The artifact store: finished model folders and uploaded datasets, by key (``jobs/<id>/...``,
+``uploads/<id>/...``).
 
-Two backends with one interface: a local folder (embedded mode, or a shared volume) and S3-compatible object
-storage (``service/artifacts_s3.py``). A job's folder is published all at once: readers see either nothing or
-every file.
+Two backends with one interface (``service/artifacts_base.py``): a local folder (embedded mode, or
+a shared volume) and S3-compatible object storage (``service/artifacts_s3.py``). A job's folder is
+published all at once: readers see either nothing or every file.
 """
 
 from __future__ import annotations
@@ -12,53 +13,26 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import Protocol
+from pathlib import Path
 
-CHUNK = 1 << 20
+from service.artifacts_base import (
+    CHUNK,
+    ArtifactNotFound,
+    ArtifactStore,
+    BadArtifactPath,
+    TarballMixin,
+    clean_key,
+)
+from service.artifacts_s3 import S3ArtifactStore
+from service.settings import Settings
+
+__all__ = ["ArtifactNotFound", "ArtifactStore", "BadArtifactPath", "LocalArtifactStore",
+           "S3ArtifactStore", "clean_key", "make_artifact_store"]
+
 VERSION_NAME = re.compile(r"^\..+\.(v|link)-[0-9a-f]+$")
 
 
-class ArtifactNotFound(LookupError):
-    pass
-
-
-class BadArtifactPath(ValueError):
-    pass
-
-
-def clean_key(key: str) -> str:
-    """A relative POSIX key with no ``..``, no absolute part and no empty segment, or BadArtifactPath."""
-    if not key or "\\" in key or "\x00" in key:
-        raise BadArtifactPath(f"invalid artifact path {key!r}")
-    path = PurePosixPath(key)
-    if path.is_absolute() or any(part in ("..", ".", "") for part in key.split("/")):
-        raise BadArtifactPath(f"invalid artifact path {key!r}: it must stay inside the job's folder")
-    return str(path)
-
-
-class ArtifactStore(Protocol):
-    def publish_folder(self, prefix: str, folder: Path) -> list[dict]:
-        """Copy every file of ``folder`` under ``prefix``, replacing what was there, all at once."""
-
-    def put_file(self, key: str, source: Path) -> None: ...
-
-    def fetch_file(self, key: str, destination: Path) -> Path: ...
-
-    def list(self, prefix: str) -> list[dict]:
-        """Files under ``prefix`` as ``{"path": relative path, "size": bytes}``, sorted by path."""
-
-    def size(self, key: str) -> int: ...
-
-    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Bytes ``start..end`` (inclusive; None = to the end) in chunks."""
-
-    def delete_prefix(self, prefix: str) -> None: ...
-
-    def ping(self) -> None: ...
-
-
-class LocalArtifactStore:
+class LocalArtifactStore(TarballMixin):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -70,8 +44,9 @@ class LocalArtifactStore:
         return path
 
     def publish_folder(self, prefix: str, folder: Path) -> list[dict]:
-        """Copy into a new version folder, then swap the ``prefix`` symlink to it in one rename: a reader that
-        resolved the link keeps reading one complete version; the version before is removed at the next publish."""
+        """Copy into a new version folder, then swap the ``prefix`` symlink to it in one rename: a
+        reader that resolved the link keeps reading one complete version; the version before is
+        removed at the next publish."""
         link = self.root / clean_key(prefix)
         link.parent.mkdir(parents=True, exist_ok=True)
         version = link.parent / f".{link.name}.v-{uuid.uuid4().hex[:12]}"
@@ -81,7 +56,8 @@ class LocalArtifactStore:
             shutil.rmtree(link)
         staging_link = link.parent / f".{link.name}.link-{uuid.uuid4().hex[:8]}"
         os.symlink(version.name, staging_link)
-        os.replace(staging_link, link)  # atomic: readers see the old version or the new, never neither
+        # atomic: readers see the old version or the new, never neither
+        os.replace(staging_link, link)
         for old in link.parent.glob(f".{link.name}.v-*"):
             if old.name not in (version.name, previous):
                 shutil.rmtree(old, ignore_errors=True)
@@ -103,19 +79,22 @@ class LocalArtifactStore:
         return destination
 
     def list(self, prefix: str) -> list[dict]:
-        base = self._path(prefix)  # resolved once: a published folder's listing comes from one version
+        # resolved once: a published folder's listing comes from one version
+        base = self._path(prefix)
         if not base.is_dir():
             return []
         files = []
         for folder, dirs, names in os.walk(base, followlinks=True):
-            # version folders and link staging are internal; published folders show through their links
+            # version folders and link staging are internal; published folders show through
+            # their links
             dirs[:] = sorted(d for d in dirs if not VERSION_NAME.match(d))
             for name in names:
                 path = Path(folder) / name
                 if VERSION_NAME.match(name):
                     continue
                 try:
-                    files.append({"path": path.relative_to(base).as_posix(), "size": path.stat().st_size})
+                    files.append({"path": path.relative_to(base).as_posix(),
+                                  "size": path.stat().st_size})
                 except FileNotFoundError:  # removed by a later publish while we walked it
                     continue
         return sorted(files, key=lambda f: f["path"])
@@ -154,9 +133,8 @@ class LocalArtifactStore:
             raise OSError(f"artifact folder {self.root} is not writable")
 
 
-def make_artifact_store(settings) -> ArtifactStore:
+def make_artifact_store(settings: Settings) -> ArtifactStore:
     if settings.artifact_backend == "s3":
-        from service.artifacts_s3 import S3ArtifactStore
-
-        return S3ArtifactStore(settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url)
+        return S3ArtifactStore(settings.s3_bucket, prefix=settings.s3_prefix,
+                               endpoint_url=settings.s3_endpoint_url)
     return LocalArtifactStore(settings.resolved_artifact_dir)

@@ -1,13 +1,21 @@
-"""The server-side commands behind ``slimformer serve | worker | keys | migrate`` (imported lazily by the CLI)."""
+"""The server-side commands ``slimformer serve | keys | migrate`` (``worker`` is in workers).
+
+The CLI finds them through the ``slimformer.commands`` entry points; each is a :class:`Command`,
+which fits the contract ``slimformer.cli.server.ServerCommand``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.logs import configure_logging
@@ -21,7 +29,21 @@ class StartupError(RuntimeError):
     """A reason the server refuses to start; the CLI prints it as one line."""
 
 
-def settings_from(args) -> Settings:
+@dataclass(frozen=True)
+class Command:
+    """One ``slimformer`` server command, as a ``slimformer.commands`` entry point names it.
+
+    ``run`` returns the exit code; a :class:`StartupError` (or another of ``expected_errors``)
+    is printed by the CLI as one ``error: ...`` line, exit 2.
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    expected_errors: tuple[type[Exception], ...] = (StartupError,)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {}
     for name in ("host", "port", "data_dir"):
         value = getattr(args, name, None)
@@ -31,22 +53,31 @@ def settings_from(args) -> Settings:
 
 
 def open_store(settings: Settings, *, migrate: bool) -> JobStore:
-    from service.migrations import current
+    from service.migrations import current  # Alembic: only needed to check a server database
 
     store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
                      token_secret=settings.token_encryption_key)
     if migrate or settings.resolved_database_url.startswith("sqlite"):
         store.create_schema()
     elif current(settings.resolved_database_url) is None:
-        raise StartupError("the job store has no schema yet: run `slimformer migrate` once (DATABASE_URL="
-                           f"{settings.public_summary()['database']})")
+        raise StartupError("the job store has no schema yet: run `slimformer migrate` once "
+                           f"(DATABASE_URL={settings.public_summary()['database']})")
     return store
 
 
-def migrate(args) -> int:
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir`` as every command but ``serve`` words it."""
+    parser.add_argument("--data-dir", help="as for serve (SLIMFORMER_DATA_DIR)")
+
+
+def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_dir_argument(parser)
+
+
+def migrate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from service.migrations import current, upgrade
+    from service.migrations import current, upgrade  # Alembic: only this command needs it
 
     upgrade(settings.resolved_database_url)
     print(f"job store at revision {current(settings.resolved_database_url)} "
@@ -54,19 +85,31 @@ def migrate(args) -> int:
     return 0
 
 
-def keys(args) -> int:
+def _keys_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_dir_argument(parser)
+    keys_sub = parser.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument("--admin", action="store_true", help="the key sees every key's jobs")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id", help="the id shown by `keys list`")
+
+
+def keys(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings, migrate=False)
     if args.keys_command == "create":
         key, secret = store.create_key(args.name, admin=args.admin)
         print(secret)
-        print(f"created {'admin ' if key.admin else ''}key {key.id} ({key.name}); this is the only time the key is "
-              "shown", file=sys.stderr)
+        print(f"created {'admin ' if key.admin else ''}key {key.id} ({key.name}); this is the "
+              "only time the key is shown", file=sys.stderr)
     elif args.keys_command == "list":
         for row in store.list_keys():
             state = "revoked" if row["revoked_at"] else "active"
-            print(f"{row['id']}  {row['name']:<24} {'admin' if row['admin'] else 'user':<6} {state}")
+            role = "admin" if row["admin"] else "user"
+            print(f"{row['id']}  {row['name']:<24} {role:<6} {state}")
     elif args.keys_command == "revoke":
         if not store.revoke_key(args.key_id):
             raise StartupError(f"no active key {args.key_id}")
@@ -74,18 +117,16 @@ def keys(args) -> int:
     return 0
 
 
-def worker(args) -> int:
-    settings = settings_from(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    open_store(settings, migrate=False).dispose()
-    from workers.tasks import run_worker
-
-    queues = args.queues.split(",") if args.queues else None
-    run_worker(settings, queues=queues, concurrency=args.concurrency, hostname=args.hostname)
-    return 0
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; SLIMFORMER_HOST)")
+    parser.add_argument("--port", type=int, help="port (default 8000; SLIMFORMER_PORT)")
+    parser.add_argument("--data-dir", help="job store, queue and artifacts folder (default ./data; "
+                                           "SLIMFORMER_DATA_DIR)")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="API only; run `slimformer worker` elsewhere")
 
 
-def serve(args) -> int:
+def serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,11 +135,13 @@ def serve(args) -> int:
     store.dispose()
     if not keys_exist and settings.mode == "local":
         if not is_loopback(settings.host):
-            raise StartupError(f"refusing to listen on {settings.host}: no API key exists, so auth is off and anyone "
-                               "who can reach the port could use the server. Create a key first with "
-                               "`slimformer keys create --name NAME`, or listen on 127.0.0.1")
+            raise StartupError(f"refusing to listen on {settings.host}: no API key exists, so "
+                               "auth is off and anyone who can reach the port could use the "
+                               "server. Create a key first with `slimformer keys create --name "
+                               "NAME`, or listen on 127.0.0.1")
         logger.warning("auth is off (no API key exists); listening on %s only. Create a key with "
                        "`slimformer keys create --name NAME` to turn it on", settings.host)
+    # uvicorn and the app (FastAPI, routes, dashboard): only `serve` needs them
     import uvicorn
 
     from service.app import create_app
@@ -107,31 +150,41 @@ def serve(args) -> int:
     supervisor = None
     if not args.no_worker:
         supervisor = WorkerSupervisor(settings).start()
-        # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so stop the worker in the app's shutdown
+        # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so stop the worker in the app's
+        # shutdown
         app.state.shutdown_hooks.append(supervisor.stop)
-    logger.info("serving on http://%s:%d with %s", settings.host, settings.port, settings.public_summary())
+    logger.info("serving on http://%s:%d with %s", settings.host, settings.port,
+                settings.public_summary())
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                    timeout_graceful_shutdown=10)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                    access_log=False, timeout_graceful_shutdown=10)
     finally:
         if supervisor is not None:
             supervisor.stop()
     return 0
 
 
-def _die_with_parent() -> None:
-    """In the worker child (Linux): die when the serve process dies, however it dies (its pool children follow:
-    Celery gives them the same parent-death signal). A job it was running is picked up again by the reaper."""
-    try:
-        import ctypes
+serve_command = Command(help="run the API (and, by default, one worker process)",
+                        add_arguments=_serve_arguments, run=serve)
+keys_command = Command(help="create, list and revoke API keys",
+                       add_arguments=_keys_arguments, run=keys)
+migrate_command = Command(help="create or upgrade the job store's schema (Alembic)",
+                          add_arguments=_migrate_arguments, run=migrate)
 
+
+def _die_with_parent() -> None:
+    """In the worker child (Linux): die when the serve process dies, however it dies (its pool
+    children follow: Celery gives them the same parent-death signal). A job it was running is
+    picked up again by the reaper."""
+    try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
 
 class WorkerSupervisor:
-    """The embedded worker: a ``slimformer worker`` process that is started again if it dies (killed, OOM).
+    """The embedded worker: a ``slimformer worker`` process that is started again if it dies
+    (killed, OOM).
 
     Its in-flight job is not lost: the reaper sees the stale heartbeat and sends the job again.
     """
@@ -143,8 +196,9 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def _spawn(self) -> None:
-        self.child = subprocess.Popen([sys.executable, "-m", "slimformer.cli", "worker"], env=self.env,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+        self.child = subprocess.Popen([sys.executable, "-m", "slimformer.cli", "worker"],
+                                      env=self.env, start_new_session=True,
+                                      preexec_fn=_die_with_parent)
         logger.info("started a worker process (pid %d)", self.child.pid)
 
     def start(self) -> WorkerSupervisor:
@@ -161,7 +215,8 @@ class WorkerSupervisor:
                     os.killpg(self.child.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                logger.warning("the worker process exited (code %s); starting a new one in %.0f s", code, delay)
+                logger.warning("the worker process exited (code %s); starting a new one in "
+                               "%.0f s", code, delay)
                 if self._stop.wait(delay):
                     return
                 delay = min(delay * 2, 30.0)
@@ -174,12 +229,14 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
         child = self.child
         if child is not None and child.poll() is None:
-            # SIGTERM to Celery's main process only (its documented warm shutdown); a job still running after
-            # a few seconds is stopped hard and resumes, from its last checkpoint, when the service next runs
+            # SIGTERM to Celery's main process only (its documented warm shutdown); a job still
+            # running after a few seconds is stopped hard and resumes, from its last checkpoint,
+            # when the service next runs
             child.terminate()
             try:
                 child.wait(timeout=8)
             except subprocess.TimeoutExpired:
-                logger.warning("the worker is still busy; stopping it (its job resumes at the next start)")
+                logger.warning("the worker is still busy; stopping it (its job resumes at the "
+                               "next start)")
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait(timeout=10)

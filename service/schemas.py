@@ -1,4 +1,5 @@
-"""Request and response models of the API (v1). The job spec itself is ``slimformer.spec.JobSpec``."""
+"""Request and response models of the API (v1). The job spec itself is
+``slimformer.spec.JobSpec``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from slimformer.spec import JobSpec
+from slimformer.spec import STAGES, JobSpec
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -21,18 +22,21 @@ SPEC_EXAMPLE = {
 
 
 class JobCreate(JobSpec):
-    """A job spec, plus the Hub token used to pull private models and publish (write-only: never returned)."""
+    """A job spec, plus the Hub token used to pull private models and publish (write-only: \
+never returned)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SPEC_EXAMPLE]})
 
     hub_token: SecretStr | None = Field(
-        None, description="Hugging Face token for private/gated models and publishing. Stored encrypted until the job "
-                          "ends, then wiped; never returned, never logged.", json_schema_extra={"writeOnly": True})
+        None, description="Hugging Face token for private/gated models and publishing. Stored "
+                          "encrypted until the job ends, then wiped; never returned, never logged.",
+        json_schema_extra={"writeOnly": True})
 
 
 class ErrorDetail(BaseModel):
     code: str = Field(..., examples=["invalid_spec"])
-    message: str = Field(..., examples=["the job spec is invalid: prune.heads: Input should be less than 1"])
+    message: str = Field(
+        ..., examples=["the job spec is invalid: prune.heads: Input should be less than 1"])
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -58,8 +62,7 @@ class JobLinks(BaseModel):
 class JobView(BaseModel):
     id: str
     status: Status
-    stage: str | None = Field(None, description="downloading, scoring, pruning, distilling, evaluating, writing_card, "
-                                                "publishing, done")
+    stage: str | None = Field(None, description=", ".join((*STAGES, "done")))
     progress: float = Field(..., ge=0, le=1)
     eta_seconds: float | None = None
     message: str | None = None
@@ -71,15 +74,18 @@ class JobView(BaseModel):
     finished_at: str | None = None
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     spec: dict[str, Any]
-    metrics: dict[str, Any] | None = Field(None, description="Primary metric before/after, ratios, agreement.")
-    published: dict[str, Any] | None = Field(None, description="Hub repo URL and commit of the published model.")
+    metrics: dict[str, Any] | None = Field(
+        None, description="Primary metric before/after, ratios, agreement.")
+    published: dict[str, Any] | None = Field(
+        None, description="Hub repo URL and commit of the published model.")
     error: JobError | None = None
     links: JobLinks
 
 
 class JobList(BaseModel):
     items: list[JobView]
-    next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page; null on the last page.")
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` to get the next page; null on the last page.")
 
 
 class ArtifactFile(BaseModel):

@@ -103,7 +103,7 @@ def find(kind: str, name: str) -> dict:
 
 
 def test_keda_scales_each_worker_deployment_on_its_redis_queue():
-    from workers.celery_app import QUEUES
+    from service.queue import QUEUES
 
     scaled = [o for _, o in k8s_objects() if o["kind"] == "ScaledObject"]
     config = find("ConfigMap", "slimformer-config")["data"]

@@ -1,8 +1,6 @@
 import copy
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch

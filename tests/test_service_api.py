@@ -346,14 +346,6 @@ def test_keys_command_prints_a_key_once_and_stores_only_its_hash(tmp_path):
     assert secret.encode() not in (tmp_path / "d" / "slimformer.db").read_bytes()
 
 
-def test_the_service_never_imports_torch():
-    code = ("import sys, tempfile; from service.app import create_app; from service.settings import Settings; "
-            "create_app(Settings(data_dir=tempfile.mkdtemp()), run_reaper=False); "
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 def test_readme_lists_every_setting_and_docs_list_every_route(app):
     from service.settings import env_variables
 

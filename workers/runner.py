@@ -212,6 +212,7 @@ class JobRunner:
             allow_pickle=settings.allow_pickle, allow_remote_code=settings.allow_remote_code,
             max_model_bytes=settings.max_model_bytes, endpoint=settings.hf_endpoint,
             cache_dir=settings.hf_cache_dir or settings.data_dir / "hf-cache",
+            allow_local_files=False,  # every id in a job is a Hub id, never a path on this machine
         )
 
         def resolve_upload(upload_id: str) -> Path:

@@ -1,8 +1,9 @@
 """The Celery application: one task, ``slimformer.compress(job_id)``, on explicitly named queues.
 
-The broker is Redis when ``REDIS_URL`` is set, otherwise Celery's ``filesystem://`` transport in the data
-dir (embedded mode). Results live in the job store, never in a result backend. Importing this module does
-not import torch: the API process uses it only to send tasks.
+The broker is Redis when ``REDIS_URL`` is set, otherwise Celery's ``filesystem://`` transport in
+the data dir (embedded mode). Results live in the job store, never in a result backend. Importing
+this module does not import torch: the API uses it only to send tasks; ``workers.tasks`` registers
+the task on the same app.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         result_backend=None,
-        task_acks_late=True,  # a job is acknowledged after it ran, so a lost worker's job is redelivered
+        # a job is acknowledged after it ran, so a lost worker's job is redelivered
+        task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a worker holds only the job it runs
         task_queues=[Queue(name, routing_key=name) for name in QUEUES],
-        task_create_missing_queues=False,  # a typo in a queue name is an error, not a silent new queue
+        # a typo in a queue name is an error, not a silent new queue
+        task_create_missing_queues=False,
         task_default_queue="cpu",
         task_time_limit=settings.job_time_limit_seconds,
         task_soft_time_limit=max(60, settings.job_time_limit_seconds - 60),
@@ -70,7 +73,7 @@ def send_job(app: Celery, job_id: str, queue: str, *, countdown: float | None = 
 
 
 def queue_depths(app: Celery, settings: Settings) -> dict[str, int]:
-    """Messages waiting in each queue of the broker (Redis lists or files in the filesystem queue)."""
+    """Messages waiting in each queue (Redis lists or files in the filesystem queue)."""
     depths = {}
     if settings.redis_url:
         with app.connection_for_read() as conn:

@@ -1,6 +1,7 @@
 """The reaper: jobs whose worker died are requeued (bounded attempts) or failed with "worker lost".
 
-Runs as a thread in every API and worker process; the store's conditional updates make concurrent reapers safe.
+Runs as a thread in every API and worker process; the store's conditional updates make concurrent
+reapers safe.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from service.store import JobStore
 
 logger = logging.getLogger(__name__)
 
+Send = Callable[[str, str, float | None], None]  # (job id, queue, countdown)
 
-def reap_once(store: JobStore, send: Callable[[str, str, float | None], None], *, stale_after: float,
+
+def reap_once(store: JobStore, send: Send, *, stale_after: float,
               requeue_queued_after: float) -> tuple[int, int]:
     to_send, failed = store.reap(stale_after=stale_after, requeue_queued_after=requeue_queued_after)
     for job in to_send:
-        logger.warning("job %s: worker lost or message lost; sending it to the %s queue again", job["id"], job["queue"])
+        logger.warning("job %s: worker lost or message lost; sending it to the %s queue again",
+                       job["id"], job["queue"])
         send(job["id"], job["queue"], None)
     for job in failed:
         logger.warning("job %s: worker lost and no attempts left; failed", job["id"])
@@ -26,8 +30,8 @@ def reap_once(store: JobStore, send: Callable[[str, str, float | None], None], *
 
 
 class Reaper:
-    def __init__(self, store: JobStore, send: Callable[[str, str, float | None], None], *, interval: float,
-                 stale_after: float, requeue_queued_after: float) -> None:
+    def __init__(self, store: JobStore, send: Send, *, interval: float, stale_after: float,
+                 requeue_queued_after: float) -> None:
         self.store, self.send, self.interval = store, send, interval
         self.stale_after, self.requeue_queued_after = stale_after, requeue_queued_after
         self._stop = threading.Event()

@@ -1,0 +1,192 @@
+"""The job routes: submit, list, get, cancel, and the server-sent events of one job."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from service.auth import CallerDep
+from service.errors import ApiError, invalid_spec
+from service.routes.common import errors, iso, owned_job
+from service.schemas import JobCreate, JobList, JobView
+from service.store import TERMINAL, Conflict, NotFound
+from slimformer.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+def job_view(job: dict) -> JobView:
+    base = f"/v1/jobs/{job['id']}"
+    result = job.get("result") or {}
+    error = None
+    if job.get("error_code") and job["status"] in ("failed", "queued"):
+        error = {"code": job["error_code"], "message": job["error_message"] or "",
+                 "details": job.get("error_details") or {}}
+    metrics = {k: v for k, v in result.items() if k not in ("files", "published")} or None
+    running = job["status"] == "running"
+    return JobView(
+        id=job["id"], status=job["status"], stage=job.get("stage"),
+        progress=job.get("progress") or 0.0,
+        eta_seconds=job.get("eta_seconds") if running else None, message=job.get("message"),
+        attempts=job["attempts"], max_attempts=job["max_attempts"], queue=job["queue"],
+        created_at=iso(job["created_at"]), started_at=iso(job.get("started_at")),
+        finished_at=iso(job.get("finished_at")), stage_seconds=job.get("stage_seconds") or {},
+        spec=job["spec"], metrics=metrics, published=result.get("published"), error=error,
+        links={"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
+               "artifacts": f"{base}/artifacts", "download": f"{base}/download",
+               "card": f"{base}/card"},
+    )
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobView, tags=["jobs"],
+             responses=errors(400, 401, 409, 413, 422, 429),
+             summary="Submit a compression job",
+             description="Validates the spec, stores the job and queues it. Returns 202 with the "
+                         "job and a `Location` header. With an `Idempotency-Key` header, a "
+                         "retried request returns the job created the first time instead of a "
+                         "second one (409 if the body differs).")
+async def create_job(
+    body: JobCreate, request: Request, response: Response, caller: CallerDep,
+    idempotency_key: Annotated[str | None,
+                               Header(max_length=255, description="Makes retries safe.")] = None,
+) -> JobView:
+    state = request.app.state
+    settings = state.settings
+    raw = body.model_dump(mode="json", exclude={"hub_token"})
+    try:  # the service refuses local paths that the command line accepts
+        spec = JobSpec.model_validate(raw, context={"local_files": False})
+    except ValidationError as err:
+        raise invalid_spec(err) from None
+    for field in ("upload_id", "eval_upload_id"):
+        upload_id = getattr(spec.dataset, field)
+        if upload_id:
+            try:
+                await run_in_threadpool(state.store.get_upload, upload_id, owner=caller.owner)
+            except NotFound:
+                raise ApiError(
+                    422, "invalid_spec", f"dataset.{field}: no upload {upload_id} for this key",
+                    {"fields": [{"field": f"dataset.{field}", "message": "unknown upload"}]},
+                ) from None
+    token = body.hub_token.get_secret_value() if body.hub_token else None
+    try:
+        job, created = await run_in_threadpool(
+            state.store.create_job, caller.owner, spec.model_dump(mode="json"),
+            queue=settings.job_queue, max_attempts=settings.max_attempts, hub_token=token,
+            idempotency_key=idempotency_key, max_active=settings.max_concurrent_jobs)
+    except Conflict as err:
+        status = 429 if err.code == "too_many_jobs" else 409
+        raise ApiError(status, err.code, err.message) from None
+    if created:
+        try:
+            await run_in_threadpool(state.send, job["id"], job["queue"], None)
+        except Exception:  # the job is stored; the reaper sends queued jobs no worker took
+            logger.exception("could not send job %s to the broker; the reaper will retry",
+                             job["id"])
+        state.metrics.jobs_submitted.inc()
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job['id']}"
+    return job_view(job)
+
+
+@router.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=errors(401, 422, 429),
+            summary="List your jobs", description="Newest first. Admin keys see every key's jobs.")
+async def list_jobs(
+    request: Request, caller: CallerDep,
+    status: Annotated[str | None,
+                      Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None,
+                      Query(max_length=200,
+                            description="`next_cursor` of the previous page.")] = None,
+) -> JobList:
+    before = None
+    if cursor:
+        try:
+            created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())
+            before = (float(created), str(job_id))
+        except Exception:
+            raise ApiError(422, "invalid_cursor", "cursor is not one returned by this API",
+                           {"fields": [{"field": "cursor", "message": "invalid cursor"}]}) from None
+    rows = await run_in_threadpool(request.app.state.store.list_jobs, owner=caller.scope,
+                                   status=status, limit=limit + 1, before=before)
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        page_end = json.dumps([last["created_at"], last["id"]]).encode()
+        next_cursor = base64.urlsafe_b64encode(page_end).decode()
+    return JobList(items=[job_view(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"],
+            responses=errors(401, 404, 429),
+            summary="Get a job: status, stage, progress, ETA, metrics, error")
+async def get_job(job_id: str, request: Request, caller: CallerDep) -> JobView:
+    return job_view(await run_in_threadpool(owned_job, request, job_id, caller))
+
+
+@router.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobView, tags=["jobs"],
+             responses=errors(401, 404, 409, 429), summary="Cancel a queued or running job",
+             description="A queued job is cancelled at once; a running one stops at its next check "
+                         "(seconds) and its partial artifacts are removed. 409 when the job "
+                         "already ended.")
+async def cancel_job(job_id: str, request: Request, caller: CallerDep) -> JobView:
+    await run_in_threadpool(owned_job, request, job_id, caller)
+    try:
+        job = await run_in_threadpool(request.app.state.store.request_cancel, job_id,
+                                      owner=caller.scope)
+    except Conflict as err:
+        raise ApiError(409, err.code, err.message) from None
+    return job_view(job)
+
+
+EVENTS_200 = {
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "description": "Server-sent events: `progress` with the job view as data on every change, "
+                   "then `end`.",
+}
+
+
+@router.get("/v1/jobs/{job_id}/events", tags=["jobs"],
+            responses=errors(401, 404, 429) | {200: EVENTS_200},
+            summary="Stream a job's stage and progress (server-sent events)",
+            response_class=StreamingResponse)
+async def job_events(job_id: str, request: Request, caller: CallerDep) -> StreamingResponse:
+    store = request.app.state.store
+    await run_in_threadpool(owned_job, request, job_id, caller)
+    interval = request.app.state.settings_events_interval
+
+    async def stream():
+        last, idle = None, 0.0
+        yield "retry: 2000\n\n"
+        while True:
+            if await request.is_disconnected():
+                return
+            job = await run_in_threadpool(store.get_job, job_id)
+            view = job_view(job).model_dump(mode="json")
+            key = (view["status"], view["stage"], view["progress"], view["message"])
+            if key != last:
+                last, idle = key, 0.0
+                yield f"event: progress\ndata: {json.dumps(view)}\n\n"
+            elif idle >= 15:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+            if view["status"] in TERMINAL:
+                yield f"event: end\ndata: {json.dumps({'status': view['status']})}\n\n"
+                return
+            await asyncio.sleep(interval)
+            idle += interval
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
