@@ -50,7 +50,7 @@ from tables import (
 )
 
 from slimformer.data import TextData, load_text_file, make_batches
-from slimformer.distillation import (
+from slimformer.distill import (
     DistillConfig,
     DistillResult,
     distill,

@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_leaves
 
 from slimformer.architectures import ModelAdapter
 from slimformer.data import TextData
-from slimformer.distillation import (
+from slimformer.distill import (
     DistillConfig,
     batch_loss,
     check_training_data,
@@ -361,7 +361,7 @@ def test_prompt_and_padding_positions_do_not_count():
 
 
 def test_causal_lm_prompt_completion_pairs_distil_on_completion_tokens_only():
-    from slimformer.distillation import _prompt_completion_batch
+    from slimformer.distill import _prompt_completion_batch
 
     batch = _prompt_completion_batch(TOKENIZER, ["w5 w6 w7", "w8"], ["w9 w10", "w11 w12 w13"], max_length=16)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 9, 10], [8, 11, 12, 13, 0]]
