@@ -13,9 +13,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
 from service.artifacts import make_artifact_store
-from service.auth import AuthState, RateLimiter
+from service.auth import AuthState
 from service.dashboard import router as dashboard_router
 from service.errors import error_response, install_error_handlers
+from service.limits import make_limits
 from service.metrics import ApiMetrics
 from service.queue import make_celery, queue_depths, send_job
 from service.reaper import Reaper
@@ -124,7 +125,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
-                     token_secret=settings.token_encryption_key)
+                     token_secret=settings.token_encryption_key,
+                     busy_timeout=settings.store_busy_timeout_seconds)  # then 503 store_busy
     celery = make_celery(settings)
 
     def send(job_id: str, queue: str, countdown: float | None) -> None:
@@ -155,15 +157,15 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
                   openapi_tags=[{"name": tag} for tag in TAGS])
     app.state.settings = settings
     app.state.shutdown_hooks = []
-    app.state.settings_events_interval = 0.5
+    app.state.settings_events_interval = settings.events_poll_seconds
     app.state.store = store
     app.state.artifacts = make_artifact_store(settings)
     app.state.send = send
     app.state.ping_broker = ping_broker
     app.state.celery = celery
     app.state.metrics = metrics
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
-    app.state.auth = AuthState(store, always=settings.mode == "production")
+    app.state.limits = make_limits(settings)  # shared through Redis when there is one
+    app.state.auth = AuthState(store, always=settings.mode == "production", setting=settings.auth)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(dashboard_router)
@@ -190,3 +192,12 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.add_middleware(BodyLimit, default=settings.max_request_bytes,
                        uploads=settings.max_upload_bytes)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one API process when ``slimformer serve`` runs several (uvicorn imports it)."""
+    from service.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -27,9 +27,10 @@ from service.artifacts_s3 import S3ArtifactStore
 from service.settings import Settings
 
 __all__ = ["ArtifactNotFound", "ArtifactStore", "BadArtifactPath", "LocalArtifactStore",
-           "S3ArtifactStore", "clean_key", "make_artifact_store"]
+           "S3ArtifactStore", "check_writable", "clean_key", "make_artifact_store"]
 
 VERSION_NAME = re.compile(r"^\..+\.(v|link)-[0-9a-f]+$")
+PATH_MAX = 4096  # Linux's limit on a whole path
 
 
 class LocalArtifactStore(TarballMixin):
@@ -41,6 +42,8 @@ class LocalArtifactStore(TarballMixin):
         path = (self.root / clean_key(key)).resolve()
         if self.root not in path.parents:
             raise BadArtifactPath(f"invalid artifact path {key!r}")
+        if len(os.fsencode(path)) >= PATH_MAX:  # the file system would answer ENAMETOOLONG
+            raise BadArtifactPath("invalid artifact path: the name is too long")
         return path
 
     def publish_folder(self, prefix: str, folder: Path) -> list[dict]:
@@ -129,8 +132,22 @@ class LocalArtifactStore(TarballMixin):
             shutil.rmtree(link, ignore_errors=True)
 
     def ping(self) -> None:
-        if not os.access(self.root, os.W_OK):
-            raise OSError(f"artifact folder {self.root} is not writable")
+        """Raise unless a file can be created and removed in the artifact folder."""
+        check_writable(self.root)
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a small file in ``folder``; the OSError if either fails (a full,
+    read-only or foreign-owned disk). ``os.access`` would not do: it says yes to root and knows
+    nothing of a full disk."""
+    probe = Path(folder) / f".slimformer-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        with probe.open("wb") as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def make_artifact_store(settings: Settings) -> ArtifactStore:

@@ -29,6 +29,7 @@ MANIFEST = ".slimformer-manifest.json"
 VERSIONS = ".slimformer-versions"
 RESERVED = (MANIFEST, VERSIONS)
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
+MAX_OBJECT_KEY_BYTES = 1024  # S3's limit on a key
 
 
 def _error_code(err: Exception) -> str:
@@ -81,7 +82,10 @@ class S3ArtifactStore(TarballMixin):
         return key
 
     def _object(self, key: str) -> str:
-        return self.prefix + key
+        name = self.prefix + key
+        if len(name.encode()) > MAX_OBJECT_KEY_BYTES:
+            raise BadArtifactPath("invalid artifact path: the name is too long")
+        return name
 
     def _manifest(self, folder: str) -> dict | None:
         try:

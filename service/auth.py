@@ -1,21 +1,21 @@
 """API keys as bearer tokens, per-key rate limits, and who may see what.
 
-Auth is on as soon as one key exists (always in production mode). With no key in embedded mode it is off,
-every request acts as the local owner, and ``slimformer serve`` refuses any address but loopback.
+Auth is on as soon as a key was ever created (``SLIMFORMER_AUTH=auto``; revoking keys never turns it
+off), always with ``SLIMFORMER_AUTH=on`` or in production mode. While it is off (no key yet, or
+``SLIMFORMER_AUTH=off``) every request acts as the local owner and the API listens on loopback only.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.errors import ApiError
-from service.store import LOCAL_OWNER
+from service.limits import Limits
+from service.store import LOCAL_OWNER, JobStore
 
 
 @dataclass(frozen=True)
@@ -30,41 +30,32 @@ class Caller:
         return None if self.admin else self.owner
 
 
-class RateLimiter:
-    """A sliding one-minute window per key, in this API process."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def check(self, key: str) -> float | None:
-        """None when allowed, else the seconds to wait."""
-        now = time.monotonic()
-        with self._lock:
-            hits = self._hits.setdefault(key, deque())
-            while hits and hits[0] <= now - 60:
-                hits.popleft()
-            if len(hits) >= self.per_minute:
-                return max(0.1, 60 - (now - hits[0]))
-            hits.append(now)
-        return None
-
-
 class AuthState:
-    """Whether auth is on, re-read from the store every few seconds (keys can be created while serving)."""
+    """Whether auth is on, from ``SLIMFORMER_AUTH`` (``setting``) and the store.
 
-    def __init__(self, store, *, always: bool) -> None:
-        self.store, self.always = store, always
-        self._checked, self._on = 0.0, always
+    ``on``, or production mode (``always``): always. ``off``: never, the operator's explicit choice
+    (Settings refuses it in production mode and on an address other than loopback). ``auto``: on
+    as soon as any key was ever created, revoked ones included, and from then on for the life of
+    the process: revoking keys never turns auth off. While off it asks the store on each request,
+    so the first key turns auth on at once.
+    """
+
+    def __init__(self, store: JobStore, *, always: bool = False, setting: str = "auto") -> None:
+        if setting not in ("auto", "on", "off"):
+            raise ValueError(f"SLIMFORMER_AUTH must be auto, on or off, not {setting!r}")
+        if always and setting == "off":
+            raise ValueError("SLIMFORMER_AUTH=off is refused in production mode")
+        self.store, self.setting = store, setting
+        self._on = always or setting == "on"
 
     @property
     def enabled(self) -> bool:
-        if self.always:
+        if self._on:
             return True
-        if time.monotonic() - self._checked > 2.0:
-            self._on = self.store.active_key_count() > 0
-            self._checked = time.monotonic()
+        if self.setting == "off":
+            return False
+        if self.store.any_key_created():
+            self._on = True  # for good: nothing that happens to the keys turns it off again
         return self._on
 
 
@@ -78,14 +69,39 @@ def current_caller(request: Request) -> Caller:
         if scheme.lower() != "bearer" or not secret:
             raise ApiError(401, "unauthorized", "missing API key: send `Authorization: Bearer <key>`",
                            headers={"WWW-Authenticate": "Bearer"})
-        key = state.store.authenticate(secret.strip())
-        if key is None:
-            raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
-        caller = Caller(key.id, key.name, key.admin)
-    wait = state.rate_limiter.check(caller.owner)
+        secret = secret.strip()
+        caller = state.limits.keys.get(secret) or authenticate(request, secret)
+    wait = state.limits.hit(caller.owner)
     if wait is not None:
-        raise ApiError(429, "rate_limited", f"too many requests for this key; retry in {wait:.0f} s",
-                       {"retry_after_seconds": round(wait, 1)}, headers={"Retry-After": str(int(wait) + 1)})
+        raise too_many(f"too many requests for this key; retry in {math.ceil(wait)} s", wait)
+    return caller
+
+
+def too_many(message: str, wait: float, code: str = "rate_limited") -> ApiError:
+    """The 429 error, with ``Retry-After`` in whole seconds (rounded up)."""
+    return ApiError(429, code, message, {"retry_after_seconds": round(wait, 1)},
+                    headers={"Retry-After": str(math.ceil(wait))})
+
+
+def authenticate(request: Request, secret: str) -> Caller:
+    """Look the key up in the store, unless its key id or the client address failed too often
+    lately: then 429 without a query. A failure counts against both; a success is cached."""
+    state = request.app.state
+    limits: Limits = state.limits
+    parts = secret.split("_")
+    key_id = parts[1] if len(parts) >= 3 and parts[0] == "sf" else None
+    address = request.client.host if request.client else None
+    wait = limits.login_blocked(key_id, address)
+    if wait is not None:
+        raise too_many(f"too many failed authentications; retry in {math.ceil(wait)} s", wait,
+                       "too_many_auth_failures")
+    key = state.store.authenticate(secret)
+    if key is None:
+        limits.login_failed(key_id, address)
+        raise ApiError(401, "unauthorized", "invalid or revoked API key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    caller = Caller(key.id, key.name, key.admin)
+    limits.keys.put(secret, caller)
     return caller
 
 

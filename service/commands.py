@@ -49,6 +49,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    if getattr(args, "workers", None) is not None:
+        overrides["api_workers"] = args.workers
     return Settings(**overrides)
 
 
@@ -124,6 +126,34 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                                            "SLIMFORMER_DATA_DIR)")
     parser.add_argument("--no-worker", action="store_true",
                         help="API only; run `slimformer worker` elsewhere")
+    parser.add_argument("--workers", type=int, help="API processes (default 2 in production "
+                                                    "mode, else 1; SLIMFORMER_API_WORKERS)")
+
+
+def check_auth(settings: Settings, store: JobStore) -> str | None:
+    """Serve's start-up check of auth (``SLIMFORMER_AUTH``): a warning to log, or None.
+
+    Raises:
+        StartupError: auth would be off on an address other than loopback.
+    """
+    if settings.auth == "off":  # Settings refuses it in production and off loopback; to be sure:
+        if settings.mode == "production" or not is_loopback(settings.host):
+            raise StartupError(f"refusing to listen on {settings.host} with SLIMFORMER_AUTH=off: "
+                               "without auth the API listens on loopback only")
+        return (f"auth is off (SLIMFORMER_AUTH=off): every request acts as the local admin; "
+                f"listening on {settings.host} only")
+    if settings.mode == "production" or settings.auth == "on" or store.any_key_created():
+        if store.active_key_count() == 0:
+            return ("auth is on but no active API key exists, so every request gets 401; create "
+                    "one with `slimformer keys create --name NAME`")
+        return None
+    if not is_loopback(settings.host):
+        raise StartupError(f"refusing to listen on {settings.host}: no API key was ever created, "
+                           "so auth is off and anyone who can reach the port could use the "
+                           "server. Create a key first with `slimformer keys create --name "
+                           "NAME`, set SLIMFORMER_AUTH=on, or listen on 127.0.0.1")
+    return (f"auth is off (no API key was created yet); listening on {settings.host} only. Create "
+            "a key with `slimformer keys create --name NAME` to turn it on")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -131,37 +161,52 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings, migrate=False)
-    keys_exist = store.active_key_count() > 0
-    store.dispose()
-    if not keys_exist and settings.mode == "local":
-        if not is_loopback(settings.host):
-            raise StartupError(f"refusing to listen on {settings.host}: no API key exists, so "
-                               "auth is off and anyone who can reach the port could use the "
-                               "server. Create a key first with `slimformer keys create --name "
-                               "NAME`, or listen on 127.0.0.1")
-        logger.warning("auth is off (no API key exists); listening on %s only. Create a key with "
-                       "`slimformer keys create --name NAME` to turn it on", settings.host)
+    try:
+        warning = check_auth(settings, store)
+    finally:
+        store.dispose()
+    if warning:
+        logger.warning("%s", warning)
     # uvicorn and the app (FastAPI, routes, dashboard): only `serve` needs them
     import uvicorn
 
     from service.app import create_app
 
-    app = create_app(settings)
+    workers = settings.resolved_api_workers
+    app = None
+    if workers == 1:
+        app = create_app(settings)
+    else:  # each uvicorn worker process builds its app from the environment
+        os.environ.update(SLIMFORMER_HOST=settings.host, SLIMFORMER_PORT=str(settings.port),
+                          SLIMFORMER_DATA_DIR=str(Path(settings.data_dir).resolve()),
+                          SLIMFORMER_API_WORKERS=str(workers))
     supervisor = None
     if not args.no_worker:
         supervisor = WorkerSupervisor(settings).start()
-        # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so stop the worker in the app's
-        # shutdown
-        app.state.shutdown_hooks.append(supervisor.stop)
-    logger.info("serving on http://%s:%d with %s", settings.host, settings.port,
-                settings.public_summary())
+        if app is not None:
+            # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so stop the worker in the
+            # app's shutdown
+            app.state.shutdown_hooks.append(supervisor.stop)
+    logger.info("serving on http://%s:%d with %s (%d API process%s)", settings.host,
+                settings.port, settings.public_summary(), workers, "es" if workers > 1 else "")
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                    access_log=False, timeout_graceful_shutdown=10)
+        uvicorn.run(app or "service.app:app_from_environment", factory=app is None,
+                    workers=workers if app is None else None, **uvicorn_options(settings))
     finally:
         if supervisor is not None:
             supervisor.stop()
     return 0
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """What ``slimformer serve`` asks of uvicorn. The h11 parser, because it bounds a request's
+    head (16 KiB) where httptools buffers headers without limit. No uvicorn setting times out a
+    request head sent slowly (slowloris): that needs a reverse proxy in front (docs/security.md)."""
+    return dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=10, http="h11", h11_max_incomplete_event_size=16 * 1024,
+                timeout_keep_alive=settings.keep_alive_seconds,
+                limit_concurrency=settings.max_connections,
+                forwarded_allow_ips=settings.forwarded_allow_ips, server_header=False)
 
 
 serve_command = Command(help="run the API (and, by default, one worker process)",

@@ -8,6 +8,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,39 @@ def invalid_spec(err: ValidationError, prefix: tuple[str, ...] = ()) -> ApiError
     return ApiError(422, "invalid_spec", f"the job spec is invalid: {summary}", {"fields": fields})
 
 
+STORE_RETRY_AFTER_SECONDS = 2
+_LOCKED = ("database is locked", "database table is locked", "lock timeout")
+
+
+def store_error(exc: Exception) -> ApiError:
+    """A job-store failure as 503 with ``Retry-After``: ``store_busy`` when a lock or a pooled
+    connection was not granted in time (SQLite "database is locked", Postgres ``lock_timeout``),
+    ``store_unavailable`` for anything else the database reports (down, disk full)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).lower()
+    busy = (isinstance(exc, PoolTimeout) or any(s in text for s in _LOCKED)
+            or getattr(orig, "sqlstate", None) == "55P03")  # lock_not_available
+    wait = STORE_RETRY_AFTER_SECONDS
+    if busy:
+        code, message = "store_busy", f"the job store is busy; retry in {wait} s"
+    else:
+        code, message = "store_unavailable", f"the job store is unavailable; retry in {wait} s"
+    return ApiError(503, code, message, {"retry_after_seconds": wait},
+                    headers={"Retry-After": str(wait)})
+
+
+def _not_json_reason(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not parse a JSON body, for the cases it answers with a bare 400."""
+    cause = exc.__cause__
+    if exc.status_code != 400:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return "it is not UTF-8"
+    if isinstance(cause, RecursionError):
+        return "it nests too deeply"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):  # noqa: ANN202
@@ -62,8 +97,21 @@ def install_error_handlers(app: FastAPI) -> None:
         summary = "; ".join(f"{f['field']}: {f['message']}" if f["field"] else f["message"] for f in fields[:5])
         return error_response(422, "invalid_request", f"the request is invalid: {summary}", {"fields": fields})
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _store(request: Request, exc: Exception):  # noqa: ANN202
+        error = store_error(exc)
+        log = logger.warning if error.code == "store_busy" else logger.error
+        log("job store %s on %s %s: %s", error.code.removeprefix("store_"), request.method,
+            request.url.path, getattr(exc, "orig", None) or exc)
+        return error_response(error.status, error.code, error.message, error.details, error.headers)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):  # noqa: ANN202
+        reason = _not_json_reason(exc)
+        if reason is not None:
+            return error_response(400, "malformed_json",
+                                  f"the request body is not valid JSON: {reason}")
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("DATABASE_URL", "SLIMFORMER_DATABASE_URL"),
         description="SQLAlchemy URL of the job store; default SQLite under the data dir. "
                     "Production: postgresql+psycopg://user@host/db.")
+    store_busy_timeout_seconds: float = Field(
+        3.0, gt=0, le=30, description="How long an API request waits for a lock on the job store "
+                                      "(SQLite busy timeout, Postgres lock_timeout) before it "
+                                      "answers 503 `store_busy`; workers wait 30 s.")
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "SLIMFORMER_REDIS_URL"),
         description="Celery broker; default Celery's filesystem transport under the data dir.")
@@ -50,6 +54,11 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("HF_ENDPOINT", "SLIMFORMER_HF_ENDPOINT"),
         description="Hugging Face Hub endpoint (a mirror); default huggingface.co.")
 
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="`auto`: API keys required as soon as one was ever created (revoking "
+                            "keys never turns auth off; always in production mode). `on`: always. "
+                            "`off`: every request acts as the local admin; refused in production "
+                            "mode and on an address other than loopback.")
     api_key_pepper: str = Field(PLACEHOLDER_SECRET, description="Secret mixed into API-key hashes.")
     token_encryption_key: str = Field(
         PLACEHOLDER_SECRET, description="Secret from which the key that encrypts Hub tokens at rest is derived.")
@@ -62,8 +71,48 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(500_000_000, ge=1024, description="Largest dataset upload.")
-    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per API key.")
+    max_upload_rows: int = Field(1_000_000, ge=1, description="Most rows in one dataset upload.")
+    max_upload_uncompressed_bytes: int = Field(
+        1_000_000_000, ge=1024, description="Most bytes of data one upload may decode to (a CSV or "
+                                            "JSON file's size; a Parquet file's decoded table).")
+    max_upload_expansion: float = Field(
+        100.0, ge=1, description="A Parquet upload may decode to at most this many times its size "
+                                 "(files under 1 MB count as 1 MB): refuses compression bombs.")
+    upload_retention_days: float | None = Field(
+        None, ge=0, description="Uploads older than this are deleted (file and record); "
+                                "0 or unset keeps them forever.")
+    artifact_retention_days: float | None = Field(
+        None, ge=0, description="Artifacts of jobs that finished longer ago are deleted (the job "
+                                "stays, marked expired); 0 or unset keeps them forever.")
+    rate_limit_per_minute: int = Field(
+        600, ge=1, description="Requests per minute per API key (one limit for all API processes "
+                               "when `REDIS_URL` is set).")
     max_concurrent_jobs: int = Field(8, ge=1, description="Queued plus running jobs per API key.")
+    auth_failures_per_minute: int = Field(
+        10, ge=1,
+        description="Failed authentications per minute per key id and per client address; "
+                    "beyond, 429 before the key is looked up.")
+    auth_cache_seconds: float = Field(
+        10.0, ge=0,
+        description="How long an API process trusts a key it checked (0: never); a revoked "
+                    "key stops working within this.")
+    max_event_streams_per_key: int = Field(
+        20, ge=1, description="Concurrent event streams (GET /v1/jobs/{id}/events) per API key.")
+    events_poll_seconds: float = Field(
+        1.0, gt=0, description="How often an API process reads the jobs its event streams watch "
+                               "(one query for all of them).")
+    api_workers: int | None = Field(
+        None, ge=1,
+        description="API processes `slimformer serve` runs; default 2 in production mode "
+                    "(limits are shared through Redis), 1 in local mode.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For "
+                    "names the client (`*`: any; only if nothing else reaches the port).")
+    keep_alive_seconds: int = Field(
+        5, ge=1, description="An idle keep-alive connection is closed after this.")
+    max_connections: int = Field(
+        1000, ge=1, description="Concurrent connections per API process; beyond, 503 at once.")
 
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker writes a running job's heartbeat.")
     stale_after_seconds: float = Field(
@@ -101,6 +150,17 @@ class Settings(BaseSettings):
                 raise ValueError("DATABASE_URL must name a shared database (Postgres) in production mode")
             if self.redis_url is None:
                 raise ValueError("REDIS_URL must be set in production mode: the filesystem broker is one machine only")
+        if self.auth == "off":
+            if self.mode == "production":
+                raise ValueError("SLIMFORMER_AUTH=off is refused in production mode: every request "
+                                 "would act as an admin")
+            if not is_loopback(self.host):
+                raise ValueError(f"SLIMFORMER_AUTH=off is refused with SLIMFORMER_HOST="
+                                 f"{self.host}: without auth the API may listen on a loopback "
+                                 "address only")
+        if self.resolved_api_workers > 1 and self.redis_url is None:
+            raise ValueError("SLIMFORMER_API_WORKERS above 1 needs REDIS_URL: the rate limits are "
+                             "shared between API processes through Redis")
         if self.artifact_backend == "s3" and not self.s3_bucket:
             raise ValueError("SLIMFORMER_S3_BUCKET is required when SLIMFORMER_ARTIFACT_BACKEND=s3")
         if self.stale_after_seconds <= 2 * self.heartbeat_seconds:
@@ -118,6 +178,10 @@ class Settings(BaseSettings):
                     return "postgresql+psycopg://" + url[len(prefix):]
             return url
         return f"sqlite:///{(self.data_dir / 'slimformer.db').resolve()}"
+
+    @property
+    def resolved_api_workers(self) -> int:
+        return self.api_workers or (2 if self.mode == "production" else 1)
 
     @cached_property
     def resolved_artifact_dir(self) -> Path:

@@ -11,9 +11,12 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -37,7 +41,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
+
+logger = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -125,21 +131,82 @@ def now() -> float:
     return time.time()
 
 
-def make_engine(url: str) -> Engine:
+def owner_lock_key(owner: str) -> int:
+    """The signed 64-bit id of ``owner``'s job-creation lock (a Postgres advisory lock)."""
+    digest = hashlib.sha256(b"slimformer:create-job:" + owner.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+POOL_SIZE = 20  # connections per process, at most; see make_engine
+
+
+PING_AFTER_IDLE_SECONDS = 10.0
+
+
+def ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled connection that sat idle for ``PING_AFTER_IDLE_SECONDS`` before handing it
+    out; a dead one (the database restarted) is replaced, as ``pool_pre_ping`` would, but a busy
+    pool pays nothing."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_connection, record) -> None:  # noqa: ANN001
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # noqa: ANN001
+        idle = time.monotonic() - record.info.get("idle_since", time.monotonic())
+        if idle < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_connection.rollback()
+        except Exception as err:  # the pool retries with a fresh connection
+            raise DisconnectionError(str(err)) from err
+
+
+def make_engine(url: str, *, busy_timeout: float = 30.0) -> Engine:
+    """The store's engine. ``busy_timeout``: seconds a statement waits for a lock another
+    connection holds (SQLite's busy timeout, Postgres's ``lock_timeout``) before it fails with an
+    ``OperationalError``. The API passes a few seconds (then answers 503 ``store_busy``); workers
+    keep the default."""
+    millis = max(1, int(busy_timeout * 1000))
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                  "timeout": busy_timeout})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
             cursor = dbapi_connection.cursor()
             # WAL lets the API read while a worker writes; one writer waits instead of failing
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={millis}")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # deleted bytes (a wiped Hub token) are zeroed, not left in a page's free space
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A fixed pool: overflow connections are closed on check-in, and under load that meant a new
+    # Postgres connection (a forked backend) per request. LIFO keeps the few busy connections warm
+    # (and their prepared statements). Only a connection idle for a while is pinged before use
+    # (pool_pre_ping would add a round trip to every query).
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=30,
+                           pool_use_lifo=True)
+    ping_idle_connections(engine)
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _postgres_lock_timeout(dbapi_connection, _record):  # noqa: ANN001
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"SET lock_timeout = {millis}")
+            cursor.close()
+            dbapi_connection.autocommit = autocommit
+
+    return engine
 
 
 class TokenCipher:
@@ -166,9 +233,12 @@ def request_fingerprint(payload: Any) -> str:
 class JobStore:
     """Jobs, keys and uploads over one SQLAlchemy engine. Methods return plain dicts (rows)."""
 
-    def __init__(self, url: str, *, pepper: str, token_secret: str) -> None:
+    def __init__(self, url: str, *, pepper: str, token_secret: str,
+                 busy_timeout: float = 30.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout=busy_timeout)
+        # single-statement reads: no BEGIN/ROLLBACK round trips around them
+        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._pepper = pepper.encode()
         self.cipher = TokenCipher(token_secret)
 
@@ -229,6 +299,11 @@ class JobStore:
             return conn.execute(select(func.count()).select_from(api_keys)
                                 .where(api_keys.c.revoked_at.is_(None))).scalar_one()
 
+    def any_key_created(self) -> bool:
+        """Whether a key was ever created (revoked ones count: revoking never turns auth off)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(api_keys.c.id).limit(1)).first() is not None
+
     # -- jobs: API side -------------------------------------------------------------------------
     def create_job(
         self, owner: str, spec: dict, *, queue: str, max_attempts: int, hub_token: str | None = None,
@@ -236,17 +311,14 @@ class JobStore:
     ) -> tuple[dict, bool]:
         """Insert a queued job. Returns ``(job, created)``; an idempotency key seen before returns the old job.
 
+        The idempotency look-up, the count of active jobs and the insert are one transaction that
+        holds the owner's lock (:meth:`_owner_transaction`), so ``max_active`` holds under any
+        number of concurrent requests, API processes or replicas.
+
         Raises:
             Conflict: the idempotency key was used for a different request, or the owner has too many active jobs.
         """
         fingerprint = request_fingerprint({"spec": spec, "token": bool(hub_token)})
-        if idempotency_key:
-            existing = self._by_idempotency_key(owner, idempotency_key)
-            if existing is not None:
-                return self._same_request(existing, fingerprint), False
-        if max_active is not None and self.active_count(owner) >= max_active:
-            raise Conflict("too_many_jobs", f"this key already has {max_active} queued or running jobs; "
-                                            "wait for one to finish or cancel one")
         created = now()
         job_id = str(uuid.uuid4())
         values = dict(
@@ -256,7 +328,15 @@ class JobStore:
             created_at=created, enqueued_at=created, stage_seconds={}, message="waiting for a worker",
         )
         try:
-            with self.engine.begin() as conn:
+            with self._owner_transaction(owner) as conn:
+                if idempotency_key:
+                    existing = self._by_idempotency_key(owner, idempotency_key, conn)
+                    if existing is not None:
+                        return self._same_request(existing, fingerprint), False
+                if max_active is not None and self.active_count(owner, conn) >= max_active:
+                    raise Conflict("too_many_jobs",
+                                   f"this key already has {max_active} queued or running jobs; "
+                                   "wait for one to finish or cancel one")
                 conn.execute(jobs.insert().values(**values))
         except IntegrityError:  # a concurrent request with the same idempotency key won the insert
             if idempotency_key:
@@ -266,6 +346,23 @@ class JobStore:
             raise
         return self.get_job(job_id), True
 
+    @contextmanager
+    def _owner_transaction(self, owner: str) -> Iterator[Connection]:
+        """A transaction during which no other one can create a job for ``owner``: SQLite takes
+        the database's write lock up front (``BEGIN IMMEDIATE``), Postgres a transaction-level
+        advisory lock on the owner. What is counted in it stays true until it commits."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif conn.dialect.name == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(owner_lock_key(owner))))
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
     @staticmethod
     def _same_request(existing: dict, fingerprint: str) -> dict:
         if existing["request_hash"] != fingerprint:
@@ -273,26 +370,56 @@ class JobStore:
                            "this Idempotency-Key was already used for a different request body")
         return existing
 
-    def _by_idempotency_key(self, owner: str, key: str) -> dict | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.owner == owner, jobs.c.idempotency_key == key)).mappings().first()
+    def _by_idempotency_key(self, owner: str, key: str,
+                            conn: Connection | None = None) -> dict | None:
+        query = select(jobs).where(jobs.c.owner == owner, jobs.c.idempotency_key == key)
+        if conn is not None:
+            row = conn.execute(query).mappings().first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).mappings().first()
         return dict(row) if row else None
 
-    def active_count(self, owner: str) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(jobs).where(
-                jobs.c.owner == owner, jobs.c.status.in_(("queued", "running")))).scalar_one()
+    def active_count(self, owner: str, conn: Connection | None = None) -> int:
+        """Queued plus running jobs of ``owner`` (in ``conn``'s transaction when given)."""
+        query = select(func.count()).select_from(jobs).where(
+            jobs.c.owner == owner, jobs.c.status.in_(("queued", "running")))
+        if conn is not None:
+            return conn.execute(query).scalar_one()
+        with self.engine.connect() as own:
+            return own.execute(query).scalar_one()
 
     def get_job(self, job_id: str, *, owner: str | None = None) -> dict:
         """The job; ``owner`` given and different -> NotFound (another tenant's job does not exist for you)."""
         query = select(jobs).where(jobs.c.id == job_id)
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(query).mappings().first()
         if row is None:
             raise NotFound(job_id)
         return dict(row)
+
+    def job_change_keys(self, job_ids: list[str]) -> dict[str, tuple]:
+        """``(status, stage, progress, message)`` of each job, in one narrow query per 500 ids
+        (what the event streams poll)."""
+        found = {}
+        with self.reader.connect() as conn:
+            for i in range(0, len(job_ids), 500):
+                query = select(jobs.c.id, jobs.c.status, jobs.c.stage, jobs.c.progress,
+                               jobs.c.message).where(jobs.c.id.in_(job_ids[i:i + 500]))
+                for row in conn.execute(query):
+                    found[row.id] = (row.status, row.stage, row.progress or 0.0, row.message)
+        return found
+
+    def get_jobs(self, job_ids: list[str]) -> dict[str, dict]:
+        """The rows of these jobs (those that exist), by id."""
+        found = {}
+        with self.reader.connect() as conn:
+            for i in range(0, len(job_ids), 500):
+                query = select(jobs).where(jobs.c.id.in_(job_ids[i:i + 500]))
+                found.update((r["id"], dict(r)) for r in conn.execute(query).mappings())
+        return found
 
     def list_jobs(self, *, owner: str | None, status: str | None = None, limit: int = 20,
                   before: tuple[float, str] | None = None) -> list[dict]:
@@ -306,7 +433,7 @@ class JobStore:
             created, job_id = before
             query = query.where((jobs.c.created_at < created) | ((jobs.c.created_at == created) & (jobs.c.id < job_id)))
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings().all()]
 
     def request_cancel(self, job_id: str, *, owner: str | None) -> dict:
@@ -322,9 +449,12 @@ class JobStore:
             done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued").values(
                 status="cancelled", cancel_requested=True, finished_at=now(), hub_token=None,
                 message="cancelled before a worker started it"))
+            wiped = done.rowcount == 1 and job["hub_token"] is not None
             if done.rowcount == 0:
                 done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
                                     .values(cancel_requested=True, message="cancelling"))
+        if wiped:
+            self._forget_wiped_tokens()
         if done.rowcount == 0:  # it ended between the read and the update
             job = self.get_job(job_id)
             raise Conflict("job_finished", f"job {job_id} already ended with status {job['status']}")
@@ -361,10 +491,14 @@ class JobStore:
         """End the job (and wipe its Hub token). False when the lease was lost meanwhile."""
         assert status in TERMINAL
         with self.engine.begin() as conn:
+            had_token = conn.execute(select(jobs.c.hub_token.is_not(None))
+                                     .where(jobs.c.id == job_id)).scalar()
             done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker == worker,
                                                    jobs.c.status == "running").values(
                 status=status, finished_at=now(), hub_token=None, eta_seconds=0.0 if status == "succeeded" else None,
                 **fields))
+        if done.rowcount == 1 and had_token:
+            self._forget_wiped_tokens()
         return done.rowcount == 1
 
     def requeue(self, job_id: str, worker: str, *, delay: float, message: str, error: dict | None = None) -> bool:
@@ -386,6 +520,7 @@ class JobStore:
         to the broker) and jobs failed for good because they used up their attempts."""
         t = now()
         to_send, failed = [], []
+        wiped = False
         with self.engine.connect() as conn:
             stale = conn.execute(select(jobs).where(jobs.c.status == "running",
                                                     jobs.c.heartbeat_at < t - stale_after)).mappings().all()
@@ -399,6 +534,7 @@ class JobStore:
                     done = conn.execute(update(jobs).where(base).values(
                         status="cancelled", finished_at=t, hub_token=None, worker=None,
                         message="cancelled (its worker was lost)"))
+                    wiped = wiped or (done.rowcount == 1 and job["hub_token"] is not None)
                 elif job["attempts"] < job["max_attempts"]:
                     done = conn.execute(update(jobs).where(base).values(
                         status="queued", worker=None, enqueued_at=t, message=(
@@ -413,13 +549,39 @@ class JobStore:
                                       f"{job['attempts']} attempts used"))
                     if done.rowcount:
                         failed.append(job)
+                        wiped = wiped or job["hub_token"] is not None
         for job in forgotten:
             with self.engine.begin() as conn:
                 done = conn.execute(update(jobs).where(jobs.c.id == job["id"], jobs.c.status == "queued",
                                                        jobs.c.enqueued_at == job["enqueued_at"]).values(enqueued_at=t))
             if done.rowcount:
                 to_send.append(job)
+        if wiped:
+            self._forget_wiped_tokens()
         return to_send, failed
+
+    def _forget_wiped_tokens(self) -> None:
+        """After a Hub token was wiped, make its old copies unreadable from the data dir.
+
+        SQLite keeps old row versions in the ``-wal`` file until a checkpoint, and freed bytes in
+        pages (zeroed here: ``secure_delete``). A TRUNCATE checkpoint copies the current pages
+        into the database file and empties the WAL. Postgres keeps dead row versions until
+        VACUUM; that is the operator's (docs/security.md). A checkpoint that cannot finish now
+        (readers busy) is logged, not raised: the wipe itself is committed.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return
+        for attempt in range(5):
+            try:
+                with self.engine.connect() as conn:
+                    busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0]
+            except OperationalError:
+                busy = 1
+            if not busy:
+                return
+            time.sleep(0.05 * (attempt + 1))
+        logger.warning("could not truncate the SQLite WAL after wiping a Hub token; its old "
+                       "copy stays in %s-wal until the next checkpoint", self.engine.url.database)
 
     # -- uploads -------------------------------------------------------------------------------
     def add_upload(self, owner: str, *, upload_id: str, filename: str, size: int, rows: int, columns: list[str],
@@ -456,3 +618,43 @@ class JobStore:
             rows = conn.execute(select(jobs.c.stage_seconds).where(jobs.c.status == "succeeded")
                                 .order_by(jobs.c.finished_at.desc()).limit(limit)).scalars().all()
         return [r for r in rows if r]
+
+    # -- upload deletion and retention ---------------------------------------------------------
+    def delete_upload(self, upload_id: str, *, owner: str | None) -> dict:
+        """Remove an upload's record and return it (its file is the caller's to delete).
+
+        Raises:
+            NotFound: no such upload, or it belongs to another owner.
+        """
+        upload = self.get_upload(upload_id, owner=owner)
+        with self.engine.begin() as conn:
+            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+        return upload
+
+    def uploads_created_before(self, before: float, *, limit: int = 100) -> list[dict]:
+        """Uploads older than ``before`` (a UNIX time), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(uploads).where(uploads.c.created_at < before)
+                                .order_by(uploads.c.created_at).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def jobs_with_artifacts_finished_before(self, before: float, *, limit: int = 100) -> list[dict]:
+        """Succeeded jobs that finished before ``before`` and whose artifacts have not expired."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.id, jobs.c.finished_at).where(
+                jobs.c.status == "succeeded", jobs.c.finished_at < before,
+                jobs.c.stage.is_(None) | (jobs.c.stage != "expired"),
+            ).order_by(jobs.c.finished_at).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def mark_artifacts_expired(self, job_id: str, *, expired_at: str, message: str) -> bool:
+        """Record on a succeeded job that its artifacts were deleted: stage ``expired``, the
+        message, and ``artifacts_expired_at`` (ISO 8601) in its result. False if already marked."""
+        job = self.get_job(job_id)
+        result = dict(job.get("result") or {}) | {"artifacts_expired_at": expired_at}
+        with self.engine.begin() as conn:
+            done = conn.execute(update(jobs).where(
+                jobs.c.id == job_id, jobs.c.status == "succeeded",
+                jobs.c.stage.is_(None) | (jobs.c.stage != "expired"),
+            ).values(stage="expired", message=message, result=result))
+        return done.rowcount == 1

@@ -124,9 +124,9 @@ def test_invalid_specs_are_one_line_from_the_api(cli, tmp_path):
     assert code == 2 and "give a spec file, or --model and a data source" in err
     code, out, err = cli("submit", "--model", "acme/tiny", "--data", str(tmp_path / "missing.csv"), "--heads", "0.5")
     assert code == 2 and "missing.csv does not exist" in err
-    (tmp_path / "notes.txt").write_text("hello\n")
-    code, out, err = cli("submit", "--model", "acme/tiny", "--data", str(tmp_path / "notes.txt"), "--heads", "0.5")
-    assert code == 2 and "upload a .csv, .tsv, .jsonl, .json or .parquet file" in err
+    (tmp_path / "notes.docx").write_text("hello\n")
+    code, out, err = cli("submit", "--model", "acme/tiny", "--data", str(tmp_path / "notes.docx"), "--heads", "0.5")
+    assert code == 2 and "upload a .csv, .tsv, .json, .jsonl, .parquet or .txt file" in err
 
 
 class _LoseFirstAnswer(httpx.BaseTransport):

@@ -226,7 +226,7 @@ def test_image_migrates_serves_and_its_worker_runs_a_job(rootfs, production_env,
         assert status == 200 and body["status"] == "ok"
         status, body = request(url + "/readyz")
         assert status == 200, body
-        assert body["checks"] == {"store": "ok", "broker": "ok", "artifacts": "ok"}
+        assert body["checks"] == {"store": "ok", "broker": "ok", "artifacts": "ok", "data_dir": "ok"}
         run_in_image(rootfs, ["healthcheck"], env, timeout=30)  # what HEALTHCHECK runs
         if not production:
             return

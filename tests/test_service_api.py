@@ -277,6 +277,16 @@ def test_dataset_uploads_report_rows_and_columns_and_refuse_bad_files(app, clien
     assert stored == [{"path": "reviews.csv", "size": 28}]
 
 
+def test_plain_text_uploads_count_documents_and_a_blank_file_is_refused(client):
+    text = b"= Title =\n\nFirst paragraph,\nstill the first.\n\n \n\nSecond paragraph.\n"
+    r = client.post("/v1/datasets", files={"file": ("wiki.txt", text)})
+    assert r.status_code == 201, r.text
+    assert r.json()["rows"] == 3 and r.json()["columns"] == ["text"]
+    r = client.post("/v1/datasets", files={"file": ("blank.txt", b"\n \n\n")})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "empty_file"
+    assert "no text" in r.json()["error"]["message"]
+
+
 def test_uploads_over_the_limit_get_413_and_foreign_uploads_are_unknown(tmp_path):
     app = create_app(make_settings(tmp_path, max_upload_bytes=2048), run_reaper=False)
     app.state.store.create_schema()
@@ -294,7 +304,8 @@ def test_health_ready_and_metrics(client):
     assert client.get("/v1/me").json() == {"key_id": "local", "name": "local", "admin": True, "auth_enabled": False}
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "broker": "ok", "artifacts": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "broker": "ok", "artifacts": "ok",
+                                                          "data_dir": "ok"}
     client.post("/v1/jobs", json=SPEC)
     text = client.get("/metrics").text
     assert 'slimformer_jobs{queue="cpu",status="queued"} 1.0' in text

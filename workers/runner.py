@@ -6,6 +6,7 @@ imported lazily (it imports torch).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -16,7 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service.artifacts import ArtifactStore
+from service.artifacts import ArtifactNotFound, ArtifactStore
+from service.artifacts_base import scrub_paths, server_roots
 from service.logs import current_job_id, forget_secret, redact, register_secret
 from service.settings import Settings
 from service.store import JobStore
@@ -27,6 +29,40 @@ logger = logging.getLogger(__name__)
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# A job that hits one of these is requeued (bounded attempts), with a message naming the problem
+# and no path: the disk may be freed, or the next attempt may land on another worker.
+DISK_ERRORS = {
+    errno.ENOSPC: "the worker's disk is full",
+    errno.EDQUOT: "the worker's disk quota is used up",
+    errno.EROFS: "the worker's disk is read-only",
+    errno.EACCES: "the worker may not write to its disk (permission denied)",
+    errno.EPERM: "the worker may not write to its disk (operation not permitted)",
+    errno.EIO: "the worker's disk failed (input/output error)",
+}
+# libraries that wrap an OSError in their own exception keep only its text
+DISK_TEXTS = (("no space left on device", errno.ENOSPC), ("storagefull", errno.ENOSPC),
+              ("disk quota exceeded", errno.EDQUOT), ("read-only file system", errno.EROFS))
+
+
+def disk_error(err: BaseException) -> int | None:
+    """The errno of a disk problem anywhere in ``err``'s chain of causes, else None."""
+    stack: list[BaseException | None] = [err]
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_ERRORS:
+            return current.errno
+        text = str(current).lower()
+        for needle, code in DISK_TEXTS:
+            if needle in text:
+                return code
+        stack += [current.__cause__, current.__context__]
+    return None
 
 
 def summarise(report: dict) -> dict:
@@ -81,6 +117,16 @@ class JobRunner:
                  send: Callable[[str, str, float | None], None]) -> None:
         self.settings, self.store, self.artifacts, self.send = settings, store, artifacts, send
         self.worker = worker_name()
+        # no path under these leaves the worker in a stored message
+        self.roots = server_roots(
+            settings.data_dir, settings.work_dir, settings.upload_dir, settings.broker_dir,
+            settings.hf_cache_dir or settings.data_dir / "hf-cache",
+            settings.resolved_artifact_dir if settings.artifact_backend == "local" else None,
+            *(os.environ.get(v) for v in ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")))
+
+    def clean(self, text: str) -> str:
+        """``text`` as a job may store it: no secret, no server path."""
+        return scrub_paths(redact(text), self.roots)
 
     def run(self, job_id: str) -> str:
         """Run one job to an end state. Returns ``succeeded``, ``failed``, ``cancelled``, ``retrying`` or ``skipped``."""
@@ -133,7 +179,8 @@ class JobRunner:
                 progress = overall_progress(stages, stage, fraction)
                 elapsed = time.monotonic() - started
                 eta = elapsed * (1 - progress) / progress if progress > 0.02 else None
-                lease.write(stage=stage, progress=round(progress, 4), message=redact(message)[:500],
+                lease.write(stage=stage, progress=round(progress, 4),
+                            message=self.clean(message)[:500],
                             eta_seconds=round(eta, 1) if eta is not None else None,
                             stage_started_at=state["stage_started"], stage_seconds=dict(state["seconds"]))
 
@@ -171,19 +218,20 @@ class JobRunner:
                 self.store.finish(job_id, self.worker, "cancelled", message="cancelled", stage_seconds=state["seconds"])
                 logger.info("job %s cancelled", job_id)
                 return "cancelled"
-            except SlimformerError as err:
-                if getattr(err, "transient", False) and job["attempts"] < job["max_attempts"]:
-                    delay = settings.retry_backoff_seconds * 2 ** (job["attempts"] - 1) * random.uniform(0.8, 1.2)
-                    error = {"code": err.code, "message": redact(err.message)}
-                    if self.store.requeue(job_id, self.worker, delay=delay, error=error,
-                                          message=f"transient failure, retrying in {delay:.0f} s: {error['message']}"):
-                        self.send(job_id, job["queue"], delay)
-                    logger.warning("job %s: transient failure (%s); retry in %.0f s", job_id, err.code, delay)
-                    return "retrying"
-                return self._fail(job_id, workdir, err.code, err.message, err.details, state["seconds"])
             except Exception as err:  # noqa: BLE001 - anything else is our bug or the machine's; say what it was
                 from pydantic import ValidationError
 
+                disk = disk_error(err)
+                if disk is not None:  # before the library's own verdict: it may wrap the OSError
+                    logger.warning("job %s: disk error %s", job_id, errno.errorcode.get(disk),
+                                   exc_info=True)
+                    if disk in (errno.ENOSPC, errno.EDQUOT):  # free what this job wrote
+                        shutil.rmtree(workdir, ignore_errors=True)
+                    return self._retry(job, workdir, "worker_disk_error", DISK_ERRORS[disk], {},
+                                       state["seconds"])
+                if isinstance(err, SlimformerError):
+                    end = self._retry if getattr(err, "transient", False) else self._fail_job
+                    return end(job, workdir, err.code, err.message, err.details, state["seconds"])
                 if isinstance(err, ValidationError):
                     return self._fail(job_id, workdir, "invalid_spec", str(err), {}, state["seconds"])
                 logger.exception("job %s failed with an unexpected error", job_id)
@@ -194,17 +242,43 @@ class JobRunner:
             finally:
                 forget_secret(hub_token)
 
+    def _retry(self, job: dict, workdir: Path, code: str, message: str, details: dict,
+               seconds: dict) -> str:
+        """Requeue after a transient failure, with backoff, while attempts are left; else fail."""
+        job_id = job["id"]
+        if job["attempts"] >= job["max_attempts"]:
+            return self._fail(job_id, workdir, code, message, details, seconds)
+        delay = (self.settings.retry_backoff_seconds * 2 ** (job["attempts"] - 1)
+                 * random.uniform(0.8, 1.2))
+        error = {"code": code, "message": self.clean(message)[:4000]}
+        if self.store.requeue(job_id, self.worker, delay=delay, error=error,
+                              message=f"transient failure, retrying in {delay:.0f} s: "
+                                      f"{error['message']}"[:500]):
+            self.send(job_id, job["queue"], delay)
+        logger.warning("job %s: transient failure (%s); retry in %.0f s", job_id, code, delay)
+        return "retrying"
+
+    def _fail_job(self, job: dict, workdir: Path, code: str, message: str, details: dict,
+                  seconds: dict) -> str:
+        return self._fail(job["id"], workdir, code, message, details, seconds)
+
     def _fail(self, job_id: str, workdir: Path, code: str, message: str, details: dict, seconds: dict) -> str:
-        self.artifacts.delete_prefix(f"jobs/{job_id}")
+        try:
+            self.artifacts.delete_prefix(f"jobs/{job_id}")
+        except Exception:  # a broken store must not keep the job from being marked failed
+            logger.warning("job %s: could not delete its partial artifacts", job_id, exc_info=True)
         shutil.rmtree(workdir, ignore_errors=True)
-        safe_details = {k: redact(str(v)) if isinstance(v, str) else v for k, v in (details or {}).items()}
-        self.store.finish(job_id, self.worker, "failed", error_code=code, error_message=redact(message)[:4000],
+        safe_details = {k: self.clean(v) if isinstance(v, str) else v
+                        for k, v in (details or {}).items()}
+        self.store.finish(job_id, self.worker, "failed", error_code=code,
+                          error_message=self.clean(message)[:4000],
                           error_details=safe_details, message="failed", stage_seconds=seconds)
         logger.info("job %s failed: %s", job_id, code)
         return "failed"
 
     def _pipeline(self, spec, job, workdir, hub_token, on_progress, should_cancel):
         from slimformer import pipeline
+        from slimformer.data import file_row_limits
         from slimformer.hub import HubPolicy
 
         settings = self.settings
@@ -219,13 +293,27 @@ class JobRunner:
             from service.store import NotFound
             from slimformer.errors import DatasetError
 
+            gone = DatasetError(f"upload {upload_id} was deleted (or never belonged to this key); "
+                                "upload the file again and submit a new job",
+                                details={"upload_id": upload_id})
             try:
                 upload = self.store.get_upload(upload_id, owner=job["owner"])
-            except NotFound:
-                raise DatasetError(f"upload {upload_id} does not exist (or belongs to another key)") from None
-            return self.artifacts.fetch_file(upload["path"], workdir / "uploads" / upload_id / upload["filename"])
+                path = self.artifacts.fetch_file(
+                    upload["path"], workdir / "uploads" / upload_id / upload["filename"])
+            except (NotFound, ArtifactNotFound):
+                raise gone from None
+            # only the rows the job uses are read: max_samples of the training file, the
+            # evaluation's max_samples of an evaluation file (the pipeline asks for that second)
+            train = upload_id == spec.dataset.upload_id and not resolved
+            resolved.append(upload_id)
+            limits.limit(path, spec.dataset.max_samples if train else spec.evaluation.max_samples)
+            return path
 
-        return pipeline.run(
-            spec, workdir, on_progress=on_progress, should_cancel=should_cancel, out_dir=workdir / "model",
-            overwrite=True, token=hub_token, resolve_upload=resolve_upload, job_id=job["id"], hub_policy=policy,
-        )
+        resolved: list[str] = []
+
+        with file_row_limits() as limits:
+            return pipeline.run(
+                spec, workdir, on_progress=on_progress, should_cancel=should_cancel,
+                out_dir=workdir / "model", overwrite=True, token=hub_token,
+                resolve_upload=resolve_upload, job_id=job["id"], hub_policy=policy,
+            )

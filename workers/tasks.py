@@ -15,7 +15,7 @@ from celery import Celery
 from service.artifacts import make_artifact_store
 from service.logs import configure_logging
 from service.queue import TASK_NAME, make_celery, send_job
-from service.reaper import Reaper
+from service.reaper import Reaper, Retention
 from service.settings import Settings
 from service.store import JobStore
 from workers.runner import JobRunner
@@ -71,7 +71,8 @@ def run_worker(settings: Settings, *, queues: list[str] | None = None,
 
     reaper = Reaper(store, send, interval=settings.reaper_interval_seconds,
                     stale_after=settings.stale_after_seconds,
-                    requeue_queued_after=settings.requeue_queued_after_seconds)
+                    requeue_queued_after=settings.requeue_queued_after_seconds,
+                    retention=Retention.from_settings(settings, make_artifact_store(settings)))
     logger.info("worker serving queues %s with %s", ",".join(queues), settings.public_summary())
     argv = ["worker", "--queues", ",".join(queues),
             "--concurrency", str(concurrency or settings.worker_concurrency),

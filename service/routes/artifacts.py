@@ -5,35 +5,63 @@ from __future__ import annotations
 
 import mimetypes
 import re
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from service.artifacts_base import ArtifactNotFound, BadArtifactPath, clean_key
+from service.artifacts_base import ArtifactNotFound, BadArtifactPath, ClosingIterator, clean_key
 from service.auth import Caller, CallerDep
 from service.dashboard.card_html import render_card_html
 from service.errors import ApiError
 from service.routes.common import errors, owned_job
-from service.schemas import ArtifactFile, ArtifactList
+from service.schemas import ArtifactFile, ArtifactList, ErrorBody
 
 router = APIRouter()
 
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+GONE = {410: {"model": ErrorBody,
+              "description": "The job's artifacts expired (`SLIMFORMER_ARTIFACT_RETENTION_DAYS`) "
+                             "and were deleted."}}
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed body whose producer is stopped however the response ends: read to the end,
+    failed, or the client went away (Starlette then cancels the stream without closing its
+    iterator, which would keep a producer thread and its open files alive)."""
+
+    def __init__(self, content, *, on_close: Callable[[], None], **kwargs) -> None:  # noqa: ANN001
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()  # never blocks: it only flags the producer to stop
 
 
 def finished_job(request: Request, job_id: str, caller: Caller) -> dict:
-    """The caller's job once it succeeded; 404 or 409 otherwise (blocking: run it in a thread)."""
+    """The caller's job once it succeeded and while its artifacts are kept; 404, 409 or 410
+    otherwise (blocking: run it in a thread)."""
     job = owned_job(request, job_id, caller)
     if job["status"] != "succeeded":
         raise ApiError(409, "artifacts_not_ready",
                        f"job {job_id} is {job['status']}; artifacts exist only once it succeeded")
+    expired = (job.get("result") or {}).get("artifacts_expired_at")
+    if expired:
+        raise ApiError(410, "artifacts_expired",
+                       f"the artifacts of job {job_id} expired on {expired} and were deleted")
     return job
 
 
 @router.get("/v1/jobs/{job_id}/artifacts", response_model=ArtifactList, tags=["artifacts"],
-            responses=errors(401, 404, 409, 429), summary="List the files of a finished job")
+            responses=errors(401, 404, 409, 429) | GONE, summary="List the files of a finished job",
+            description="Path, size, SHA-256 and download URL of every file of a succeeded job. "
+                        "410 once the artifacts expired.")
 async def list_artifacts(job_id: str, request: Request, caller: CallerDep) -> ArtifactList:
     job = await run_in_threadpool(finished_job, request, job_id, caller)
     files = await run_in_threadpool(request.app.state.artifacts.list, f"jobs/{job_id}")
@@ -52,8 +80,10 @@ FILE_200 = {
 
 
 @router.get("/v1/jobs/{job_id}/artifacts/{path:path}", tags=["artifacts"],
-            responses=errors(401, 404, 409, 416, 429) | FILE_200,
+            responses=errors(401, 404, 409, 416, 429) | GONE | FILE_200,
             summary="Download one file of a finished job (HTTP Range supported)",
+            description="A path outside the job's folder or too long for a file name is 404, "
+                        "like a file that does not exist.",
             response_class=StreamingResponse)
 async def get_artifact(
     job_id: str, path: str, request: Request, caller: CallerDep,
@@ -89,8 +119,9 @@ async def get_artifact(
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
-    return StreamingResponse(artifacts.iter_bytes(key, start, end), status_code=status,
-                             media_type=media, headers=headers)
+    chunks = ClosingIterator(artifacts.iter_bytes(key, start, end))
+    return ClosingStreamingResponse(chunks, on_close=chunks.close, status_code=status,
+                                    media_type=media, headers=headers)
 
 
 TARBALL_200 = {
@@ -100,19 +131,21 @@ TARBALL_200 = {
 
 
 @router.get("/v1/jobs/{job_id}/download", tags=["artifacts"],
-            responses=errors(401, 404, 409, 429) | TARBALL_200,
+            responses=errors(401, 404, 409, 429) | GONE | TARBALL_200,
             summary="Download the whole compressed model as a streamed .tar.gz",
+            description="The tarball is written while it is sent; a client that disconnects "
+                        "stops it within a second.",
             response_class=StreamingResponse)
 async def download(job_id: str, request: Request, caller: CallerDep) -> StreamingResponse:
     await run_in_threadpool(finished_job, request, job_id, caller)
     artifacts = request.app.state.artifacts
     prefix = f"jobs/{job_id}"
     files = await run_in_threadpool(artifacts.list, prefix)
-    chunks = artifacts.iter_tar_gz(prefix, files, root=job_id)
+    stream = artifacts.iter_tar_gz(prefix, files, root=job_id)
     disposition = f'attachment; filename="{job_id}.tar.gz"'
-    # a plain iterator: Starlette reads it in a worker thread, as the queue it drains blocks
-    return StreamingResponse(chunks, media_type="application/gzip",
-                             headers={"Content-Disposition": disposition})
+    # read with async for: a slow client holds no worker thread; closed when the response ends
+    return ClosingStreamingResponse(stream, on_close=stream.close, media_type="application/gzip",
+                                    headers={"Content-Disposition": disposition})
 
 
 CARD_200 = {
@@ -122,8 +155,10 @@ CARD_200 = {
 
 
 @router.get("/v1/jobs/{job_id}/card", tags=["artifacts"],
-            responses=errors(401, 404, 409, 429) | CARD_200,
-            summary="The evaluation card (Markdown, or HTML with `?format=html`)")
+            responses=errors(401, 404, 409, 429) | GONE | CARD_200,
+            summary="The evaluation card (Markdown, or HTML with `?format=html`)",
+            description="The job's README.md; `?format=html` renders it, with images pointing "
+                        "at the artifact URLs.")
 async def get_card(
     job_id: str, request: Request, caller: CallerDep,
     format: Annotated[str, Query(pattern="^(markdown|html)$")] = "markdown",

@@ -1,5 +1,5 @@
-"""The dataset upload route: a CSV, TSV, JSON lines or Parquet file for jobs to train and
-evaluate on."""
+"""The dataset routes: upload a CSV, TSV, JSON lines or Parquet file for jobs to train and
+evaluate on, and delete it again."""
 
 from __future__ import annotations
 
@@ -8,16 +8,35 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, File, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from service.auth import CallerDep
 from service.errors import ApiError
 from service.routes.common import errors, iso
-from service.schemas import UploadView
-from service.uploads import inspect_table, safe_name, upload_format
+from service.schemas import ErrorBody, UploadView
+from service.store import NotFound
+from service.uploads import (
+    UploadLimits,
+    UploadRefused,
+    inspect_table,
+    safe_name,
+    supported_suffixes,
+    upload_format,
+)
 
 router = APIRouter()
+
+UPLOAD_413 = {413: {"model": ErrorBody,
+                    "description": "The file is over a limit: its size "
+                                   "(`SLIMFORMER_MAX_UPLOAD_BYTES`, `upload_too_large`), its rows "
+                                   "(`SLIMFORMER_MAX_UPLOAD_ROWS`, `too_many_rows`) or its decoded "
+                                   "size (`SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES`, "
+                                   "`SLIMFORMER_MAX_UPLOAD_EXPANSION`, "
+                                   "`upload_too_large_uncompressed`); the message names it."}}
+UPLOAD_404 = {404: {"model": ErrorBody,
+                    "description": "No such upload, or it belongs to another key."}}
+
 
 def file_field() -> dict:
     """The error details that point at the ``file`` form field."""
@@ -25,23 +44,32 @@ def file_field() -> dict:
 
 
 @router.post("/v1/datasets", status_code=201, response_model=UploadView, tags=["datasets"],
-             responses=errors(401, 413, 422, 429), summary="Upload a dataset file",
-             description="Multipart upload of a CSV, TSV, JSON lines or Parquet file. Returns an "
-                         "`upload_id` to use as `dataset.upload_id` in a job, with the columns and "
-                         "row count found.")
+             responses=errors(401, 422, 429) | UPLOAD_413, summary="Upload a dataset file",
+             description="Multipart upload of a CSV, TSV, JSON lines or Parquet file, or plain "
+                         "text (`.txt`: one document per blank-line-separated block, one column "
+                         "`text`, for causal LMs); not "
+                         "compressed: `.gz` and `.zip` are refused. Returns an `upload_id` to use "
+                         "as `dataset.upload_id` in a job, with the columns and row count found. "
+                         "A name longer than 120 characters is shortened (its suffix kept). "
+                         "413 when the file is over a size, row or decoded-size limit.")
 async def upload_dataset(
     request: Request, caller: CallerDep,
-    file: Annotated[UploadFile, File(description="CSV, TSV, JSONL or Parquet")],
+    file: Annotated[UploadFile, File(description="CSV, TSV, JSONL, Parquet or plain text")],
 ) -> UploadView:
     state = request.app.state
+    settings = state.settings
     name = safe_name(file.filename)
     kind = upload_format(name)
     if kind is None:
+        shown = file.filename if len(file.filename or "") <= 80 else file.filename[:60] + "..."
         raise ApiError(422, "unsupported_file_type",
-                       f"{file.filename!r}: upload a .csv, .tsv, .jsonl, .json or .parquet file",
+                       f"{shown!r}: upload a {supported_suffixes()} file (not compressed)",
                        file_field())
-    limit = state.settings.max_upload_bytes
-    with tempfile.TemporaryDirectory(dir=state.settings.data_dir) as tmp:
+    limit = settings.max_upload_bytes
+    limits = UploadLimits(rows=settings.max_upload_rows,
+                          uncompressed_bytes=settings.max_upload_uncompressed_bytes,
+                          expansion=settings.max_upload_expansion)
+    with tempfile.TemporaryDirectory(dir=settings.data_dir) as tmp:
         path = Path(tmp) / name
         size = 0
         with path.open("wb") as out:
@@ -49,17 +77,22 @@ async def upload_dataset(
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, "upload_too_large",
-                                   f"{name} is larger than the {limit} byte upload limit")
+                                   f"{name} is larger than the {limit} byte upload limit "
+                                   "(SLIMFORMER_MAX_UPLOAD_BYTES)",
+                                   {"setting": "SLIMFORMER_MAX_UPLOAD_BYTES", "limit": limit})
                 out.write(chunk)
         if size == 0:
             raise ApiError(422, "empty_file", f"{name} is empty", file_field())
         try:
-            rows, columns = await run_in_threadpool(inspect_table, path, kind)
+            rows, columns = await run_in_threadpool(inspect_table, path, kind, limits)
+        except UploadRefused as err:
+            raise ApiError(413, err.code, err.message, err.details) from None
         except ValueError as err:
             message = f"{name} cannot be read as {kind.upper()}: {err}"
             raise ApiError(422, "unreadable_file", message, file_field()) from None
         if rows == 0:
-            raise ApiError(422, "empty_file", f"{name} has a header but no rows", file_field())
+            what = "no text" if kind == "text" else "a header but no rows"
+            raise ApiError(422, "empty_file", f"{name} has {what}", file_field())
         upload_id = str(uuid.uuid4())
         key = f"uploads/{upload_id}/{name}"
         await run_in_threadpool(state.artifacts.put_file, key, path)
@@ -67,3 +100,30 @@ async def upload_dataset(
                                   filename=name, size=size, rows=rows, columns=columns, path=key)
     return UploadView(upload_id=upload_id, filename=name, size=size, rows=rows, columns=columns,
                       created_at=iso(row["created_at"]))
+
+
+def delete_upload_now(request: Request, upload_id: str, owner: str) -> None:
+    """Delete the caller's upload, file first (blocking: run it in a thread)."""
+    state = request.app.state
+    try:
+        upload = state.store.get_upload(upload_id, owner=owner)
+    except NotFound:
+        raise ApiError(404, "upload_not_found", f"no upload {upload_id}") from None
+    # the file first: if removing the record then fails, a retry finds it and finishes the job
+    state.artifacts.delete_prefix(str(Path(upload["path"]).parent))
+    try:
+        state.store.delete_upload(upload_id, owner=owner)
+    except NotFound:  # a concurrent delete (or the retention pass) won
+        pass
+
+
+@router.delete("/v1/datasets/{upload_id}", status_code=204, tags=["datasets"],
+               responses=errors(401, 429) | UPLOAD_404, response_class=Response,
+               summary="Delete an upload (its file and its record)",
+               description="Only the key that uploaded it may delete it (another key gets 404). "
+                           "A job already queued with it fails with `dataset_error` saying the "
+                           "upload was deleted; a running job that already read it is not "
+                           "affected.")
+async def delete_dataset(upload_id: str, request: Request, caller: CallerDep) -> Response:
+    await run_in_threadpool(delete_upload_now, request, upload_id, caller.owner)
+    return Response(status_code=204)

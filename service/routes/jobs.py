@@ -6,14 +6,16 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from service.auth import CallerDep
+from service.auth import CallerDep, too_many
 from service.errors import ApiError, invalid_spec
 from service.routes.common import errors, iso, owned_job
 from service.schemas import JobCreate, JobList, JobView
@@ -156,37 +158,135 @@ EVENTS_200 = {
     "description": "Server-sent events: `progress` with the job view as data on every change, "
                    "then `end`.",
 }
+KEEP_ALIVE_SECONDS = 15.0
+RENEW_LEASE_SECONDS = 20.0  # well inside the stream's lease (service.limits.STREAM_LEASE_SECONDS)
+
+
+def change_key(row: dict) -> tuple:
+    """What makes a new `progress` event: status, stage, progress or message changed."""
+    return (row["status"], row.get("stage"), row.get("progress") or 0.0, row.get("message"))
+
+
+class Watched:
+    """One job that streams of this process follow: its last event, and an asyncio event set
+    (and replaced) whenever that changes."""
+
+    def __init__(self, row: dict) -> None:
+        self.streams, self.version = 0, 0
+        self.changed = asyncio.Event()
+        self.update(row)
+
+    def update(self, row: dict | None) -> None:
+        if row is None:  # the job row is gone
+            self.key, self.event = None, None
+            self.end = f"event: end\ndata: {json.dumps({'status': 'gone'})}\n\n"
+        else:
+            view = job_view(row).model_dump(mode="json")
+            self.key = change_key(row)
+            self.event = f"event: progress\ndata: {json.dumps(view)}\n\n"
+            status = view["status"]
+            self.end = (f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                        if status in TERMINAL else None)
+        self.version += 1
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+class JobWatch:
+    """Every event stream of one API process, fed by one poll loop: each interval, one narrow
+    query for all the jobs followed, then the full row only of those that changed. 500 streams
+    cost what one does; the loop stops when the last stream ends."""
+
+    def __init__(self, store, interval: float) -> None:
+        self.store, self.interval = store, interval
+        self.loop = asyncio.get_running_loop()
+        self.jobs: dict[str, Watched] = {}
+        self._task: asyncio.Task | None = None
+
+    def follow(self, job: dict) -> Watched:
+        watched = self.jobs.get(job["id"])
+        if watched is None:
+            watched = self.jobs[job["id"]] = Watched(job)
+        watched.streams += 1
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._poll())
+        return watched
+
+    def unfollow(self, job_id: str) -> None:
+        watched = self.jobs.get(job_id)
+        if watched is not None:
+            watched.streams -= 1
+            if watched.streams <= 0:
+                del self.jobs[job_id]
+
+    async def _poll(self) -> None:
+        while self.jobs:
+            await asyncio.sleep(self.interval)
+            ids = list(self.jobs)
+            if not ids:
+                return
+            try:
+                keys = await run_in_threadpool(self.store.job_change_keys, ids)
+                changed = [i for i in ids if i in self.jobs and keys.get(i) != self.jobs[i].key]
+                rows = await run_in_threadpool(self.store.get_jobs, changed) if changed else {}
+            except Exception:  # the store is unreachable: the streams wait, the loop goes on
+                logger.warning("event streams could not read the job store", exc_info=True)
+                continue
+            for job_id in changed:
+                if job_id in self.jobs:
+                    self.jobs[job_id].update(rows.get(job_id))
+
+
+def job_watch(request: Request) -> JobWatch:
+    """This process's :class:`JobWatch` for the running event loop."""
+    state = request.app.state
+    watch = getattr(state, "job_watch", None)
+    if watch is None or watch.loop is not asyncio.get_running_loop():
+        watch = state.job_watch = JobWatch(state.store, state.settings_events_interval)
+    return watch
 
 
 @router.get("/v1/jobs/{job_id}/events", tags=["jobs"],
             responses=errors(401, 404, 429) | {200: EVENTS_200},
             summary="Stream a job's stage and progress (server-sent events)",
+            description="At most `SLIMFORMER_MAX_EVENT_STREAMS_PER_KEY` streams per key at once "
+                        "(429 `too_many_streams` beyond).",
             response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request, caller: CallerDep) -> StreamingResponse:
-    store = request.app.state.store
-    await run_in_threadpool(owned_job, request, job_id, caller)
-    interval = request.app.state.settings_events_interval
+    limits = request.app.state.limits
+    job = await run_in_threadpool(owned_job, request, job_id, caller)
+    token = await run_in_threadpool(limits.open_stream, caller.owner)
+    if token is None:
+        raise too_many(f"this key already has {limits.streams_per_key} event streams open; close "
+                       "one or poll GET /v1/jobs/{id}", KEEP_ALIVE_SECONDS, "too_many_streams")
+    watch = job_watch(request)
 
     async def stream():
-        last, idle = None, 0.0
-        yield "retry: 2000\n\n"
-        while True:
-            if await request.is_disconnected():
-                return
-            job = await run_in_threadpool(store.get_job, job_id)
-            view = job_view(job).model_dump(mode="json")
-            key = (view["status"], view["stage"], view["progress"], view["message"])
-            if key != last:
-                last, idle = key, 0.0
-                yield f"event: progress\ndata: {json.dumps(view)}\n\n"
-            elif idle >= 15:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-            if view["status"] in TERMINAL:
-                yield f"event: end\ndata: {json.dumps({'status': view['status']})}\n\n"
-                return
-            await asyncio.sleep(interval)
-            idle += interval
+        watched = watch.follow(job)
+        renewed = time.monotonic()
+        try:
+            yield "retry: 2000\n\n"
+            sent = None
+            while True:
+                if watched.version != sent:
+                    sent = watched.version
+                    if watched.event is not None:
+                        yield watched.event
+                    if watched.end is not None:
+                        yield watched.end
+                        return
+                changed = watched.changed
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEP_ALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                if time.monotonic() - renewed > RENEW_LEASE_SECONDS:
+                    renewed = time.monotonic()
+                    await run_in_threadpool(limits.renew_stream, caller.owner, token)
+        finally:
+            watch.unfollow(job_id)
+            with anyio.CancelScope(shield=True):  # runs when the client went away, too
+                await run_in_threadpool(limits.close_stream, caller.owner, token)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
