@@ -25,6 +25,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check slimformer service workers tests bench
+	$(BIN)/ruff format --check slimformer service workers tests bench
 
 bench: venv
 	$(BIN)/python bench/pruning_sweep.py

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: tables they print (aligned text) and save (markdown), run metadata."""
+"""What the benchmark scripts share: tables they print (aligned text) and save (markdown), run
+metadata."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-# The fixed "user's model" and data every benchmark reads, in place, from ../shared beside the repository.
+# The fixed "user's model" and data every benchmark reads, in place, from ../shared beside the
+# repository.
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MODEL = SHARED / "models" / "minilm-l6-sst2"
@@ -39,7 +41,9 @@ class Table:
 
 
 def render_text(table: Table) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(table.headers, *table.rows, strict=True)]
+    widths = [
+        max(len(str(c)) for c in column) for column in zip(table.headers, *table.rows, strict=True)
+    ]
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
@@ -52,8 +56,12 @@ def render_text(table: Table) -> str:
 
 
 def render_markdown(table: Table) -> str:
-    out = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.headers))) + "|"]
+    out = [
+        f"### {table.title}",
+        "",
+        "| " + " | ".join(table.headers) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.headers))) + "|",
+    ]
     out += ["| " + " | ".join(r) + " |" for r in table.rows]
     if table.notes:
         out += [""] + [f"{n[0].upper()}{n[1:]}." for n in table.notes]

@@ -117,16 +117,20 @@ class RequestTimer:
             await self.app(scope, receive, timed_send)
         finally:
             route = scope.get("route")
-            self.histogram.labels(scope["method"], getattr(route, "path", "unmatched"),
-                                  str(status["code"])).observe(time.perf_counter() - started)
+            self.histogram.labels(
+                scope["method"], getattr(route, "path", "unmatched"), str(status["code"])
+            ).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
-                     token_secret=settings.token_encryption_key,
-                     busy_timeout=settings.store_busy_timeout_seconds)  # then 503 store_busy
+    store = JobStore(
+        settings.resolved_database_url,
+        pepper=settings.api_key_pepper,
+        token_secret=settings.token_encryption_key,
+        busy_timeout=settings.store_busy_timeout_seconds,
+    )  # then 503 store_busy
     celery = make_celery(settings)
 
     def send(job_id: str, queue: str, countdown: float | None) -> None:
@@ -143,9 +147,13 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     async def lifespan(app: FastAPI):
         reaper = None
         if run_reaper:
-            reaper = Reaper(store, send, interval=settings.reaper_interval_seconds,
-                            stale_after=settings.stale_after_seconds,
-                            requeue_queued_after=settings.requeue_queued_after_seconds).start()
+            reaper = Reaper(
+                store,
+                send,
+                interval=settings.reaper_interval_seconds,
+                stale_after=settings.stale_after_seconds,
+                requeue_queued_after=settings.requeue_queued_after_seconds,
+            ).start()
         yield
         for hook in app.state.shutdown_hooks:
             hook()
@@ -153,8 +161,13 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
             reaper.stop()
         store.dispose()
 
-    app = FastAPI(title="slimformer", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  openapi_tags=[{"name": tag} for tag in TAGS])
+    app = FastAPI(
+        title="slimformer",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[{"name": tag} for tag in TAGS],
+    )
     app.state.settings = settings
     app.state.shutdown_hooks = []
     app.state.settings_events_interval = settings.events_poll_seconds
@@ -176,8 +189,13 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         """FastAPI's schema, with its default 422 body replaced by the one error body every route
         returns."""
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes, tags=app.openapi_tags)
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
             for methods in schema["paths"].values():
                 for operation in methods.values():
                     invalid = operation.get("responses", {}).get("422")
@@ -189,8 +207,9 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(BodyLimit, default=settings.max_request_bytes,
-                       uploads=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimit, default=settings.max_request_bytes, uploads=settings.max_upload_bytes
+    )
     return app
 
 

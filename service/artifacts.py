@@ -26,8 +26,16 @@ from service.artifacts_base import (
 from service.artifacts_s3 import S3ArtifactStore
 from service.settings import Settings
 
-__all__ = ["ArtifactNotFound", "ArtifactStore", "BadArtifactPath", "LocalArtifactStore",
-           "S3ArtifactStore", "check_writable", "clean_key", "make_artifact_store"]
+__all__ = [
+    "ArtifactNotFound",
+    "ArtifactStore",
+    "BadArtifactPath",
+    "LocalArtifactStore",
+    "S3ArtifactStore",
+    "check_writable",
+    "clean_key",
+    "make_artifact_store",
+]
 
 VERSION_NAME = re.compile(r"^\..+\.(v|link)-[0-9a-f]+$")
 PATH_MAX = 4096  # Linux's limit on a whole path
@@ -96,8 +104,9 @@ class LocalArtifactStore(TarballMixin):
                 if VERSION_NAME.match(name):
                     continue
                 try:
-                    files.append({"path": path.relative_to(base).as_posix(),
-                                  "size": path.stat().st_size})
+                    files.append(
+                        {"path": path.relative_to(base).as_posix(), "size": path.stat().st_size}
+                    )
                 except FileNotFoundError:  # removed by a later publish while we walked it
                     continue
         return sorted(files, key=lambda f: f["path"])
@@ -152,6 +161,7 @@ def check_writable(folder: Path) -> None:
 
 def make_artifact_store(settings: Settings) -> ArtifactStore:
     if settings.artifact_backend == "s3":
-        return S3ArtifactStore(settings.s3_bucket, prefix=settings.s3_prefix,
-                               endpoint_url=settings.s3_endpoint_url)
+        return S3ArtifactStore(
+            settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url
+        )
     return LocalArtifactStore(settings.resolved_artifact_dir)

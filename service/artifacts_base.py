@@ -47,10 +47,12 @@ def clean_key(key: str) -> str:
     path = PurePosixPath(key)
     if path.is_absolute() or any(part in ("..", ".", "") for part in key.split("/")):
         raise BadArtifactPath(
-            f"invalid artifact path {_shown(key)}: it must stay inside the job's folder")
+            f"invalid artifact path {_shown(key)}: it must stay inside the job's folder"
+        )
     encoded = key.encode("utf-8", "surrogatepass")
     if len(encoded) > MAX_KEY_BYTES or any(
-            len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")
+    ):
         raise BadArtifactPath(f"invalid artifact path {_shown(key)}: the name is too long")
     return str(path)
 
@@ -83,8 +85,11 @@ def scrub_paths(text: str, roots: Iterable[str] = ()) -> str:
     """
     for root in roots:
         if root in text:  # the root as a whole path or a path's start, not inside another
-            pattern = (r"(?<![\w.~:/\\-])" + re.escape(root)
-                       + r"(?=$|[/\s'\"`:,;()\[\]{}<>])(/[^\s'\"`:,;()\[\]{}<>]*)?")
+            pattern = (
+                r"(?<![\w.~:/\\-])"
+                + re.escape(root)
+                + r"(?=$|[/\s'\"`:,;()\[\]{}<>])(/[^\s'\"`:,;()\[\]{}<>]*)?"
+            )
             text = re.sub(pattern, lambda m: _short(m.group(0)), text)
 
     def replace(match: re.Match) -> str:
@@ -238,11 +243,13 @@ class TarStream:
     and the files it had open are closed, whether or not the tarball was read to the end.
     """
 
-    def __init__(self, write: Callable[[io.RawIOBase], None], *, name: str,
-                 capacity: int = TAR_QUEUE) -> None:
+    def __init__(
+        self, write: Callable[[io.RawIOBase], None], *, name: str, capacity: int = TAR_QUEUE
+    ) -> None:
         self._channel = channel = _Channel(capacity)
-        self._thread = threading.Thread(target=_produce, args=(channel, write, name),
-                                        daemon=True, name=name)
+        self._thread = threading.Thread(
+            target=_produce, args=(channel, write, name), daemon=True, name=name
+        )
         # a reader that forgets to close still stops the producer once the stream is collected
         self._finalizer = weakref.finalize(self, channel.close)
         self._thread.start()

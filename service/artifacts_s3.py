@@ -55,8 +55,15 @@ class S3ArtifactStore(TarballMixin):
         >>> store.publish_folder("jobs/1234", Path("runs/out"))  # doctest: +SKIP
     """
 
-    def __init__(self, bucket: str, *, prefix: str = "slimformer/", endpoint_url: str | None = None,
-                 part_size: int = 8 * 1024 * 1024, client=None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "slimformer/",
+        endpoint_url: str | None = None,
+        part_size: int = 8 * 1024 * 1024,
+        client=None,
+    ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -66,19 +73,26 @@ class S3ArtifactStore(TarballMixin):
         if client is None:
             # S3-compatible servers are addressed by path; virtual-host names rarely resolve on a
             # private network
-            config = Config(retries={"max_attempts": 5, "mode": "standard"},
-                            s3={"addressing_style": "path"} if endpoint_url else {})
+            config = Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                s3={"addressing_style": "path"} if endpoint_url else {},
+            )
             client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
         self.client = client
-        self.transfer = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size,
-                                       io_chunksize=CHUNK, max_concurrency=4)
+        self.transfer = TransferConfig(
+            multipart_threshold=part_size,
+            multipart_chunksize=part_size,
+            io_chunksize=CHUNK,
+            max_concurrency=4,
+        )
 
     # -- keys and manifests -------------------------------------------------------------------
     def _clean(self, key: str) -> str:
         key = clean_key(key)
         if any(part in RESERVED for part in key.split("/")):
-            raise BadArtifactPath(f"invalid artifact path {key!r}: {MANIFEST} and {VERSIONS} "
-                                  "are reserved names")
+            raise BadArtifactPath(
+                f"invalid artifact path {key!r}: {MANIFEST} and {VERSIONS} are reserved names"
+            )
         return key
 
     def _object(self, key: str) -> str:
@@ -89,8 +103,9 @@ class S3ArtifactStore(TarballMixin):
 
     def _manifest(self, folder: str) -> dict | None:
         try:
-            answer = self.client.get_object(Bucket=self.bucket,
-                                            Key=self._object(f"{folder}/{MANIFEST}"))
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=self._object(f"{folder}/{MANIFEST}")
+            )
             body = answer["Body"]
         except Exception as err:
             if _is_missing(err):
@@ -116,7 +131,7 @@ class S3ArtifactStore(TarballMixin):
         if found is None:
             return self._object(key), None
         folder, manifest = found
-        relative = key[len(folder) + 1:]
+        relative = key[len(folder) + 1 :]
         for entry in manifest["files"]:
             if entry["path"] == relative:
                 version = manifest["version"]
@@ -130,13 +145,16 @@ class S3ArtifactStore(TarballMixin):
 
     def _delete(self, object_keys: list[str]) -> None:
         for i in range(0, len(object_keys), DELETE_BATCH):
-            batch = [{"Key": k} for k in object_keys[i:i + DELETE_BATCH]]
-            answer = self.client.delete_objects(Bucket=self.bucket,
-                                                Delete={"Objects": batch, "Quiet": True})
+            batch = [{"Key": k} for k in object_keys[i : i + DELETE_BATCH]]
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
             if answer.get("Errors"):
                 first = answer["Errors"][0]
-                raise OSError(f"S3 refused to delete {len(answer['Errors'])} objects, "
-                              f"e.g. {first.get('Key')}: {first.get('Message')}")
+                raise OSError(
+                    f"S3 refused to delete {len(answer['Errors'])} objects, "
+                    f"e.g. {first.get('Key')}: {first.get('Message')}"
+                )
 
     # -- the ArtifactStore protocol ---------------------------------------------------------------
     def publish_folder(self, prefix: str, folder: Path) -> list[dict]:
@@ -155,10 +173,15 @@ class S3ArtifactStore(TarballMixin):
             self.client.upload_file(str(path), self.bucket, target, Config=self.transfer)
             files.append({"path": relative, "size": path.stat().st_size})
         previous = self._manifest(prefix)
-        manifest = json.dumps({"version": version, "files": files,
-                               "published_at": time.time()}).encode()
-        self.client.put_object(Bucket=self.bucket, Key=self._object(f"{prefix}/{MANIFEST}"),
-                               Body=manifest, ContentType="application/json")
+        manifest = json.dumps(
+            {"version": version, "files": files, "published_at": time.time()}
+        ).encode()
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self._object(f"{prefix}/{MANIFEST}"),
+            Body=manifest,
+            ContentType="application/json",
+        )
         # The version just replaced stays one publish longer, so a download that started before
         # it was replaced can finish; older versions, abandoned uploads and loose files under the
         # folder go.
@@ -169,7 +192,7 @@ class S3ArtifactStore(TarballMixin):
             key = obj["Key"]
             if key == self._object(f"{prefix}/{MANIFEST}"):
                 continue
-            kept = key[len(versions_prefix):].split("/", 1)[0] in keep
+            kept = key[len(versions_prefix) :].split("/", 1)[0] in keep
             if key.startswith(versions_prefix) and kept:
                 continue
             stale.append(key)
@@ -179,8 +202,9 @@ class S3ArtifactStore(TarballMixin):
     def put_file(self, key: str, source: Path) -> None:
         key = self._clean(key)
         if self._published_folder(key, include_self=True) is not None:
-            raise BadArtifactPath(f"{key!r} lies inside a published folder; publish the folder "
-                                  "again instead")
+            raise BadArtifactPath(
+                f"{key!r} lies inside a published folder; publish the folder again instead"
+            )
         self.client.upload_file(str(source), self.bucket, self._object(key), Config=self.transfer)
 
     def fetch_file(self, key: str, destination: Path) -> Path:
@@ -188,8 +212,9 @@ class S3ArtifactStore(TarballMixin):
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, object_key, str(destination),
-                                      Config=self.transfer)
+            self.client.download_file(
+                self.bucket, object_key, str(destination), Config=self.transfer
+            )
         except Exception as err:
             if _is_missing(err):
                 raise ArtifactNotFound(key) from err
@@ -201,21 +226,27 @@ class S3ArtifactStore(TarballMixin):
         found = self._published_folder(prefix, include_self=True)
         if found is not None:
             folder, manifest = found
-            inner = prefix[len(folder) + 1:] + "/" if prefix != folder else ""
-            return sorted(({"path": e["path"][len(inner):], "size": e["size"]}
-                           for e in manifest["files"] if e["path"].startswith(inner)),
-                          key=lambda e: e["path"])
+            inner = prefix[len(folder) + 1 :] + "/" if prefix != folder else ""
+            return sorted(
+                (
+                    {"path": e["path"][len(inner) :], "size": e["size"]}
+                    for e in manifest["files"]
+                    if e["path"].startswith(inner)
+                ),
+                key=lambda e: e["path"],
+            )
         base = self._object(prefix + "/")
         entries = []
         for obj in self._keys_under(base):
-            relative = obj["Key"][len(base):]
+            relative = obj["Key"][len(base) :]
             parts = relative.split("/")
             if parts[-1] == MANIFEST:  # a published folder below: its manifest names its files
                 sub = "/".join(parts[:-1])
                 manifest = self._manifest(f"{prefix}/{sub}")
                 if manifest is not None:
-                    entries += [{"path": f"{sub}/{e['path']}", "size": e["size"]}
-                                for e in manifest["files"]]
+                    entries += [
+                        {"path": f"{sub}/{e['path']}", "size": e["size"]} for e in manifest["files"]
+                    ]
             elif VERSIONS not in parts:
                 entries.append({"path": relative, "size": obj["Size"]})
         return sorted(entries, key=lambda e: e["path"])

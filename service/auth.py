@@ -67,8 +67,12 @@ def current_caller(request: Request) -> Caller:
     else:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret:
-            raise ApiError(401, "unauthorized", "missing API key: send `Authorization: Bearer <key>`",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing API key: send `Authorization: Bearer <key>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         secret = secret.strip()
         caller = state.limits.keys.get(secret) or authenticate(request, secret)
     wait = state.limits.hit(caller.owner)
@@ -79,8 +83,13 @@ def current_caller(request: Request) -> Caller:
 
 def too_many(message: str, wait: float, code: str = "rate_limited") -> ApiError:
     """The 429 error, with ``Retry-After`` in whole seconds (rounded up)."""
-    return ApiError(429, code, message, {"retry_after_seconds": round(wait, 1)},
-                    headers={"Retry-After": str(math.ceil(wait))})
+    return ApiError(
+        429,
+        code,
+        message,
+        {"retry_after_seconds": round(wait, 1)},
+        headers={"Retry-After": str(math.ceil(wait))},
+    )
 
 
 def authenticate(request: Request, secret: str) -> Caller:
@@ -93,13 +102,20 @@ def authenticate(request: Request, secret: str) -> Caller:
     address = request.client.host if request.client else None
     wait = limits.login_blocked(key_id, address)
     if wait is not None:
-        raise too_many(f"too many failed authentications; retry in {math.ceil(wait)} s", wait,
-                       "too_many_auth_failures")
+        raise too_many(
+            f"too many failed authentications; retry in {math.ceil(wait)} s",
+            wait,
+            "too_many_auth_failures",
+        )
     key = state.store.authenticate(secret)
     if key is None:
         limits.login_failed(key_id, address)
-        raise ApiError(401, "unauthorized", "invalid or revoked API key",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "invalid or revoked API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     caller = Caller(key.id, key.name, key.admin)
     limits.keys.put(secret, caller)
     return caller

@@ -57,13 +57,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def open_store(settings: Settings, *, migrate: bool) -> JobStore:
     from service.migrations import current  # Alembic: only needed to check a server database
 
-    store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
-                     token_secret=settings.token_encryption_key)
+    store = JobStore(
+        settings.resolved_database_url,
+        pepper=settings.api_key_pepper,
+        token_secret=settings.token_encryption_key,
+    )
     if migrate or settings.resolved_database_url.startswith("sqlite"):
         store.create_schema()
     elif current(settings.resolved_database_url) is None:
-        raise StartupError("the job store has no schema yet: run `slimformer migrate` once "
-                           f"(DATABASE_URL={settings.public_summary()['database']})")
+        raise StartupError(
+            "the job store has no schema yet: run `slimformer migrate` once "
+            f"(DATABASE_URL={settings.public_summary()['database']})"
+        )
     return store
 
 
@@ -82,8 +87,10 @@ def migrate(args: argparse.Namespace) -> int:
     from service.migrations import current, upgrade  # Alembic: only this command needs it
 
     upgrade(settings.resolved_database_url)
-    print(f"job store at revision {current(settings.resolved_database_url)} "
-          f"({settings.public_summary()['database']})")
+    print(
+        f"job store at revision {current(settings.resolved_database_url)} "
+        f"({settings.public_summary()['database']})"
+    )
     return 0
 
 
@@ -105,8 +112,11 @@ def keys(args: argparse.Namespace) -> int:
     if args.keys_command == "create":
         key, secret = store.create_key(args.name, admin=args.admin)
         print(secret)
-        print(f"created {'admin ' if key.admin else ''}key {key.id} ({key.name}); this is the "
-              "only time the key is shown", file=sys.stderr)
+        print(
+            f"created {'admin ' if key.admin else ''}key {key.id} ({key.name}); this is the "
+            "only time the key is shown",
+            file=sys.stderr,
+        )
     elif args.keys_command == "list":
         for row in store.list_keys():
             state = "revoked" if row["revoked_at"] else "active"
@@ -122,12 +132,18 @@ def keys(args: argparse.Namespace) -> int:
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; SLIMFORMER_HOST)")
     parser.add_argument("--port", type=int, help="port (default 8000; SLIMFORMER_PORT)")
-    parser.add_argument("--data-dir", help="job store, queue and artifacts folder (default ./data; "
-                                           "SLIMFORMER_DATA_DIR)")
-    parser.add_argument("--no-worker", action="store_true",
-                        help="API only; run `slimformer worker` elsewhere")
-    parser.add_argument("--workers", type=int, help="API processes (default 2 in production "
-                                                    "mode, else 1; SLIMFORMER_API_WORKERS)")
+    parser.add_argument(
+        "--data-dir",
+        help="job store, queue and artifacts folder (default ./data; SLIMFORMER_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--no-worker", action="store_true", help="API only; run `slimformer worker` elsewhere"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="API processes (default 2 in production mode, else 1; SLIMFORMER_API_WORKERS)",
+    )
 
 
 def check_auth(settings: Settings, store: JobStore) -> str | None:
@@ -138,22 +154,32 @@ def check_auth(settings: Settings, store: JobStore) -> str | None:
     """
     if settings.auth == "off":  # Settings refuses it in production and off loopback; to be sure:
         if settings.mode == "production" or not is_loopback(settings.host):
-            raise StartupError(f"refusing to listen on {settings.host} with SLIMFORMER_AUTH=off: "
-                               "without auth the API listens on loopback only")
-        return (f"auth is off (SLIMFORMER_AUTH=off): every request acts as the local admin; "
-                f"listening on {settings.host} only")
+            raise StartupError(
+                f"refusing to listen on {settings.host} with SLIMFORMER_AUTH=off: "
+                "without auth the API listens on loopback only"
+            )
+        return (
+            f"auth is off (SLIMFORMER_AUTH=off): every request acts as the local admin; "
+            f"listening on {settings.host} only"
+        )
     if settings.mode == "production" or settings.auth == "on" or store.any_key_created():
         if store.active_key_count() == 0:
-            return ("auth is on but no active API key exists, so every request gets 401; create "
-                    "one with `slimformer keys create --name NAME`")
+            return (
+                "auth is on but no active API key exists, so every request gets 401; create "
+                "one with `slimformer keys create --name NAME`"
+            )
         return None
     if not is_loopback(settings.host):
-        raise StartupError(f"refusing to listen on {settings.host}: no API key was ever created, "
-                           "so auth is off and anyone who can reach the port could use the "
-                           "server. Create a key first with `slimformer keys create --name "
-                           "NAME`, set SLIMFORMER_AUTH=on, or listen on 127.0.0.1")
-    return (f"auth is off (no API key was created yet); listening on {settings.host} only. Create "
-            "a key with `slimformer keys create --name NAME` to turn it on")
+        raise StartupError(
+            f"refusing to listen on {settings.host}: no API key was ever created, "
+            "so auth is off and anyone who can reach the port could use the "
+            "server. Create a key first with `slimformer keys create --name "
+            "NAME`, set SLIMFORMER_AUTH=on, or listen on 127.0.0.1"
+        )
+    return (
+        f"auth is off (no API key was created yet); listening on {settings.host} only. Create "
+        "a key with `slimformer keys create --name NAME` to turn it on"
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -177,9 +203,12 @@ def serve(args: argparse.Namespace) -> int:
     if workers == 1:
         app = create_app(settings)
     else:  # each uvicorn worker process builds its app from the environment
-        os.environ.update(SLIMFORMER_HOST=settings.host, SLIMFORMER_PORT=str(settings.port),
-                          SLIMFORMER_DATA_DIR=str(Path(settings.data_dir).resolve()),
-                          SLIMFORMER_API_WORKERS=str(workers))
+        os.environ.update(
+            SLIMFORMER_HOST=settings.host,
+            SLIMFORMER_PORT=str(settings.port),
+            SLIMFORMER_DATA_DIR=str(Path(settings.data_dir).resolve()),
+            SLIMFORMER_API_WORKERS=str(workers),
+        )
     supervisor = None
     if not args.no_worker:
         supervisor = WorkerSupervisor(settings).start()
@@ -187,11 +216,21 @@ def serve(args: argparse.Namespace) -> int:
             # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so stop the worker in the
             # app's shutdown
             app.state.shutdown_hooks.append(supervisor.stop)
-    logger.info("serving on http://%s:%d with %s (%d API process%s)", settings.host,
-                settings.port, settings.public_summary(), workers, "es" if workers > 1 else "")
+    logger.info(
+        "serving on http://%s:%d with %s (%d API process%s)",
+        settings.host,
+        settings.port,
+        settings.public_summary(),
+        workers,
+        "es" if workers > 1 else "",
+    )
     try:
-        uvicorn.run(app or "service.app:app_from_environment", factory=app is None,
-                    workers=workers if app is None else None, **uvicorn_options(settings))
+        uvicorn.run(
+            app or "service.app:app_from_environment",
+            factory=app is None,
+            workers=workers if app is None else None,
+            **uvicorn_options(settings),
+        )
     finally:
         if supervisor is not None:
             supervisor.stop()
@@ -202,19 +241,34 @@ def uvicorn_options(settings: Settings) -> dict:
     """What ``slimformer serve`` asks of uvicorn. The h11 parser, because it bounds a request's
     head (16 KiB) where httptools buffers headers without limit. No uvicorn setting times out a
     request head sent slowly (slowloris): that needs a reverse proxy in front (docs/security.md)."""
-    return dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10, http="h11", h11_max_incomplete_event_size=16 * 1024,
-                timeout_keep_alive=settings.keep_alive_seconds,
-                limit_concurrency=settings.max_connections,
-                forwarded_allow_ips=settings.forwarded_allow_ips, server_header=False)
+    return dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        http="h11",
+        h11_max_incomplete_event_size=16 * 1024,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=settings.max_connections,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+    )
 
 
-serve_command = Command(help="run the API (and, by default, one worker process)",
-                        add_arguments=_serve_arguments, run=serve)
-keys_command = Command(help="create, list and revoke API keys",
-                       add_arguments=_keys_arguments, run=keys)
-migrate_command = Command(help="create or upgrade the job store's schema (Alembic)",
-                          add_arguments=_migrate_arguments, run=migrate)
+serve_command = Command(
+    help="run the API (and, by default, one worker process)",
+    add_arguments=_serve_arguments,
+    run=serve,
+)
+keys_command = Command(
+    help="create, list and revoke API keys", add_arguments=_keys_arguments, run=keys
+)
+migrate_command = Command(
+    help="create or upgrade the job store's schema (Alembic)",
+    add_arguments=_migrate_arguments,
+    run=migrate,
+)
 
 
 def _die_with_parent() -> None:
@@ -241,9 +295,12 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def _spawn(self) -> None:
-        self.child = subprocess.Popen([sys.executable, "-m", "slimformer.cli", "worker"],
-                                      env=self.env, start_new_session=True,
-                                      preexec_fn=_die_with_parent)
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "slimformer.cli", "worker"],
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         logger.info("started a worker process (pid %d)", self.child.pid)
 
     def start(self) -> WorkerSupervisor:
@@ -260,8 +317,9 @@ class WorkerSupervisor:
                     os.killpg(self.child.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                logger.warning("the worker process exited (code %s); starting a new one in "
-                               "%.0f s", code, delay)
+                logger.warning(
+                    "the worker process exited (code %s); starting a new one in %.0f s", code, delay
+                )
                 if self._stop.wait(delay):
                     return
                 delay = min(delay * 2, 30.0)
@@ -281,7 +339,8 @@ class WorkerSupervisor:
             try:
                 child.wait(timeout=8)
             except subprocess.TimeoutExpired:
-                logger.warning("the worker is still busy; stopping it (its job resumes at the "
-                               "next start)")
+                logger.warning(
+                    "the worker is still busy; stopping it (its job resumes at the next start)"
+                )
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait(timeout=10)

@@ -130,7 +130,9 @@ class MemoryWindows:
 # Redis scripts. Times are Redis's own (TIME), in milliseconds, so API machines need no common
 # clock. A window is a sorted set of event ids scored by time; a lease set scores tokens by expiry.
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
-HIT = _NOW + """
+HIT = (
+    _NOW
+    + """
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
@@ -141,7 +143,10 @@ redis.call('ZADD', KEYS[1], now, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], window)
 return 0
 """
-BLOCKED = _NOW + """
+)
+BLOCKED = (
+    _NOW
+    + """
 local limit, window, wait = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
 for _, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -152,14 +157,20 @@ for _, key in ipairs(KEYS) do
 end
 return wait
 """
-ADD = _NOW + """
+)
+ADD = (
+    _NOW
+    + """
 for _, key in ipairs(KEYS) do
   redis.call('ZADD', key, now, ARGV[2])
   redis.call('PEXPIRE', key, tonumber(ARGV[1]))
 end
 return 0
 """
-ACQUIRE = _NOW + """
+)
+ACQUIRE = (
+    _NOW
+    + """
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
@@ -167,19 +178,24 @@ redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], lease)
 return 1
 """
-RENEW = _NOW + """
+)
+RENEW = (
+    _NOW
+    + """
 local lease = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], lease)
 return 0
 """
+)
 
 
 class RedisWindows:
     """Windows and leases in Redis, shared by every API process that uses the same database."""
 
-    def __init__(self, client: Any, *, prefix: str = "slimformer:limits:",
-                 window: float = WINDOW_SECONDS) -> None:
+    def __init__(
+        self, client: Any, *, prefix: str = "slimformer:limits:", window: float = WINDOW_SECONDS
+    ) -> None:
         self.client, self.prefix, self.window_ms = client, prefix, int(window * 1000)
         self._hit = client.register_script(HIT)
         self._blocked = client.register_script(BLOCKED)
@@ -233,9 +249,11 @@ class Fallback:
                 self._down_until = time.monotonic() + self.RETRY_AFTER_SECONDS
                 if time.monotonic() - self._warned > 30:
                     self._warned = time.monotonic()
-                    logger.warning("Redis is unreachable for the limits (%s); this API process "
-                                   "enforces them on its own until it answers",
-                                   type(err).__name__)
+                    logger.warning(
+                        "Redis is unreachable for the limits (%s); this API process "
+                        "enforces them on its own until it answers",
+                        type(err).__name__,
+                    )
         return getattr(self.secondary, method)(*args)
 
     def hit(self, name: str, limit: int) -> float | None:
@@ -295,9 +313,16 @@ class KeyCache:
 class Limits:
     """The API's limits, one object per process (``app.state.limits``)."""
 
-    def __init__(self, windows: Windows | Fallback | MemoryWindows, *, per_minute: int,
-                 failures_per_minute: int, streams_per_key: int, key_cache_seconds: float,
-                 shared: bool) -> None:
+    def __init__(
+        self,
+        windows: Windows | Fallback | MemoryWindows,
+        *,
+        per_minute: int,
+        failures_per_minute: int,
+        streams_per_key: int,
+        key_cache_seconds: float,
+        shared: bool,
+    ) -> None:
         self.windows = windows
         self.per_minute, self.failures_per_minute = per_minute, failures_per_minute
         self.streams_per_key = streams_per_key
@@ -331,8 +356,9 @@ class Limits:
     def open_stream(self, owner: str) -> str | None:
         """A lease token for one more event stream of ``owner``, or None at the cap."""
         token = uuid.uuid4().hex
-        ok = self.windows.acquire(f"streams:{owner}", token, self.streams_per_key,
-                                  STREAM_LEASE_SECONDS)
+        ok = self.windows.acquire(
+            f"streams:{owner}", token, self.streams_per_key, STREAM_LEASE_SECONDS
+        )
         return token if ok else None
 
     def renew_stream(self, owner: str, token: str) -> None:
@@ -352,12 +378,16 @@ def make_limits(settings: Any, *, redis_factory: Callable[[str], Any] | None = N
 
             def redis_factory(url: str) -> Any:
                 # short timeouts: a hung Redis must not hold requests; they fall back instead
-                return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                            health_check_interval=30)
+                return redis.Redis.from_url(
+                    url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+                )
 
         windows = Fallback(RedisWindows(redis_factory(settings.redis_url)), memory)
-    return Limits(windows, per_minute=settings.rate_limit_per_minute,
-                  failures_per_minute=settings.auth_failures_per_minute,
-                  streams_per_key=settings.max_event_streams_per_key,
-                  key_cache_seconds=settings.auth_cache_seconds,
-                  shared=settings.redis_url is not None)
+    return Limits(
+        windows,
+        per_minute=settings.rate_limit_per_minute,
+        failures_per_minute=settings.auth_failures_per_minute,
+        streams_per_key=settings.max_event_streams_per_key,
+        key_cache_seconds=settings.auth_cache_seconds,
+        shared=settings.redis_url is not None,
+    )

@@ -1,4 +1,5 @@
-"""Logging for the API and the workers: text or JSON lines, ``job_id`` on every line of a job, secrets redacted."""
+"""Logging for the API and the workers: text or JSON lines, ``job_id`` on every line of a job,
+secrets redacted."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ _lock = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
-    """Never print ``value``: every log line containing it shows ``***`` instead (a safety net, not the plan)."""
+    """Never print ``value``: every log line containing it shows ``***`` instead (a safety net, not
+    the plan)."""
     if value and len(value) >= 6:
         with _lock:
             _secrets.add(value)
@@ -49,10 +51,16 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, stream=None) ->
     if fmt == "json":
         from pythonjsonlogger.json import JsonFormatter
 
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(job_id)s",
-                                           rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(job_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(job_tag)s%(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(job_tag)s%(message)s")
+        )
     handler.addFilter(JobContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

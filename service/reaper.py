@@ -24,12 +24,16 @@ logger = logging.getLogger(__name__)
 Send = Callable[[str, str, float | None], None]  # (job id, queue, countdown)
 
 
-def reap_once(store: JobStore, send: Send, *, stale_after: float,
-              requeue_queued_after: float) -> tuple[int, int]:
+def reap_once(
+    store: JobStore, send: Send, *, stale_after: float, requeue_queued_after: float
+) -> tuple[int, int]:
     to_send, failed = store.reap(stale_after=stale_after, requeue_queued_after=requeue_queued_after)
     for job in to_send:
-        logger.warning("job %s: worker lost or message lost; sending it to the %s queue again",
-                       job["id"], job["queue"])
+        logger.warning(
+            "job %s: worker lost or message lost; sending it to the %s queue again",
+            job["id"],
+            job["queue"],
+        )
         send(job["id"], job["queue"], None)
     for job in failed:
         logger.warning("job %s: worker lost and no attempts left; failed", job["id"])
@@ -59,8 +63,9 @@ class Retention:
         return cls(artifacts, uploads, kept)
 
 
-def expire_once(store: JobStore, retention: Retention, *,
-                now: float | None = None) -> tuple[int, int]:
+def expire_once(
+    store: JobStore, retention: Retention, *, now: float | None = None
+) -> tuple[int, int]:
     """Delete uploads and job artifacts older than their retention. Returns ``(uploads, jobs)``.
 
     An upload goes file first, then its record (a queued job that needs it then fails saying it
@@ -72,8 +77,9 @@ def expire_once(store: JobStore, retention: Retention, *,
     uploads = jobs = 0
     if retention.upload_days:
         for _ in range(RETENTION_BATCHES):
-            batch = store.uploads_created_before(t - retention.upload_days * DAY,
-                                                 limit=RETENTION_BATCH)
+            batch = store.uploads_created_before(
+                t - retention.upload_days * DAY, limit=RETENTION_BATCH
+            )
             for upload in batch:
                 retention.artifacts.delete_prefix(str(PurePosixPath(upload["path"]).parent))
                 try:
@@ -81,17 +87,21 @@ def expire_once(store: JobStore, retention: Retention, *,
                 except NotFound:  # another reaper was first
                     continue
                 uploads += 1
-                logger.info("upload %s expired after %g days; deleted", upload["id"],
-                            retention.upload_days)
+                logger.info(
+                    "upload %s expired after %g days; deleted", upload["id"], retention.upload_days
+                )
             if len(batch) < RETENTION_BATCH:
                 break
     if retention.artifact_days:
         stamp = dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
-        message = (f"finished; its artifacts were deleted after {retention.artifact_days:g} days "
-                   "(SLIMFORMER_ARTIFACT_RETENTION_DAYS)")
+        message = (
+            f"finished; its artifacts were deleted after {retention.artifact_days:g} days "
+            "(SLIMFORMER_ARTIFACT_RETENTION_DAYS)"
+        )
         for _ in range(RETENTION_BATCHES):
             batch = store.jobs_with_artifacts_finished_before(
-                t - retention.artifact_days * DAY, limit=RETENTION_BATCH)
+                t - retention.artifact_days * DAY, limit=RETENTION_BATCH
+            )
             for job in batch:
                 retention.artifacts.delete_prefix(f"jobs/{job['id']}")
                 if store.mark_artifacts_expired(job["id"], expired_at=stamp, message=message):
@@ -103,8 +113,16 @@ def expire_once(store: JobStore, retention: Retention, *,
 
 
 class Reaper:
-    def __init__(self, store: JobStore, send: Send, *, interval: float, stale_after: float,
-                 requeue_queued_after: float, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        send: Send,
+        *,
+        interval: float,
+        stale_after: float,
+        requeue_queued_after: float,
+        retention: Retention | None = None,
+    ) -> None:
         self.store, self.send, self.interval = store, send, interval
         self.stale_after, self.requeue_queued_after = stale_after, requeue_queued_after
         self.retention = retention
@@ -122,8 +140,12 @@ class Reaper:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                reap_once(self.store, self.send, stale_after=self.stale_after,
-                          requeue_queued_after=self.requeue_queued_after)
+                reap_once(
+                    self.store,
+                    self.send,
+                    stale_after=self.stale_after,
+                    requeue_queued_after=self.requeue_queued_after,
+                )
             except Exception:  # a database blip must not kill the reaper
                 logger.warning("reaper pass failed", exc_info=True)
             if self.retention is not None:

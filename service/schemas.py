@@ -13,8 +13,15 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 SPEC_EXAMPLE = {
     "model": {"id": "sentence-transformers/all-MiniLM-L6-v2"},
-    "dataset": {"hub_id": "glue", "config": "sst2", "split": "train", "eval_split": "validation",
-                "text_column": "sentence", "label_column": "label", "max_samples": 2000},
+    "dataset": {
+        "hub_id": "glue",
+        "config": "sst2",
+        "split": "train",
+        "eval_split": "validation",
+        "text_column": "sentence",
+        "label_column": "label",
+        "max_samples": 2000,
+    },
     "method": "prune",
     "prune": {"heads": 0.5, "ffn": 0.3},
     "publish": {"repo_id": "my-org/minilm-pruned", "private": True},
@@ -28,15 +35,18 @@ never returned)."""
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SPEC_EXAMPLE]})
 
     hub_token: SecretStr | None = Field(
-        None, description="Hugging Face token for private/gated models and publishing. Stored "
-                          "encrypted until the job ends, then wiped; never returned, never logged.",
-        json_schema_extra={"writeOnly": True})
+        None,
+        description="Hugging Face token for private/gated models and publishing. Stored "
+        "encrypted until the job ends, then wiped; never returned, never logged.",
+        json_schema_extra={"writeOnly": True},
+    )
 
 
 class ErrorDetail(BaseModel):
     code: str = Field(..., examples=["invalid_spec"])
     message: str = Field(
-        ..., examples=["the job spec is invalid: prune.heads: Input should be less than 1"])
+        ..., examples=["the job spec is invalid: prune.heads: Input should be less than 1"]
+    )
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -75,9 +85,11 @@ class JobView(BaseModel):
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     spec: dict[str, Any]
     metrics: dict[str, Any] | None = Field(
-        None, description="Primary metric before/after, ratios, agreement.")
+        None, description="Primary metric before/after, ratios, agreement."
+    )
     published: dict[str, Any] | None = Field(
-        None, description="Hub repo URL and commit of the published model.")
+        None, description="Hub repo URL and commit of the published model."
+    )
     error: JobError | None = None
     links: JobLinks
 
@@ -85,7 +97,8 @@ class JobView(BaseModel):
 class JobList(BaseModel):
     items: list[JobView]
     next_cursor: str | None = Field(
-        None, description="Pass as `cursor` to get the next page; null on the last page.")
+        None, description="Pass as `cursor` to get the next page; null on the last page."
+    )
 
 
 class ArtifactFile(BaseModel):

@@ -1,8 +1,9 @@
 """The job store: the one source of truth for jobs, API keys and uploads (SQLite or Postgres).
 
-Every state change is a single conditional UPDATE, so two workers, two API replicas or a worker and the
-reaper can race without corrupting a job: whoever's WHERE clause no longer matches simply loses.
-A running job is leased to one worker; the lease is its ``worker`` name plus a fresh ``heartbeat_at``.
+Every state change is a single conditional UPDATE, so two workers, two API replicas or a worker and
+the reaper can race without corrupting a job: whoever's WHERE clause no longer matches simply loses.
+A running job is leased to one worker; the lease is its ``worker`` name plus a fresh
+``heartbeat_at``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 metadata = MetaData()
 
 jobs = Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     Column("id", String(36), primary_key=True),
     Column("owner", String(32), nullable=False, index=True),
     Column("status", String(16), nullable=False, index=True),
@@ -84,7 +86,8 @@ jobs = Table(
 )
 
 api_keys = Table(
-    "api_keys", metadata,
+    "api_keys",
+    metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(255), nullable=False),
     Column("key_hash", String(64), nullable=False),
@@ -94,7 +97,8 @@ api_keys = Table(
 )
 
 uploads = Table(
-    "uploads", metadata,
+    "uploads",
+    metadata,
     Column("id", String(36), primary_key=True),
     Column("owner", String(32), nullable=False, index=True),
     Column("filename", String(255), nullable=False),
@@ -173,8 +177,9 @@ def make_engine(url: str, *, busy_timeout: float = 30.0) -> Engine:
     keep the default."""
     millis = max(1, int(busy_timeout * 1000))
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False,
-                                                  "timeout": busy_timeout})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout}
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
@@ -192,8 +197,9 @@ def make_engine(url: str, *, busy_timeout: float = 30.0) -> Engine:
     # Postgres connection (a forked backend) per request. LIFO keeps the few busy connections warm
     # (and their prepared statements). Only a connection idle for a while is pinged before use
     # (pool_pre_ping would add a round trip to every query).
-    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=30,
-                           pool_use_lifo=True)
+    engine = create_engine(
+        url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=30, pool_use_lifo=True
+    )
     ping_idle_connections(engine)
     if engine.dialect.name == "postgresql":
 
@@ -233,8 +239,9 @@ def request_fingerprint(payload: Any) -> str:
 class JobStore:
     """Jobs, keys and uploads over one SQLAlchemy engine. Methods return plain dicts (rows)."""
 
-    def __init__(self, url: str, *, pepper: str, token_secret: str,
-                 busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, pepper: str, token_secret: str, busy_timeout: float = 30.0
+    ) -> None:
         self.url = url
         self.engine = make_engine(url, busy_timeout=busy_timeout)
         # single-statement reads: no BEGIN/ROLLBACK round trips around them
@@ -244,7 +251,8 @@ class JobStore:
 
     # -- schema ---------------------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Bring the schema to the newest Alembic revision (also creates it on an empty database)."""
+        """Bring the schema to the newest Alembic revision (also creates it on an empty
+        database)."""
         from service.migrations import upgrade
 
         upgrade(self.url)
@@ -266,8 +274,15 @@ class JobStore:
         secret = f"sf_{key_id}_{secrets.token_urlsafe(32)}"
         created = now()
         with self.engine.begin() as conn:
-            conn.execute(api_keys.insert().values(id=key_id, name=name, key_hash=self._hash_key(secret), admin=admin,
-                                                  created_at=created))
+            conn.execute(
+                api_keys.insert().values(
+                    id=key_id,
+                    name=name,
+                    key_hash=self._hash_key(secret),
+                    admin=admin,
+                    created_at=created,
+                )
+            )
         return ApiKey(key_id, name, admin, created), secret
 
     def authenticate(self, secret: str) -> ApiKey | None:
@@ -284,20 +299,35 @@ class JobStore:
 
     def list_keys(self) -> list[dict]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(api_keys.c.id, api_keys.c.name, api_keys.c.admin, api_keys.c.created_at,
-                                       api_keys.c.revoked_at).order_by(api_keys.c.created_at)).mappings().all()
+            rows = (
+                conn.execute(
+                    select(
+                        api_keys.c.id,
+                        api_keys.c.name,
+                        api_keys.c.admin,
+                        api_keys.c.created_at,
+                        api_keys.c.revoked_at,
+                    ).order_by(api_keys.c.created_at)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
-            done = conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                                .values(revoked_at=now()))
+            done = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now())
+            )
         return done.rowcount == 1
 
     def active_key_count(self) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(api_keys)
-                                .where(api_keys.c.revoked_at.is_(None))).scalar_one()
+            return conn.execute(
+                select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+            ).scalar_one()
 
     def any_key_created(self) -> bool:
         """Whether a key was ever created (revoked ones count: revoking never turns auth off)."""
@@ -306,26 +336,47 @@ class JobStore:
 
     # -- jobs: API side -------------------------------------------------------------------------
     def create_job(
-        self, owner: str, spec: dict, *, queue: str, max_attempts: int, hub_token: str | None = None,
-        idempotency_key: str | None = None, max_active: int | None = None,
+        self,
+        owner: str,
+        spec: dict,
+        *,
+        queue: str,
+        max_attempts: int,
+        hub_token: str | None = None,
+        idempotency_key: str | None = None,
+        max_active: int | None = None,
     ) -> tuple[dict, bool]:
-        """Insert a queued job. Returns ``(job, created)``; an idempotency key seen before returns the old job.
+        """Insert a queued job. Returns ``(job, created)``; an idempotency key seen before returns
+        the old job.
 
         The idempotency look-up, the count of active jobs and the insert are one transaction that
         holds the owner's lock (:meth:`_owner_transaction`), so ``max_active`` holds under any
         number of concurrent requests, API processes or replicas.
 
         Raises:
-            Conflict: the idempotency key was used for a different request, or the owner has too many active jobs.
+            Conflict: the idempotency key was used for a different request, or the owner has too
+                many active jobs.
         """
         fingerprint = request_fingerprint({"spec": spec, "token": bool(hub_token)})
         created = now()
         job_id = str(uuid.uuid4())
         values = dict(
-            id=job_id, owner=owner, status="queued", queue=queue, progress=0.0, spec=spec,
-            hub_token=self.cipher.encrypt(hub_token) if hub_token else None, idempotency_key=idempotency_key,
-            request_hash=fingerprint, attempts=0, max_attempts=max_attempts, cancel_requested=False,
-            created_at=created, enqueued_at=created, stage_seconds={}, message="waiting for a worker",
+            id=job_id,
+            owner=owner,
+            status="queued",
+            queue=queue,
+            progress=0.0,
+            spec=spec,
+            hub_token=self.cipher.encrypt(hub_token) if hub_token else None,
+            idempotency_key=idempotency_key,
+            request_hash=fingerprint,
+            attempts=0,
+            max_attempts=max_attempts,
+            cancel_requested=False,
+            created_at=created,
+            enqueued_at=created,
+            stage_seconds={},
+            message="waiting for a worker",
         )
         try:
             with self._owner_transaction(owner) as conn:
@@ -334,9 +385,11 @@ class JobStore:
                     if existing is not None:
                         return self._same_request(existing, fingerprint), False
                 if max_active is not None and self.active_count(owner, conn) >= max_active:
-                    raise Conflict("too_many_jobs",
-                                   f"this key already has {max_active} queued or running jobs; "
-                                   "wait for one to finish or cancel one")
+                    raise Conflict(
+                        "too_many_jobs",
+                        f"this key already has {max_active} queued or running jobs; "
+                        "wait for one to finish or cancel one",
+                    )
                 conn.execute(jobs.insert().values(**values))
         except IntegrityError:  # a concurrent request with the same idempotency key won the insert
             if idempotency_key:
@@ -366,12 +419,15 @@ class JobStore:
     @staticmethod
     def _same_request(existing: dict, fingerprint: str) -> dict:
         if existing["request_hash"] != fingerprint:
-            raise Conflict("idempotency_key_reused",
-                           "this Idempotency-Key was already used for a different request body")
+            raise Conflict(
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used for a different request body",
+            )
         return existing
 
-    def _by_idempotency_key(self, owner: str, key: str,
-                            conn: Connection | None = None) -> dict | None:
+    def _by_idempotency_key(
+        self, owner: str, key: str, conn: Connection | None = None
+    ) -> dict | None:
         query = select(jobs).where(jobs.c.owner == owner, jobs.c.idempotency_key == key)
         if conn is not None:
             row = conn.execute(query).mappings().first()
@@ -382,15 +438,19 @@ class JobStore:
 
     def active_count(self, owner: str, conn: Connection | None = None) -> int:
         """Queued plus running jobs of ``owner`` (in ``conn``'s transaction when given)."""
-        query = select(func.count()).select_from(jobs).where(
-            jobs.c.owner == owner, jobs.c.status.in_(("queued", "running")))
+        query = (
+            select(func.count())
+            .select_from(jobs)
+            .where(jobs.c.owner == owner, jobs.c.status.in_(("queued", "running")))
+        )
         if conn is not None:
             return conn.execute(query).scalar_one()
         with self.engine.connect() as own:
             return own.execute(query).scalar_one()
 
     def get_job(self, job_id: str, *, owner: str | None = None) -> dict:
-        """The job; ``owner`` given and different -> NotFound (another tenant's job does not exist for you)."""
+        """The job; ``owner`` given and different -> NotFound (another tenant's job does not exist
+        for you)."""
         query = select(jobs).where(jobs.c.id == job_id)
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
@@ -406,8 +466,9 @@ class JobStore:
         found = {}
         with self.reader.connect() as conn:
             for i in range(0, len(job_ids), 500):
-                query = select(jobs.c.id, jobs.c.status, jobs.c.stage, jobs.c.progress,
-                               jobs.c.message).where(jobs.c.id.in_(job_ids[i:i + 500]))
+                query = select(
+                    jobs.c.id, jobs.c.status, jobs.c.stage, jobs.c.progress, jobs.c.message
+                ).where(jobs.c.id.in_(job_ids[i : i + 500]))
                 for row in conn.execute(query):
                     found[row.id] = (row.status, row.stage, row.progress or 0.0, row.message)
         return found
@@ -417,12 +478,18 @@ class JobStore:
         found = {}
         with self.reader.connect() as conn:
             for i in range(0, len(job_ids), 500):
-                query = select(jobs).where(jobs.c.id.in_(job_ids[i:i + 500]))
+                query = select(jobs).where(jobs.c.id.in_(job_ids[i : i + 500]))
                 found.update((r["id"], dict(r)) for r in conn.execute(query).mappings())
         return found
 
-    def list_jobs(self, *, owner: str | None, status: str | None = None, limit: int = 20,
-                  before: tuple[float, str] | None = None) -> list[dict]:
+    def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        status: str | None = None,
+        limit: int = 20,
+        before: tuple[float, str] | None = None,
+    ) -> list[dict]:
         """Newest first; ``before`` is the (created_at, id) of the last job of the previous page."""
         query = select(jobs)
         if owner is not None:
@@ -431,33 +498,52 @@ class JobStore:
             query = query.where(jobs.c.status == status)
         if before is not None:
             created, job_id = before
-            query = query.where((jobs.c.created_at < created) | ((jobs.c.created_at == created) & (jobs.c.id < job_id)))
+            query = query.where(
+                (jobs.c.created_at < created)
+                | ((jobs.c.created_at == created) & (jobs.c.id < job_id))
+            )
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
         with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings().all()]
 
     def request_cancel(self, job_id: str, *, owner: str | None) -> dict:
-        """A queued job is cancelled at once; a running one is flagged and its worker stops at the next check.
+        """A queued job is cancelled at once; a running one is flagged and its worker stops at the
+        next check.
 
         Raises:
             NotFound, Conflict (the job already ended).
         """
         job = self.get_job(job_id, owner=owner)
         if job["status"] in TERMINAL:
-            raise Conflict("job_finished", f"job {job_id} already ended with status {job['status']}")
+            raise Conflict(
+                "job_finished", f"job {job_id} already ended with status {job['status']}"
+            )
         with self.engine.begin() as conn:
-            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued").values(
-                status="cancelled", cancel_requested=True, finished_at=now(), hub_token=None,
-                message="cancelled before a worker started it"))
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == "queued")
+                .values(
+                    status="cancelled",
+                    cancel_requested=True,
+                    finished_at=now(),
+                    hub_token=None,
+                    message="cancelled before a worker started it",
+                )
+            )
             wiped = done.rowcount == 1 and job["hub_token"] is not None
             if done.rowcount == 0:
-                done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
-                                    .values(cancel_requested=True, message="cancelling"))
+                done = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status == "running")
+                    .values(cancel_requested=True, message="cancelling")
+                )
         if wiped:
             self._forget_wiped_tokens()
         if done.rowcount == 0:  # it ended between the read and the update
             job = self.get_job(job_id)
-            raise Conflict("job_finished", f"job {job_id} already ended with status {job['status']}")
+            raise Conflict(
+                "job_finished", f"job {job_id} already ended with status {job['status']}"
+            )
         return self.get_job(job_id)
 
     # -- jobs: worker side ----------------------------------------------------------------------
@@ -468,92 +554,184 @@ class JobStore:
         """
         t = now()
         with self.engine.begin() as conn:
-            done = conn.execute(update(jobs).where(
-                jobs.c.id == job_id, jobs.c.cancel_requested.is_(False),
-                (jobs.c.status == "queued") | ((jobs.c.status == "running") & (jobs.c.heartbeat_at < t - stale_after)),
-            ).values(status="running", worker=worker, heartbeat_at=t, attempts=jobs.c.attempts + 1,
-                     started_at=func.coalesce(jobs.c.started_at, t), retry_at=None, message="started"))
+            done = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.cancel_requested.is_(False),
+                    (jobs.c.status == "queued")
+                    | ((jobs.c.status == "running") & (jobs.c.heartbeat_at < t - stale_after)),
+                )
+                .values(
+                    status="running",
+                    worker=worker,
+                    heartbeat_at=t,
+                    attempts=jobs.c.attempts + 1,
+                    started_at=func.coalesce(jobs.c.started_at, t),
+                    retry_at=None,
+                    message="started",
+                )
+            )
         if done.rowcount != 1:
             return None
         return self.get_job(job_id)
 
     def heartbeat(self, job_id: str, worker: str, **fields: Any) -> str:
-        """Write progress fields and the heartbeat. Returns ``ok``, ``cancel`` or ``lost`` (no longer our job)."""
+        """Write progress fields and the heartbeat. Returns ``ok``, ``cancel`` or ``lost`` (no
+        longer our job)."""
         with self.engine.begin() as conn:
-            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker == worker,
-                                                   jobs.c.status == "running").values(heartbeat_at=now(), **fields))
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == "running")
+                .values(heartbeat_at=now(), **fields)
+            )
             if done.rowcount != 1:
                 return "lost"
-            flag = conn.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar_one()
+            flag = conn.execute(
+                select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
+            ).scalar_one()
         return "cancel" if flag else "ok"
 
     def finish(self, job_id: str, worker: str, status: str, **fields: Any) -> bool:
         """End the job (and wipe its Hub token). False when the lease was lost meanwhile."""
         assert status in TERMINAL
         with self.engine.begin() as conn:
-            had_token = conn.execute(select(jobs.c.hub_token.is_not(None))
-                                     .where(jobs.c.id == job_id)).scalar()
-            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker == worker,
-                                                   jobs.c.status == "running").values(
-                status=status, finished_at=now(), hub_token=None, eta_seconds=0.0 if status == "succeeded" else None,
-                **fields))
+            had_token = conn.execute(
+                select(jobs.c.hub_token.is_not(None)).where(jobs.c.id == job_id)
+            ).scalar()
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == "running")
+                .values(
+                    status=status,
+                    finished_at=now(),
+                    hub_token=None,
+                    eta_seconds=0.0 if status == "succeeded" else None,
+                    **fields,
+                )
+            )
         if done.rowcount == 1 and had_token:
             self._forget_wiped_tokens()
         return done.rowcount == 1
 
-    def requeue(self, job_id: str, worker: str, *, delay: float, message: str, error: dict | None = None) -> bool:
+    def requeue(
+        self, job_id: str, worker: str, *, delay: float, message: str, error: dict | None = None
+    ) -> bool:
         """Give a job back to the queue after a transient failure (the caller sends the message)."""
         t = now()
         with self.engine.begin() as conn:
-            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker == worker,
-                                                   jobs.c.status == "running").values(
-                status="queued", worker=None, enqueued_at=t, retry_at=t + delay, message=message,
-                error_code=(error or {}).get("code"), error_message=(error or {}).get("message")))
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == "running")
+                .values(
+                    status="queued",
+                    worker=None,
+                    enqueued_at=t,
+                    retry_at=t + delay,
+                    message=message,
+                    error_code=(error or {}).get("code"),
+                    error_message=(error or {}).get("message"),
+                )
+            )
         return done.rowcount == 1
 
     def hub_token(self, job: dict) -> str | None:
         return self.cipher.decrypt(job["hub_token"]) if job.get("hub_token") else None
 
     # -- the reaper ----------------------------------------------------------------------------
-    def reap(self, *, stale_after: float, requeue_queued_after: float) -> tuple[list[dict], list[dict]]:
-        """Find jobs whose worker is gone. Returns ``(to_send, failed)``: jobs put back in the queue (send them
-        to the broker) and jobs failed for good because they used up their attempts."""
+    def reap(
+        self, *, stale_after: float, requeue_queued_after: float
+    ) -> tuple[list[dict], list[dict]]:
+        """Find jobs whose worker is gone. Returns ``(to_send, failed)``: jobs put back in the queue
+        (send them to the broker) and jobs failed for good because they used up their attempts."""
         t = now()
         to_send, failed = [], []
         wiped = False
         with self.engine.connect() as conn:
-            stale = conn.execute(select(jobs).where(jobs.c.status == "running",
-                                                    jobs.c.heartbeat_at < t - stale_after)).mappings().all()
-            forgotten = conn.execute(select(jobs).where(
-                jobs.c.status == "queued", jobs.c.enqueued_at < t - requeue_queued_after,
-                (jobs.c.retry_at.is_(None)) | (jobs.c.retry_at < t - requeue_queued_after))).mappings().all()
+            stale = (
+                conn.execute(
+                    select(jobs).where(
+                        jobs.c.status == "running", jobs.c.heartbeat_at < t - stale_after
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            forgotten = (
+                conn.execute(
+                    select(jobs).where(
+                        jobs.c.status == "queued",
+                        jobs.c.enqueued_at < t - requeue_queued_after,
+                        (jobs.c.retry_at.is_(None)) | (jobs.c.retry_at < t - requeue_queued_after),
+                    )
+                )
+                .mappings()
+                .all()
+            )
         for job in stale:
-            base = (jobs.c.id == job["id"]) & (jobs.c.status == "running") & (jobs.c.heartbeat_at == job["heartbeat_at"])
+            base = (
+                (jobs.c.id == job["id"])
+                & (jobs.c.status == "running")
+                & (jobs.c.heartbeat_at == job["heartbeat_at"])
+            )
             with self.engine.begin() as conn:
                 if job["cancel_requested"]:
-                    done = conn.execute(update(jobs).where(base).values(
-                        status="cancelled", finished_at=t, hub_token=None, worker=None,
-                        message="cancelled (its worker was lost)"))
+                    done = conn.execute(
+                        update(jobs)
+                        .where(base)
+                        .values(
+                            status="cancelled",
+                            finished_at=t,
+                            hub_token=None,
+                            worker=None,
+                            message="cancelled (its worker was lost)",
+                        )
+                    )
                     wiped = wiped or (done.rowcount == 1 and job["hub_token"] is not None)
                 elif job["attempts"] < job["max_attempts"]:
-                    done = conn.execute(update(jobs).where(base).values(
-                        status="queued", worker=None, enqueued_at=t, message=(
-                            f"worker lost; retrying (attempt {job['attempts'] + 1} of {job['max_attempts']})")))
+                    done = conn.execute(
+                        update(jobs)
+                        .where(base)
+                        .values(
+                            status="queued",
+                            worker=None,
+                            enqueued_at=t,
+                            message=(
+                                f"worker lost; retrying (attempt {job['attempts'] + 1} of "
+                                f"{job['max_attempts']})"
+                            ),
+                        )
+                    )
                     if done.rowcount:
                         to_send.append(job)
                     continue
                 else:
-                    done = conn.execute(update(jobs).where(base).values(
-                        status="failed", finished_at=t, hub_token=None, error_code="worker_lost",
-                        error_message=f"worker lost: no heartbeat for {stale_after:.0f} s, "
-                                      f"{job['attempts']} attempts used"))
+                    done = conn.execute(
+                        update(jobs)
+                        .where(base)
+                        .values(
+                            status="failed",
+                            finished_at=t,
+                            hub_token=None,
+                            error_code="worker_lost",
+                            error_message=f"worker lost: no heartbeat for {stale_after:.0f} s, "
+                            f"{job['attempts']} attempts used",
+                        )
+                    )
                     if done.rowcount:
                         failed.append(job)
                         wiped = wiped or job["hub_token"] is not None
         for job in forgotten:
             with self.engine.begin() as conn:
-                done = conn.execute(update(jobs).where(jobs.c.id == job["id"], jobs.c.status == "queued",
-                                                       jobs.c.enqueued_at == job["enqueued_at"]).values(enqueued_at=t))
+                done = conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job["id"],
+                        jobs.c.status == "queued",
+                        jobs.c.enqueued_at == job["enqueued_at"],
+                    )
+                    .values(enqueued_at=t)
+                )
             if done.rowcount:
                 to_send.append(job)
         if wiped:
@@ -580,14 +758,34 @@ class JobStore:
             if not busy:
                 return
             time.sleep(0.05 * (attempt + 1))
-        logger.warning("could not truncate the SQLite WAL after wiping a Hub token; its old "
-                       "copy stays in %s-wal until the next checkpoint", self.engine.url.database)
+        logger.warning(
+            "could not truncate the SQLite WAL after wiping a Hub token; its old "
+            "copy stays in %s-wal until the next checkpoint",
+            self.engine.url.database,
+        )
 
     # -- uploads -------------------------------------------------------------------------------
-    def add_upload(self, owner: str, *, upload_id: str, filename: str, size: int, rows: int, columns: list[str],
-                   path: str) -> dict:
-        values = dict(id=upload_id, owner=owner, filename=filename, size=size, rows=rows, columns=columns, path=path,
-                      created_at=now())
+    def add_upload(
+        self,
+        owner: str,
+        *,
+        upload_id: str,
+        filename: str,
+        size: int,
+        rows: int,
+        columns: list[str],
+        path: str,
+    ) -> dict:
+        values = dict(
+            id=upload_id,
+            owner=owner,
+            filename=filename,
+            size=size,
+            rows=rows,
+            columns=columns,
+            path=path,
+            created_at=now(),
+        )
         with self.engine.begin() as conn:
             conn.execute(uploads.insert().values(**values))
         return values
@@ -605,18 +803,33 @@ class JobStore:
     # -- metrics -------------------------------------------------------------------------------
     def counts_by_status(self) -> dict[tuple[str, str], int]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(jobs.c.status, jobs.c.queue, func.count()).group_by(jobs.c.status, jobs.c.queue))
+            rows = conn.execute(
+                select(jobs.c.status, jobs.c.queue, func.count()).group_by(
+                    jobs.c.status, jobs.c.queue
+                )
+            )
             return {(status, queue): n for status, queue, n in rows}
 
     def stale_running(self, stale_after: float) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(jobs).where(
-                jobs.c.status == "running", jobs.c.heartbeat_at < now() - stale_after)).scalar_one()
+            return conn.execute(
+                select(func.count())
+                .select_from(jobs)
+                .where(jobs.c.status == "running", jobs.c.heartbeat_at < now() - stale_after)
+            ).scalar_one()
 
     def stage_durations(self, limit: int = 1000) -> list[dict]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(jobs.c.stage_seconds).where(jobs.c.status == "succeeded")
-                                .order_by(jobs.c.finished_at.desc()).limit(limit)).scalars().all()
+            rows = (
+                conn.execute(
+                    select(jobs.c.stage_seconds)
+                    .where(jobs.c.status == "succeeded")
+                    .order_by(jobs.c.finished_at.desc())
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
         return [r for r in rows if r]
 
     # -- upload deletion and retention ---------------------------------------------------------
@@ -634,17 +847,35 @@ class JobStore:
     def uploads_created_before(self, before: float, *, limit: int = 100) -> list[dict]:
         """Uploads older than ``before`` (a UNIX time), oldest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(uploads).where(uploads.c.created_at < before)
-                                .order_by(uploads.c.created_at).limit(limit)).mappings().all()
+            rows = (
+                conn.execute(
+                    select(uploads)
+                    .where(uploads.c.created_at < before)
+                    .order_by(uploads.c.created_at)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def jobs_with_artifacts_finished_before(self, before: float, *, limit: int = 100) -> list[dict]:
         """Succeeded jobs that finished before ``before`` and whose artifacts have not expired."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(jobs.c.id, jobs.c.finished_at).where(
-                jobs.c.status == "succeeded", jobs.c.finished_at < before,
-                jobs.c.stage.is_(None) | (jobs.c.stage != "expired"),
-            ).order_by(jobs.c.finished_at).limit(limit)).mappings().all()
+            rows = (
+                conn.execute(
+                    select(jobs.c.id, jobs.c.finished_at)
+                    .where(
+                        jobs.c.status == "succeeded",
+                        jobs.c.finished_at < before,
+                        jobs.c.stage.is_(None) | (jobs.c.stage != "expired"),
+                    )
+                    .order_by(jobs.c.finished_at)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def mark_artifacts_expired(self, job_id: str, *, expired_at: str, message: str) -> bool:
@@ -653,8 +884,13 @@ class JobStore:
         job = self.get_job(job_id)
         result = dict(job.get("result") or {}) | {"artifacts_expired_at": expired_at}
         with self.engine.begin() as conn:
-            done = conn.execute(update(jobs).where(
-                jobs.c.id == job_id, jobs.c.status == "succeeded",
-                jobs.c.stage.is_(None) | (jobs.c.stage != "expired"),
-            ).values(stage="expired", message=message, result=result))
+            done = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == "succeeded",
+                    jobs.c.stage.is_(None) | (jobs.c.stage != "expired"),
+                )
+                .values(stage="expired", message=message, result=result)
+            )
         return done.rowcount == 1

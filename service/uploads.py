@@ -33,7 +33,7 @@ def safe_name(filename: str | None) -> str:
     suffix = Path(name).suffix
     if len(suffix) > MAX_SUFFIX_CHARS:  # no format has such a suffix: the type check refuses it
         suffix = ""
-    return name[:MAX_NAME_CHARS - len(suffix)].rstrip("._") + suffix
+    return name[: MAX_NAME_CHARS - len(suffix)].rstrip("._") + suffix
 
 
 def upload_format(name: str) -> str | None:
@@ -60,29 +60,39 @@ class UploadRefused(ValueError):
 
 
 def _too_many_rows(name: str, limit: int) -> UploadRefused:
-    return UploadRefused("too_many_rows",
-                         f"{name} has more than {limit} rows, the most one upload may hold "
-                         "(SLIMFORMER_MAX_UPLOAD_ROWS); upload fewer rows",
-                         "SLIMFORMER_MAX_UPLOAD_ROWS", limit)
+    return UploadRefused(
+        "too_many_rows",
+        f"{name} has more than {limit} rows, the most one upload may hold "
+        "(SLIMFORMER_MAX_UPLOAD_ROWS); upload fewer rows",
+        "SLIMFORMER_MAX_UPLOAD_ROWS",
+        limit,
+    )
 
 
 def _too_large(name: str, limit: int) -> UploadRefused:
-    return UploadRefused("upload_too_large_uncompressed",
-                         f"{name} holds more than {limit} bytes of data once decoded, the most one "
-                         "upload may hold (SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES)",
-                         "SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES", limit)
+    return UploadRefused(
+        "upload_too_large_uncompressed",
+        f"{name} holds more than {limit} bytes of data once decoded, the most one "
+        "upload may hold (SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES)",
+        "SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES",
+        limit,
+    )
 
 
 def _expands(name: str, size: int, factor: float) -> UploadRefused:
-    return UploadRefused("upload_too_large_uncompressed",
-                         f"{name} ({size} bytes) decodes to more than {factor:g} times its size "
-                         "(SLIMFORMER_MAX_UPLOAD_EXPANSION); a file that expands this much is "
-                         "refused: upload the data less compressed",
-                         "SLIMFORMER_MAX_UPLOAD_EXPANSION", factor)
+    return UploadRefused(
+        "upload_too_large_uncompressed",
+        f"{name} ({size} bytes) decodes to more than {factor:g} times its size "
+        "(SLIMFORMER_MAX_UPLOAD_EXPANSION); a file that expands this much is "
+        "refused: upload the data less compressed",
+        "SLIMFORMER_MAX_UPLOAD_EXPANSION",
+        factor,
+    )
 
 
-def inspect_table(path: Path, kind: str,
-                  limits: UploadLimits = UploadLimits()) -> tuple[int, list[str]]:
+def inspect_table(
+    path: Path, kind: str, limits: UploadLimits = UploadLimits()
+) -> tuple[int, list[str]]:
     """Rows and columns of an uploaded table, read in bounded blocks.
 
     Raises:
@@ -94,8 +104,11 @@ def inspect_table(path: Path, kind: str,
     import pyarrow as pa
 
     name, size = path.name, path.stat().st_size
-    if kind != "parquet" and limits.uncompressed_bytes is not None \
-            and size > limits.uncompressed_bytes:
+    if (
+        kind != "parquet"
+        and limits.uncompressed_bytes is not None
+        and size > limits.uncompressed_bytes
+    ):
         raise _too_large(name, limits.uncompressed_bytes)
     try:
         if kind == "parquet":
@@ -103,8 +116,13 @@ def inspect_table(path: Path, kind: str,
         if kind == "text":
             return _inspect_plain_text(path, limits)
         return _inspect_text(path, kind, limits)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError,
-            UnicodeDecodeError) as err:
+    except (
+        pa.ArrowInvalid,
+        pa.ArrowTypeError,
+        pa.ArrowNotImplementedError,
+        OSError,
+        UnicodeDecodeError,
+    ) as err:
         message = (str(err).splitlines() or [type(err).__name__])[0]
         raise ValueError(scrub_paths(message, server_roots(path.parent))) from err
 
@@ -143,8 +161,8 @@ def _inspect_parquet(path: Path, size: int, limits: UploadLimits) -> tuple[int, 
 
 
 def _inspect_plain_text(path: Path, limits: UploadLimits) -> tuple[int, list[str]]:
-    """Documents of a ``.txt`` upload (blocks of lines separated by blank lines, as the library reads
-    them) and its one column, ``text``; read line by line, stopping at the row limit."""
+    """Documents of a ``.txt`` upload (blocks of lines separated by blank lines, as the library
+    reads them) and its one column, ``text``; read line by line, stopping at the row limit."""
     documents, in_block = 0, False
     with path.open(encoding="utf-8") as lines:  # UnicodeDecodeError: reported as unreadable
         for line in lines:
@@ -172,19 +190,24 @@ def _inspect_text(path: Path, kind: str, limits: UploadLimits) -> tuple[int, lis
 
     if kind == "json":
         parse = pajson.ParseOptions(unexpected_field_behavior="ignore")
-        reader = pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES),
-                                  parse_options=parse)
+        reader = pajson.open_json(
+            path, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse
+        )
     else:
         read = pacsv.ReadOptions(block_size=BLOCK_BYTES)
-        parse = (pacsv.ParseOptions(delimiter="\t", quote_char=False) if kind == "tsv"
-                 else pacsv.ParseOptions())
+        parse = (
+            pacsv.ParseOptions(delimiter="\t", quote_char=False)
+            if kind == "tsv"
+            else pacsv.ParseOptions()
+        )
         with pacsv.open_csv(path, read_options=read, parse_options=parse) as first:
             names = first.schema.names
         # every column as text: a column that looks numeric in the first block and is not later
         # must not make the file unreadable
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
-        reader = pacsv.open_csv(path, read_options=read, parse_options=parse,
-                                convert_options=convert)
+        reader = pacsv.open_csv(
+            path, read_options=read, parse_options=parse, convert_options=convert
+        )
     rows = 0
     with reader:
         columns = list(reader.schema.names)

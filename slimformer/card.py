@@ -1,14 +1,17 @@
-"""The evaluation card: a Hugging Face model card that puts the original and the compressed model side by side.
+"""The evaluation card: a Hugging Face model card that puts the original and the compressed model
+side by side.
 
-Built with huggingface_hub's ``ModelCard`` / ``ModelCardData`` / ``EvalResult`` (metadata the Hub reads:
-``base_model``, tags, ``pipeline_tag``, ``license``, ``model-index``) and a Jinja template for the body.
-Plots are PNGs next to ``README.md``: the head-importance heatmap and the metric-vs-fraction-pruned curve.
+Built with huggingface_hub's ``ModelCard`` / ``ModelCardData`` / ``EvalResult`` (metadata the Hub
+reads: ``base_model``, tags, ``pipeline_tag``, ``license``, ``model-index``) and a Jinja template
+for the body. Plots are PNGs next to ``README.md``: the head-importance heatmap and the
+metric-vs-fraction-pruned curve.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -26,9 +29,19 @@ PIPELINE_TAG = {
     "feature-extraction": "feature-extraction",
     "sentence-similarity": "sentence-similarity",
 }
+# metrics that are fractions (shown as percent, changes in percentage points) and metrics where
+# lower is better and a change is a factor (perplexity 12 -> 24 is "x2.00", not "+12.0000")
+PERCENT_METRICS = ("accuracy", "macro_f1", "next_token_accuracy")
+RATIO_METRICS = ("perplexity",)
+HUB_URL = "https://huggingface.co"
 METRIC_LABELS = {
-    "accuracy": "Accuracy", "macro_f1": "Macro F1", "pearson": "Pearson", "spearman": "Spearman",
-    "perplexity": "Perplexity", "next_token_accuracy": "Next-token accuracy", "cosine_to_original": "Cosine to original",
+    "accuracy": "Accuracy",
+    "macro_f1": "Macro F1",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+    "perplexity": "Perplexity",
+    "next_token_accuracy": "Next-token accuracy",
+    "cosine_to_original": "Cosine to original",
 }
 
 TEMPLATE = """---
@@ -38,11 +51,19 @@ TEMPLATE = """---
 # {{ title }}
 
 {{ summary }}
+{% if new_head %}
+> **Warning: the {{ new_head }} is new and untrained.** The checkpoint had no head for this task,
+> so it was initialised at random when loaded (`{{ new_head_weights }}`) and nothing here trained
+> it: its predictions, and every task score below, are those of a random head.
+{% endif %}
 
 ## Original and compressed, side by side
 
 Measured in the same run, on the same data ({{ rows }} rows of {{ eval_source }}), the same hardware
 ({{ device }}, {{ threads }} threads) and the same sequence length ({{ seq_len }} tokens).
+{% if protocol %}Perplexity: {{ protocol.windows }} windows of {{ protocol.seq_len }} tokens (stride
+{{ protocol.stride }}; documents joined with EOS), {{ protocol.predicted_tokens }} tokens \
+predicted.{% endif %}
 
 | | original | compressed | change |
 |---|---:|---:|---:|
@@ -56,7 +77,8 @@ Agreement with the original model: **{{ agreement }}**.
 
 | layer | heads kept | heads removed (original numbering) | FFN neurons kept | MLP |
 |---:|---:|---|---:|---|
-{% for r in removed %}| {{ r.layer }} | {{ r.heads_kept }} / {{ r.heads_total }} | {{ r.heads_removed }} | {{ r.neurons_kept }} / {{ r.neurons_total }} | {{ r.mlp }} |
+{% for r in removed %}| {{ r.layer }} | {{ r.heads_kept }} / {{ r.heads_total }} | \
+{{ r.heads_removed }} | {{ r.neurons_kept }} / {{ r.neurons_total }} | {{ r.mlp }} |
 {% endfor %}
 {% endif %}
 {% if heatmap %}
@@ -86,14 +108,18 @@ Agreement with the original model: **{{ agreement }}**.
 ```
 {% if per_layer %}
 The layers of this model differ in shape, so the folder ships its modelling code
-(`modeling_slimformer.py`, named in `config.json`'s `auto_map`): load it with `trust_remote_code=True`
-after reading that file. It imports only torch and transformers.{% if onnx %} `model.onnx` runs the same
-model without any Python modelling code (onnxruntime).{% endif %}
+(`modeling_slimformer.py`, named in `config.json`'s `auto_map`): load model and tokenizer with
+`trust_remote_code=True` after reading that file. It imports only torch and transformers.
+slimformer itself recognises that file and loads this model with its installed code, so the model
+can be the input of another slimformer job without remote code.{% if onnx %} `model.onnx` runs the
+same model without any Python modelling code (onnxruntime).{% endif %}
+{% elif onnx %}
+`model.onnx` runs the same model with onnxruntime.
 {% endif %}
 
 ## Reproducibility
 
-- base model: `{{ base_model }}` at revision `{{ revision }}`{% if commit %} (commit `{{ commit }}`){% endif %}
+- base model: {{ origin }}
 - seed: {{ seed }}
 - versions: {{ versions }}
 - the full job spec and every number are in `compression_report.json`
@@ -108,32 +134,84 @@ model without any Python modelling code (onnxruntime).{% endif %}
 
 ## Limitations
 
-- Numbers come from {{ rows }} evaluation rows on {{ device }}; other data, sequence lengths and hardware
+- Numbers come from {{ rows }} evaluation rows on {{ device }}; other data, sequence lengths and \
+hardware
   give other latencies and scores.
-- Pruning removes what mattered least for the calibration data ({{ calibration }}); inputs unlike that data
+- Pruning removes what mattered least for the calibration data ({{ calibration }}); inputs unlike \
+that data
   may lose more quality than measured here.
 - The base model's own limitations and biases carry over to this model.
-"""
+{% if new_head %}- The {{ new_head }} was never trained: fine-tune it before using the predictions.
+{% endif %}"""
+
+
+def format_number(value: float | int | None) -> str:
+    """A measured number as people read it: thousands separators, about four significant digits."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value):
+        return "∞" if value > 0 else ("−∞" if value < 0 else "n/a")
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    for limit, digits in ((100, 1), (10, 2), (1, 3)):
+        if magnitude >= limit:
+            return f"{value:.{digits}f}"
+    if value == 0:
+        return "0"
+    return f"{value:.4f}" if magnitude >= 1e-3 else f"{value:.2e}"
+
+
+def format_metric(value: float | int | None, metric: str | None = None) -> str:
+    """A metric value: fractions as percent (``87.50%``), others as :func:`format_number`."""
+    if value is not None and metric in PERCENT_METRICS:
+        return f"{100 * value:.2f}%"
+    return format_number(value)
+
+
+def format_factor(factor: float) -> str:
+    """``×1.25``, ``×12.3``, ``×59,695``: a ratio with sensible digits."""
+    if not math.isfinite(factor):
+        return "×∞"
+    if factor >= 1000:
+        return f"×{factor:,.0f}"
+    return f"×{factor:.1f}" if factor >= 10 else f"×{factor:.2f}"
+
+
+def format_change(before: float | None, after: float | None, metric: str | None = None) -> str:
+    """The change of a metric: percentage points for fractions, a factor for perplexity, else the
+    difference."""
+    if before is None or after is None:
+        return ""
+    if metric in PERCENT_METRICS:
+        return f"{100 * (after - before):+.2f} pt"
+    if metric in RATIO_METRICS:
+        return format_factor(after / before) if before > 0 else ""
+    difference = after - before
+    if abs(difference) >= 1000:
+        return f"{difference:+,.0f}"
+    if abs(difference) >= 1e-3 or difference == 0:
+        return f"{difference:+.3f}"
+    return f"{difference:+.1e}"
+
+
+def format_relative(before: float | int | None, after: float | int | None) -> str:
+    """The relative change of a size (``-37.5%``); empty when unknown."""
+    if not before or after is None:
+        return ""
+    return f"{after / before - 1:+.1%}"
 
 
 def _fmt(value, metric: str | None = None) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if metric in ("accuracy", "macro_f1", "next_token_accuracy"):
-        return f"{100 * value:.2f}%"
-    return f"{value:.4g}"
+    return format_metric(value, metric)
 
 
 def _change(before, after, *, ratio: bool = False, metric: str | None = None) -> str:
-    if before is None or after is None:
-        return ""
-    if ratio:
-        return f"{after / before:.1%}" if before else ""
-    if metric in ("accuracy", "macro_f1", "next_token_accuracy"):
-        return f"{100 * (after - before):+.2f} pt"
-    return f"{after - before:+.4f}"
+    return format_relative(before, after) if ratio else format_change(before, after, metric)
 
 
 def _table(evaluation: dict, artifacts: dict) -> list[tuple[str, str, str, str]]:
@@ -141,21 +219,59 @@ def _table(evaluation: dict, artifacts: dict) -> list[tuple[str, str, str, str]]
     original, compressed = evaluation["original"], evaluation["compressed"]
     for name, value in original["metrics"].items():
         other = compressed["metrics"].get(name)
-        rows.append((METRIC_LABELS.get(name, name), _fmt(value, name), _fmt(other, name),
-                     _change(value, other, metric=name)))
+        rows.append(
+            (
+                METRIC_LABELS.get(name, name),
+                _fmt(value, name),
+                _fmt(other, name),
+                _change(value, other, metric=name),
+            )
+        )
     for key, label in (("parameters", "Parameters"), ("macs", "MACs per sequence")):
-        rows.append((label, _fmt(original[key]), _fmt(compressed[key]), _change(original[key], compressed[key],
-                                                                                ratio=True)))
+        rows.append(
+            (
+                label,
+                _fmt(original[key]),
+                _fmt(compressed[key]),
+                _change(original[key], compressed[key], ratio=True),
+            )
+        )
     size_before, size_after = artifacts.get("original_size_bytes"), artifacts.get("size_bytes")
-    rows.append(("Size on disk", _mb(size_before), _mb(size_after), _change(size_before, size_after, ratio=True)))
+    rows.append(
+        (
+            "Size on disk",
+            _mb(size_before),
+            _mb(size_after),
+            _change(size_before, size_after, ratio=True),
+        )
+    )
     lat_o, lat_c = original.get("latency"), compressed.get("latency")
     if lat_o and lat_c:
         ratios = evaluation["ratios"]
-        rows.append(("Latency p50, batch 1 (ms)", f"{lat_o['batch1_p50_ms']:.2f}", f"{lat_c['batch1_p50_ms']:.2f}",
-                     f"{ratios['latency_speedup']:.2f}x faster"))
-        rows.append(("Latency p95, batch 1 (ms)", f"{lat_o['batch1_p95_ms']:.2f}", f"{lat_c['batch1_p95_ms']:.2f}", ""))
-        rows.append(("Throughput, batch 32 (seq/s)", f"{lat_o['batch32_throughput']:.1f}",
-                     f"{lat_c['batch32_throughput']:.1f}", f"{ratios['throughput_speedup']:.2f}x"))
+        rows.append(
+            (
+                "Latency p50, batch 1 (ms)",
+                f"{lat_o['batch1_p50_ms']:.2f}",
+                f"{lat_c['batch1_p50_ms']:.2f}",
+                f"{format_factor(ratios['latency_speedup'])} faster",
+            )
+        )
+        rows.append(
+            (
+                "Latency p95, batch 1 (ms)",
+                f"{lat_o['batch1_p95_ms']:.2f}",
+                f"{lat_c['batch1_p95_ms']:.2f}",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "Throughput, batch 32 (seq/s)",
+                f"{lat_o['batch32_throughput']:.1f}",
+                f"{lat_c['batch32_throughput']:.1f}",
+                format_factor(ratios["throughput_speedup"]),
+            )
+        )
     return rows
 
 
@@ -170,15 +286,17 @@ def _removed_rows(pruning: dict | None) -> list[dict]:
     removed_mlps = set(pruning.get("removed_mlps", []))
     for layer, total in enumerate(pruning["original_heads_per_layer"]):
         removed = pruning["removed_heads"].get(str(layer), [])
-        rows.append({
-            "layer": layer,
-            "heads_kept": pruning["heads_per_layer"][layer],
-            "heads_total": total,
-            "heads_removed": ", ".join(map(str, removed)) or "none",
-            "neurons_kept": pruning["neurons_per_layer"][layer],
-            "neurons_total": pruning["original_neurons_per_layer"][layer],
-            "mlp": "removed" if layer in removed_mlps else "kept",
-        })
+        rows.append(
+            {
+                "layer": layer,
+                "heads_kept": pruning["heads_per_layer"][layer],
+                "heads_total": total,
+                "heads_removed": ", ".join(map(str, removed)) or "none",
+                "neurons_kept": pruning["neurons_per_layer"][layer],
+                "neurons_total": pruning["original_neurons_per_layer"][layer],
+                "mlp": "removed" if layer in removed_mlps else "kept",
+            }
+        )
     return rows
 
 
@@ -198,7 +316,16 @@ def plot_head_heatmap(heads: list[list[float]], removed: dict[str, list[int]], p
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     for layer, idx in removed.items():
         for head in idx:
-            ax.text(head, int(layer), "x", ha="center", va="center", color="white", fontsize=11, fontweight="bold")
+            ax.text(
+                head,
+                int(layer),
+                "x",
+                ha="center",
+                va="center",
+                color="white",
+                fontsize=11,
+                fontweight="bold",
+            )
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(width))
@@ -212,7 +339,8 @@ def plot_head_heatmap(heads: list[list[float]], removed: dict[str, list[int]], p
 
 
 def plot_pruning_curve(curve: list[dict], metric: str, path: Path) -> Path:
-    """Metric against the fraction of heads (and FFN neurons) removed, one point per iterative step."""
+    """Metric against the fraction of heads (and FFN neurons) removed, one point per iterative
+    step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,11 +351,22 @@ def plot_pruning_curve(curve: list[dict], metric: str, path: Path) -> Path:
     y = [p["metric"] for p in curve]
     ax.plot(x, y, marker="o", label="heads removed")
     if any(p.get("ffn_removed") for p in curve):
-        ax.plot([p["ffn_removed"] for p in curve], y, marker="s", linestyle="--", label="FFN neurons removed")
+        ax.plot(
+            [p["ffn_removed"] for p in curve],
+            y,
+            marker="s",
+            linestyle="--",
+            label="FFN neurons removed",
+        )
     rejected = [p for p in curve if not p.get("kept", True)]
     if rejected:
-        ax.scatter([p["heads_removed"] for p in rejected], [p["metric"] for p in rejected], color="red", zorder=3,
-                   label="below the floor (undone)")
+        ax.scatter(
+            [p["heads_removed"] for p in rejected],
+            [p["metric"] for p in rejected],
+            color="red",
+            zorder=3,
+            label="below the floor (undone)",
+        )
     ax.set_xlabel("fraction removed")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title("Iterative pruning")
@@ -268,17 +407,23 @@ def build_card(report: dict, folder: Path) -> ModelCard:
     heatmap = curve = None
     importance = report.get("importance")
     if importance and importance.get("heads"):
-        plot_head_heatmap(importance["heads"], (pruning or {}).get("removed_heads", {}), folder / HEATMAP)
+        plot_head_heatmap(
+            importance["heads"], (pruning or {}).get("removed_heads", {}), folder / HEATMAP
+        )
         heatmap = HEATMAP
     if pruning and len(pruning.get("curve", [])) > 1:
         plot_pruning_curve(pruning["curve"], evaluation["primary_metric"], folder / CURVE)
         curve = CURVE
-    tags = ["slimformer"] + (["pruned"] if "prune" in method else []) + (["distilled"] if "distill" in method else [])
-    # a local folder is no Hub id: the metadata names only what the Hub can resolve
-    on_hub = base.get("commit") is not None or not base["id"].startswith((".", "/", "~"))
+    tags = (
+        ["slimformer"]
+        + (["pruned"] if "prune" in method else [])
+        + (["distilled"] if "distill" in method else [])
+    )
+    # the metadata names only what the Hub can resolve: never a local folder
+    hub_id = base_hub_id(base)
     card_data = ModelCardData(
-        base_model=base["id"] if on_hub else None,
-        base_model_revision=base.get("commit") or base.get("revision"),
+        base_model=hub_id,
+        base_model_revision=base.get("commit") if hub_id else None,
         tags=tags,
         pipeline_tag=PIPELINE_TAG.get(base["task"], base["task"]),
         library_name="transformers",
@@ -288,43 +433,56 @@ def build_card(report: dict, folder: Path) -> ModelCard:
     )
     artifacts = report.get("artifacts", {})
     per_layer = bool(artifacts.get("per_layer"))
-    auto_class = AUTO_CLASS_FOR_TASK.get(base["task"], "AutoModel")
-    repo = (report["spec"].get("publish") or {}).get("repo_id") or "path/to/this/folder"
-    trust = ", trust_remote_code=True" if per_layer else ""
-    load_code = (f"from transformers import AutoTokenizer, {auto_class}\n\n"
-                 f"model = {auto_class}.from_pretrained(\"{repo}\"{trust})\n"
-                 f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")")
+    repo = (report["spec"].get("publish") or {}).get("repo_id") or LOAD_PLACEHOLDER
+    load_code = load_snippet(
+        base["task"], repo, per_layer=per_layer, pairs=bool(report["data"].get("text_pair_column"))
+    )
     primary = evaluation["primary_metric"]
     o_metric = evaluation["original"]["metrics"].get(primary)
     c_metric = evaluation["compressed"]["metrics"].get(primary)
-    if c_metric is None and evaluation.get("agreement") is not None:  # no labels: agreement is the measure
+    if (
+        c_metric is None and evaluation.get("agreement") is not None
+    ):  # no labels: agreement is the measure
         primary, o_metric, c_metric = "agreement with the original", 1.0, evaluation["agreement"]
     ratios = evaluation["ratios"]
     summary = (
         f"A {'pruned' if 'prune' in method else 'distilled'}"
         f"{' and distilled' if method == 'prune_distill' else ''} version of "
-        + (f"[`{base['id']}`](https://huggingface.co/{base['id']})" if on_hub else f"`{base['id']}`")
+        + (f"[`{hub_id}`]({HUB_URL}/{hub_id})" if hub_id else f"a local model (`{base['id']}`)")
         + ", made with slimformer: "
         f"{ratios['parameters']:.0%} of the parameters and {ratios['macs']:.0%} of the MACs, "
-        f"{METRIC_LABELS.get(primary, primary)} {_fmt(c_metric, primary)} (original {_fmt(o_metric, primary)})"
-        + (f", {ratios['latency_speedup']:.2f}x faster at batch 1" if ratios.get("latency_speedup") else "")
+        f"{METRIC_LABELS.get(primary, primary)} {_fmt(c_metric, primary)} (original "
+        f"{_fmt(o_metric, primary)})"
+        + (
+            f", {format_factor(ratios['latency_speedup'])} faster at batch 1"
+            if ratios.get("latency_speedup")
+            else ""
+        )
         + "."
     )
-    versions = ", ".join(f"{k} {v}" for k, v in report.get("environment", {}).items() if k in
-                         ("python", "torch", "transformers", "huggingface_hub", "slimformer"))
+    new_head = base.get("new_head") or []
+    versions = ", ".join(
+        f"{k} {v}"
+        for k, v in report.get("environment", {}).items()
+        if k in ("python", "torch", "transformers", "huggingface_hub", "slimformer")
+    )
     card = ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
         title=f"{card_data.model_name}",
         summary=summary,
         table=_table(evaluation, artifacts),
-        agreement=None if evaluation.get("agreement") is None else f"{evaluation['agreement']:.2%}"
-        if evaluation["task"] != "feature-extraction" else f"{evaluation['agreement']:.4f} mean cosine",
+        agreement=None
+        if evaluation.get("agreement") is None
+        else f"{evaluation['agreement']:.2%}"
+        if evaluation["task"] != "feature-extraction"
+        else f"{evaluation['agreement']:.4f} mean cosine",
         rows=evaluation["rows"],
         eval_source=report["data"].get("eval_source", "the evaluation data"),
         device=evaluation["device"],
         threads=evaluation["threads"],
         seq_len=evaluation["seq_len"],
+        protocol=evaluation.get("protocol"),
         removed=_removed_rows(pruning),
         heatmap=heatmap,
         curve=curve,
@@ -334,16 +492,89 @@ def build_card(report: dict, folder: Path) -> ModelCard:
         load_code=load_code,
         per_layer=per_layer,
         onnx=bool(artifacts.get("onnx")),
-        base_model=base["id"],
-        revision=base.get("revision", "main"),
-        commit=base.get("commit"),
+        origin=_origin_text(base),
+        new_head=f"{PIPELINE_TAG.get(base['task'], base['task'])} head" if new_head else None,
+        new_head_weights=", ".join(new_head),
         seed=report["spec"].get("seed", 0),
         versions=versions,
         spec_json=json.dumps(report["spec"], indent=2),
-        calibration=report["data"].get("calibration_source") or report["data"].get("source", "the given data"),
+        calibration=report["data"].get("calibration_source")
+        or report["data"].get("source", "the given data"),
     )
     card.save(folder / "README.md")
     return card
+
+
+LOAD_PLACEHOLDER = "path/to/this/folder"
+SOURCE_TEXT = {
+    "hub": "downloaded from the Hub",
+    "hub_cache": "recognised from the Hugging Face cache folder it was loaded from",
+    "config": "as `_name_or_path` in the local folder's config.json names it; the commit is "
+    "unknown",
+    "given": "as given with `--base-model` (`model.base_model`) for a local folder; the commit is "
+    "unknown",
+}
+
+
+def base_hub_id(base: dict) -> str | None:
+    """The base model's Hub id when it is known, else None (reports before ``hub_id`` existed: a Hub
+    model had a commit)."""
+    if "hub_id" in base:
+        return base["hub_id"]
+    return base["id"] if base.get("commit") else None
+
+
+def _origin_text(base: dict) -> str:
+    hub_id = base_hub_id(base)
+    if hub_id is None:
+        return (
+            f"a local folder (`{base['id']}`) whose Hub origin is unknown; name it with "
+            "`--base-model` (`model.base_model`) to link it here"
+        )
+    source = base.get("source") or ("hub" if base.get("commit") else "given")
+    where = f"[`{hub_id}`]({HUB_URL}/{hub_id})"
+    if source == "hub" and base.get("revision"):
+        where += f" at revision `{base['revision']}`"
+    if base.get("commit"):
+        where += f" (commit `{base['commit']}`)"
+    return f"{where}, {SOURCE_TEXT.get(source, source)}"
+
+
+def load_snippet(task: str, repo: str, *, per_layer: bool, pairs: bool = False) -> str:
+    """Python that loads the result and uses it once, right for the task and the layout."""
+    auto_class = AUTO_CLASS_FOR_TASK.get(task, "AutoModel")
+    trust = ", trust_remote_code=True" if per_layer else ""
+    lines = [f"from transformers import AutoTokenizer, {auto_class}", ""]
+    if task == "feature-extraction":
+        lines = ["import torch", *lines]
+    lines += [
+        f'model = {auto_class}.from_pretrained("{repo}"{trust})',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{trust})',
+        "",
+    ]
+    if task == "text-classification":
+        second = ', ["a second sentence"]' if pairs else ""
+        lines += [
+            f'inputs = tokenizer(["an example sentence"]{second}, return_tensors="pt")',
+            "label = model(**inputs).logits.argmax(-1).item()",
+            "print(model.config.id2label[label])",
+        ]
+    elif task == "text-generation":
+        lines += [
+            'inputs = tokenizer("An example prompt", return_tensors="pt")',
+            "output = model.generate(**inputs, max_new_tokens=20)",
+            "print(tokenizer.decode(output[0], skip_special_tokens=True))",
+        ]
+    else:  # embeddings: the mean of the token states over real tokens, as slimformer measures them
+        lines += [
+            'inputs = tokenizer(["an example sentence"], padding=True, return_tensors="pt")',
+            "with torch.no_grad():",
+            "    hidden = model(**inputs).last_hidden_state",
+            'mask = inputs["attention_mask"].unsqueeze(-1)',
+            "embeddings = (hidden * mask).sum(1) / mask.sum(1)",
+            "print(embeddings.shape)",
+        ]
+    return "\n".join(lines)
 
 
 def _method_text(report: dict) -> str:
@@ -353,31 +584,67 @@ def _method_text(report: dict) -> str:
     p = spec["prune"]
     imp = report.get("importance") or {}
     how = {
-        "michel": "Michel et al. (2019): the expected magnitude of the loss gradient with respect to a gate on "
-                  "each head's output (and on each FFN neuron), heads normalised per layer",
+        "michel": (
+            "Michel et al. (2019): the expected magnitude of the loss gradient with respect to a "
+            "gate on each head's output (and on each FFN neuron), heads normalised per layer"
+        ),
         "magnitude": "the L2 norm of each unit's weights",
         "random": "a random order (a baseline)",
-    }[p["importance"]]
-    loss = {"task": "the task loss on labelled data", "label_free": "a label-free loss against the original "
-            "model's own predictions"}.get(imp.get("loss", ""), "")
+        "activations": "Minitron's activation magnitudes (forward passes only)",
+        "flap": "FLAP's fluctuation metric (An et al. 2024) with bias compensation",
+    }.get(p["importance"], p["importance"])
+    data = report["data"]
+    text = f"the text column `{data['text_column']}`" if data.get("text_column") else "the text"
+    if report["base_model"]["task"] == "text-generation":
+        task_loss = f"the next-token (language-modelling) loss on {text}"
+    else:
+        label = f" (labels from `{data['label_column']}`)" if data.get("label_column") else ""
+        task_loss = f"the task loss on labelled data{label}"
+    loss = {
+        "task": task_loss,
+        "label_free": "a label-free loss against the original model's own predictions",
+    }.get(imp.get("loss", ""))
+    if loss is None:  # activation-based methods (FLAP, Minitron): forward passes, no loss at all
+        loss = f"forward passes over {text}"
     target = ", ".join(
-        part for part in (
+        part
+        for part in (
             f"{p['heads']:.0%} of the attention heads" if p["heads"] else "",
             f"{p['ffn']:.0%} of the FFN neurons" if p["ffn"] else "",
             f"{p['whole_mlps']} whole MLP(s)" if p["whole_mlps"] else "",
             f"a budget of {p['macs_budget']:.0%} of the MACs" if p.get("macs_budget") else "",
-        ) if part
+        )
+        if part
     )
-    data = report["data"]
-    schedule = ("in one shot" if p["schedule"] == "one_shot" else
-                f"iteratively: {p['step']:.0%} of what remained per step, re-scoring each time, stopping before "
-                f"the metric fell below {p['metric_floor']:.0%} of the original")
+    schedule = (
+        "in one shot"
+        if p["schedule"] == "one_shot"
+        else f"iteratively: {p['step']:.0%} of what remained per step, re-scoring each time, "
+        f"stopping before the metric fell below {p['metric_floor']:.0%} of the original"
+    )
     return (
-        f"Importance was scored with {how}, using {loss} on {data.get('calibration_rows', '?')} calibration rows "
-        f"of {data.get('source', 'the given data')} ({imp.get('seconds', 0):.1f} s). The target was {target}, "
-        f"ranked {'across layers' if p['ranking'] == 'global' else 'within each layer'}, removed {schedule}. "
+        f"Importance was scored with {how}, using {loss} on {data.get('calibration_rows', '?')} "
+        f"calibration rows of {data.get('source', 'the given data')} "
+        f"({imp.get('seconds', 0):.1f} s). The target was {target}, "
+        f"ranked {'across layers' if p['ranking'] == 'global' else 'within each layer'}, "
+        f"removed {schedule}. "
         f"Units were removed physically (weights sliced) in the `{p['layout']}` layout."
+        + _unused_labels_text(report)
     )
+
+
+def _unused_labels_text(report: dict) -> str:
+    column = report["data"].get("unused_label_column")
+    if not column:
+        return ""
+    if report["base_model"]["task"] == "text-generation":
+        why = "a causal LM learns from the text itself, so no labels were used"
+    else:
+        why = (
+            "an embedding model uses labels only as similarity scores of sentence pairs, and "
+            "the data had no text pair column"
+        )
+    return f" The label column `{column}` was given but not used: {why}."
 
 
 def _distill_text(report: dict) -> str:
@@ -385,11 +652,15 @@ def _distill_text(report: dict) -> str:
     if not d:
         return ""
     spec = report["spec"]["distill"]
+    hidden = (
+        ", hidden-state " + spec["hidden_loss"] + " alignment" if spec.get("hidden_loss") else ""
+    )
     return (
         f"### Distillation\n\nThe student was trained for {d.get('steps', '?')} steps "
-        f"({d.get('seconds', 0) / 60:.1f} min) on soft targets of the original model at temperature "
-        f"{spec['temperature']} (alpha {spec['alpha']} on gold labels where present"
-        f"{', hidden-state ' + spec['hidden_loss'] + ' alignment' if spec.get('hidden_loss') else ''}); "
+        f"({d.get('seconds', 0) / 60:.1f} min) on soft targets of the original model at "
+        f"temperature {spec['temperature']} (alpha {spec['alpha']} on gold labels where present"
+        f"{hidden}); "
         f"the best checkpoint by the evaluation metric was kept"
         + (f" (best {d['best_metric']:.4f})." if d.get("best_metric") is not None else ".")
+        + ("" if "prune" in report["spec"]["method"] else _unused_labels_text(report))
     )

@@ -1,4 +1,5 @@
-"""File digests shared by the worker (which records them) and the client (which checks downloads)."""
+"""File digests shared by the worker (which records them) and the client (which checks
+downloads)."""
 
 from __future__ import annotations
 

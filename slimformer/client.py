@@ -1,8 +1,10 @@
-"""An HTTP client for the slimformer service's v1 API (httpx only: importing it never imports torch).
+"""An HTTP client for the slimformer service's v1 API (httpx only: importing it never imports
+torch).
 
 Example:
     >>> client = Client("http://127.0.0.1:8000", api_key="sk-...")
-    >>> job = client.submit({"model": {"id": "acme/tiny"}, "dataset": {"hub_id": "glue", "config": "sst2"},
+    >>> job = client.submit({"model": {"id": "acme/tiny"},
+    ...                      "dataset": {"hub_id": "glue", "config": "sst2"},
     ...                      "prune": {"heads": 0.5}})
     >>> for view in client.follow(job["id"]):
     ...     print(view["stage"], view["progress"])
@@ -30,12 +32,19 @@ RETRY_STATUSES = (502, 503, 504)
 
 
 class ClientError(SlimformerError):
-    """A request the service refused or could not answer; ``str(err)`` is one line a person understands."""
+    """A request the service refused or could not answer; ``str(err)`` is one line a person
+    understands."""
 
     code = "client_error"
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 details: dict | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        details: dict | None = None,
+    ) -> None:
         super().__init__(message, details=details)
         self.status = status
         if code:
@@ -48,9 +57,10 @@ class ServerUnreachable(ClientError, ConnectionError):
     code = "server_unreachable"
 
 
-# -- configuration -------------------------------------------------------------------------------------------
+# -- configuration ---------------------------------------------------------------------------------
 def config_path() -> Path:
-    """``$SLIMFORMER_CONFIG``, else ``~/.config/slimformer/config.toml`` (``$XDG_CONFIG_HOME`` honoured)."""
+    """``$SLIMFORMER_CONFIG``, else ``~/.config/slimformer/config.toml`` (``$XDG_CONFIG_HOME``
+    honoured)."""
     if os.environ.get("SLIMFORMER_CONFIG"):
         return Path(os.environ["SLIMFORMER_CONFIG"]).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
@@ -67,7 +77,9 @@ def read_config(path: Path | None = None) -> dict[str, str]:
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ClientError(f"{path} is not valid TOML ({err}); fix it or run `slimformer login` again") from None
+        raise ClientError(
+            f"{path} is not valid TOML ({err}); fix it or run `slimformer login` again"
+        ) from None
     return {k: str(v) for k, v in data.items() if k in ("server", "api_key") and v}
 
 
@@ -92,16 +104,18 @@ class Connection:
     api_key: str | None
 
 
-def resolve_connection(server: str | None = None, api_key: str | None = None,
-                       config: dict[str, str] | None = None) -> Connection:
-    """Flag, then environment (``SLIMFORMER_SERVER``, ``SLIMFORMER_API_KEY``), then the config file, then defaults."""
+def resolve_connection(
+    server: str | None = None, api_key: str | None = None, config: dict[str, str] | None = None
+) -> Connection:
+    """Flag, then environment (``SLIMFORMER_SERVER``, ``SLIMFORMER_API_KEY``), then the config file,
+    then defaults."""
     config = read_config() if config is None else config
     server = server or os.environ.get("SLIMFORMER_SERVER") or config.get("server") or DEFAULT_SERVER
     api_key = api_key or os.environ.get("SLIMFORMER_API_KEY") or config.get("api_key") or None
     return Connection(server.rstrip("/"), api_key)
 
 
-# -- downloads -----------------------------------------------------------------------------------------------
+# -- downloads -------------------------------------------------------------------------------------
 @dataclass
 class FileDownload:
     path: str
@@ -124,13 +138,21 @@ class Client:
         transport: an ``httpx`` transport (tests).
     """
 
-    def __init__(self, server: str = DEFAULT_SERVER, *, api_key: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
         headers = {"User-Agent": "slimformer-cli"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout, transport=transport)
+        self.http = httpx.Client(
+            base_url=self.server, headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -143,7 +165,9 @@ class Client:
 
     # -- plumbing
     def _unreachable(self, err: Exception) -> ServerUnreachable:
-        return ServerUnreachable(f"cannot reach the server at {self.server}: is `slimformer serve` running?")
+        return ServerUnreachable(
+            f"cannot reach the server at {self.server}: is `slimformer serve` running?"
+        )
 
     def _raise_for(self, response: httpx.Response) -> None:
         if response.status_code < 400:
@@ -151,30 +175,41 @@ class Client:
         response.read()
         try:
             error = response.json()["error"]
-            code, message, details = error.get("code"), error.get("message") or "", error.get("details") or {}
+            code, message, details = (
+                error.get("code"),
+                error.get("message") or "",
+                error.get("details") or {},
+            )
         except (ValueError, KeyError, TypeError):
             code, details = None, {}
-            message = f"the server answered {response.status_code} {response.reason_phrase} to " \
-                      f"{response.request.method} {response.request.url.path}"
+            message = (
+                f"the server answered {response.status_code} {response.reason_phrase} to "
+                f"{response.request.method} {response.request.url.path}"
+            )
         if response.status_code == 401:
             message += " (give a key with --api-key, SLIMFORMER_API_KEY or `slimformer login`)"
         raise ClientError(message, status=response.status_code, code=code, details=details)
 
     def request(self, method: str, path: str, *, retries: int = 0, **kwargs) -> httpx.Response:
-        """One request; ``retries`` more tries on connection errors and 502/503/504 (safe requests only)."""
+        """One request; ``retries`` more tries on connection errors and 502/503/504 (safe requests
+        only)."""
         for attempt in range(retries + 1):
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as err:
-                refused = isinstance(err, httpx.ConnectError)  # nothing listens: retrying only delays the answer
+                refused = isinstance(
+                    err, httpx.ConnectError
+                )  # nothing listens: retrying only delays the answer
                 if attempt < retries and not refused:
-                    time.sleep(min(8.0, 0.5 * 2 ** attempt))
+                    time.sleep(min(8.0, 0.5 * 2**attempt))
                     continue
                 if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout):
                     raise self._unreachable(err) from err
-                raise ClientError(f"the request to {self.server}{path} failed: {err or type(err).__name__}") from err
+                raise ClientError(
+                    f"the request to {self.server}{path} failed: {err or type(err).__name__}"
+                ) from err
             if response.status_code in RETRY_STATUSES and attempt < retries:
-                time.sleep(min(8.0, 0.5 * 2 ** attempt))
+                time.sleep(min(8.0, 0.5 * 2**attempt))
                 continue
             self._raise_for(response)
             return response
@@ -184,16 +219,27 @@ class Client:
         return self.request(method, path, **kwargs).json()
 
     # -- jobs
-    def submit(self, spec: dict, *, hub_token: str | None = None, idempotency_key: str | None = None,
-               retries: int = 3) -> dict:
-        """POST /v1/jobs; retried on network errors with the same ``Idempotency-Key``, so one job at most."""
+    def submit(
+        self,
+        spec: dict,
+        *,
+        hub_token: str | None = None,
+        idempotency_key: str | None = None,
+        retries: int = 3,
+    ) -> dict:
+        """POST /v1/jobs; retried on network errors with the same ``Idempotency-Key``, so one job at
+        most."""
         body = dict(spec)
         if hub_token:
             body["hub_token"] = hub_token
         key = idempotency_key or str(uuid.uuid4())
-        return self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}, retries=retries)
+        return self._json(
+            "POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}, retries=retries
+        )
 
-    def jobs(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict:
+    def jobs(
+        self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> dict:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
@@ -208,28 +254,42 @@ class Client:
         return self._json("POST", f"/v1/jobs/{_segment(job_id)}/cancel")
 
     def card(self, job_id: str, *, format: str = "markdown") -> str:
-        return self.request("GET", f"/v1/jobs/{_segment(job_id)}/card", params={"format": format}, retries=2).text
+        return self.request(
+            "GET", f"/v1/jobs/{_segment(job_id)}/card", params={"format": format}, retries=2
+        ).text
 
     def artifacts(self, job_id: str) -> list[dict]:
         return self._json("GET", f"/v1/jobs/{_segment(job_id)}/artifacts", retries=2)["files"]
 
     # -- datasets
     def upload(self, path: str | Path) -> dict:
-        """POST /v1/datasets with a local file; returns the upload (``upload_id``, ``rows``, ``columns``)."""
+        """POST /v1/datasets with a local file; returns the upload (``upload_id``, ``rows``,
+        ``columns``)."""
         path = Path(path)
         if not path.is_file():
             raise ClientError(f"data file {path} does not exist")
         with path.open("rb") as fh:
-            return self._json("POST", "/v1/datasets", files={"file": (path.name, fh, "application/octet-stream")},
-                              timeout=httpx.Timeout(self.http.timeout.connect, read=600.0, write=600.0))
+            return self._json(
+                "POST",
+                "/v1/datasets",
+                files={"file": (path.name, fh, "application/octet-stream")},
+                timeout=httpx.Timeout(self.http.timeout.connect, read=600.0, write=600.0),
+            )
 
     # -- progress
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
-        """The job's server-sent events as ``(event, data)``: ``progress`` with a job view, then ``end``."""
-        timeout = httpx.Timeout(self.http.timeout.connect, read=60.0)  # the server sends a keep-alive every 15 s
+        """The job's server-sent events as ``(event, data)``: ``progress`` with a job view, then
+        ``end``."""
+        timeout = httpx.Timeout(
+            self.http.timeout.connect, read=60.0
+        )  # the server sends a keep-alive every 15 s
         try:
-            with self.http.stream("GET", f"/v1/jobs/{_segment(job_id)}/events", timeout=timeout,
-                                  headers={"Accept": "text/event-stream"}) as response:
+            with self.http.stream(
+                "GET",
+                f"/v1/jobs/{_segment(job_id)}/events",
+                timeout=timeout,
+                headers={"Accept": "text/event-stream"},
+            ) as response:
                 self._raise_for(response)
                 event, data = "message", []
                 for line in response.iter_lines():
@@ -252,7 +312,8 @@ class Client:
             raise StreamDropped(str(err) or type(err).__name__) from err
 
     def follow(self, job_id: str, *, poll_seconds: float = 1.0) -> Iterator[dict]:
-        """Job views as the job moves, ending with its final view. Streams events; polls if the stream drops."""
+        """Job views as the job moves, ending with its final view. Streams events; polls if the
+        stream drops."""
         last = None
         try:
             for event, data in self.events(job_id):
@@ -277,20 +338,28 @@ class Client:
                 time.sleep(poll_seconds)
 
     # -- downloads
-    def download(self, job_id: str, out: str | Path, *,
-                 on_bytes: Callable[[str, int], None] | None = None,
-                 on_file: Callable[[str, int, int], None] | None = None) -> list[FileDownload]:
-        """Every artifact of a finished job into ``out``, resuming partial files with HTTP Range requests.
+    def download(
+        self,
+        job_id: str,
+        out: str | Path,
+        *,
+        on_bytes: Callable[[str, int], None] | None = None,
+        on_file: Callable[[str, int, int], None] | None = None,
+    ) -> list[FileDownload]:
+        """Every artifact of a finished job into ``out``, resuming partial files with HTTP Range
+        requests.
 
-        A file already on disk with the expected size is skipped; a shorter one is continued from its end; a
-        longer one is fetched again. Every file's final size is checked against the listing.
+        A file already on disk with the expected size is skipped; a shorter one is continued from
+        its end; a longer one is fetched again. Every file's final size is checked against the
+        listing.
 
         Args:
             on_file: called as ``on_file(path, size, bytes_already_there)`` before each file.
             on_bytes: called as ``on_bytes(path, n)`` for each chunk written.
 
         Raises:
-            ClientError: the job has not succeeded, a file came back with the wrong size, or the server failed.
+            ClientError: the job has not succeeded, a file came back with the wrong size, or the
+                server failed.
         """
         out = Path(out)
         results = []
@@ -302,19 +371,28 @@ class Client:
             result = self._download_file(job_id, rel, item["size"], target, on_bytes, on_file)
             expected = item.get("sha256")
             if expected and file_sha256(target) != expected:
-                # a file of the right size but other content (an older download): fetch it whole once more
+                # a file of the right size but other content (an older download): fetch it whole
+                # once more
                 target.unlink()
                 result = self._download_file(job_id, rel, item["size"], target, on_bytes, on_file)
                 if file_sha256(target) != expected:
                     target.unlink()
-                    raise ClientError(f"{rel}: its SHA-256 does not match the server's; the file was removed, "
-                                      "run the same command again")
+                    raise ClientError(
+                        f"{rel}: its SHA-256 does not match the server's; the file was removed, "
+                        "run the same command again"
+                    )
             results.append(result)
         return results
 
-    def _download_file(self, job_id: str, rel: str, size: int, target: Path,
-                       on_bytes: Callable[[str, int], None] | None,
-                       on_file: Callable[[str, int, int], None] | None) -> FileDownload:
+    def _download_file(
+        self,
+        job_id: str,
+        rel: str,
+        size: int,
+        target: Path,
+        on_bytes: Callable[[str, int], None] | None,
+        on_file: Callable[[str, int, int], None] | None,
+    ) -> FileDownload:
         target.parent.mkdir(parents=True, exist_ok=True)
         have = target.stat().st_size if target.is_file() else 0
         if have > size:  # not a prefix of this file: start over
@@ -325,14 +403,22 @@ class Client:
             on_file(rel, size, have)
         fetched = 0
         attempts = 0
-        url = f"/v1/jobs/{_segment(job_id)}/artifacts/{'/'.join(_segment(p) for p in rel.split('/'))}"
+        url = (
+            f"/v1/jobs/{_segment(job_id)}/artifacts/{'/'.join(_segment(p) for p in rel.split('/'))}"
+        )
         while have < size:
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                with self.http.stream("GET", url, headers=headers,
-                                      timeout=httpx.Timeout(self.http.timeout.connect, read=120.0)) as response:
+                with self.http.stream(
+                    "GET",
+                    url,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.http.timeout.connect, read=120.0),
+                ) as response:
                     self._raise_for(response)
-                    if have and response.status_code != 206:  # the server ignored the range: start over
+                    if (
+                        have and response.status_code != 206
+                    ):  # the server ignored the range: start over
                         have = 0
                     with target.open("r+b" if have else "wb") as fh:
                         fh.seek(have)
@@ -348,9 +434,11 @@ class Client:
                 if attempts > 3:
                     if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout):
                         raise self._unreachable(err) from err
-                    raise ClientError(f"downloading {rel} failed after {attempts} tries ({err}); run the same "
-                                      "command again to resume") from err
-                time.sleep(0.5 * 2 ** attempts)
+                    raise ClientError(
+                        f"downloading {rel} failed after {attempts} tries ({err}); run the same "
+                        "command again to resume"
+                    ) from err
+                time.sleep(0.5 * 2**attempts)
                 continue
             if have != size:
                 break
@@ -358,20 +446,27 @@ class Client:
         if size == 0 and not target.exists():
             target.touch()
         elif actual != size:
-            raise ClientError(f"{rel}: got {actual} bytes, the server lists {size}; run the same command again "
-                              "to resume")
+            raise ClientError(
+                f"{rel}: got {actual} bytes, the server lists {size}; run the same command again "
+                "to resume"
+            )
         return FileDownload(rel, size, fetched, start)
 
-    def download_tarball(self, job_id: str, out: str | Path, *,
-                         on_bytes: Callable[[int], None] | None = None) -> Path:
-        """GET /v1/jobs/{id}/download (a streamed .tar.gz of the whole model) into ``out/{id}.tar.gz``."""
+    def download_tarball(
+        self, job_id: str, out: str | Path, *, on_bytes: Callable[[int], None] | None = None
+    ) -> Path:
+        """GET /v1/jobs/{id}/download (a streamed .tar.gz of the whole model) into
+        ``out/{id}.tar.gz``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         target = out / f"{job_id}.tar.gz"
         partial = target.with_name(target.name + ".part")
         try:
-            with self.http.stream("GET", f"/v1/jobs/{_segment(job_id)}/download",
-                                  timeout=httpx.Timeout(self.http.timeout.connect, read=300.0)) as response:
+            with self.http.stream(
+                "GET",
+                f"/v1/jobs/{_segment(job_id)}/download",
+                timeout=httpx.Timeout(self.http.timeout.connect, read=300.0),
+            ) as response:
                 self._raise_for(response)
                 with partial.open("wb") as fh:
                     for chunk in response.iter_bytes(1 << 20):

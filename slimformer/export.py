@@ -28,7 +28,11 @@ class _FirstOutput(nn.Module):
         super().__init__()
         self.model, self.names = model, names
         # decoders would otherwise also return a key/value cache
-        self.extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+        self.extra = (
+            {"use_cache": False}
+            if "use_cache" in inspect.signature(model.forward).parameters
+            else {}
+        )
 
     def forward(
         self,
@@ -36,7 +40,11 @@ class _FirstOutput(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        given = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
         return self.model(**{n: given[n] for n in self.names}, **self.extra)[0]
 
 

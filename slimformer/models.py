@@ -1,8 +1,9 @@
-"""Facts about a loaded model, in one home: its task and Auto class, pooling, device and autocast, seeding,
-and its size in parameters and multiply-accumulates (MACs).
+"""Facts about a loaded model, in one home: its task and Auto class, pooling, device and autocast,
+seeding, and its size in parameters and multiply-accumulates (MACs).
 
-MACs are counted analytically from each layer's real sizes, so a per-layer pruned model is counted as it is,
-not as its config's global values say (checked against ``torch.utils.flop_counter`` in the tests).
+MACs are counted analytically from each layer's real sizes, so a per-layer pruned model is counted
+as it is, not as its config's global values say (checked against ``torch.utils.flop_counter`` in the
+tests).
 """
 
 from __future__ import annotations
@@ -86,11 +87,14 @@ def layer_macs(sizes: LayerSizes, *, hidden: int, head_dim: int, seq_len: int, g
 def count_macs(model: nn.Module, seq_len: int) -> int:
     """Multiply-accumulates for one sequence of ``seq_len`` tokens (embedding look-ups are free).
 
-    Counts the layers, the task head (pooler and classifier on one token, the LM head on every token).
+    Counts the layers, the task head (pooler and classifier on one token, the LM head on every
+    token).
     """
     adapter = ModelAdapter(model)
     config = model.config
-    hidden = getattr(config, "dim", None) if adapter.family.name == "distilbert" else config.hidden_size
+    hidden = (
+        getattr(config, "dim", None) if adapter.family.name == "distilbert" else config.hidden_size
+    )
     glu = adapter.grouped  # llama-like MLPs have gate, up and down projections
     total = sum(
         layer_macs(s, hidden=hidden, head_dim=adapter.head_dim, seq_len=seq_len, glu=glu)
@@ -99,7 +103,9 @@ def count_macs(model: nn.Module, seq_len: int) -> int:
     task = model_task(model)
     base = model.base_model
     pooler = getattr(base, "pooler", None)
-    if pooler is not None and getattr(pooler, "dense", None) is not None:  # BERT's pooler: the first token only
+    if (
+        pooler is not None and getattr(pooler, "dense", None) is not None
+    ):  # BERT's pooler: the first token only
         total += pooler.dense.in_features * pooler.dense.out_features
     if task == "text-generation":
         out = model.get_output_embeddings()
@@ -107,12 +113,25 @@ def count_macs(model: nn.Module, seq_len: int) -> int:
     elif task == "text-classification":
         inside = {id(m) for m in base.modules()}
         head = sum(
-            m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside
+            m.in_features * m.out_features
+            for m in model.modules()
+            if isinstance(m, nn.Linear) and id(m) not in inside
         )
         # decoders score every token and pick the last; encoders classify one pooled token
         total += head * (seq_len if adapter.grouped or adapter.family.name == "gpt2" else 1)
     return int(total)
 
 
-__all__ = ["AUTO_CLASS_FOR_TASK", "TASKS", "Task", "autocast_for", "count_macs", "count_parameters", "layer_macs",
-           "mean_pool", "model_task", "pick_device", "set_seed"]
+__all__ = [
+    "AUTO_CLASS_FOR_TASK",
+    "TASKS",
+    "Task",
+    "autocast_for",
+    "count_macs",
+    "count_parameters",
+    "layer_macs",
+    "mean_pool",
+    "model_task",
+    "pick_device",
+    "set_seed",
+]

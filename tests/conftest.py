@@ -52,7 +52,8 @@ def minilm_path() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_classifier_folder(tmp_path_factory, minilm_path) -> str:
-    """A tiny random BERT classifier saved with a real tokenizer (all-MiniLM-L6-v2's), labels neg/pos."""
+    """A tiny random BERT classifier saved with a real tokenizer (all-MiniLM-L6-v2's), labels
+    neg/pos."""
     from tiny_models import save_tiny_classifier
 
     return save_tiny_classifier(tmp_path_factory.mktemp("tiny-bert-classifier"), minilm_path)
@@ -78,7 +79,11 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     # huggingface_hub reads these at import time: set the values it already holds as well
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        server.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))

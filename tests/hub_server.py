@@ -1,9 +1,10 @@
 """A small Hugging Face Hub-compatible HTTP server for tests.
 
-It speaks the part of the Hub's protocol that huggingface_hub and transformers use to download and to upload
-model repos: repo info, tree listing, ``HEAD``/``GET`` resolve (``X-Repo-Commit``, ``ETag``), errors in
-``X-Error-Code``, repo creation, YAML validation, preupload (always ``regular``: inline content, no LFS or
-Xet) and NDJSON commits. Repos live in memory as a list of commits, each a full snapshot of the files.
+It speaks the part of the Hub's protocol that huggingface_hub and transformers use to download and
+to upload model repos: repo info, tree listing, ``HEAD``/``GET`` resolve (``X-Repo-Commit``,
+``ETag``), errors in ``X-Error-Code``, repo creation, YAML validation, preupload (always
+``regular``: inline content, no LFS or Xet) and NDJSON commits. Repos live in memory as a list of
+commits, each a full snapshot of the files.
 
 Knobs for tests: ``fail_next(n, status)`` answers the next ``n`` requests with an error status, and
 ``requests`` records every request line (method, path) so a test can say what the client asked for.
@@ -60,7 +61,9 @@ class Repo:
 
     def commit(self, files: dict[str, bytes], message: str, *, branch: str = "main") -> Commit:
         parent = self.refs.get(branch)
-        digest = hashlib.sha1(f"{self.repo_id}\n{parent}\n{message}\n{len(self.commits)}\n{time.time_ns()}".encode())
+        digest = hashlib.sha1(
+            f"{self.repo_id}\n{parent}\n{message}\n{len(self.commits)}\n{time.time_ns()}".encode()
+        )
         for path in sorted(files):
             digest.update(path.encode() + git_blob_sha(files[path]).encode())
         commit = Commit(digest.hexdigest(), message, dict(files), parent)
@@ -70,7 +73,8 @@ class Repo:
 
 
 class HubServer:
-    """The state behind the HTTP handler: repos, users and tokens, request log, injected failures."""
+    """The state behind the HTTP handler: repos, users and tokens, request log, injected
+    failures."""
 
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
@@ -108,15 +112,32 @@ class HubServer:
         self.tokens[token] = name
         self.namespaces[name] = {name, *orgs}
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes] | str | Path | None = None, *, private: bool = False,
-                 gated: bool = False, message: str = "initial commit") -> Repo:
-        """A repo whose first commit holds ``files`` (a dict of bytes, or every file of a local folder)."""
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes] | str | Path | None = None,
+        *,
+        private: bool = False,
+        gated: bool = False,
+        message: str = "initial commit",
+    ) -> Repo:
+        """A repo whose first commit holds ``files`` (a dict of bytes, or every file of a local
+        folder)."""
         if isinstance(files, str | Path):
             folder = Path(files)
-            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+            files = {
+                p.relative_to(folder).as_posix(): p.read_bytes()
+                for p in sorted(folder.rglob("*"))
+                if p.is_file()
+            }
         repo = Repo(repo_id, private=private, gated=gated)
-        repo.commit({".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", **(files or {})},
-                    message)
+        repo.commit(
+            {
+                ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+                **(files or {}),
+            },
+            message,
+        )
         self.repos[repo_id] = repo
         return repo
 
@@ -142,7 +163,9 @@ class HubServer:
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, body: dict | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, body: dict | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.body = status, message, code, body
 
@@ -164,7 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
     hub: HubServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args) -> None:  # quiet: pytest shows failures, not access logs
+    def log_message(
+        self, format: str, *args
+    ) -> None:  # quiet: pytest shows failures, not access logs
         pass
 
     # -- plumbing
@@ -178,14 +203,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.auth_headers.append(self.headers.get("Authorization"))
         failure = self.hub._take_failure()
         if failure is not None:
-            return self._send(failure, {"error": "the Hub is having a bad minute"}, head=method == "HEAD")
+            return self._send(
+                failure, {"error": "the Hub is having a bad minute"}, head=method == "HEAD"
+            )
         try:
             self._route(method, path, query, body)
         except _HttpError as err:
             headers = {"X-Error-Message": err.message}
             if err.code:
                 headers["X-Error-Code"] = err.code
-            self._send(err.status, err.body or {"error": err.message}, headers, head=method == "HEAD")
+            self._send(
+                err.status, err.body or {"error": err.message}, headers, head=method == "HEAD"
+            )
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")
@@ -196,8 +225,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch("POST")
 
-    def _send(self, status: int, payload: dict | list | bytes, headers: dict | None = None, *,
-              head: bool = False) -> None:
+    def _send(
+        self,
+        status: int,
+        payload: dict | list | bytes,
+        headers: dict | None = None,
+        *,
+        head: bool = False,
+    ) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         if not isinstance(payload, bytes):
@@ -224,8 +259,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise not_found
         if repo.private and repo_id.split("/")[0] not in self.hub.namespaces.get(user or "", set()):
             raise not_found
-        if files and repo.gated and (user is None or user not in self.hub.gated_access.get(repo_id, set())):
-            raise _HttpError(401 if user is None else 403, f"Access to model {repo_id} is restricted.", "GatedRepo")
+        if (
+            files
+            and repo.gated
+            and (user is None or user not in self.hub.gated_access.get(repo_id, set()))
+        ):
+            raise _HttpError(
+                401 if user is None else 403,
+                f"Access to model {repo_id} is restricted.",
+                "GatedRepo",
+            )
         return repo
 
     def _writable(self, repo_id: str) -> Repo:
@@ -256,13 +299,18 @@ class _Handler(BaseHTTPRequestHandler):
             if m := _groups(_API_PREUPLOAD, path):
                 return self._preupload(m["repo"], m["rev"], json.loads(body or b"{}"))
             if m := _groups(_API_COMMIT, path):
-                return self._commit(m["repo"], m["rev"], body, create_pr=query.get("create_pr") == ["1"])
+                return self._commit(
+                    m["repo"], m["rev"], body, create_pr=query.get("create_pr") == ["1"]
+                )
             raise _HttpError(404, f"no route for POST {path}")
         if m := _groups(_API_TREE, path):
             return self._tree(m["repo"], m["rev"], m["path"] or "")
         if m := _groups(_API_INFO, path):
-            return self._info(m["repo"], m["rev"] or "main", blobs=query.get("blobs") == ["True"]
-                              or query.get("blobs") == ["true"])
+            return self._info(
+                m["repo"],
+                m["rev"] or "main",
+                blobs=query.get("blobs") == ["True"] or query.get("blobs") == ["true"],
+            )
         if m := _groups(_RESOLVE, path):
             return self._resolve(m["repo"], m["rev"], m["path"], head=method == "HEAD")
         raise _HttpError(404, f"no route for {method} {path}")
@@ -277,13 +325,22 @@ class _Handler(BaseHTTPRequestHandler):
                 sibling |= {"size": len(content), "blobId": git_blob_sha(content)}
             siblings.append(sibling)
         payload = {
-            "_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": commit.sha, "private": repo.private,
-            "gated": "auto" if repo.gated else False, "disabled": False, "tags": [], "siblings": siblings,
+            "_id": repo_id,
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": commit.sha,
+            "private": repo.private,
+            "gated": "auto" if repo.gated else False,
+            "disabled": False,
+            "tags": [],
+            "siblings": siblings,
         }
         if "config.json" in commit.files:
             try:
                 config = json.loads(commit.files["config.json"])
-                payload["config"] = {k: config[k] for k in ("architectures", "model_type", "auto_map") if k in config}
+                payload["config"] = {
+                    k: config[k] for k in ("architectures", "model_type", "auto_map") if k in config
+                }
             except ValueError:
                 pass
         self._send(200, payload)
@@ -305,8 +362,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in commit.files:
             raise _HttpError(404, "Entry not found", "EntryNotFound")
         content = commit.files[path]
-        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{git_blob_sha(content)}"',
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": commit.sha,
+            "ETag": f'"{git_blob_sha(content)}"',
+            "Content-Type": "application/octet-stream",
+        }
         start = 0
         if (wanted := self.headers.get("Range")) and (m := re.match(r"bytes=(\d+)-", wanted)):
             start = int(m[1])
@@ -327,11 +387,19 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{namespace}/{payload['name']}"
         url = f"{self.hub.url}/{repo_id}"
         if namespace not in self.hub.namespaces.get(user, set()):
-            raise _HttpError(403, f"You don't have the rights to create a model under the namespace {namespace}")
+            raise _HttpError(
+                403, f"You don't have the rights to create a model under the namespace {namespace}"
+            )
         if repo_id in self.hub.repos:
-            raise _HttpError(409, "You already created this model repo", body={"error": "exists", "url": url})
-        self.hub.add_repo(repo_id, private=payload.get("visibility", "public") != "public"
-                          if "visibility" in payload else bool(payload.get("private")))
+            raise _HttpError(
+                409, "You already created this model repo", body={"error": "exists", "url": url}
+            )
+        self.hub.add_repo(
+            repo_id,
+            private=payload.get("visibility", "public") != "public"
+            if "visibility" in payload
+            else bool(payload.get("private")),
+        )
         self._send(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _preupload(self, repo_id: str, revision: str, payload: dict) -> None:
@@ -340,8 +408,14 @@ class _Handler(BaseHTTPRequestHandler):
         files = []
         for item in payload.get("files", []):
             existing = current.files.get(item["path"]) if current else None
-            files.append({"path": item["path"], "uploadMode": "regular", "shouldIgnore": False,
-                          "oid": git_blob_sha(existing) if existing is not None else None})
+            files.append(
+                {
+                    "path": item["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": git_blob_sha(existing) if existing is not None else None,
+                }
+            )
         self._send(200, {"files": files, "commitOid": current.sha if current else None})
 
     def _commit(self, repo_id: str, revision: str, body: bytes, *, create_pr: bool) -> None:
@@ -365,7 +439,11 @@ class _Handler(BaseHTTPRequestHandler):
             elif key == "deletedFile":
                 files.pop(value["path"], None)
             elif key == "deletedFolder":
-                files = {k: v for k, v in files.items() if not k.startswith(value["path"].rstrip("/") + "/")}
+                files = {
+                    k: v
+                    for k, v in files.items()
+                    if not k.startswith(value["path"].rstrip("/") + "/")
+                }
             else:
                 raise _HttpError(400, f"unsupported commit operation {key!r}")
         pr_url = None
@@ -376,6 +454,15 @@ class _Handler(BaseHTTPRequestHandler):
             commit = repo.commit(files, message, branch=branch)
             pr_url = f"{self.hub.url}/{repo_id}/discussions/{repo.pull_requests}"
         else:
-            commit = repo.commit(files, message, branch=revision if revision in repo.refs else "main")
-        self._send(200, {"success": True, "commitOid": commit.sha,
-                         "commitUrl": f"{self.hub.url}/{repo_id}/commit/{commit.sha}", "pullRequestUrl": pr_url})
+            commit = repo.commit(
+                files, message, branch=revision if revision in repo.refs else "main"
+            )
+        self._send(
+            200,
+            {
+                "success": True,
+                "commitOid": commit.sha,
+                "commitUrl": f"{self.hub.url}/{repo_id}/commit/{commit.sha}",
+                "pullRequestUrl": pr_url,
+            },
+        )

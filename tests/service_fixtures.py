@@ -1,5 +1,5 @@
-"""Real service processes for tests: ``slimformer serve`` (API + embedded worker) or the production shape
-(API, N workers, Redis, Postgres), pointed at the Hub test server.
+"""Real service processes for tests: ``slimformer serve`` (API + embedded worker) or the production
+shape (API, N workers, Redis, Postgres), pointed at the Hub test server.
 
 Import the fixtures in a test module with ``from service_fixtures import *  # noqa: F403``.
 """
@@ -39,21 +39,51 @@ def redis_available() -> bool:
 
 
 def postgres_available() -> bool:
-    return shutil.which("psql") is not None and subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", "select 1"],
-        capture_output=True).returncode == 0
+    return (
+        shutil.which("psql") is not None
+        and subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", "select 1"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
 
 
 def fresh_postgres_database() -> str:
     name = f"slimformer_test_{uuid.uuid4().hex[:10]}"
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            f"CREATE DATABASE {name}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return name
 
 
 def drop_postgres_database(name: str) -> None:
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
-                    f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
+    subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+        ],
+        capture_output=True,
+    )
 
 
 class Proc:
@@ -62,15 +92,22 @@ class Proc:
     def __init__(self, args: list[str], env: dict, log: Path) -> None:
         self.args, self.log = args, log
         self._fh = log.open("ab")
-        self.popen = subprocess.Popen(args, env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            args,
+            env=env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def kill9(self) -> None:
-        """SIGKILL the whole process group: the process and its pool children die at once, like a lost machine."""
+        """SIGKILL the whole process group: the process and its pool children die at once, like a
+        lost machine."""
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -103,8 +140,14 @@ class Service:
         self.headers: dict[str, str] = {}
 
     def command(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "slimformer.cli", *args], env=self.env, capture_output=True,
-                              text=True, cwd=ROOT, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "slimformer.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
 
     def start_api(self, *, worker: bool = True) -> Service:
         args = [sys.executable, "-m", "slimformer.cli", "serve", "--port", str(self.port)]
@@ -116,8 +159,11 @@ class Service:
 
     def start_worker(self, name: str | None = None) -> Proc:
         name = name or f"w{len(self.workers)}"
-        proc = Proc([sys.executable, "-m", "slimformer.cli", "worker", "--hostname", f"{name}@%h"], self.env,
-                    self.data_dir / f"worker-{name}.log")
+        proc = Proc(
+            [sys.executable, "-m", "slimformer.cli", "worker", "--hostname", f"{name}@%h"],
+            self.env,
+            self.data_dir / f"worker-{name}.log",
+        )
         self.workers.append(proc)
         return proc
 
@@ -132,7 +178,9 @@ class Service:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"API not up after {timeout} s:\n{self.api.output()[-3000:] if self.api else ''}")
+        raise TimeoutError(
+            f"API not up after {timeout} s:\n{self.api.output()[-3000:] if self.api else ''}"
+        )
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
@@ -155,15 +203,19 @@ class Service:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def wait(self, job_id: str, *, until=lambda job: job["status"] in TERMINAL, timeout: float = 300) -> dict:
+    def wait(
+        self, job_id: str, *, until=lambda job: job["status"] in TERMINAL, timeout: float = 300
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.job(job_id)
             if until(job):
                 return job
             time.sleep(0.25)
-        raise TimeoutError(f"job {job_id} still {job['status']} / {job['stage']} after {timeout} s:\n"
-                           + "\n".join(p.output()[-2000:] for p in [self.api, *self.workers] if p))
+        raise TimeoutError(
+            f"job {job_id} still {job['status']} / {job['stage']} after {timeout} s:\n"
+            + "\n".join(p.output()[-2000:] for p in [self.api, *self.workers] if p)
+        )
 
     def logs(self) -> str:
         return "\n".join(p.output() for p in [self.api, *self.workers] if p)
@@ -175,21 +227,37 @@ class Service:
 
 
 def base_env(data_dir: Path, hub: HubServer, port: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIMFORMER_", "HF_", "REDIS_URL", "DATABASE_URL"))}
-    env.update({
-        "SLIMFORMER_DATA_DIR": str(data_dir), "SLIMFORMER_PORT": str(port),
-        "SLIMFORMER_HEARTBEAT_SECONDS": "1", "SLIMFORMER_STALE_AFTER_SECONDS": "6",
-        "SLIMFORMER_REAPER_INTERVAL_SECONDS": "1", "SLIMFORMER_RETRY_BACKOFF_SECONDS": "1",
-        "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(data_dir / "hf-home"),
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLIMFORMER_", "HF_", "REDIS_URL", "DATABASE_URL"))
+    }
+    env.update(
+        {
+            "SLIMFORMER_DATA_DIR": str(data_dir),
+            "SLIMFORMER_PORT": str(port),
+            "SLIMFORMER_HEARTBEAT_SECONDS": "1",
+            "SLIMFORMER_STALE_AFTER_SECONDS": "6",
+            "SLIMFORMER_REAPER_INTERVAL_SECONDS": "1",
+            "SLIMFORMER_RETRY_BACKOFF_SECONDS": "1",
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(data_dir / "hf-home"),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+        }
+    )
     return env
 
 
-def start_service_with_keys(data_dir: Path, model_folder: str, names=("alice", "bob")) -> tuple[Service, HubServer]:
-    """``slimformer serve`` with auth on (one key per name; requests go as the first) and the Hub test server
-    holding ``acme/tiny``. Stop both with ``service.stop(); hub.stop()``."""
+def start_service_with_keys(
+    data_dir: Path, model_folder: str, names=("alice", "bob")
+) -> tuple[Service, HubServer]:
+    """``slimformer serve`` with auth on (one key per name; requests go as the first) and the Hub
+    test server holding ``acme/tiny``. Stop both with ``service.stop(); hub.stop()``."""
     hub = HubServer().start()
     hub.add_repo("acme/tiny", model_folder)
     port = free_port()
@@ -206,7 +274,8 @@ def start_service_with_keys(data_dir: Path, model_folder: str, names=("alice", "
 
 @pytest.fixture
 def hub_with_model(tiny_classifier_folder):
-    """The Hub test server holding ``acme/tiny`` (a tiny BERT classifier) and a user with a write token."""
+    """The Hub test server holding ``acme/tiny`` (a tiny BERT classifier) and a user with a write
+    token."""
     server = HubServer().start()
     server.add_repo("acme/tiny", tiny_classifier_folder)
     server.add_user("alice", "hf_alice_secret_token_123456", orgs=("acme",))
@@ -231,8 +300,8 @@ def embedded_service(tmp_path, hub_with_model):
 
 @pytest.fixture
 def production_service(tmp_path, hub_with_model):
-    """The production shape on this machine: API without worker, Redis broker, a fresh Postgres database.
-    Workers are started by the test (``service.start_worker()``)."""
+    """The production shape on this machine: API without worker, Redis broker, a fresh Postgres
+    database. Workers are started by the test (``service.start_worker()``)."""
     if not redis_available():
         pytest.skip("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
     if not postgres_available():
@@ -243,8 +312,13 @@ def production_service(tmp_path, hub_with_model):
     database = fresh_postgres_database()
     redis_db = 1 + int(uuid.uuid4().int % 14)
     env = base_env(data_dir, hub_with_model, port)
-    env.update({"DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-                "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "SLIMFORMER_MAX_CONCURRENT_JOBS": "1000"})
+    env.update(
+        {
+            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+            "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+            "SLIMFORMER_MAX_CONCURRENT_JOBS": "1000",
+        }
+    )
     subprocess.run(["redis-cli", "-n", str(redis_db), "FLUSHDB"], capture_output=True)
     service = Service(data_dir, env, port)
     service.hub = hub_with_model
@@ -257,5 +331,15 @@ def production_service(tmp_path, hub_with_model):
     drop_postgres_database(database)
 
 
-__all__ = ["start_service_with_keys", "embedded_service", "production_service", "hub_with_model", "Service", "Proc", "free_port",
-           "redis_available", "postgres_available", "TERMINAL"]
+__all__ = [
+    "start_service_with_keys",
+    "embedded_service",
+    "production_service",
+    "hub_with_model",
+    "Service",
+    "Proc",
+    "free_port",
+    "redis_available",
+    "postgres_available",
+    "TERMINAL",
+]

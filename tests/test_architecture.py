@@ -1,8 +1,9 @@
-"""The house rules of the import graph, checked statically: every ``import`` statement in every module,
-including those inside functions, so a deferred import cannot hide a forbidden edge.
+"""The house rules of the import graph, checked statically: every ``import`` statement in every
+module, including those inside functions, so a deferred import cannot hide a forbidden edge.
 
 - ``slimformer/`` (the library) imports nothing of ours and no web, queue or database framework;
-- ``service/`` (the API) imports neither torch nor ``workers/``, and of the library only its torch-free modules;
+- ``service/`` (the API) imports neither torch nor ``workers/``, and of the library only its
+  torch-free modules;
 - ``workers/`` may import both; nothing imports ``workers/``;
 - no import cycles between packages, nor between the modules of a package.
 """
@@ -18,7 +19,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("slimformer", "service", "workers")
-FRAMEWORKS = ("fastapi", "starlette", "celery", "kombu", "sqlalchemy", "alembic", "uvicorn", "redis", "boto3")
+FRAMEWORKS = (
+    "fastapi",
+    "starlette",
+    "celery",
+    "kombu",
+    "sqlalchemy",
+    "alembic",
+    "uvicorn",
+    "redis",
+    "boto3",
+)
 # what the API may use of the library: torch-free modules only
 LIBRARY_FOR_SERVICE = {"slimformer", "slimformer.spec", "slimformer.checksum"}
 
@@ -31,7 +42,8 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def imports_of(path: Path, root: Path) -> set[str]:
-    """Every module named by an import statement anywhere in the file (relative imports resolved)."""
+    """Every module named by an import statement anywhere in the file (relative imports
+    resolved)."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -59,7 +71,8 @@ def import_graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
         edges = set()
         for target in imports_of(path, root):
             if target.split(".")[0] in packages:
-                # the longest prefix that is one of our modules (`from slimformer.spec import JobSpec`)
+                # the longest prefix that is one of our modules
+                # (`from slimformer.spec import JobSpec`)
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
                 if target and target != name:
@@ -137,8 +150,10 @@ def test_the_walker_sees_imports_inside_functions_and_relative_imports(tmp_path)
 def test_the_library_imports_nothing_of_ours_and_no_framework(graph):
     bad = {
         f"{module} -> {target}"
-        for module, targets in graph.items() if _top(module) == "slimformer"
-        for target in targets if _top(target) in ("service", "workers", *FRAMEWORKS)
+        for module, targets in graph.items()
+        if _top(module) == "slimformer"
+        for target in targets
+        if _top(target) in ("service", "workers", *FRAMEWORKS)
     }
     assert not bad, sorted(bad)
 
@@ -146,7 +161,8 @@ def test_the_library_imports_nothing_of_ours_and_no_framework(graph):
 def test_the_service_imports_no_torch_no_workers_and_only_torch_free_library_modules(graph):
     bad = {
         f"{module} -> {target}"
-        for module, targets in graph.items() if _top(module) == "service"
+        for module, targets in graph.items()
+        if _top(module) == "service"
         for target in targets
         if _top(target) in ("torch", "transformers", "datasets", "workers")
         or (_top(target) == "slimformer" and target not in LIBRARY_FOR_SERVICE)
@@ -157,15 +173,19 @@ def test_the_service_imports_no_torch_no_workers_and_only_torch_free_library_mod
 def test_the_torch_free_library_modules_stay_torch_free(graph):
     for module in LIBRARY_FOR_SERVICE - {"slimformer"}:
         heavy = {t for t in graph[module] if _top(t) in ("torch", "transformers", "datasets")}
-        ours = {t for t in graph[module] if _top(t) == "slimformer" and t not in LIBRARY_FOR_SERVICE}
+        ours = {
+            t for t in graph[module] if _top(t) == "slimformer" and t not in LIBRARY_FOR_SERVICE
+        }
         assert not heavy and not ours, (module, heavy | ours)
 
 
 def test_nothing_imports_workers(graph):
     bad = {
         f"{module} -> {target}"
-        for module, targets in graph.items() if _top(module) != "workers"
-        for target in targets if _top(target) == "workers"
+        for module, targets in graph.items()
+        if _top(module) != "workers"
+        for target in targets
+        if _top(target) == "workers"
     }
     assert not bad, sorted(bad)
 
@@ -190,14 +210,21 @@ def test_importing_the_library_loads_no_framework():
         f"bad = [m for m in {FRAMEWORKS!r} + ('service', 'workers') if m in sys.modules]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_the_service_never_imports_torch():
-    code = ("import sys, tempfile; from service.app import create_app; from service.settings import Settings; "
-            "create_app(Settings(data_dir=tempfile.mkdtemp()), run_reaper=False); "
-            "bad = [m for m in ('torch', 'transformers', 'workers') if m in sys.modules]; "
-            "print(bad); sys.exit(bool(bad))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    code = (
+        "import sys, tempfile; from service.app import create_app; "
+        "from service.settings import Settings; "
+        "create_app(Settings(data_dir=tempfile.mkdtemp()), run_reaper=False); "
+        "bad = [m for m in ('torch', 'transformers', 'workers') if m in sys.modules]; "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert r.returncode == 0, r.stdout + r.stderr

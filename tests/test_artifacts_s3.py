@@ -1,4 +1,5 @@
-"""The artifact store's behaviour, the same tests for the local folder and for S3 (a real moto server)."""
+"""The artifact store's behaviour, the same tests for the local folder and for S3 (a real moto
+server)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from service.artifacts import ArtifactNotFound, BadArtifactPath, LocalArtifactStore, make_artifact_store
+from service.artifacts import (
+    ArtifactNotFound,
+    BadArtifactPath,
+    LocalArtifactStore,
+    make_artifact_store,
+)
 from service.settings import Settings
 
 boto3 = pytest.importorskip("boto3")
@@ -28,8 +34,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -58,8 +69,9 @@ def store(request, tmp_path):
     from service.artifacts_s3 import S3ArtifactStore
 
     endpoint = request.getfixturevalue("s3_endpoint")
-    return S3ArtifactStore(request.getfixturevalue("bucket"), prefix="deploy-a/", endpoint_url=endpoint,
-                           part_size=PART)
+    return S3ArtifactStore(
+        request.getfixturevalue("bucket"), prefix="deploy-a/", endpoint_url=endpoint, part_size=PART
+    )
 
 
 def make_folder(root: Path, files: dict[str, bytes]) -> Path:
@@ -83,8 +95,12 @@ def sha256_stream(chunks) -> str:
 
 
 def test_published_folder_lists_sizes_and_reads_back(store, tmp_path):
-    files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(3000), "onnx/model.onnx": b"onnx",
-             "empty.txt": b""}
+    files = {
+        "config.json": b'{"a": 1}',
+        "model.safetensors": os.urandom(3000),
+        "onnx/model.onnx": b"onnx",
+        "empty.txt": b"",
+    }
     listed = store.publish_folder("jobs/j1", make_folder(tmp_path / "out", files))
 
     expected = [{"path": p, "size": len(d)} for p, d in sorted(files.items())]
@@ -116,7 +132,10 @@ def test_put_file_then_fetch_and_list(store, tmp_path):
     store.put_file("uploads/u1/data.csv", source)
     assert store.size("uploads/u1/data.csv") == source.stat().st_size
     assert store.list("uploads/u1") == [{"path": "data.csv", "size": source.stat().st_size}]
-    assert store.fetch_file("uploads/u1/data.csv", tmp_path / "copy.csv").read_text() == source.read_text()
+    assert (
+        store.fetch_file("uploads/u1/data.csv", tmp_path / "copy.csv").read_text()
+        == source.read_text()
+    )
 
 
 def test_large_file_streams_up_and_down_in_parts(store, tmp_path):
@@ -152,8 +171,12 @@ def test_multipart_upload_really_happens_on_s3(s3_endpoint, bucket, tmp_path):
     big.write_bytes(os.urandom(12 << 20))
     store = S3ArtifactStore(bucket, prefix="p/", endpoint_url=s3_endpoint, part_size=PART)
     store.put_file("uploads/u/big.bin", big)
-    head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(Bucket=bucket, Key="p/uploads/u/big.bin")
-    assert head["ETag"].strip('"').endswith("-3")  # a multipart object's ETag ends with its part count
+    head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(
+        Bucket=bucket, Key="p/uploads/u/big.bin"
+    )
+    assert (
+        head["ETag"].strip('"').endswith("-3")
+    )  # a multipart object's ETag ends with its part count
 
 
 def test_range_reads(store, tmp_path):
@@ -167,25 +190,46 @@ def test_range_reads(store, tmp_path):
     big = os.urandom(3 << 20)
     store.publish_folder("jobs/r2", make_folder(tmp_path / "out2", {"big.bin": big}))
     start, end = (1 << 20) - 7, (2 << 20) + 11
-    assert read(store, "jobs/r2/big.bin", start, end) == big[start:end + 1]
+    assert read(store, "jobs/r2/big.bin", start, end) == big[start : end + 1]
 
 
-@pytest.mark.parametrize("key", ["../escape", "jobs/../../etc/passwd", "/etc/passwd", "jobs//x", "jobs/./x",
-                                 "jobs\\x", "", "jobs/x\x00"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../escape",
+        "jobs/../../etc/passwd",
+        "/etc/passwd",
+        "jobs//x",
+        "jobs/./x",
+        "jobs\\x",
+        "",
+        "jobs/x\x00",
+    ],
+)
 def test_keys_leaving_the_store_are_rejected(store, tmp_path, key):
     source = tmp_path / "f.txt"
     source.write_text("x")
-    calls = [lambda: store.put_file(key, source), lambda: store.fetch_file(key, tmp_path / "out"),
-             lambda: store.list(key), lambda: store.size(key), lambda: read(store, key),
-             lambda: store.delete_prefix(key), lambda: store.publish_folder(key, tmp_path)]
+    calls = [
+        lambda: store.put_file(key, source),
+        lambda: store.fetch_file(key, tmp_path / "out"),
+        lambda: store.list(key),
+        lambda: store.size(key),
+        lambda: read(store, key),
+        lambda: store.delete_prefix(key),
+        lambda: store.publish_folder(key, tmp_path),
+    ]
     for call in calls:
         with pytest.raises(BadArtifactPath):
             call()
 
 
 def test_republish_replaces_the_whole_folder(store, tmp_path):
-    store.publish_folder("jobs/j", make_folder(tmp_path / "v1", {"a.txt": b"one", "old.txt": b"gone soon"}))
-    store.publish_folder("jobs/j", make_folder(tmp_path / "v2", {"a.txt": b"two!", "new.txt": b"new"}))
+    store.publish_folder(
+        "jobs/j", make_folder(tmp_path / "v1", {"a.txt": b"one", "old.txt": b"gone soon"})
+    )
+    store.publish_folder(
+        "jobs/j", make_folder(tmp_path / "v2", {"a.txt": b"two!", "new.txt": b"new"})
+    )
     assert store.list("jobs/j") == [{"path": "a.txt", "size": 4}, {"path": "new.txt", "size": 3}]
     assert read(store, "jobs/j/a.txt") == b"two!"
     with pytest.raises(ArtifactNotFound):
@@ -195,7 +239,9 @@ def test_republish_replaces_the_whole_folder(store, tmp_path):
 def test_failed_publish_leaves_the_previous_version(store, tmp_path):
     store.publish_folder("jobs/j", make_folder(tmp_path / "v1", {"a.txt": b"one"}))
     broken = make_folder(tmp_path / "v2", {"a.txt": b"two", "b.txt": b"bee"})
-    (broken / "z-dangling").symlink_to(tmp_path / "does-not-exist")  # fails after the other files went up
+    (broken / "z-dangling").symlink_to(
+        tmp_path / "does-not-exist"
+    )  # fails after the other files went up
     with pytest.raises(OSError):
         store.publish_folder("jobs/j", broken)
     assert store.list("jobs/j") == [{"path": "a.txt", "size": 3}]
@@ -227,7 +273,9 @@ def test_readers_see_one_complete_version_during_republish(store, tmp_path):
 
 
 def test_delete_prefix_removes_everything_below(store, tmp_path):
-    store.publish_folder("jobs/d", make_folder(tmp_path / "out", {"a.txt": b"a", "sub/b.txt": b"b"}))
+    store.publish_folder(
+        "jobs/d", make_folder(tmp_path / "out", {"a.txt": b"a", "sub/b.txt": b"b"})
+    )
     store.publish_folder("jobs/keep", make_folder(tmp_path / "out2", {"c.txt": b"c"}))
     store.delete_prefix("jobs/d")
     store.delete_prefix("jobs/never-existed")
@@ -242,7 +290,9 @@ def test_ping(store):
     store.ping()
 
 
-def test_s3_ping_fails_without_the_bucket_and_leaves_no_internals_visible(s3_endpoint, bucket, tmp_path):
+def test_s3_ping_fails_without_the_bucket_and_leaves_no_internals_visible(
+    s3_endpoint, bucket, tmp_path
+):
     from service.artifacts_s3 import MANIFEST, S3ArtifactStore
 
     with pytest.raises(Exception):  # noqa: B017 - botocore's ClientError for the missing bucket
@@ -252,17 +302,28 @@ def test_s3_ping_fails_without_the_bucket_and_leaves_no_internals_visible(s3_end
     store.publish_folder("jobs/j", make_folder(tmp_path / "out2", {"a.txt": b"b"}))
     with pytest.raises(BadArtifactPath):
         store.size(f"jobs/j/{MANIFEST}")
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
-        Bucket=bucket)["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)[
+            "Contents"
+        ]
+    ]
     assert all(k.startswith("slimformer/jobs/j/") for k in keys)
-    assert len(keys) <= 3  # the manifest, the current version and the one a running download may still read
+    assert (
+        len(keys) <= 3
+    )  # the manifest, the current version and the one a running download may still read
 
 
 def test_settings_pick_the_s3_backend(s3_endpoint, bucket, tmp_path):
     from service.artifacts_s3 import S3ArtifactStore
 
-    settings = Settings(data_dir=tmp_path, artifact_backend="s3", s3_bucket=bucket, s3_prefix="team-a",
-                        s3_endpoint_url=s3_endpoint)
+    settings = Settings(
+        data_dir=tmp_path,
+        artifact_backend="s3",
+        s3_bucket=bucket,
+        s3_prefix="team-a",
+        s3_endpoint_url=s3_endpoint,
+    )
     store = make_artifact_store(settings)
     assert isinstance(store, S3ArtifactStore) and store.prefix == "team-a/"
     store.ping()

@@ -7,10 +7,14 @@ from slimformer.cli import main
 
 
 def _prune(model, data, out, *extra):
-    return main(["prune", str(model), "--data", str(data), "--out", str(out), "--no-latency", *extra])
+    return main(
+        ["prune", str(model), "--data", str(data), "--out", str(out), "--no-latency", *extra]
+    )
 
 
-def test_prune_writes_a_folder_that_reloads_and_prints_a_summary(tiny_classifier_folder, labelled_csv, tmp_path, capsys):
+def test_prune_writes_a_folder_that_reloads_and_prints_a_summary(
+    tiny_classifier_folder, labelled_csv, tmp_path, capsys
+):
     out = tmp_path / "pruned"
     assert _prune(tiny_classifier_folder, labelled_csv, out, "--heads", "0.5", "--ffn", "0.3") == 0
     printed = capsys.readouterr().out
@@ -20,16 +24,23 @@ def test_prune_writes_a_folder_that_reloads_and_prints_a_summary(tiny_classifier
     evaluation = report["evaluation"]
     assert evaluation["compressed"]["parameters"] < evaluation["original"]["parameters"]
     assert report["importance"]["loss"] == "task"
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        out, trust_remote_code=True
+    )
     assert sum(p.numel() for p in model.parameters()) == evaluation["compressed"]["parameters"]
     assert (out / "README.md").is_file()
     assert (out / "tokenizer.json").is_file() and (out / "modeling_slimformer.py").is_file()
     assert not list(tmp_path.glob(".pruned.partial-*"))
 
 
-def test_uniform_ffn_pruning_loads_without_remote_code(tiny_classifier_folder, labelled_csv, tmp_path):
+def test_uniform_ffn_pruning_loads_without_remote_code(
+    tiny_classifier_folder, labelled_csv, tmp_path
+):
     out = tmp_path / "uniform"
-    assert _prune(tiny_classifier_folder, labelled_csv, out, "--ffn", "0.5", "--layout", "uniform") == 0
+    assert (
+        _prune(tiny_classifier_folder, labelled_csv, out, "--ffn", "0.5", "--layout", "uniform")
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["intermediate_size"] == 19 and "auto_map" not in config
     transformers.AutoModelForSequenceClassification.from_pretrained(out)
@@ -37,8 +48,22 @@ def test_uniform_ffn_pruning_loads_without_remote_code(tiny_classifier_folder, l
 
 def test_iterative_schedule_from_the_command_line(tiny_classifier_folder, labelled_csv, tmp_path):
     out = tmp_path / "iter"
-    assert _prune(tiny_classifier_folder, labelled_csv, out, "--heads", "0.5", "--schedule", "iterative",
-                  "--step", "0.25", "--metric-floor", "0.01") == 0
+    assert (
+        _prune(
+            tiny_classifier_folder,
+            labelled_csv,
+            out,
+            "--heads",
+            "0.5",
+            "--schedule",
+            "iterative",
+            "--step",
+            "0.25",
+            "--metric-floor",
+            "0.01",
+        )
+        == 0
+    )
     report = json.loads((out / "compression_report.json").read_text())
     assert len(report["pruning"]["curve"]) >= 3
 
@@ -59,8 +84,9 @@ def test_onnx_export_from_the_command_line(tiny_classifier_folder, labelled_csv,
         (["--heads", "0.5", "--layout", "sideways"], "invalid choice: 'sideways'"),
     ],
 )
-def test_bad_arguments_are_rejected_before_anything_runs(tiny_classifier_folder, labelled_csv, tmp_path, capsys,
-                                                        args, message):
+def test_bad_arguments_are_rejected_before_anything_runs(
+    tiny_classifier_folder, labelled_csv, tmp_path, capsys, args, message
+):
     with pytest.raises(SystemExit) as exit_info:
         _prune(tiny_classifier_folder, labelled_csv, tmp_path / "out", *args)
     assert exit_info.value.code == 2
@@ -76,13 +102,25 @@ def _expect_error(capsys, code, *fragments):
         assert fragment in err, err
 
 
-def test_missing_column_is_one_clear_line_and_no_folder(tiny_classifier_folder, labelled_csv, tmp_path, capsys):
-    code = _prune(tiny_classifier_folder, labelled_csv, tmp_path / "out", "--heads", "0.5", "--text-column", "review")
+def test_missing_column_is_one_clear_line_and_no_folder(
+    tiny_classifier_folder, labelled_csv, tmp_path, capsys
+):
+    code = _prune(
+        tiny_classifier_folder,
+        labelled_csv,
+        tmp_path / "out",
+        "--heads",
+        "0.5",
+        "--text-column",
+        "review",
+    )
     _expect_error(capsys, code, "reviews.csv", "'review'", "sentence, label")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
-def test_target_that_removes_every_head_is_refused(tiny_classifier_folder, labelled_csv, tmp_path, capsys):
+def test_target_that_removes_every_head_is_refused(
+    tiny_classifier_folder, labelled_csv, tmp_path, capsys
+):
     code = _prune(tiny_classifier_folder, labelled_csv, tmp_path / "out", "--heads", "0.9")
     _expect_error(capsys, code, "empty a layer's attention")
     assert not (tmp_path / "out").exists()
@@ -96,18 +134,24 @@ def test_folder_that_is_not_a_model(labelled_csv, tmp_path, capsys):
 
 def test_unsupported_architecture(labelled_csv, tmp_path, capsys):
     folder = tmp_path / "t5"
-    transformers.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=8, vocab_size=64).save_pretrained(folder)
+    transformers.T5Config(
+        d_model=16, num_layers=1, num_heads=2, d_ff=8, vocab_size=64
+    ).save_pretrained(folder)
     code = _prune(folder, labelled_csv, tmp_path / "out", "--heads", "0.5")
     _expect_error(capsys, code, "'t5' is not supported", "bert", "llama")
 
 
 def test_empty_data_file(tiny_classifier_folder, tmp_path, capsys):
     (tmp_path / "empty.csv").write_text("")
-    code = _prune(tiny_classifier_folder, tmp_path / "empty.csv", tmp_path / "out", "--heads", "0.5")
+    code = _prune(
+        tiny_classifier_folder, tmp_path / "empty.csv", tmp_path / "out", "--heads", "0.5"
+    )
     _expect_error(capsys, code, "empty.csv is empty")
 
 
-def test_existing_output_folder_is_not_overwritten(tiny_classifier_folder, labelled_csv, tmp_path, capsys):
+def test_existing_output_folder_is_not_overwritten(
+    tiny_classifier_folder, labelled_csv, tmp_path, capsys
+):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -116,7 +160,9 @@ def test_existing_output_folder_is_not_overwritten(tiny_classifier_folder, label
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_a_failure_while_writing_leaves_no_folder(tiny_classifier_folder, labelled_csv, tmp_path, capsys, monkeypatch):
+def test_a_failure_while_writing_leaves_no_folder(
+    tiny_classifier_folder, labelled_csv, tmp_path, capsys, monkeypatch
+):
     from slimformer import pipeline
     from slimformer.errors import ExportError
 
@@ -124,7 +170,9 @@ def test_a_failure_while_writing_leaves_no_folder(tiny_classifier_folder, labell
         raise ExportError("ONNX export failed: simulated")
 
     monkeypatch.setattr(pipeline, "export_onnx", broken_export)
-    code = _prune(tiny_classifier_folder, labelled_csv, tmp_path / "out", "--heads", "0.5", "--onnx")
+    code = _prune(
+        tiny_classifier_folder, labelled_csv, tmp_path / "out", "--heads", "0.5", "--onnx"
+    )
     _expect_error(capsys, code, "simulated")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.partial-*"))

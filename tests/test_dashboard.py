@@ -1,5 +1,6 @@
-"""The web dashboard in a real browser (Debian's headless Chromium driven by Playwright) against a real
-`slimformer serve` pulling a tiny model from the Hub test server. Screenshots land in test-artifacts/dashboard/."""
+"""The web dashboard in a real browser (Debian's headless Chromium driven by Playwright) against a
+real `slimformer serve` pulling a tiny model from the Hub test server. Screenshots land in
+test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
@@ -12,21 +13,34 @@ import pytest
 from service_fixtures import ROOT, start_service_with_keys
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SHOTS = ROOT / "test-artifacts" / "dashboard"
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                                      "(apt-get install chromium; .ci/run installs it)"),
+    pytest.mark.skipif(
+        not CHROMIUM.is_file(),
+        reason="Debian's chromium is not installed at /usr/bin/chromium "
+        "(apt-get install chromium; .ci/run installs it)",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_classifier_folder):
-    """`slimformer serve` with auth on (keys for alice and bob) and the Hub test server holding acme/tiny."""
-    svc, hub = start_service_with_keys(tmp_path_factory.mktemp("dashboard-service"), tiny_classifier_folder)
+    """`slimformer serve` with auth on (keys for alice and bob) and the Hub test server holding
+    acme/tiny."""
+    svc, hub = start_service_with_keys(
+        tmp_path_factory.mktemp("dashboard-service"), tiny_classifier_folder
+    )
     yield svc
     svc.stop()
     hub.stop()
@@ -50,15 +64,25 @@ def page(browser):
     page.set_default_timeout(20_000)
     page.problems = []
     page.on("pageerror", lambda err: page.problems.append(f"page error: {err}"))
-    page.on("console", lambda msg: page.problems.append(f"console {msg.type}: {msg.text}")
-            if msg.type == "error" and not any(f"status of {s}" in msg.text for s in (401, 404, 422)) else None)
+    page.on(
+        "console",
+        lambda msg: (
+            page.problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error"
+            and not any(f"status of {s}" in msg.text for s in (401, 404, 422))
+            else None
+        ),
+    )
     yield page
     context.close()
 
 
 def _csv(folder: Path) -> Path:
-    rows = ["sentence,label"] + [f"{w} movie number {i},{lab}" for i in range(24)
-                                 for w, lab in (("great", "positive"), ("awful", "negative"))]
+    rows = ["sentence,label"] + [
+        f"{w} movie number {i},{lab}"
+        for i in range(24)
+        for w, lab in (("great", "positive"), ("awful", "negative"))
+    ]
     path = folder / "reviews.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -68,7 +92,9 @@ def test_submit_watch_inspect_and_download_a_job(service, page, tmp_path):
     from playwright.sync_api import expect
 
     page.goto(service.url + "/")
-    expect(page.locator("#banner")).to_contain_text("missing API key")  # no key yet: the page asks for one
+    expect(page.locator("#banner")).to_contain_text(
+        "missing API key"
+    )  # no key yet: the page asks for one
     page.fill("#key-input", service.keys["alice"])
     page.click("#key-form button[type=submit]")
     expect(page.locator("#key-state")).to_have_text(f"key …{service.keys['alice'][-4:]}")
@@ -87,7 +113,9 @@ def test_submit_watch_inspect_and_download_a_job(service, page, tmp_path):
     expect(message).to_contain_text("less than 1")
     expect(page.locator("input[name='prune.heads']")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#form-error")).to_contain_text("prune.heads")
-    expect(page.locator("#upload-info")).to_contain_text("reviews.csv: 48 rows; columns sentence, label")
+    expect(page.locator("#upload-info")).to_contain_text(
+        "reviews.csv: 48 rows; columns sentence, label"
+    )
     page.screenshot(path=SHOTS / "1-submit-validation.png", full_page=True)
 
     page.fill("input[name='prune.heads']", "0.5")
@@ -95,7 +123,11 @@ def test_submit_watch_inspect_and_download_a_job(service, page, tmp_path):
     page.wait_for_url("**/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
     spec = service.job(job_id)["spec"]
-    assert spec["prune"]["heads"] == 0.5 and spec["prune"]["ffn"] == 0.3 and spec["dataset"]["upload_id"]
+    assert (
+        spec["prune"]["heads"] == 0.5
+        and spec["prune"]["ffn"] == 0.3
+        and spec["dataset"]["upload_id"]
+    )
     assert spec["evaluation"]["latency"] is False and spec["dataset"]["text_column"] == "sentence"
 
     # record every value the progress bar shows, then wait for 100%
@@ -105,28 +137,40 @@ def test_submit_watch_inspect_and_download_a_job(service, page, tmp_path):
         new MutationObserver(() => window.seen.push(bar.getAttribute('aria-valuenow')))
             .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
     }""")
-    page.wait_for_function("() => Number(document.getElementById('progress').getAttribute('aria-valuenow')) > 0",
-                           timeout=300_000)
+    page.wait_for_function(
+        "() => Number(document.getElementById('progress').getAttribute('aria-valuenow')) > 0",
+        timeout=300_000,
+    )
     page.screenshot(path=SHOTS / "2-job-running.png", full_page=True)
-    page.wait_for_function("() => document.getElementById('progress').getAttribute('aria-valuenow') === '100'",
-                           timeout=300_000)
+    page.wait_for_function(
+        "() => document.getElementById('progress').getAttribute('aria-valuenow') === '100'",
+        timeout=300_000,
+    )
     expect(page.locator("#status")).to_have_text("succeeded")
     seen = [int(v) for v in page.evaluate("window.seen")]
     assert seen[-1] == 100 and len(set(seen)) >= 2, seen
 
     expect(page.locator("#timeline li.done[data-stage='scoring']")).to_be_visible()
     expect(page.locator("#timeline li.done[data-stage='evaluating']")).to_be_visible()
-    page.wait_for_function("() => document.getElementById('heatmap').naturalWidth > 100", timeout=30_000)
+    page.wait_for_function(
+        "() => document.getElementById('heatmap').naturalWidth > 100", timeout=30_000
+    )
     assert page.locator("#heatmap").get_attribute("src").startswith("blob:")
     rows = page.locator("#metrics tbody tr")
     expect(rows.first).to_be_visible()
-    table = {rows.nth(i).locator("th").inner_text(): [c.inner_text() for c in rows.nth(i).locator("td").all()]
-             for i in range(rows.count())}
+    table = {
+        rows.nth(i).locator("th").inner_text(): [
+            c.inner_text() for c in rows.nth(i).locator("td").all()
+        ]
+        for i in range(rows.count())
+    }
     assert {"Accuracy", "Parameters", "MACs per sequence", "Size on disk"} <= set(table)
     original, compressed = (int(v.replace(",", "")) for v in table["Parameters"][:2])
     assert compressed < original
     assert table["Accuracy"][0].endswith("%") and table["Accuracy"][2].endswith(" pt")
-    page.wait_for_function("() => [...document.querySelectorAll('#card img')].some(i => i.naturalWidth > 100)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#card img')].some(i => i.naturalWidth > 100)"
+    )
     expect(page.locator("#card table").first).to_be_visible()
     page.screenshot(path=SHOTS / "3-job-succeeded.png", full_page=True)
 
@@ -160,16 +204,27 @@ def test_submit_watch_inspect_and_download_a_job(service, page, tmp_path):
 def test_live_progress_in_the_list_and_cancel_on_the_job_page(service, page, tmp_path):
     from playwright.sync_api import expect
 
-    page.add_init_script(f"sessionStorage.setItem('slimformer.apiKey', {json.dumps(service.keys['alice'])})")
+    page.add_init_script(
+        f"sessionStorage.setItem('slimformer.apiKey', {json.dumps(service.keys['alice'])})"
+    )
     upload = service.upload(_csv(tmp_path))
-    view = service.submit({"model": {"id": "acme/tiny"}, "dataset": {"upload_id": upload["upload_id"]},
-                           "method": "distill", "distill": {"student": {"layers": 1}, "epochs": 100},
-                           "evaluation": {"latency": False}})
+    view = service.submit(
+        {
+            "model": {"id": "acme/tiny"},
+            "dataset": {"upload_id": upload["upload_id"]},
+            "method": "distill",
+            "distill": {"student": {"layers": 1}, "epochs": 100},
+            "evaluation": {"latency": False},
+        }
+    )
     page.goto(service.url + "/")
     row = page.locator(f"tr[data-job-id='{view['id']}']")
     expect(row.locator(".badge")).to_have_text("running", timeout=120_000)
-    page.wait_for_function(f"""() => Number(document.querySelector("tr[data-job-id='{view['id']}'] .bar")
-                                .getAttribute('aria-valuenow')) > 0""", timeout=120_000)
+    page.wait_for_function(
+        f"""() => Number(document.querySelector("tr[data-job-id='{view["id"]}'] .bar")
+                                .getAttribute('aria-valuenow')) > 0""",
+        timeout=120_000,
+    )
     expect(row.locator(".label")).to_contain_text("%")
     page.screenshot(path=SHOTS / "5-jobs-live.png", full_page=True)
     row.locator("a").click()
@@ -186,12 +241,24 @@ def test_live_progress_in_the_list_and_cancel_on_the_job_page(service, page, tmp
 def test_no_page_or_asset_shows_another_keys_jobs(service, page):
     from playwright.sync_api import expect
 
-    alice_job = service.submit({"model": {"id": "acme/no-such-model"}, "dataset": {"hub_id": "glue"},
-                                "prune": {"heads": 0.5}})
+    alice_job = service.submit(
+        {
+            "model": {"id": "acme/no-such-model"},
+            "dataset": {"hub_id": "glue"},
+            "prune": {"heads": 0.5},
+        }
+    )
     service.wait(alice_job["id"])
     # the HTML shells and assets, fetched without a key, hold no job data
-    for path in ("/", "/submit", "/static/common.js", "/static/jobs.js", "/static/job.js", "/static/submit.js",
-                 "/static/app.css"):
+    for path in (
+        "/",
+        "/submit",
+        "/static/common.js",
+        "/static/jobs.js",
+        "/static/job.js",
+        "/static/submit.js",
+        "/static/app.css",
+    ):
         response = httpx.get(service.url + path)
         assert response.status_code == 200, path
         assert alice_job["id"] not in response.text and "no-such-model" not in response.text, path
@@ -199,7 +266,9 @@ def test_no_page_or_asset_shows_another_keys_jobs(service, page):
     assert "no-such-model" not in shell.text and "Content-Security-Policy" in shell.headers
     assert httpx.get(service.url + "/static/..%2Fapp.py").status_code == 404
 
-    page.add_init_script(f"sessionStorage.setItem('slimformer.apiKey', {json.dumps(service.keys['bob'])})")
+    page.add_init_script(
+        f"sessionStorage.setItem('slimformer.apiKey', {json.dumps(service.keys['bob'])})"
+    )
     page.goto(service.url + "/")
     expect(page.locator("#jobs-empty")).to_be_visible()
     assert alice_job["id"] not in page.content()

@@ -12,12 +12,18 @@ from slimformer.pruning import PruningTarget, plan_pruning, prune_model
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize(("family", "head"), [("bert", "classification"), ("llama", "causal-lm"), ("gpt2", "base")])
+@pytest.mark.parametrize(
+    ("family", "head"), [("bert", "classification"), ("llama", "causal-lm"), ("gpt2", "base")]
+)
 def test_per_layer_model_exports_to_onnx_with_dynamic_shapes(family, head, tmp_path):
     model = tiny_model(family, head)
     batch = tiny_batch(family, head=head)
-    prune_model(model, plan_pruning(model, score_importance(model, [batch]), PruningTarget(heads=0.5, ffn=0.3,
-                                                                                             whole_mlps=1)))
+    prune_model(
+        model,
+        plan_pruning(
+            model, score_importance(model, [batch]), PruningTarget(heads=0.5, ffn=0.3, whole_mlps=1)
+        ),
+    )
     info = export_onnx(model, batch, tmp_path / "m.onnx")
     assert info["max_abs_diff"] <= 1e-4
     # another batch size and length than the one traced
@@ -34,4 +40,8 @@ def test_per_layer_model_exports_to_onnx_with_dynamic_shapes(family, head, tmp_p
 def test_export_failure_is_an_export_error(tmp_path):
     model = tiny_model("bert")
     with pytest.raises(ExportError, match="ONNX export failed"):
-        export_onnx(model, {"input_ids": torch.zeros(2, 4, dtype=torch.long)}, tmp_path / "missing" / "m.onnx")
+        export_onnx(
+            model,
+            {"input_ids": torch.zeros(2, 4, dtype=torch.long)},
+            tmp_path / "missing" / "m.onnx",
+        )

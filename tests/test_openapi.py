@@ -1,5 +1,5 @@
-"""Property-based tests of the API against its own OpenAPI schema (schemathesis): no 5xx for any input the
-schema allows or nearly allows, and every response matches what the schema documents."""
+"""Property-based tests of the API against its own OpenAPI schema (schemathesis): no 5xx for any
+input the schema allows or nearly allows, and every response matches what the schema documents."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("openapi") / "data"), run_reaper=False)
+    app = create_app(
+        Settings(data_dir=tmp_path_factory.mktemp("openapi") / "data"), run_reaper=False
+    )
     app.state.store.create_schema()
     return app
 
@@ -29,17 +31,23 @@ def operations():
 
 @pytest.mark.parametrize("operation", operations())
 def test_no_server_errors_and_responses_match_the_schema(api, operation):
-    """schemathesis generates requests for each operation; none may get a 5xx or an undocumented response."""
+    """schemathesis generates requests for each operation; none may get a 5xx or an undocumented
+    response."""
     method, path = operation.split(" ", 1)
     loaded = schemathesis.openapi.from_asgi("/openapi.json", api)
     op = loaded[path][method]
 
     @given(case=op.as_strategy())
-    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     def check(case):
-        # the spec's cross-field rules (exactly one data source, targets that fit the method) live in validators
-        # the JSON schema cannot state, so "schema-valid" bodies may rightly get 422: that check is left out
-        case.call_and_validate(headers={"Accept-Encoding": "identity"}, excluded_checks=[positive_data_acceptance])
+        # the spec's cross-field rules (exactly one data source, targets that fit the method) live
+        # in validators the JSON schema cannot state, so "schema-valid" bodies may rightly get 422:
+        # that check is left out
+        case.call_and_validate(
+            headers={"Accept-Encoding": "identity"}, excluded_checks=[positive_data_acceptance]
+        )
 
     check()
 
@@ -53,7 +61,12 @@ def test_every_route_documents_its_errors_with_the_error_body(api):
             codes = set(operation["responses"])
             assert "404" in codes or path in ("/v1/jobs", "/v1/datasets", "/v1/me"), (method, path)
             for code, response in operation["responses"].items():
-                if code.startswith(("4", "5")) and code != "422" or code == "422" and path != "/v1/jobs":
+                if (
+                    code.startswith(("4", "5"))
+                    and code != "422"
+                    or code == "422"
+                    and path != "/v1/jobs"
+                ):
                     ref = response["content"]["application/json"]["schema"]["$ref"]
                     assert ref.endswith("/ErrorBody"), (method, path, code)
     job_create = spec["components"]["schemas"]["JobCreate"]

@@ -1,5 +1,5 @@
-"""The library on real pretrained models: the packaged all-MiniLM-L6-v2 and (where ../shared exists) the
-fine-tuned SST-2 MiniLM the benchmarks use."""
+"""The library on real pretrained models: the packaged all-MiniLM-L6-v2 and (where ../shared exists)
+the fine-tuned SST-2 MiniLM the benchmarks use."""
 
 import json
 import subprocess
@@ -20,11 +20,27 @@ pytestmark = pytest.mark.slow
 
 def test_label_free_pruning_of_the_packaged_minilm_reloads(minilm_path, tmp_path, capsys):
     out = tmp_path / "minilm"
-    code = main(["prune", minilm_path, "--data", "examples/sentences.csv", "--heads", "0.3", "--ffn", "0.3",
-                 "--no-latency", "--out", str(out)])
+    code = main(
+        [
+            "prune",
+            minilm_path,
+            "--data",
+            "examples/sentences.csv",
+            "--heads",
+            "0.3",
+            "--ffn",
+            "0.3",
+            "--no-latency",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads((out / "compression_report.json").read_text())
-    assert report["base_model"]["task"] == "feature-extraction" and report["importance"]["loss"] == "label_free"
+    assert (
+        report["base_model"]["task"] == "feature-extraction"
+        and report["importance"]["loss"] == "label_free"
+    )
     evaluation = report["evaluation"]
     assert evaluation["primary_metric"] == "cosine_to_original"
     assert evaluation["compressed"]["metrics"]["cosine_to_original"] > 0.8
@@ -53,7 +69,9 @@ def test_sst2_minilm_pruned_equals_gated_and_keeps_accuracy(shared_dir, tmp_path
     with gated(model, heads=plan.heads, neurons=plan.neurons):
         _, gated_accuracy = task_metric(model, val_batches)
         with torch.no_grad():
-            gated_logits = model(**{k: v for k, v in val_batches[0].items() if k != "labels"}).logits
+            gated_logits = model(
+                **{k: v for k, v in val_batches[0].items() if k != "labels"}
+            ).logits
     prune_model(model, plan)
     _, pruned_accuracy = task_metric(model, val_batches)
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Saved folders reload in a fresh process with transformers alone, and compute what the pruned model computed."""
+"""Saved folders reload in a fresh process with transformers alone, and compute what the pruned
+model computed."""
 
 import json
 import subprocess
@@ -70,11 +71,16 @@ def test_pruned_folders_reload_in_a_fresh_process(tmp_path):
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     run = subprocess.run(
         [sys.executable, "-c", CHECK, str(tmp_path / "cases.json")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert results.pop("slimformer_imported") is False, "the reloaded folders must not need slimformer"
+    assert results.pop("slimformer_imported") is False, (
+        "the reloaded folders must not need slimformer"
+    )
     for folder, (pruned_out, gated_out, mask, layout, _family) in expected.items():
         reloaded = torch.load(f"{folder}/reloaded.pt")
         assert (_real(reloaded, mask) - _real(pruned_out, mask)).abs().max() <= 1e-4, folder
@@ -91,11 +97,14 @@ def test_per_layer_folder_without_trust_remote_code_fails_loudly(tmp_path):
     assert (tmp_path / "m" / "modeling_slimformer.py").is_file()
     code = (
         "import transformers\n"
-        f"transformers.AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'm')!r})\n"
+        "transformers.AutoModelForSequenceClassification.from_pretrained("
+        f"{str(tmp_path / 'm')!r})\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
-    assert "per-layer attribute" in run.stderr  # transformers' own AmbiguousGlobalPerLayerAttributeError
+    assert (
+        "per-layer attribute" in run.stderr
+    )  # transformers' own AmbiguousGlobalPerLayerAttributeError
 
 
 def test_generation_works_after_per_layer_pruning(tmp_path):
@@ -106,7 +115,9 @@ def test_generation_works_after_per_layer_pruning(tmp_path):
     save_model_folder(model, None, tmp_path / "m")
     import transformers
 
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True).eval()
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m", trust_remote_code=True
+    ).eval()
     ids = batch["input_ids"][:1, :5]
     a = model.generate(ids, max_new_tokens=6, do_sample=False)
     b = reloaded.generate(ids, max_new_tokens=6, do_sample=False)

@@ -47,7 +47,9 @@ def client(app):
 @pytest.fixture
 def keys(app):
     store: JobStore = app.state.store
-    return {name: store.create_key(name, admin=name == "admin")[1] for name in ("alice", "bob", "admin")}
+    return {
+        name: store.create_key(name, admin=name == "admin")[1] for name in ("alice", "bob", "admin")
+    }
 
 
 def auth(key: str) -> dict:
@@ -63,7 +65,9 @@ def finish_job(app, job_id: str, files: dict[str, bytes]) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(content)
     app.state.artifacts.publish_folder(f"jobs/{job_id}", folder)
-    assert store.finish(job_id, "test:1", "succeeded", stage="done", progress=1.0, result={"metric": "accuracy"})
+    assert store.finish(
+        job_id, "test:1", "succeeded", stage="done", progress=1.0, result={"metric": "accuracy"}
+    )
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -91,14 +95,19 @@ def test_invalid_specs_get_422_with_field_paths(client):
         error = r.json()["error"]
         assert error["code"] in ("invalid_spec", "invalid_request")
         fields = [f["field"] for f in error["details"]["fields"]]
-        assert any(f and (f.startswith(field) or field.startswith(f)) for f in fields), (field, fields)
+        assert any(f and (f.startswith(field) or field.startswith(f)) for f in fields), (
+            field,
+            fields,
+        )
         assert field.split(".")[-1] in error["message"]
 
 
 def test_malformed_json_and_oversized_bodies(app, client):
     r = client.post("/v1/jobs", content=b'{"model": ', headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
-    huge = json.dumps(SPEC | {"seed": 1, "model": {"id": "a/" + "b" * 90}}).encode() + b" " * 2_000_000
+    huge = (
+        json.dumps(SPEC | {"seed": 1, "model": {"id": "a/" + "b" * 90}}).encode() + b" " * 2_000_000
+    )
     r = client.post("/v1/jobs", content=huge, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
@@ -111,7 +120,11 @@ def test_malformed_json_and_oversized_bodies(app, client):
 
 
 def test_unknown_jobs_and_routes_are_404_with_the_error_body(client):
-    for path in ("/v1/jobs/nope", "/v1/jobs/00000000-0000-0000-0000-000000000000/artifacts", "/v1/nothing"):
+    for path in (
+        "/v1/jobs/nope",
+        "/v1/jobs/00000000-0000-0000-0000-000000000000/artifacts",
+        "/v1/nothing",
+    ):
         r = client.get(path)
         assert r.status_code == 404, path
         assert set(r.json()["error"]) == {"code", "message", "details"}
@@ -134,7 +147,9 @@ def test_list_is_paginated_newest_first_and_filters_by_status(client):
     client.post(f"/v1/jobs/{ids[0]}/cancel")
     seen, cursor = [], None
     while True:
-        page = client.get("/v1/jobs", params={"limit": 2} | ({"cursor": cursor} if cursor else {})).json()
+        page = client.get(
+            "/v1/jobs", params={"limit": 2} | ({"cursor": cursor} if cursor else {})
+        ).json()
         seen += [j["id"] for j in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:
@@ -154,7 +169,7 @@ def test_cancel_a_queued_job_at_once_and_409_once_it_ended(client):
     assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
 
 
-# -- auth and tenancy ---------------------------------------------------------------------------------
+# -- auth and tenancy ------------------------------------------------------------------------------
 def test_keys_separate_tenants_and_admin_sees_all(client, keys):
     assert client.post("/v1/jobs", json=SPEC).status_code == 401
     assert client.get("/v1/jobs", headers=auth("sf_nope_nope")).status_code == 401
@@ -165,18 +180,28 @@ def test_keys_separate_tenants_and_admin_sees_all(client, keys):
     for path in ("", "/events", "/artifacts", "/download", "/card", "/artifacts/config.json"):
         r = client.get(f"/v1/jobs/{alice['id']}{path}", headers=auth(keys["bob"]))
         assert r.status_code == 404, path
-    assert client.post(f"/v1/jobs/{alice['id']}/cancel", headers=auth(keys["bob"])).status_code == 404
-    assert [j["id"] for j in client.get("/v1/jobs", headers=auth(keys["bob"])).json()["items"]] == [bob["id"]]
+    assert (
+        client.post(f"/v1/jobs/{alice['id']}/cancel", headers=auth(keys["bob"])).status_code == 404
+    )
+    assert [j["id"] for j in client.get("/v1/jobs", headers=auth(keys["bob"])).json()["items"]] == [
+        bob["id"]
+    ]
     everything = client.get("/v1/jobs", headers=auth(keys["admin"])).json()["items"]
     assert {j["id"] for j in everything} == {alice["id"], bob["id"]}
     # the same idempotency key under two keys makes two jobs
-    a = client.post("/v1/jobs", json=SPEC, headers=auth(keys["alice"]) | {"Idempotency-Key": "k"}).json()
-    b = client.post("/v1/jobs", json=SPEC, headers=auth(keys["bob"]) | {"Idempotency-Key": "k"}).json()
+    a = client.post(
+        "/v1/jobs", json=SPEC, headers=auth(keys["alice"]) | {"Idempotency-Key": "k"}
+    ).json()
+    b = client.post(
+        "/v1/jobs", json=SPEC, headers=auth(keys["bob"]) | {"Idempotency-Key": "k"}
+    ).json()
     assert a["id"] != b["id"]
 
 
 def test_rate_limit_and_concurrent_job_limit_give_429(tmp_path):
-    app = create_app(make_settings(tmp_path, rate_limit_per_minute=5, max_concurrent_jobs=2), run_reaper=False)
+    app = create_app(
+        make_settings(tmp_path, rate_limit_per_minute=5, max_concurrent_jobs=2), run_reaper=False
+    )
     app.state.store.create_schema()
     with TestClient(app) as client:
         assert client.post("/v1/jobs", json=SPEC).status_code == 202
@@ -202,24 +227,41 @@ def test_the_hub_token_is_encrypted_at_rest_and_never_returned(app, client):
     assert token not in "\n".join(raw.iterdump())
     assert app.state.store.hub_token(app.state.store.get_job(job.json()["id"])) == token
     client.post(f"/v1/jobs/{job.json()['id']}/cancel")
-    assert raw.execute("select hub_token from jobs").fetchone()[0] is None  # wiped when the job ended
+    assert (
+        raw.execute("select hub_token from jobs").fetchone()[0] is None
+    )  # wiped when the job ended
 
 
-# -- artifacts ------------------------------------------------------------------------------------------
+# -- artifacts -------------------------------------------------------------------------------------
 def test_artifacts_list_range_download_and_card(app, client):
     job = client.post("/v1/jobs", json=SPEC).json()
     assert client.get(f"/v1/jobs/{job['id']}/artifacts").status_code == 409
     content = bytes(range(256)) * 40
-    card = ("---\nlicense: mit\n---\n# Card <script>alert(1)</script>\n\n![Heads](head_importance.png)\n\n"
-            "| a | b |\n|---|--:|\n| 1 | 2 |\n\n<details>\n<summary>Job spec</summary>\n\n```yaml\nseed: 0\n```\n\n</details>\n")
-    finish_job(app, job["id"], {"model.safetensors": content, "README.md": card.encode(), "sub/x.txt": b"x"})
+    card = (
+        "---\nlicense: mit\n---\n# Card <script>alert(1)</script>\n\n"
+        "![Heads](head_importance.png)\n\n"
+        "| a | b |\n|---|--:|\n| 1 | 2 |\n\n"
+        "<details>\n<summary>Job spec</summary>\n\n```yaml\nseed: 0\n```\n\n</details>\n"
+    )
+    finish_job(
+        app,
+        job["id"],
+        {"model.safetensors": content, "README.md": card.encode(), "sub/x.txt": b"x"},
+    )
     listed = client.get(f"/v1/jobs/{job['id']}/artifacts").json()["files"]
     assert all(f["sha256"] is None for f in listed)  # finish_job recorded no digests
-    assert [(f["path"], f["size"]) for f in listed] == [("README.md", len(card)), ("model.safetensors", 10240),
-                                                        ("sub/x.txt", 1)]
+    assert [(f["path"], f["size"]) for f in listed] == [
+        ("README.md", len(card)),
+        ("model.safetensors", 10240),
+        ("sub/x.txt", 1),
+    ]
     url = f"/v1/jobs/{job['id']}/artifacts/model.safetensors"
     whole = client.get(url)
-    assert whole.status_code == 200 and whole.content == content and whole.headers["accept-ranges"] == "bytes"
+    assert (
+        whole.status_code == 200
+        and whole.content == content
+        and whole.headers["accept-ranges"] == "bytes"
+    )
     part = client.get(url, headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == content[100:200]
     assert part.headers["content-range"] == "bytes 100-199/10240"
@@ -227,20 +269,33 @@ def test_artifacts_list_range_download_and_card(app, client):
     assert client.get(url, headers={"Range": "bytes=-16"}).content == content[-16:]
     assert client.get(url, headers={"Range": "bytes=99999-"}).status_code == 416
     assert client.get(url, headers={"Range": "lines=1-2"}).status_code == 416
-    for bad in ("..%2F..%2Fslimformer.db", "%2E%2E/%2E%2E/slimformer.db", "sub/..%2F..%2F..%2Fslimformer.db",
-                "nothing.bin", "%2Fetc%2Fpasswd"):
+    for bad in (
+        "..%2F..%2Fslimformer.db",
+        "%2E%2E/%2E%2E/slimformer.db",
+        "sub/..%2F..%2F..%2Fslimformer.db",
+        "nothing.bin",
+        "%2Fetc%2Fpasswd",
+    ):
         r = client.get(f"/v1/jobs/{job['id']}/artifacts/{bad}")
         assert r.status_code == 404, bad
         assert r.json()["error"]["code"] in ("artifact_not_found", "not_found")
     tarball = client.get(f"/v1/jobs/{job['id']}/download")
     with tarfile.open(fileobj=io.BytesIO(tarball.content), mode="r:gz") as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    assert members[f"{job['id']}/model.safetensors"] == content and members[f"{job['id']}/sub/x.txt"] == b"x"
+    assert (
+        members[f"{job['id']}/model.safetensors"] == content
+        and members[f"{job['id']}/sub/x.txt"] == b"x"
+    )
     assert client.get(f"/v1/jobs/{job['id']}/card").text == card
     html = client.get(f"/v1/jobs/{job['id']}/card", params={"format": "html"}).text
-    assert f'<img src="/v1/jobs/{job["id"]}/artifacts/head_importance.png"' in html and "<table>" in html
+    assert (
+        f'<img src="/v1/jobs/{job["id"]}/artifacts/head_importance.png"' in html
+        and "<table>" in html
+    )
     assert "license: mit" not in html
-    assert "<script>" not in html and "&lt;script&gt;" in html  # user-chosen text in a card stays text
+    assert (
+        "<script>" not in html and "&lt;script&gt;" in html
+    )  # user-chosen text in a card stays text
     assert "<details><summary>Job spec</summary>" in html and "</details>" in html
     assert '<td class="align-right">2</td>' in html
 
@@ -253,23 +308,39 @@ def test_events_stream_ends_with_the_final_status(app, client):
     assert "event: progress" in text and 'event: end\ndata: {"status": "succeeded"}' in text
 
 
-# -- uploads --------------------------------------------------------------------------------------------
+# -- uploads ---------------------------------------------------------------------------------------
 def test_dataset_uploads_report_rows_and_columns_and_refuse_bad_files(app, client, tmp_path):
-    ok = client.post("/v1/datasets", files={"file": ("reviews.csv", b"sentence,label\nfine,1\nbad,0\n")})
+    ok = client.post(
+        "/v1/datasets", files={"file": ("reviews.csv", b"sentence,label\nfine,1\nbad,0\n")}
+    )
     assert ok.status_code == 201
     assert ok.json() | {"upload_id": None, "created_at": None} == {
-        "upload_id": None, "filename": "reviews.csv", "size": 28, "rows": 2, "columns": ["sentence", "label"],
-        "created_at": None}
-    tsv = client.post("/v1/datasets", files={"file": ("x.tsv", b'sentence\tlabel\nit "is" fine\t1\n')})
+        "upload_id": None,
+        "filename": "reviews.csv",
+        "size": 28,
+        "rows": 2,
+        "columns": ["sentence", "label"],
+        "created_at": None,
+    }
+    tsv = client.post(
+        "/v1/datasets", files={"file": ("x.tsv", b'sentence\tlabel\nit "is" fine\t1\n')}
+    )
     assert tsv.status_code == 201 and tsv.json()["rows"] == 1
-    jsonl = client.post("/v1/datasets", files={"file": ("x.jsonl", b'{"text": "a"}\n{"text": "b"}\n')})
+    jsonl = client.post(
+        "/v1/datasets", files={"file": ("x.jsonl", b'{"text": "a"}\n{"text": "b"}\n')}
+    )
     assert jsonl.json()["columns"] == ["text"] and jsonl.json()["rows"] == 2
-    for name, content, code in (("empty.csv", b"", "empty_file"), ("header.csv", b"a,b\n", "empty_file"),
-                                ("x.parquet", b"not parquet at all", "unreadable_file"),
-                                ("x.exe", b"MZ", "unsupported_file_type")):
+    for name, content, code in (
+        ("empty.csv", b"", "empty_file"),
+        ("header.csv", b"a,b\n", "empty_file"),
+        ("x.parquet", b"not parquet at all", "unreadable_file"),
+        ("x.exe", b"MZ", "unsupported_file_type"),
+    ):
         r = client.post("/v1/datasets", files={"file": (name, content)})
         assert r.status_code == 422, name
-        assert r.json()["error"]["code"] == code and name.split(".")[0] in r.json()["error"]["message"]
+        assert (
+            r.json()["error"]["code"] == code and name.split(".")[0] in r.json()["error"]["message"]
+        )
     upload_id = ok.json()["upload_id"]
     job = client.post("/v1/jobs", json=SPEC | {"dataset": {"upload_id": upload_id}})
     assert job.status_code == 202
@@ -292,25 +363,43 @@ def test_uploads_over_the_limit_get_413_and_foreign_uploads_are_unknown(tmp_path
     app.state.store.create_schema()
     alice, bob = (app.state.store.create_key(n)[1] for n in ("alice", "bob"))
     with TestClient(app) as client:
-        r = client.post("/v1/datasets", files={"file": ("big.csv", b"a\n" + b"x\n" * 5000)}, headers=auth(alice))
+        r = client.post(
+            "/v1/datasets", files={"file": ("big.csv", b"a\n" + b"x\n" * 5000)}, headers=auth(alice)
+        )
         assert r.status_code == 413
-        up = client.post("/v1/datasets", files={"file": ("s.csv", b"a\nx\n")}, headers=auth(alice)).json()
-        r = client.post("/v1/jobs", json=SPEC | {"dataset": {"upload_id": up["upload_id"]}}, headers=auth(bob))
+        up = client.post(
+            "/v1/datasets", files={"file": ("s.csv", b"a\nx\n")}, headers=auth(alice)
+        ).json()
+        r = client.post(
+            "/v1/jobs", json=SPEC | {"dataset": {"upload_id": up["upload_id"]}}, headers=auth(bob)
+        )
         assert r.status_code == 422 and "dataset.upload_id" in r.json()["error"]["message"]
 
 
-# -- health, metrics, settings ------------------------------------------------------------------------------
+# -- health, metrics, settings ---------------------------------------------------------------------
 def test_health_ready_and_metrics(client):
-    assert client.get("/v1/me").json() == {"key_id": "local", "name": "local", "admin": True, "auth_enabled": False}
+    assert client.get("/v1/me").json() == {
+        "key_id": "local",
+        "name": "local",
+        "admin": True,
+        "auth_enabled": False,
+    }
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "broker": "ok", "artifacts": "ok",
-                                                          "data_dir": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "store": "ok",
+        "broker": "ok",
+        "artifacts": "ok",
+        "data_dir": "ok",
+    }
     client.post("/v1/jobs", json=SPEC)
     text = client.get("/metrics").text
     assert 'slimformer_jobs{queue="cpu",status="queued"} 1.0' in text
     assert 'slimformer_queue_depth{queue="cpu"} 1.0' in text
-    assert "slimformer_http_request_seconds_bucket" in text and "slimformer_jobs_stale_heartbeat 0.0" in text
+    assert (
+        "slimformer_http_request_seconds_bucket" in text
+        and "slimformer_jobs_stale_heartbeat 0.0" in text
+    )
 
 
 def test_readyz_is_503_when_the_broker_is_unreachable(tmp_path):
@@ -325,34 +414,58 @@ def test_settings_refuse_dangerous_values(tmp_path):
     with pytest.raises(ValidationError, match="SLIMFORMER_API_KEY_PEPPER"):
         Settings(mode="production", database_url="postgresql://db/x", redis_url="redis://r")
     with pytest.raises(ValidationError, match="DATABASE_URL"):
-        Settings(mode="production", api_key_pepper="p" * 32, token_encryption_key="t" * 32, redis_url="redis://r")
+        Settings(
+            mode="production",
+            api_key_pepper="p" * 32,
+            token_encryption_key="t" * 32,
+            redis_url="redis://r",
+        )
     with pytest.raises(ValidationError, match="STALE_AFTER"):
         Settings(heartbeat_seconds=10, stale_after_seconds=15)
-    good = Settings(mode="production", api_key_pepper="p" * 32, token_encryption_key="t" * 32,
-                    database_url="postgres://u:pw@db/x", redis_url="redis://r")
+    good = Settings(
+        mode="production",
+        api_key_pepper="p" * 32,
+        token_encryption_key="t" * 32,
+        database_url="postgres://u:pw@db/x",
+        redis_url="redis://r",
+    )
     assert good.resolved_database_url == "postgresql+psycopg://u:pw@db/x"
     assert "pw" not in json.dumps(good.public_summary())
 
 
 def test_serve_refuses_a_public_address_without_keys_and_says_so(tmp_path):
     env = {"SLIMFORMER_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "slimformer.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "slimformer.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0" in r.stderr and "slimformer keys create" in r.stderr
-    bad = subprocess.run([sys.executable, "-m", "slimformer.cli", "serve"], capture_output=True, text=True,
-                         env=env | {"SLIMFORMER_MODE": "production"}, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "slimformer.cli", "serve"],
+        capture_output=True,
+        text=True,
+        env=env | {"SLIMFORMER_MODE": "production"},
+        timeout=120,
+    )
     assert bad.returncode == 2 and "SLIMFORMER_API_KEY_PEPPER" in bad.stderr
 
 
 def test_keys_command_prints_a_key_once_and_stores_only_its_hash(tmp_path):
     env = {"SLIMFORMER_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
     run = [sys.executable, "-m", "slimformer.cli", "keys"]
-    created = subprocess.run(run + ["create", "--name", "ci"], env=env, capture_output=True, text=True, timeout=120)
+    created = subprocess.run(
+        run + ["create", "--name", "ci"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip()
     assert secret.startswith("sf_") and "only time" in created.stderr
-    listed = subprocess.run(run + ["list"], env=env, capture_output=True, text=True, timeout=120).stdout
+    listed = subprocess.run(
+        run + ["list"], env=env, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "ci" in listed and secret not in listed
     assert secret.encode() not in (tmp_path / "d" / "slimformer.db").read_bytes()
 
@@ -367,4 +480,7 @@ def test_readme_lists_every_setting_and_docs_list_every_route(app):
     api_doc = (root / "docs" / "api.md").read_text()
     for path, methods in app.openapi()["paths"].items():
         for method in methods:
-            assert f"`{method.upper()} {path.replace('{job_id}', '{id}')}" in api_doc, (method, path)
+            assert f"`{method.upper()} {path.replace('{job_id}', '{id}')}" in api_doc, (
+                method,
+                path,
+            )

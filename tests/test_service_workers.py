@@ -1,5 +1,6 @@
-"""The service on real parts: `slimformer serve` with its worker process, Redis + Postgres with several workers,
-a worker killed with SIGKILL mid-job, an API restarted while jobs run, the Hub test server for models."""
+"""The service on real parts: `slimformer serve` with its worker process, Redis + Postgres with
+several workers, a worker killed with SIGKILL mid-job, an API restarted while jobs run, the Hub test
+server for models."""
 
 from __future__ import annotations
 
@@ -48,8 +49,15 @@ def distill_spec(upload_id: str, steps: int) -> dict:
 @pytest.fixture
 def big_csv(tmp_path):
     """Enough rows for distillation to pass a checkpoint (every 200 steps of 32 rows)."""
-    words = [("great", "positive"), ("awful", "negative"), ("fine", "positive"), ("dull", "negative")]
-    rows = ["sentence,label"] + [f"{w} film {i} of the year,{label}" for i in range(400) for w, label in words]
+    words = [
+        ("great", "positive"),
+        ("awful", "negative"),
+        ("fine", "positive"),
+        ("dull", "negative"),
+    ]
+    rows = ["sentence,label"] + [
+        f"{w} film {i} of the year,{label}" for i in range(400) for w, label in words
+    ]
     path = tmp_path / "big.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -71,7 +79,9 @@ def events(service: Service, job_id: str, timeout: float = 300) -> list[tuple[st
     return out
 
 
-def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedded_service, labelled_csv, tmp_path):
+def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(
+    embedded_service, labelled_csv, tmp_path
+):
     service = embedded_service
     upload = service.upload(labelled_csv)
     assert upload["rows"] == 48 and upload["columns"] == ["sentence", "label"]
@@ -79,11 +89,18 @@ def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedd
     job = service.submit(spec | {"hub_token": TOKEN})
     stream = events(service, job["id"])
     assert stream[-1] == ("end", {"status": "succeeded"})
-    # a tiny job passes some stages faster than the stream's poll; every event carries the finished stages' times
+    # a tiny job passes some stages faster than the stream's poll; every event carries the finished
+    # stages' times
     last = [data for name, data in stream if name == "progress"][-1]
     assert last["stage"] == "done"
-    assert list(last["stage_seconds"]) == ["downloading", "scoring", "pruning", "evaluating", "writing_card",
-                                           "publishing"]
+    assert list(last["stage_seconds"]) == [
+        "downloading",
+        "scoring",
+        "pruning",
+        "evaluating",
+        "writing_card",
+        "publishing",
+    ]
     progress = [data["progress"] for name, data in stream if name == "progress"]
     assert progress == sorted(progress) and progress[-1] == 1.0
 
@@ -113,16 +130,22 @@ def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedd
     for f in files:
         assert hashlib.sha256((folder / f["path"]).read_bytes()).hexdigest() == f["sha256"]
     report = json.loads((folder / "compression_report.json").read_text())
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        folder, trust_remote_code=True
+    ).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    batch = tokenizer(["great movie number 1", "awful movie number 2"], return_tensors="pt", padding=True)
+    batch = tokenizer(
+        ["great movie number 1", "awful movie number 2"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape == (2, 2)
     assert report["pruning"] is not None and report["job_id"] == job["id"]
 
     # the worker counted the job in its own metrics endpoint, the API in its store-backed ones
-    worker_metrics = httpx.get(f"http://127.0.0.1:{service.env['SLIMFORMER_WORKER_METRICS_PORT']}/metrics").text
+    worker_metrics = httpx.get(
+        f"http://127.0.0.1:{service.env['SLIMFORMER_WORKER_METRICS_PORT']}/metrics"
+    ).text
     assert 'slimformer_worker_jobs_total{outcome="succeeded"} 1.0' in worker_metrics
     assert 'slimformer_worker_stage_seconds_count{stage="scoring"} 1.0' in worker_metrics
     with service.client() as c:
@@ -132,14 +155,19 @@ def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedd
 
     # the published repo on the Hub holds the same model
     published = service.hub.repos["acme/tiny-pruned"]
-    assert published.commits[-1].files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    assert (
+        published.commits[-1].files["model.safetensors"]
+        == (folder / "model.safetensors").read_bytes()
+    )
 
     # the Hub token is nowhere: database, logs, artifacts
     assert TOKEN not in service.logs()
     db = sqlite3.connect(service.data_dir / "slimformer.db")
     dump = "\n".join(db.iterdump())
     assert TOKEN not in dump
-    assert db.execute("select hub_token from jobs").fetchall() == [(None,)]  # wiped once the job ended
+    assert db.execute("select hub_token from jobs").fetchall() == [
+        (None,)
+    ]  # wiped once the job ended
     for path in service.data_dir.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
@@ -148,12 +176,19 @@ def test_embedded_job_runs_end_to_end_and_the_model_downloads_and_reloads(embedd
 def test_bad_input_fails_at_once_with_the_library_message(embedded_service, labelled_csv):
     service = embedded_service
     upload = service.upload(labelled_csv)
-    missing = service.submit(prune_spec(upload["upload_id"]) | {"model": {"id": "acme/does-not-exist"}})
-    wrong_column = service.submit(prune_spec(upload["upload_id"]) | {
-        "dataset": {"upload_id": upload["upload_id"], "text_column": "review"}})
+    missing = service.submit(
+        prune_spec(upload["upload_id"]) | {"model": {"id": "acme/does-not-exist"}}
+    )
+    wrong_column = service.submit(
+        prune_spec(upload["upload_id"])
+        | {"dataset": {"upload_id": upload["upload_id"], "text_column": "review"}}
+    )
     missing = service.wait(missing["id"])
     assert missing["status"] == "failed" and missing["attempts"] == 1
-    assert missing["error"]["code"] == "repo_not_found" and "acme/does-not-exist" in missing["error"]["message"]
+    assert (
+        missing["error"]["code"] == "repo_not_found"
+        and "acme/does-not-exist" in missing["error"]["message"]
+    )
     wrong_column = service.wait(wrong_column["id"])
     assert wrong_column["status"] == "failed" and wrong_column["error"]["code"] == "dataset_error"
     assert "review" in wrong_column["error"]["message"]
@@ -189,7 +224,9 @@ def test_cancel_a_running_job_stops_it_within_seconds(embedded_service, big_csv)
 
 
 def _worker_pids(service: Service) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "slimformer.cli worker"], capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["pgrep", "-f", "slimformer.cli worker"], capture_output=True, text=True
+    ).stdout.split()
     env_dir = str(service.data_dir)
     pids = []
     for pid in out:
@@ -209,11 +246,14 @@ def test_embedded_worker_killed_mid_job_is_restarted_and_the_job_resumes(embedde
     service = embedded_service
     upload = service.upload(big_csv)
     job = service.submit(distill_spec(upload["upload_id"], steps=700))
-    # distilling is 0.6 of the job's 0.95 weight after downloading's 0.1: past 0.37 means past step 280 of 700,
-    # so the checkpoint of step 200 is on disk
-    service.wait(job["id"], until=lambda j: j["stage"] == "distilling" and j["progress"] > 0.37, timeout=300)
-    checkpoint = torch.load(service.data_dir / "work" / job["id"] / "checkpoints" / "checkpoint.pt",
-                            weights_only=True)
+    # distilling is 0.6 of the job's 0.95 weight after downloading's 0.1: past 0.37 means past step
+    # 280 of 700, so the checkpoint of step 200 is on disk
+    service.wait(
+        job["id"], until=lambda j: j["stage"] == "distilling" and j["progress"] > 0.37, timeout=300
+    )
+    checkpoint = torch.load(
+        service.data_dir / "work" / job["id"] / "checkpoints" / "checkpoint.pt", weights_only=True
+    )
     assert checkpoint["run"]["step"] >= 200
     pids = _worker_pids(service)
     assert pids
@@ -228,7 +268,9 @@ def test_embedded_worker_killed_mid_job_is_restarted_and_the_job_resumes(embedde
     assert "worker lost" in service.logs() or "sending it to the" in service.logs()
 
 
-def test_redis_postgres_two_workers_survive_a_kill_and_an_api_restart(production_service, labelled_csv, big_csv):
+def test_redis_postgres_two_workers_survive_a_kill_and_an_api_restart(
+    production_service, labelled_csv, big_csv
+):
     service = production_service
     first, second = service.start_worker("first"), service.start_worker("second")
     upload = service.upload(labelled_csv)
@@ -248,7 +290,9 @@ def test_redis_postgres_two_workers_survive_a_kill_and_an_api_restart(production
     assert jobs[0]["attempts"] == 2
     with service.client() as c:
         listed = c.get("/v1/jobs", params={"limit": 100}).json()["items"]
-    assert sorted(j["id"] for j in listed) == sorted([long_job["id"], *short])  # none lost, none duplicated
+    assert sorted(j["id"] for j in listed) == sorted(
+        [long_job["id"], *short]
+    )  # none lost, none duplicated
     assert replacement.popen.poll() is None
 
 
@@ -257,7 +301,9 @@ def _job_worker_pid(service: Service, job_id: str) -> int:
 
     engine = sqlalchemy.create_engine(service.env["DATABASE_URL"])
     with engine.connect() as conn:
-        worker = conn.execute(sqlalchemy.text("select worker from jobs where id = :id"), {"id": job_id}).scalar_one()
+        worker = conn.execute(
+            sqlalchemy.text("select worker from jobs where id = :id"), {"id": job_id}
+        ).scalar_one()
     engine.dispose()
     return int(worker.rsplit(":", 1)[1])
 
@@ -290,8 +336,11 @@ def test_stopping_serve_stops_its_worker(embedded_service, how):
     assert not _worker_pids(service), f"the worker outlived serve after {how}"
 
 
-def test_a_burst_of_concurrent_posts_puts_every_job_on_the_redis_queue(production_service, labelled_csv):
-    """No worker runs: every accepted job must be one message in the broker's `cpu` list, none lost."""
+def test_a_burst_of_concurrent_posts_puts_every_job_on_the_redis_queue(
+    production_service, labelled_csv
+):
+    """No worker runs: every accepted job must be one message in the broker's `cpu` list, none
+    lost."""
     import asyncio
 
     service = production_service
@@ -299,6 +348,7 @@ def test_a_burst_of_concurrent_posts_puts_every_job_on_the_redis_queue(productio
 
     async def burst() -> list[str]:
         async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+
             async def post(seed: int) -> str:
                 r = await client.post("/v1/jobs", json=prune_spec(upload, seed=seed))
                 assert r.status_code == 202, r.text
@@ -309,7 +359,12 @@ def test_a_burst_of_concurrent_posts_puts_every_job_on_the_redis_queue(productio
     ids = asyncio.run(burst())
     assert len(set(ids)) == 120
     db = service.env["REDIS_URL"].rsplit("/", 1)[1]
-    messages = subprocess.run(["redis-cli", "-n", db, "LRANGE", "cpu", "0", "-1"], capture_output=True,
-                              text=True).stdout.splitlines()
-    queued = [json.loads(json.loads(m)["headers"]["argsrepr"].replace("'", '"'))[0] for m in messages if m.strip()]
+    messages = subprocess.run(
+        ["redis-cli", "-n", db, "LRANGE", "cpu", "0", "-1"], capture_output=True, text=True
+    ).stdout.splitlines()
+    queued = [
+        json.loads(json.loads(m)["headers"]["argsrepr"].replace("'", '"'))[0]
+        for m in messages
+        if m.strip()
+    ]
     assert sorted(queued) == sorted(ids)

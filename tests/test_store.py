@@ -1,5 +1,5 @@
-"""The job store on SQLite and on Postgres (schema from the Alembic migrations): leases, heartbeats, the
-reaper's decisions, races between two workers."""
+"""The job store on SQLite and on Postgres (schema from the Alembic migrations): leases, heartbeats,
+the reaper's decisions, races between two workers."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def store(request, tmp_path):
 
 
 def new_job(store: JobStore, **kwargs) -> dict:
-    job, created = store.create_job("owner", SPEC, queue="cpu", max_attempts=kwargs.pop("max_attempts", 2), **kwargs)
+    job, created = store.create_job(
+        "owner", SPEC, queue="cpu", max_attempts=kwargs.pop("max_attempts", 2), **kwargs
+    )
     assert created
     return job
 
@@ -45,7 +47,9 @@ def age_heartbeat(store: JobStore, job_id: str, seconds: float) -> None:
     from service.store import jobs
 
     with store.engine.begin() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(heartbeat_at=time.time() - seconds))
+        conn.execute(
+            update(jobs).where(jobs.c.id == job_id).values(heartbeat_at=time.time() - seconds)
+        )
 
 
 def test_migrations_reach_head(store):
@@ -78,12 +82,17 @@ def test_one_lease_per_job_even_when_two_workers_race(store):
 def test_the_reaper_requeues_a_lost_worker_s_job_then_fails_it_when_attempts_run_out(store):
     job = new_job(store, max_attempts=2)
     assert store.claim(job["id"], "w1", stale_after=60)
-    assert store.reap(stale_after=60, requeue_queued_after=600) == ([], [])  # fresh heartbeat: left alone
+    assert store.reap(stale_after=60, requeue_queued_after=600) == (
+        [],
+        [],
+    )  # fresh heartbeat: left alone
     age_heartbeat(store, job["id"], 120)
     to_send, failed = store.reap(stale_after=60, requeue_queued_after=600)
     assert [j["id"] for j in to_send] == [job["id"]] and failed == []
     assert store.get_job(job["id"])["status"] == "queued"
-    assert store.heartbeat(job["id"], "w1") == "lost"  # the old worker, if it comes back, has lost it
+    assert (
+        store.heartbeat(job["id"], "w1") == "lost"
+    )  # the old worker, if it comes back, has lost it
     assert store.claim(job["id"], "w2", stale_after=60)["attempts"] == 2
     age_heartbeat(store, job["id"], 120)
     to_send, failed = store.reap(stale_after=60, requeue_queued_after=600)
@@ -96,7 +105,9 @@ def test_the_reaper_requeues_a_lost_worker_s_job_then_fails_it_when_attempts_run
 def test_a_stale_job_can_be_claimed_directly_by_a_redelivered_message(store):
     job = new_job(store)
     store.claim(job["id"], "w1", stale_after=60)
-    assert store.claim(job["id"], "w2", stale_after=60) is None  # alive: a duplicate delivery is dropped
+    assert (
+        store.claim(job["id"], "w2", stale_after=60) is None
+    )  # alive: a duplicate delivery is dropped
     age_heartbeat(store, job["id"], 120)
     assert store.claim(job["id"], "w2", stale_after=60)["worker"] == "w2"
 
@@ -120,17 +131,27 @@ def test_queued_jobs_no_worker_took_are_sent_again(store):
     from service.store import jobs
 
     with store.engine.begin() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job["id"]).values(enqueued_at=time.time() - 700))
+        conn.execute(
+            update(jobs).where(jobs.c.id == job["id"]).values(enqueued_at=time.time() - 700)
+        )
     to_send, _ = store.reap(stale_after=60, requeue_queued_after=600)
     assert [j["id"] for j in to_send] == [job["id"]]
-    assert store.reap(stale_after=60, requeue_queued_after=600) == ([], [])  # once per period, not every pass
+    assert store.reap(stale_after=60, requeue_queued_after=600) == (
+        [],
+        [],
+    )  # once per period, not every pass
 
 
 def test_transient_failures_requeue_with_a_delay(store):
     job = new_job(store)
     store.claim(job["id"], "w1", stale_after=60)
-    assert store.requeue(job["id"], "w1", delay=30, message="retrying", error={"code": "hub_unavailable",
-                                                                               "message": "503"})
+    assert store.requeue(
+        job["id"],
+        "w1",
+        delay=30,
+        message="retrying",
+        error={"code": "hub_unavailable", "message": "503"},
+    )
     queued = store.get_job(job["id"])
     assert queued["status"] == "queued" and queued["retry_at"] > time.time() + 25
     assert queued["error_code"] == "hub_unavailable"

@@ -14,10 +14,12 @@ from service.commands import Command, add_data_dir_argument, open_store, setting
 
 def _worker_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_dir_argument(parser)
-    parser.add_argument("--queues",
-                        help="comma-separated queues (default: gpu,cpu with CUDA, else cpu)")
-    parser.add_argument("--concurrency", type=int,
-                        help="jobs at once (default SLIMFORMER_WORKER_CONCURRENCY or 1)")
+    parser.add_argument(
+        "--queues", help="comma-separated queues (default: gpu,cpu with CUDA, else cpu)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="jobs at once (default SLIMFORMER_WORKER_CONCURRENCY or 1)"
+    )
     parser.add_argument("--hostname", help="Celery node name (default celery@HOST)")
 
 
@@ -34,5 +36,6 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-worker_command = Command(help="run a worker that takes jobs from the queue",
-                         add_arguments=_worker_arguments, run=worker)
+worker_command = Command(
+    help="run a worker that takes jobs from the queue", add_arguments=_worker_arguments, run=worker
+)

@@ -1,8 +1,9 @@
-"""Prometheus metrics of a worker, counted in the pool process that runs the job and served by the worker's
-main process (prometheus_client's multiprocess mode: every process writes to files in one folder).
+"""Prometheus metrics of a worker, counted in the pool process that runs the job and served by the
+worker's main process (prometheus_client's multiprocess mode: every process writes to files in one
+folder).
 
-``enable(folder)`` must run before this process first imports prometheus_client, so the pool children that
-Celery forks afterwards count into the shared folder.
+``enable(folder)`` must run before this process first imports prometheus_client, so the pool
+children that Celery forks afterwards count into the shared folder.
 """
 
 from __future__ import annotations
@@ -35,10 +36,25 @@ def get() -> dict:
         registry = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else CollectorRegistry()
         kwargs = {"registry": registry} if registry is not None else {}
         _metrics = {
-            "jobs": Counter("slimformer_worker_jobs", "Jobs a worker finished, by outcome", ["outcome"], **kwargs),
-            "job_seconds": Histogram("slimformer_worker_job_seconds", "Wall time of a job on a worker", ["outcome"],
-                                     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600), **kwargs),
-            "stage_seconds": Histogram("slimformer_worker_stage_seconds", "Wall time per pipeline stage", ["stage"],
-                                       buckets=(0.1, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600), **kwargs),
+            "jobs": Counter(
+                "slimformer_worker_jobs",
+                "Jobs a worker finished, by outcome",
+                ["outcome"],
+                **kwargs,
+            ),
+            "job_seconds": Histogram(
+                "slimformer_worker_job_seconds",
+                "Wall time of a job on a worker",
+                ["outcome"],
+                buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600),
+                **kwargs,
+            ),
+            "stage_seconds": Histogram(
+                "slimformer_worker_stage_seconds",
+                "Wall time per pipeline stage",
+                ["stage"],
+                buckets=(0.1, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
+                **kwargs,
+            ),
         }
     return _metrics

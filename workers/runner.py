@@ -1,7 +1,8 @@
-"""What a worker does with one job id: lease it, run the pipeline, write progress, publish, record the result.
+"""What a worker does with one job id: lease it, run the pipeline, write progress, publish, record
+the result.
 
-Kept apart from Celery so that it reads as a recipe and can be driven from tests directly. The pipeline is
-imported lazily (it imports torch).
+Kept apart from Celery so that it reads as a recipe and can be driven from tests directly. The
+pipeline is imported lazily (it imports torch).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from slimformer.spec import overall_progress, stages_for
 
 logger = logging.getLogger(__name__)
 
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -42,8 +44,12 @@ DISK_ERRORS = {
     errno.EIO: "the worker's disk failed (input/output error)",
 }
 # libraries that wrap an OSError in their own exception keep only its text
-DISK_TEXTS = (("no space left on device", errno.ENOSPC), ("storagefull", errno.ENOSPC),
-              ("disk quota exceeded", errno.EDQUOT), ("read-only file system", errno.EROFS))
+DISK_TEXTS = (
+    ("no space left on device", errno.ENOSPC),
+    ("storagefull", errno.ENOSPC),
+    ("disk quota exceeded", errno.EDQUOT),
+    ("read-only file system", errno.EROFS),
+)
 
 
 def disk_error(err: BaseException) -> int | None:
@@ -66,7 +72,8 @@ def disk_error(err: BaseException) -> int | None:
 
 
 def summarise(report: dict) -> dict:
-    """The metrics summary a job view shows: primary metric before/after and the size and speed ratios."""
+    """The metrics summary a job view shows: primary metric before/after and the size and speed
+    ratios."""
     evaluation = report.get("evaluation") or {}
     original, compressed = evaluation.get("original") or {}, evaluation.get("compressed") or {}
     metric = evaluation.get("primary_metric")
@@ -75,7 +82,10 @@ def summarise(report: dict) -> dict:
         "metric": metric,
         "original": (original.get("metrics") or {}).get(metric),
         "compressed": (compressed.get("metrics") or {}).get(metric),
-        "parameters": {"original": original.get("parameters"), "compressed": compressed.get("parameters")},
+        "parameters": {
+            "original": original.get("parameters"),
+            "compressed": compressed.get("parameters"),
+        },
         "ratios": evaluation.get("ratios"),
         "agreement": evaluation.get("agreement"),
         "base_model_commit": (report.get("base_model") or {}).get("commit"),
@@ -83,13 +93,16 @@ def summarise(report: dict) -> dict:
 
 
 class _Lease:
-    """Writes the heartbeat on a thread, so a long step without progress callbacks still counts as alive."""
+    """Writes the heartbeat on a thread, so a long step without progress callbacks still counts as
+    alive."""
 
     def __init__(self, store: JobStore, job_id: str, worker: str, interval: float) -> None:
         self.store, self.job_id, self.worker, self.interval = store, job_id, worker, interval
         self.cancelled = self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True
+        )
 
     def __enter__(self) -> _Lease:
         self._thread.start()
@@ -108,35 +121,53 @@ class _Lease:
         while not self._stop.wait(self.interval):
             try:
                 self.write()
-            except Exception:  # the database may blink; the next beat retries, the reaper tolerates a few misses
+            except (
+                Exception
+            ):  # the database may blink; the next beat retries, the reaper tolerates a few misses
                 logger.warning("heartbeat failed", exc_info=True)
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore,
-                 send: Callable[[str, str, float | None], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        send: Callable[[str, str, float | None], None],
+    ) -> None:
         self.settings, self.store, self.artifacts, self.send = settings, store, artifacts, send
         self.worker = worker_name()
         # no path under these leaves the worker in a stored message
         self.roots = server_roots(
-            settings.data_dir, settings.work_dir, settings.upload_dir, settings.broker_dir,
+            settings.data_dir,
+            settings.work_dir,
+            settings.upload_dir,
+            settings.broker_dir,
             settings.hf_cache_dir or settings.data_dir / "hf-cache",
             settings.resolved_artifact_dir if settings.artifact_backend == "local" else None,
-            *(os.environ.get(v) for v in ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")))
+            *(os.environ.get(v) for v in ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")),
+        )
 
     def clean(self, text: str) -> str:
         """``text`` as a job may store it: no secret, no server path."""
         return scrub_paths(redact(text), self.roots)
 
     def run(self, job_id: str) -> str:
-        """Run one job to an end state. Returns ``succeeded``, ``failed``, ``cancelled``, ``retrying`` or ``skipped``."""
+        """Run one job to an end state. Returns ``succeeded``, ``failed``, ``cancelled``,
+        ``retrying`` or ``skipped``."""
         token_ctx = current_job_id.set(job_id)
         try:
-            job = self.store.claim(job_id, self.worker, stale_after=self.settings.stale_after_seconds)
+            job = self.store.claim(
+                job_id, self.worker, stale_after=self.settings.stale_after_seconds
+            )
             if job is None:
-                logger.info("job %s is not ours to run (taken, finished or cancelled); skipping", job_id)
+                logger.info(
+                    "job %s is not ours to run (taken, finished or cancelled); skipping", job_id
+                )
                 return "skipped"
-            logger.info("running job %s (attempt %d of %d)", job_id, job["attempts"], job["max_attempts"])
+            logger.info(
+                "running job %s (attempt %d of %d)", job_id, job["attempts"], job["max_attempts"]
+            )
             started = time.monotonic()
             outcome = self._run(job)
             try:
@@ -145,7 +176,9 @@ class JobRunner:
                 m = metrics.get()
                 m["jobs"].labels(outcome).inc()
                 m["job_seconds"].labels(outcome).observe(time.monotonic() - started)
-                for stage, seconds in (self.store.get_job(job_id).get("stage_seconds") or {}).items():
+                for stage, seconds in (
+                    self.store.get_job(job_id).get("stage_seconds") or {}
+                ).items():
                     m["stage_seconds"].labels(stage).observe(float(seconds))
             except Exception:  # metrics must never change a job's outcome
                 logger.debug("could not record worker metrics", exc_info=True)
@@ -166,6 +199,7 @@ class JobRunner:
         state = {"stage": None, "stage_started": time.time(), "written": 0.0, "seconds": {}}
 
         with _Lease(self.store, job_id, self.worker, settings.heartbeat_seconds) as lease:
+
             def on_progress(stage: str, fraction: float, message: str) -> None:
                 now = time.time()
                 changed = stage != state["stage"]
@@ -179,10 +213,14 @@ class JobRunner:
                 progress = overall_progress(stages, stage, fraction)
                 elapsed = time.monotonic() - started
                 eta = elapsed * (1 - progress) / progress if progress > 0.02 else None
-                lease.write(stage=stage, progress=round(progress, 4),
-                            message=self.clean(message)[:500],
-                            eta_seconds=round(eta, 1) if eta is not None else None,
-                            stage_started_at=state["stage_started"], stage_seconds=dict(state["seconds"]))
+                lease.write(
+                    stage=stage,
+                    progress=round(progress, 4),
+                    message=self.clean(message)[:500],
+                    eta_seconds=round(eta, 1) if eta is not None else None,
+                    stage_started_at=state["stage_started"],
+                    stage_seconds=dict(state["seconds"]),
+                )
 
             def should_cancel() -> bool:
                 return lease.cancelled or lease.lost
@@ -191,31 +229,62 @@ class JobRunner:
                 spec = JobSpec.model_validate(job["spec"], context={"local_files": False})
                 result = self._pipeline(spec, job, workdir, hub_token, on_progress, should_cancel)
                 if state["stage"] is not None:
-                    state["seconds"][state["stage"]] = round(time.time() - state["stage_started"], 3)
+                    state["seconds"][state["stage"]] = round(
+                        time.time() - state["stage_started"], 3
+                    )
                 if should_cancel():
                     raise Cancelled("the job was cancelled")
-                on_progress("publishing" if "publishing" in stages else "writing_card", 1.0, "storing the artifacts")
-                digests = {p.relative_to(result.folder).as_posix(): file_sha256(p)
-                           for p in result.folder.rglob("*") if p.is_file()}
-                files = [f | {"sha256": digests.get(f["path"])}
-                         for f in self.artifacts.publish_folder(f"jobs/{job_id}", result.folder)]
-                summary = summarise(result.report) | {
-                    "files": files, "published": getattr(result, "published", None),
+                on_progress(
+                    "publishing" if "publishing" in stages else "writing_card",
+                    1.0,
+                    "storing the artifacts",
+                )
+                digests = {
+                    p.relative_to(result.folder).as_posix(): file_sha256(p)
+                    for p in result.folder.rglob("*")
+                    if p.is_file()
                 }
-                if not self.store.finish(job_id, self.worker, "succeeded", stage="done", progress=1.0,
-                                         message="finished", result=summary, stage_seconds=state["seconds"]):
-                    logger.warning("job %s was taken from this worker before it finished; result discarded", job_id)
+                files = [
+                    f | {"sha256": digests.get(f["path"])}
+                    for f in self.artifacts.publish_folder(f"jobs/{job_id}", result.folder)
+                ]
+                summary = summarise(result.report) | {
+                    "files": files,
+                    "published": getattr(result, "published", None),
+                }
+                if not self.store.finish(
+                    job_id,
+                    self.worker,
+                    "succeeded",
+                    stage="done",
+                    progress=1.0,
+                    message="finished",
+                    result=summary,
+                    stage_seconds=state["seconds"],
+                ):
+                    logger.warning(
+                        "job %s was taken from this worker before it finished; result discarded",
+                        job_id,
+                    )
                     return "skipped"
                 shutil.rmtree(workdir, ignore_errors=True)
                 logger.info("job %s succeeded", job_id)
                 return "succeeded"
             except Cancelled:
                 if lease.lost:
-                    logger.warning("job %s: lease lost (reaped as stale); stopping without touching it", job_id)
+                    logger.warning(
+                        "job %s: lease lost (reaped as stale); stopping without touching it", job_id
+                    )
                     return "skipped"
                 self.artifacts.delete_prefix(f"jobs/{job_id}")
                 shutil.rmtree(workdir, ignore_errors=True)
-                self.store.finish(job_id, self.worker, "cancelled", message="cancelled", stage_seconds=state["seconds"])
+                self.store.finish(
+                    job_id,
+                    self.worker,
+                    "cancelled",
+                    message="cancelled",
+                    stage_seconds=state["seconds"],
+                )
                 logger.info("job %s cancelled", job_id)
                 return "cancelled"
             except Exception as err:  # noqa: BLE001 - anything else is our bug or the machine's; say what it was
@@ -223,56 +292,86 @@ class JobRunner:
 
                 disk = disk_error(err)
                 if disk is not None:  # before the library's own verdict: it may wrap the OSError
-                    logger.warning("job %s: disk error %s", job_id, errno.errorcode.get(disk),
-                                   exc_info=True)
+                    logger.warning(
+                        "job %s: disk error %s", job_id, errno.errorcode.get(disk), exc_info=True
+                    )
                     if disk in (errno.ENOSPC, errno.EDQUOT):  # free what this job wrote
                         shutil.rmtree(workdir, ignore_errors=True)
-                    return self._retry(job, workdir, "worker_disk_error", DISK_ERRORS[disk], {},
-                                       state["seconds"])
+                    return self._retry(
+                        job, workdir, "worker_disk_error", DISK_ERRORS[disk], {}, state["seconds"]
+                    )
                 if isinstance(err, SlimformerError):
                     end = self._retry if getattr(err, "transient", False) else self._fail_job
                     return end(job, workdir, err.code, err.message, err.details, state["seconds"])
                 if isinstance(err, ValidationError):
-                    return self._fail(job_id, workdir, "invalid_spec", str(err), {}, state["seconds"])
+                    return self._fail(
+                        job_id, workdir, "invalid_spec", str(err), {}, state["seconds"]
+                    )
                 logger.exception("job %s failed with an unexpected error", job_id)
-                code = "time_limit" if type(err).__name__ == "SoftTimeLimitExceeded" else "internal_error"
-                message = ("the job ran past the time limit" if code == "time_limit"
-                           else f"internal error: {type(err).__name__}: {err}")
+                code = (
+                    "time_limit"
+                    if type(err).__name__ == "SoftTimeLimitExceeded"
+                    else "internal_error"
+                )
+                message = (
+                    "the job ran past the time limit"
+                    if code == "time_limit"
+                    else f"internal error: {type(err).__name__}: {err}"
+                )
                 return self._fail(job_id, workdir, code, message, {}, state["seconds"])
             finally:
                 forget_secret(hub_token)
 
-    def _retry(self, job: dict, workdir: Path, code: str, message: str, details: dict,
-               seconds: dict) -> str:
+    def _retry(
+        self, job: dict, workdir: Path, code: str, message: str, details: dict, seconds: dict
+    ) -> str:
         """Requeue after a transient failure, with backoff, while attempts are left; else fail."""
         job_id = job["id"]
         if job["attempts"] >= job["max_attempts"]:
             return self._fail(job_id, workdir, code, message, details, seconds)
-        delay = (self.settings.retry_backoff_seconds * 2 ** (job["attempts"] - 1)
-                 * random.uniform(0.8, 1.2))
+        delay = (
+            self.settings.retry_backoff_seconds
+            * 2 ** (job["attempts"] - 1)
+            * random.uniform(0.8, 1.2)
+        )
         error = {"code": code, "message": self.clean(message)[:4000]}
-        if self.store.requeue(job_id, self.worker, delay=delay, error=error,
-                              message=f"transient failure, retrying in {delay:.0f} s: "
-                                      f"{error['message']}"[:500]):
+        if self.store.requeue(
+            job_id,
+            self.worker,
+            delay=delay,
+            error=error,
+            message=f"transient failure, retrying in {delay:.0f} s: {error['message']}"[:500],
+        ):
             self.send(job_id, job["queue"], delay)
         logger.warning("job %s: transient failure (%s); retry in %.0f s", job_id, code, delay)
         return "retrying"
 
-    def _fail_job(self, job: dict, workdir: Path, code: str, message: str, details: dict,
-                  seconds: dict) -> str:
+    def _fail_job(
+        self, job: dict, workdir: Path, code: str, message: str, details: dict, seconds: dict
+    ) -> str:
         return self._fail(job["id"], workdir, code, message, details, seconds)
 
-    def _fail(self, job_id: str, workdir: Path, code: str, message: str, details: dict, seconds: dict) -> str:
+    def _fail(
+        self, job_id: str, workdir: Path, code: str, message: str, details: dict, seconds: dict
+    ) -> str:
         try:
             self.artifacts.delete_prefix(f"jobs/{job_id}")
         except Exception:  # a broken store must not keep the job from being marked failed
             logger.warning("job %s: could not delete its partial artifacts", job_id, exc_info=True)
         shutil.rmtree(workdir, ignore_errors=True)
-        safe_details = {k: self.clean(v) if isinstance(v, str) else v
-                        for k, v in (details or {}).items()}
-        self.store.finish(job_id, self.worker, "failed", error_code=code,
-                          error_message=self.clean(message)[:4000],
-                          error_details=safe_details, message="failed", stage_seconds=seconds)
+        safe_details = {
+            k: self.clean(v) if isinstance(v, str) else v for k, v in (details or {}).items()
+        }
+        self.store.finish(
+            job_id,
+            self.worker,
+            "failed",
+            error_code=code,
+            error_message=self.clean(message)[:4000],
+            error_details=safe_details,
+            message="failed",
+            stage_seconds=seconds,
+        )
         logger.info("job %s failed: %s", job_id, code)
         return "failed"
 
@@ -283,8 +382,10 @@ class JobRunner:
 
         settings = self.settings
         policy = HubPolicy(
-            allow_pickle=settings.allow_pickle, allow_remote_code=settings.allow_remote_code,
-            max_model_bytes=settings.max_model_bytes, endpoint=settings.hf_endpoint,
+            allow_pickle=settings.allow_pickle,
+            allow_remote_code=settings.allow_remote_code,
+            max_model_bytes=settings.max_model_bytes,
+            endpoint=settings.hf_endpoint,
             cache_dir=settings.hf_cache_dir or settings.data_dir / "hf-cache",
             allow_local_files=False,  # every id in a job is a Hub id, never a path on this machine
         )
@@ -293,13 +394,16 @@ class JobRunner:
             from service.store import NotFound
             from slimformer.errors import DatasetError
 
-            gone = DatasetError(f"upload {upload_id} was deleted (or never belonged to this key); "
-                                "upload the file again and submit a new job",
-                                details={"upload_id": upload_id})
+            gone = DatasetError(
+                f"upload {upload_id} was deleted (or never belonged to this key); "
+                "upload the file again and submit a new job",
+                details={"upload_id": upload_id},
+            )
             try:
                 upload = self.store.get_upload(upload_id, owner=job["owner"])
                 path = self.artifacts.fetch_file(
-                    upload["path"], workdir / "uploads" / upload_id / upload["filename"])
+                    upload["path"], workdir / "uploads" / upload_id / upload["filename"]
+                )
             except (NotFound, ArtifactNotFound):
                 raise gone from None
             # only the rows the job uses are read: max_samples of the training file, the
@@ -313,7 +417,14 @@ class JobRunner:
 
         with file_row_limits() as limits:
             return pipeline.run(
-                spec, workdir, on_progress=on_progress, should_cancel=should_cancel,
-                out_dir=workdir / "model", overwrite=True, token=hub_token,
-                resolve_upload=resolve_upload, job_id=job["id"], hub_policy=policy,
+                spec,
+                workdir,
+                on_progress=on_progress,
+                should_cancel=should_cancel,
+                out_dir=workdir / "model",
+                overwrite=True,
+                token=hub_token,
+                resolve_upload=resolve_upload,
+                job_id=job["id"],
+                hub_policy=policy,
             )

@@ -36,8 +36,11 @@ def default_queues() -> list[str]:
 
 def build_worker_app(settings: Settings) -> tuple[Celery, JobStore]:
     app = make_celery(settings)
-    store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
-                     token_secret=settings.token_encryption_key)
+    store = JobStore(
+        settings.resolved_database_url,
+        pepper=settings.api_key_pepper,
+        token_secret=settings.token_encryption_key,
+    )
     state: dict = {}
 
     def send(job_id: str, queue: str, countdown: float | None) -> None:
@@ -46,8 +49,11 @@ def build_worker_app(settings: Settings) -> tuple[Celery, JobStore]:
     def runner() -> JobRunner:
         # built lazily in each pool process (after fork), so no database connection crosses a fork
         if "runner" not in state:
-            worker_store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
-                                    token_secret=settings.token_encryption_key)
+            worker_store = JobStore(
+                settings.resolved_database_url,
+                pepper=settings.api_key_pepper,
+                token_secret=settings.token_encryption_key,
+            )
             state["runner"] = JobRunner(settings, worker_store, make_artifact_store(settings), send)
         return state["runner"]
 
@@ -58,9 +64,14 @@ def build_worker_app(settings: Settings) -> tuple[Celery, JobStore]:
     return app, store
 
 
-def run_worker(settings: Settings, *, queues: list[str] | None = None,
-               concurrency: int | None = None, hostname: str | None = None,
-               loglevel: str | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    *,
+    queues: list[str] | None = None,
+    concurrency: int | None = None,
+    hostname: str | None = None,
+    loglevel: str | None = None,
+) -> None:
     configure_logging(settings.log_level, settings.log_format)
     app, store = build_worker_app(settings)
     store.create_schema()
@@ -69,15 +80,28 @@ def run_worker(settings: Settings, *, queues: list[str] | None = None,
     def send(job_id: str, queue: str, countdown: float | None) -> None:
         send_job(app, job_id, queue, countdown=countdown)
 
-    reaper = Reaper(store, send, interval=settings.reaper_interval_seconds,
-                    stale_after=settings.stale_after_seconds,
-                    requeue_queued_after=settings.requeue_queued_after_seconds,
-                    retention=Retention.from_settings(settings, make_artifact_store(settings)))
+    reaper = Reaper(
+        store,
+        send,
+        interval=settings.reaper_interval_seconds,
+        stale_after=settings.stale_after_seconds,
+        requeue_queued_after=settings.requeue_queued_after_seconds,
+        retention=Retention.from_settings(settings, make_artifact_store(settings)),
+    )
     logger.info("worker serving queues %s with %s", ",".join(queues), settings.public_summary())
-    argv = ["worker", "--queues", ",".join(queues),
-            "--concurrency", str(concurrency or settings.worker_concurrency),
-            "--pool", "prefork", "--loglevel", (loglevel or settings.log_level).upper(),
-            "--without-mingle", "--without-gossip"]
+    argv = [
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        str(concurrency or settings.worker_concurrency),
+        "--pool",
+        "prefork",
+        "--loglevel",
+        (loglevel or settings.log_level).upper(),
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if hostname:
         argv += ["--hostname", hostname]
     if settings.worker_metrics_port:

@@ -1,7 +1,9 @@
-"""The web dashboard: server-rendered HTML shells, plus a little JavaScript and CSS, all served by the API.
+"""The web dashboard: server-rendered HTML shells, plus a little JavaScript and CSS, all served by
+the API.
 
-The pages hold no job data. The browser asks the v1 API for everything with the API key the person typed in
-(kept in the tab's session storage), so a page or asset never shows one key's jobs to another.
+The pages hold no job data. The browser asks the v1 API for everything with the API key the person
+typed in (kept in the tab's session storage), so a page or asset never shows one key's jobs to
+another.
 """
 
 from __future__ import annotations
@@ -17,22 +19,31 @@ from service.errors import ApiError
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-MEDIA_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-               ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+MEDIA_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
 STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 # The pages load only their own scripts and styles, and images from blob URLs the scripts make.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-                               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-                               "form-action 'self'",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'self'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
 
-templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+templates = Environment(
+    loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -65,5 +76,8 @@ async def static_file(name: str) -> FileResponse:
     path = STATIC / name
     if not STATIC_NAME.match(name) or path.suffix not in MEDIA_TYPES or not path.is_file():
         raise ApiError(404, "not_found", f"no static file {name!r}")
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix],
-                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[path.suffix],
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )

@@ -17,7 +17,7 @@ def render_card_html(markdown: str, artifact_base: str) -> str:
     body = markdown
     if body.startswith("---"):
         end = body.find("\n---", 3)
-        body = body[end + 4:] if end != -1 else body
+        body = body[end + 4 :] if end != -1 else body
     html = MarkdownIt("commonmark", {"html": False}).enable("table").render(body)
     # raw HTML stays escaped (the card holds user-chosen names); only the card's own folding tags
     # come back

@@ -12,15 +12,19 @@ from service.schemas import ErrorBody
 from service.store import NotFound
 
 E = {  # documented error responses, shared by the routes
-    400: {"model": ErrorBody,
-          "description": "Malformed request (for example a body that is not JSON)."},
+    400: {
+        "model": ErrorBody,
+        "description": "Malformed request (for example a body that is not JSON).",
+    },
     401: {"model": ErrorBody, "description": "Missing or invalid API key."},
     404: {"model": ErrorBody, "description": "No such job, or it belongs to another key."},
     409: {"model": ErrorBody, "description": "The job is not in a state that allows this."},
     413: {"model": ErrorBody, "description": "The body is larger than the limit."},
     416: {"model": ErrorBody, "description": "The requested byte range is outside the file."},
-    422: {"model": ErrorBody,
-          "description": "Invalid request; `details.fields` lists each bad field."},
+    422: {
+        "model": ErrorBody,
+        "description": "Invalid request; `details.fields` lists each bad field.",
+    },
     429: {"model": ErrorBody, "description": "Rate limit or concurrent-job limit reached."},
     503: {"model": ErrorBody, "description": "The job store or broker is unreachable."},
 }

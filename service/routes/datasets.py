@@ -27,15 +27,20 @@ from service.uploads import (
 
 router = APIRouter()
 
-UPLOAD_413 = {413: {"model": ErrorBody,
-                    "description": "The file is over a limit: its size "
-                                   "(`SLIMFORMER_MAX_UPLOAD_BYTES`, `upload_too_large`), its rows "
-                                   "(`SLIMFORMER_MAX_UPLOAD_ROWS`, `too_many_rows`) or its decoded "
-                                   "size (`SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES`, "
-                                   "`SLIMFORMER_MAX_UPLOAD_EXPANSION`, "
-                                   "`upload_too_large_uncompressed`); the message names it."}}
-UPLOAD_404 = {404: {"model": ErrorBody,
-                    "description": "No such upload, or it belongs to another key."}}
+UPLOAD_413 = {
+    413: {
+        "model": ErrorBody,
+        "description": "The file is over a limit: its size "
+        "(`SLIMFORMER_MAX_UPLOAD_BYTES`, `upload_too_large`), its rows "
+        "(`SLIMFORMER_MAX_UPLOAD_ROWS`, `too_many_rows`) or its decoded "
+        "size (`SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES`, "
+        "`SLIMFORMER_MAX_UPLOAD_EXPANSION`, "
+        "`upload_too_large_uncompressed`); the message names it.",
+    }
+}
+UPLOAD_404 = {
+    404: {"model": ErrorBody, "description": "No such upload, or it belongs to another key."}
+}
 
 
 def file_field() -> dict:
@@ -43,17 +48,24 @@ def file_field() -> dict:
     return {"fields": [{"field": "file"}]}
 
 
-@router.post("/v1/datasets", status_code=201, response_model=UploadView, tags=["datasets"],
-             responses=errors(401, 422, 429) | UPLOAD_413, summary="Upload a dataset file",
-             description="Multipart upload of a CSV, TSV, JSON lines or Parquet file, or plain "
-                         "text (`.txt`: one document per blank-line-separated block, one column "
-                         "`text`, for causal LMs); not "
-                         "compressed: `.gz` and `.zip` are refused. Returns an `upload_id` to use "
-                         "as `dataset.upload_id` in a job, with the columns and row count found. "
-                         "A name longer than 120 characters is shortened (its suffix kept). "
-                         "413 when the file is over a size, row or decoded-size limit.")
+@router.post(
+    "/v1/datasets",
+    status_code=201,
+    response_model=UploadView,
+    tags=["datasets"],
+    responses=errors(401, 422, 429) | UPLOAD_413,
+    summary="Upload a dataset file",
+    description="Multipart upload of a CSV, TSV, JSON lines or Parquet file, or plain "
+    "text (`.txt`: one document per blank-line-separated block, one column "
+    "`text`, for causal LMs); not "
+    "compressed: `.gz` and `.zip` are refused. Returns an `upload_id` to use "
+    "as `dataset.upload_id` in a job, with the columns and row count found. "
+    "A name longer than 120 characters is shortened (its suffix kept). "
+    "413 when the file is over a size, row or decoded-size limit.",
+)
 async def upload_dataset(
-    request: Request, caller: CallerDep,
+    request: Request,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="CSV, TSV, JSONL, Parquet or plain text")],
 ) -> UploadView:
     state = request.app.state
@@ -62,13 +74,18 @@ async def upload_dataset(
     kind = upload_format(name)
     if kind is None:
         shown = file.filename if len(file.filename or "") <= 80 else file.filename[:60] + "..."
-        raise ApiError(422, "unsupported_file_type",
-                       f"{shown!r}: upload a {supported_suffixes()} file (not compressed)",
-                       file_field())
+        raise ApiError(
+            422,
+            "unsupported_file_type",
+            f"{shown!r}: upload a {supported_suffixes()} file (not compressed)",
+            file_field(),
+        )
     limit = settings.max_upload_bytes
-    limits = UploadLimits(rows=settings.max_upload_rows,
-                          uncompressed_bytes=settings.max_upload_uncompressed_bytes,
-                          expansion=settings.max_upload_expansion)
+    limits = UploadLimits(
+        rows=settings.max_upload_rows,
+        uncompressed_bytes=settings.max_upload_uncompressed_bytes,
+        expansion=settings.max_upload_expansion,
+    )
     with tempfile.TemporaryDirectory(dir=settings.data_dir) as tmp:
         path = Path(tmp) / name
         size = 0
@@ -76,10 +93,13 @@ async def upload_dataset(
             while chunk := await file.read(1 << 20):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, "upload_too_large",
-                                   f"{name} is larger than the {limit} byte upload limit "
-                                   "(SLIMFORMER_MAX_UPLOAD_BYTES)",
-                                   {"setting": "SLIMFORMER_MAX_UPLOAD_BYTES", "limit": limit})
+                    raise ApiError(
+                        413,
+                        "upload_too_large",
+                        f"{name} is larger than the {limit} byte upload limit "
+                        "(SLIMFORMER_MAX_UPLOAD_BYTES)",
+                        {"setting": "SLIMFORMER_MAX_UPLOAD_BYTES", "limit": limit},
+                    )
                 out.write(chunk)
         if size == 0:
             raise ApiError(422, "empty_file", f"{name} is empty", file_field())
@@ -96,10 +116,24 @@ async def upload_dataset(
         upload_id = str(uuid.uuid4())
         key = f"uploads/{upload_id}/{name}"
         await run_in_threadpool(state.artifacts.put_file, key, path)
-    row = await run_in_threadpool(state.store.add_upload, caller.owner, upload_id=upload_id,
-                                  filename=name, size=size, rows=rows, columns=columns, path=key)
-    return UploadView(upload_id=upload_id, filename=name, size=size, rows=rows, columns=columns,
-                      created_at=iso(row["created_at"]))
+    row = await run_in_threadpool(
+        state.store.add_upload,
+        caller.owner,
+        upload_id=upload_id,
+        filename=name,
+        size=size,
+        rows=rows,
+        columns=columns,
+        path=key,
+    )
+    return UploadView(
+        upload_id=upload_id,
+        filename=name,
+        size=size,
+        rows=rows,
+        columns=columns,
+        created_at=iso(row["created_at"]),
+    )
 
 
 def delete_upload_now(request: Request, upload_id: str, owner: str) -> None:
@@ -117,13 +151,18 @@ def delete_upload_now(request: Request, upload_id: str, owner: str) -> None:
         pass
 
 
-@router.delete("/v1/datasets/{upload_id}", status_code=204, tags=["datasets"],
-               responses=errors(401, 429) | UPLOAD_404, response_class=Response,
-               summary="Delete an upload (its file and its record)",
-               description="Only the key that uploaded it may delete it (another key gets 404). "
-                           "A job already queued with it fails with `dataset_error` saying the "
-                           "upload was deleted; a running job that already read it is not "
-                           "affected.")
+@router.delete(
+    "/v1/datasets/{upload_id}",
+    status_code=204,
+    tags=["datasets"],
+    responses=errors(401, 429) | UPLOAD_404,
+    response_class=Response,
+    summary="Delete an upload (its file and its record)",
+    description="Only the key that uploaded it may delete it (another key gets 404). "
+    "A job already queued with it fails with `dataset_error` saying the "
+    "upload was deleted; a running job that already read it is not "
+    "affected.",
+)
 async def delete_dataset(upload_id: str, request: Request, caller: CallerDep) -> Response:
     await run_in_threadpool(delete_upload_now, request, upload_id, caller.owner)
     return Response(status_code=204)

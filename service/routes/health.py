@@ -18,36 +18,54 @@ from service.schemas import Health, Me
 
 router = APIRouter()
 
-READY_503 = {503: {"model": Health,
-                   "description": "A dependency is unreachable or a disk is not writable."}}
+READY_503 = {
+    503: {"model": Health, "description": "A dependency is unreachable or a disk is not writable."}
+}
 
 
-@router.get("/v1/me", response_model=Me, tags=["health"], responses=errors(401, 429),
-            summary="Who the API key is: its name, whether it is an admin, whether auth is on")
+@router.get(
+    "/v1/me",
+    response_model=Me,
+    tags=["health"],
+    responses=errors(401, 429),
+    summary="Who the API key is: its name, whether it is an admin, whether auth is on",
+)
 async def me(request: Request, caller: CallerDep) -> Me:
-    return Me(key_id=caller.owner, name=caller.name, admin=caller.admin,
-              auth_enabled=request.app.state.auth.enabled)
+    return Me(
+        key_id=caller.owner,
+        name=caller.name,
+        admin=caller.admin,
+        auth_enabled=request.app.state.auth.enabled,
+    )
 
 
-@router.get("/healthz", response_model=Health, tags=["health"],
-            summary="Liveness: the process answers")
+@router.get(
+    "/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers"
+)
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, tags=["health"],
-            summary="Readiness: job store, broker and artifact store reachable, disks writable",
-            description="`checks` names each dependency: `store`, `broker`, `artifacts` (for the "
-                        "local store: its folder takes a new file) and `data_dir` (the data dir "
-                        "takes a new file: a full, read-only or foreign-owned disk fails). 503 "
-                        "when one is not ok.",
-            responses=READY_503)
+@router.get(
+    "/readyz",
+    response_model=Health,
+    tags=["health"],
+    summary="Readiness: job store, broker and artifact store reachable, disks writable",
+    description="`checks` names each dependency: `store`, `broker`, `artifacts` (for the "
+    "local store: its folder takes a new file) and `data_dir` (the data dir "
+    "takes a new file: a full, read-only or foreign-owned disk fails). 503 "
+    "when one is not ok.",
+    responses=READY_503,
+)
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks = {}
-    probes = (("store", state.store.ping), ("broker", state.ping_broker),
-              ("artifacts", state.artifacts.ping),
-              ("data_dir", partial(check_writable, state.settings.data_dir)))
+    probes = (
+        ("store", state.store.ping),
+        ("broker", state.ping_broker),
+        ("artifacts", state.artifacts.ping),
+        ("data_dir", partial(check_writable, state.settings.data_dir)),
+    )
     for name, probe in probes:
         try:
             await asyncio.wait_for(run_in_threadpool(probe), timeout=5)

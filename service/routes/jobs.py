@@ -32,35 +32,62 @@ def job_view(job: dict) -> JobView:
     result = job.get("result") or {}
     error = None
     if job.get("error_code") and job["status"] in ("failed", "queued"):
-        error = {"code": job["error_code"], "message": job["error_message"] or "",
-                 "details": job.get("error_details") or {}}
+        error = {
+            "code": job["error_code"],
+            "message": job["error_message"] or "",
+            "details": job.get("error_details") or {},
+        }
     metrics = {k: v for k, v in result.items() if k not in ("files", "published")} or None
     running = job["status"] == "running"
     return JobView(
-        id=job["id"], status=job["status"], stage=job.get("stage"),
+        id=job["id"],
+        status=job["status"],
+        stage=job.get("stage"),
         progress=job.get("progress") or 0.0,
-        eta_seconds=job.get("eta_seconds") if running else None, message=job.get("message"),
-        attempts=job["attempts"], max_attempts=job["max_attempts"], queue=job["queue"],
-        created_at=iso(job["created_at"]), started_at=iso(job.get("started_at")),
-        finished_at=iso(job.get("finished_at")), stage_seconds=job.get("stage_seconds") or {},
-        spec=job["spec"], metrics=metrics, published=result.get("published"), error=error,
-        links={"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
-               "artifacts": f"{base}/artifacts", "download": f"{base}/download",
-               "card": f"{base}/card"},
+        eta_seconds=job.get("eta_seconds") if running else None,
+        message=job.get("message"),
+        attempts=job["attempts"],
+        max_attempts=job["max_attempts"],
+        queue=job["queue"],
+        created_at=iso(job["created_at"]),
+        started_at=iso(job.get("started_at")),
+        finished_at=iso(job.get("finished_at")),
+        stage_seconds=job.get("stage_seconds") or {},
+        spec=job["spec"],
+        metrics=metrics,
+        published=result.get("published"),
+        error=error,
+        links={
+            "self": base,
+            "events": f"{base}/events",
+            "cancel": f"{base}/cancel",
+            "artifacts": f"{base}/artifacts",
+            "download": f"{base}/download",
+            "card": f"{base}/card",
+        },
     )
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobView, tags=["jobs"],
-             responses=errors(400, 401, 409, 413, 422, 429),
-             summary="Submit a compression job",
-             description="Validates the spec, stores the job and queues it. Returns 202 with the "
-                         "job and a `Location` header. With an `Idempotency-Key` header, a "
-                         "retried request returns the job created the first time instead of a "
-                         "second one (409 if the body differs).")
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobView,
+    tags=["jobs"],
+    responses=errors(400, 401, 409, 413, 422, 429),
+    summary="Submit a compression job",
+    description="Validates the spec, stores the job and queues it. Returns 202 with the "
+    "job and a `Location` header. With an `Idempotency-Key` header, a "
+    "retried request returns the job created the first time instead of a "
+    "second one (409 if the body differs).",
+)
 async def create_job(
-    body: JobCreate, request: Request, response: Response, caller: CallerDep,
-    idempotency_key: Annotated[str | None,
-                               Header(max_length=255, description="Makes retries safe.")] = None,
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    caller: CallerDep,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=255, description="Makes retries safe.")
+    ] = None,
 ) -> JobView:
     state = request.app.state
     settings = state.settings
@@ -76,15 +103,23 @@ async def create_job(
                 await run_in_threadpool(state.store.get_upload, upload_id, owner=caller.owner)
             except NotFound:
                 raise ApiError(
-                    422, "invalid_spec", f"dataset.{field}: no upload {upload_id} for this key",
+                    422,
+                    "invalid_spec",
+                    f"dataset.{field}: no upload {upload_id} for this key",
                     {"fields": [{"field": f"dataset.{field}", "message": "unknown upload"}]},
                 ) from None
     token = body.hub_token.get_secret_value() if body.hub_token else None
     try:
         job, created = await run_in_threadpool(
-            state.store.create_job, caller.owner, spec.model_dump(mode="json"),
-            queue=settings.job_queue, max_attempts=settings.max_attempts, hub_token=token,
-            idempotency_key=idempotency_key, max_active=settings.max_concurrent_jobs)
+            state.store.create_job,
+            caller.owner,
+            spec.model_dump(mode="json"),
+            queue=settings.job_queue,
+            max_attempts=settings.max_attempts,
+            hub_token=token,
+            idempotency_key=idempotency_key,
+            max_active=settings.max_concurrent_jobs,
+        )
     except Conflict as err:
         status = 429 if err.code == "too_many_jobs" else 409
         raise ApiError(status, err.code, err.message) from None
@@ -92,8 +127,9 @@ async def create_job(
         try:
             await run_in_threadpool(state.send, job["id"], job["queue"], None)
         except Exception:  # the job is stored; the reaper sends queued jobs no worker took
-            logger.exception("could not send job %s to the broker; the reaper will retry",
-                             job["id"])
+            logger.exception(
+                "could not send job %s to the broker; the reaper will retry", job["id"]
+            )
         state.metrics.jobs_submitted.inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
@@ -101,16 +137,24 @@ async def create_job(
     return job_view(job)
 
 
-@router.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=errors(401, 422, 429),
-            summary="List your jobs", description="Newest first. Admin keys see every key's jobs.")
+@router.get(
+    "/v1/jobs",
+    response_model=JobList,
+    tags=["jobs"],
+    responses=errors(401, 422, 429),
+    summary="List your jobs",
+    description="Newest first. Admin keys see every key's jobs.",
+)
 async def list_jobs(
-    request: Request, caller: CallerDep,
-    status: Annotated[str | None,
-                      Query(pattern="^(queued|running|succeeded|failed|cancelled)$")] = None,
+    request: Request,
+    caller: CallerDep,
+    status: Annotated[
+        str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None,
-                      Query(max_length=200,
-                            description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
 ) -> JobList:
     before = None
     if cursor:
@@ -118,10 +162,19 @@ async def list_jobs(
             created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())
             before = (float(created), str(job_id))
         except Exception:
-            raise ApiError(422, "invalid_cursor", "cursor is not one returned by this API",
-                           {"fields": [{"field": "cursor", "message": "invalid cursor"}]}) from None
-    rows = await run_in_threadpool(request.app.state.store.list_jobs, owner=caller.scope,
-                                   status=status, limit=limit + 1, before=before)
+            raise ApiError(
+                422,
+                "invalid_cursor",
+                "cursor is not one returned by this API",
+                {"fields": [{"field": "cursor", "message": "invalid cursor"}]},
+            ) from None
+    rows = await run_in_threadpool(
+        request.app.state.store.list_jobs,
+        owner=caller.scope,
+        status=status,
+        limit=limit + 1,
+        before=before,
+    )
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -131,23 +184,34 @@ async def list_jobs(
     return JobList(items=[job_view(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"],
-            responses=errors(401, 404, 429),
-            summary="Get a job: status, stage, progress, ETA, metrics, error")
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobView,
+    tags=["jobs"],
+    responses=errors(401, 404, 429),
+    summary="Get a job: status, stage, progress, ETA, metrics, error",
+)
 async def get_job(job_id: str, request: Request, caller: CallerDep) -> JobView:
     return job_view(await run_in_threadpool(owned_job, request, job_id, caller))
 
 
-@router.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobView, tags=["jobs"],
-             responses=errors(401, 404, 409, 429), summary="Cancel a queued or running job",
-             description="A queued job is cancelled at once; a running one stops at its next check "
-                         "(seconds) and its partial artifacts are removed. 409 when the job "
-                         "already ended.")
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=JobView,
+    tags=["jobs"],
+    responses=errors(401, 404, 409, 429),
+    summary="Cancel a queued or running job",
+    description="A queued job is cancelled at once; a running one stops at its next check "
+    "(seconds) and its partial artifacts are removed. 409 when the job "
+    "already ended.",
+)
 async def cancel_job(job_id: str, request: Request, caller: CallerDep) -> JobView:
     await run_in_threadpool(owned_job, request, job_id, caller)
     try:
-        job = await run_in_threadpool(request.app.state.store.request_cancel, job_id,
-                                      owner=caller.scope)
+        job = await run_in_threadpool(
+            request.app.state.store.request_cancel, job_id, owner=caller.scope
+        )
     except Conflict as err:
         raise ApiError(409, err.code, err.message) from None
     return job_view(job)
@@ -156,7 +220,7 @@ async def cancel_job(job_id: str, request: Request, caller: CallerDep) -> JobVie
 EVENTS_200 = {
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
     "description": "Server-sent events: `progress` with the job view as data on every change, "
-                   "then `end`.",
+    "then `end`.",
 }
 KEEP_ALIVE_SECONDS = 15.0
 RENEW_LEASE_SECONDS = 20.0  # well inside the stream's lease (service.limits.STREAM_LEASE_SECONDS)
@@ -185,8 +249,11 @@ class Watched:
             self.key = change_key(row)
             self.event = f"event: progress\ndata: {json.dumps(view)}\n\n"
             status = view["status"]
-            self.end = (f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-                        if status in TERMINAL else None)
+            self.end = (
+                f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                if status in TERMINAL
+                else None
+            )
         self.version += 1
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
@@ -246,19 +313,26 @@ def job_watch(request: Request) -> JobWatch:
     return watch
 
 
-@router.get("/v1/jobs/{job_id}/events", tags=["jobs"],
-            responses=errors(401, 404, 429) | {200: EVENTS_200},
-            summary="Stream a job's stage and progress (server-sent events)",
-            description="At most `SLIMFORMER_MAX_EVENT_STREAMS_PER_KEY` streams per key at once "
-                        "(429 `too_many_streams` beyond).",
-            response_class=StreamingResponse)
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    tags=["jobs"],
+    responses=errors(401, 404, 429) | {200: EVENTS_200},
+    summary="Stream a job's stage and progress (server-sent events)",
+    description="At most `SLIMFORMER_MAX_EVENT_STREAMS_PER_KEY` streams per key at once "
+    "(429 `too_many_streams` beyond).",
+    response_class=StreamingResponse,
+)
 async def job_events(job_id: str, request: Request, caller: CallerDep) -> StreamingResponse:
     limits = request.app.state.limits
     job = await run_in_threadpool(owned_job, request, job_id, caller)
     token = await run_in_threadpool(limits.open_stream, caller.owner)
     if token is None:
-        raise too_many(f"this key already has {limits.streams_per_key} event streams open; close "
-                       "one or poll GET /v1/jobs/{id}", KEEP_ALIVE_SECONDS, "too_many_streams")
+        raise too_many(
+            f"this key already has {limits.streams_per_key} event streams open; close "
+            "one or poll GET /v1/jobs/{id}",
+            KEEP_ALIVE_SECONDS,
+            "too_many_streams",
+        )
     watch = job_watch(request)
 
     async def stream():
@@ -288,5 +362,8 @@ async def job_events(job_id: str, request: Request, caller: CallerDep) -> Stream
             with anyio.CancelScope(shield=True):  # runs when the client went away, too
                 await run_in_threadpool(limits.close_stream, caller.owner, token)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

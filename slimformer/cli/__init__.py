@@ -41,8 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if command is not None:
         return server.run_command(command, args)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     if args.command in remote.HANDLERS:
         return run_guarded(remote.HANDLERS[args.command], args)
     if not args.debug:

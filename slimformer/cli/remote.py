@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from slimformer.cli.parser import Handler
+from slimformer.cli.progress import duration as _duration
 from slimformer.cli.specfile import load_spec_file
 from slimformer.client import (
     TERMINAL,
@@ -57,17 +58,6 @@ def _stdout_console() -> Console:
 
 def _stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _eta(view: dict, prefix: str) -> str:
@@ -122,17 +112,25 @@ def _follow(client: Client, job_id: str, *, as_json: bool) -> int:
                 print(json.dumps(view), flush=True)
                 last = view
         elif console.is_terminal:
-            columns = (TextColumn("[bold]{task.fields[stage]:<12}"), BarColumn(),
-                       TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[eta]}"),
-                       TimeElapsedColumn(), TextColumn("{task.description}"))
+            columns = (
+                TextColumn("[bold]{task.fields[stage]:<12}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[eta]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+            )
             with Progress(*columns, console=console, transient=True) as progress:
                 task = progress.add_task("", total=1.0, stage="queued", eta="")
                 for view in client.follow(job_id):
                     last = view
-                    progress.update(task, completed=view["progress"],
-                                    stage=view.get("stage") or view["status"],
-                                    eta=_eta(view, ""),
-                                    description=(view.get("message") or "")[:60])
+                    progress.update(
+                        task,
+                        completed=view["progress"],
+                        stage=view.get("stage") or view["status"],
+                        eta=_eta(view, ""),
+                        description=(view.get("message") or "")[:60],
+                    )
         else:
             shown = None
             for view in client.follow(job_id):
@@ -140,9 +138,11 @@ def _follow(client: Client, job_id: str, *, as_json: bool) -> int:
                 key = (view["status"], view.get("stage"))
                 if key != shown:
                     shown = key
-                    line = (f"{view['status']:<9} {view.get('stage') or '':<12} "
-                            f"{view['progress']:>4.0%}{_eta(view, ', ')}  "
-                            f"{view.get('message') or ''}")
+                    line = (
+                        f"{view['status']:<9} {view.get('stage') or '':<12} "
+                        f"{view['progress']:>4.0%}{_eta(view, ', ')}  "
+                        f"{view.get('message') or ''}"
+                    )
                     print(line.rstrip(), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print(f"stopped watching; the job goes on (`slimformer watch {job_id}`)", file=sys.stderr)
@@ -152,8 +152,19 @@ def _follow(client: Client, job_id: str, *, as_json: bool) -> int:
     return _finish(last)
 
 
-_PRUNE_FLAGS = ("heads", "ffn", "whole_mlps", "macs_budget", "layout", "ranking", "importance",
-                "schedule", "step", "metric_floor", "calibration_samples")
+_PRUNE_FLAGS = (
+    "heads",
+    "ffn",
+    "whole_mlps",
+    "macs_budget",
+    "layout",
+    "ranking",
+    "importance",
+    "schedule",
+    "step",
+    "metric_floor",
+    "calibration_samples",
+)
 
 
 def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
@@ -198,8 +209,9 @@ def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
     if not dataset:
         del data["dataset"]
     if "model" not in data or "dataset" not in data:
-        raise InvalidSpec("give a spec file, or --model and a data source (--data FILE or "
-                          "--hub-dataset ID)")
+        raise InvalidSpec(
+            "give a spec file, or --model and a data source (--data FILE or --hub-dataset ID)"
+        )
 
     wants_student = args.student_layers is not None or args.student is not None
     if args.method:
@@ -245,8 +257,11 @@ def _upload_local_files(client: Client, data: dict, base: Path) -> None:
             path = Path(base) / path
         upload = client.upload(path)
         columns = ", ".join(upload["columns"])
-        print(f"uploaded {path.name}: {upload['rows']} rows, columns {columns} "
-              f"({upload['upload_id']})", file=sys.stderr)
+        print(
+            f"uploaded {path.name}: {upload['rows']} rows, columns {columns} "
+            f"({upload['upload_id']})",
+            file=sys.stderr,
+        )
         del dataset[local]
         dataset[remote] = upload["upload_id"]
 
@@ -258,8 +273,9 @@ def submit(args: argparse.Namespace) -> int:
     if args.hub_token_env:
         token = os.environ.get(args.hub_token_env)
         if not token:
-            raise ClientError(f"--hub-token-env {args.hub_token_env}: that environment variable "
-                              "is not set")
+            raise ClientError(
+                f"--hub-token-env {args.hub_token_env}: that environment variable is not set"
+            )
     with _client(args) as client:
         _upload_local_files(client, data, base)
         view = client.submit(data, hub_token=token)
@@ -268,8 +284,11 @@ def submit(args: argparse.Namespace) -> int:
             return 0
         print(view["id"], flush=True)
         if not args.wait:
-            print(f"submitted job {view['id']} ({view['status']}); follow it with "
-                  f"`slimformer watch {view['id']}`", file=sys.stderr)
+            print(
+                f"submitted job {view['id']} ({view['status']}); follow it with "
+                f"`slimformer watch {view['id']}`",
+                file=sys.stderr,
+            )
             return 0
         return _follow(client, view["id"], as_json=args.json)
 
@@ -281,8 +300,9 @@ def login(args: argparse.Namespace) -> int:
     api_key = connection.api_key
     asks = args.api_key is None and os.environ.get("SLIMFORMER_API_KEY") is None
     if asks and sys.stdin.isatty():
-        typed = getpass.getpass(f"API key for {connection.server} (empty: none, or keep the "
-                                "saved one): ").strip()
+        typed = getpass.getpass(
+            f"API key for {connection.server} (empty: none, or keep the saved one): "
+        ).strip()
         api_key = typed or api_key
     if not args.no_verify:
         with Client(connection.server, api_key=api_key) as client:
@@ -290,8 +310,9 @@ def login(args: argparse.Namespace) -> int:
                 client.jobs(limit=1)
             except ClientError as err:
                 if err.status == 401:
-                    raise ClientError(f"the server at {connection.server} refused the key: "
-                                      f"{err.message}") from None
+                    raise ClientError(
+                        f"the server at {connection.server} refused the key: {err.message}"
+                    ) from None
                 raise
     path = write_config({"server": connection.server, "api_key": api_key or ""}, config_path())
     key_note = "with an API key" if api_key else "without an API key"
@@ -299,23 +320,39 @@ def login(args: argparse.Namespace) -> int:
     return 0
 
 
-_STATUS_COLOURS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
-                   "queued": "blue"}
+_STATUS_COLOURS = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "queued": "blue",
+}
 
 
 def _jobs_table(listing: dict) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column, justify in (("ID", "left"), ("STATUS", "left"), ("STAGE", "left"),
-                            ("PROGRESS", "right"), ("MODEL", "left"), ("METHOD", "left"),
-                            ("CREATED", "left")):
+    for column, justify in (
+        ("ID", "left"),
+        ("STATUS", "left"),
+        ("STAGE", "left"),
+        ("PROGRESS", "right"),
+        ("MODEL", "left"),
+        ("METHOD", "left"),
+        ("CREATED", "left"),
+    ):
         table.add_column(column, justify=justify, no_wrap=column in ("ID", "CREATED"))
     for job in listing["items"]:
         spec = job.get("spec") or {}
         status = job["status"]
-        table.add_row(job["id"], f"[{_STATUS_COLOURS.get(status, 'white')}]{status}[/]",
-                      job.get("stage") or "", f"{job['progress']:.0%}",
-                      (spec.get("model") or {}).get("id", ""), spec.get("method", ""),
-                      job["created_at"][:19].replace("T", " "))
+        table.add_row(
+            job["id"],
+            f"[{_STATUS_COLOURS.get(status, 'white')}]{status}[/]",
+            job.get("stage") or "",
+            f"{job['progress']:.0%}",
+            (spec.get("model") or {}).get("id", ""),
+            spec.get("method", ""),
+            job["created_at"][:19].replace("T", " "),
+        )
     return table
 
 
@@ -348,14 +385,19 @@ def status(args: argparse.Namespace) -> int:
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    rows = [("id", view["id"]), ("status", view["status"]), ("stage", view.get("stage") or ""),
-            ("progress", f"{view['progress']:.0%}" + _eta(view, ", ")),
-            ("message", view.get("message") or ""),
-            ("model", (spec.get("model") or {}).get("id", "")),
-            ("method", spec.get("method", "")),
-            ("attempts", f"{view['attempts']} of {view['max_attempts']}"),
-            ("created", view["created_at"]), ("started", view.get("started_at") or ""),
-            ("finished", view.get("finished_at") or "")]
+    rows = [
+        ("id", view["id"]),
+        ("status", view["status"]),
+        ("stage", view.get("stage") or ""),
+        ("progress", f"{view['progress']:.0%}" + _eta(view, ", ")),
+        ("message", view.get("message") or ""),
+        ("model", (spec.get("model") or {}).get("id", "")),
+        ("method", spec.get("method", "")),
+        ("attempts", f"{view['attempts']} of {view['max_attempts']}"),
+        ("created", view["created_at"]),
+        ("started", view.get("started_at") or ""),
+        ("finished", view.get("finished_at") or ""),
+    ]
     stages = view.get("stage_seconds") or {}
     if stages:
         rows.append(("stages", ", ".join(f"{k} {_duration(v)}" for k, v in stages.items())))
@@ -405,8 +447,14 @@ def card(args: argparse.Namespace) -> int:
 
 
 def _download_with_bars(client: Client, job_id: str, out: Path, console: Console) -> list:
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         tasks = {}
 
         def on_file(path: str, size: int, have: int) -> None:
@@ -425,8 +473,9 @@ def download(args: argparse.Namespace) -> int:
         if args.tar:
             target = client.download_tarball(args.job_id, Path(args.out or "."))
             if args.json:
-                _print_json({"job_id": args.job_id, "archive": str(target),
-                             "size": target.stat().st_size})
+                _print_json(
+                    {"job_id": args.job_id, "archive": str(target), "size": target.stat().st_size}
+                )
             else:
                 print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
             return 0
@@ -436,8 +485,10 @@ def download(args: argparse.Namespace) -> int:
         else:
             results = client.download(args.job_id, out)
     if args.json:
-        files = [{"path": r.path, "size": r.size, "fetched": r.fetched,
-                  "resumed_from": r.resumed_from} for r in results]
+        files = [
+            {"path": r.path, "size": r.size, "fetched": r.fetched, "resumed_from": r.resumed_from}
+            for r in results
+        ]
         _print_json({"job_id": args.job_id, "out": str(out), "files": files})
         return 0
     for r in results:
@@ -445,13 +496,22 @@ def download(args: argparse.Namespace) -> int:
             print(f"resumed {r.path} at byte {r.resumed_from:,} of {r.size:,}", file=sys.stderr)
     skipped = sum(r.skipped for r in results)
     total = sum(r.size for r in results)
-    print(f"downloaded {len(results)} files ({total / 1e6:.1f} MB) to {out}"
-          + (f"; {skipped} were already complete" if skipped else "")
-          + ", sizes and SHA-256 verified", file=sys.stderr)
+    print(
+        f"downloaded {len(results)} files ({total / 1e6:.1f} MB) to {out}"
+        + (f"; {skipped} were already complete" if skipped else "")
+        + ", sizes and SHA-256 verified",
+        file=sys.stderr,
+    )
     return 0
 
 
 HANDLERS: dict[str, Handler] = {
-    "login": login, "submit": submit, "jobs": jobs, "status": status, "watch": watch,
-    "cancel": cancel, "download": download, "card": card,
+    "login": login,
+    "submit": submit,
+    "jobs": jobs,
+    "status": status,
+    "watch": watch,
+    "cancel": cancel,
+    "download": download,
+    "card": card,
 }

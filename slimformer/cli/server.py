@@ -59,8 +59,11 @@ class Unavailable:
         """Takes no arguments: whatever follows is accepted and ignored."""
 
     def run(self, args: argparse.Namespace) -> int:
-        print(f"error: `slimformer {self.name}` needs the service extra: pip install "
-              f"'slimformer[service]' ({self.reason})", file=sys.stderr)
+        print(
+            f"error: `slimformer {self.name}` needs the service extra: pip install "
+            f"'slimformer[service]' ({self.reason})",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -82,8 +85,9 @@ def load_commands(word: str | None = None) -> dict[str, ServerCommand | None]:
     return {point.name: _load(point) if word in (None, point.name) else None for point in found}
 
 
-def add_commands(sub: argparse._SubParsersAction,
-                 commands: Mapping[str, ServerCommand | None]) -> None:
+def add_commands(
+    sub: argparse._SubParsersAction, commands: Mapping[str, ServerCommand | None]
+) -> None:
     """One subparser per command; an unavailable one takes any arguments, even ``--help``."""
     for name, command in commands.items():
         if command is None:
@@ -99,8 +103,9 @@ def run_command(command: ServerCommand, args: argparse.Namespace) -> int:
     try:
         return command.run(args)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
-                             for e in err.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors()
+        )
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 2
     except command.expected_errors as err:

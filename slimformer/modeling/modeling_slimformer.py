@@ -1,16 +1,19 @@
-"""Transformers whose layers differ in shape: the modelling code shipped with per-layer pruned checkpoints.
+"""Transformers whose layers differ in shape: the modelling code shipped with per-layer pruned
+checkpoints.
 
-This file is copied next to ``config.json`` of every ``per_layer`` artifact and named in its ``auto_map``,
-so ``AutoModel...from_pretrained(folder, trust_remote_code=True)`` loads the model with transformers alone:
-it imports nothing but torch and transformers.
+This file is copied next to ``config.json`` of every ``per_layer`` artifact and named in its
+``auto_map``, so ``AutoModel...from_pretrained(folder, trust_remote_code=True)`` loads the model
+with transformers alone: it imports nothing but torch and transformers.
 
 Per-layer sizes are stored in transformers' own heterogeneous format, ``config.per_layer_config``
-(``{layer: {"num_attention_heads": 5, "intermediate_size": 700, "skip": ["mlp"]}}``). Stock model classes
-still read the global attributes, so each class here builds the stock model at the global (original)
-sizes and then gives every layer its own sizes. The global attributes stay readable only during that
-construction; afterwards code that assumes a homogeneous model fails loudly instead of guessing.
+(``{layer: {"num_attention_heads": 5, "intermediate_size": 700, "skip": ["mlp"]}}``). Stock model
+classes still read the global attributes, so each class here builds the stock model at the global
+(original) sizes and then gives every layer its own sizes. The global attributes stay readable only
+during that construction; afterwards code that assumes a homogeneous model fails loudly instead of
+guessing.
 
-slimformer's pruning uses :func:`shape_layer` too, so the shapes it writes are the shapes this file builds.
+slimformer's pruning uses :func:`shape_layer` too, so the shapes it writes are the shapes this file
+builds.
 """
 
 from __future__ import annotations
@@ -22,17 +25,46 @@ import transformers
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-# Per family: the config attributes that may differ per layer, and where the layers live in the base model.
+# Per family: the config attributes that may differ per layer, and where the layers live in the base
+# model.
 FAMILIES: dict[str, dict] = {
     "bert": {"heads": "num_attention_heads", "ffn": "intermediate_size", "layers": "encoder.layer"},
-    "roberta": {"heads": "num_attention_heads", "ffn": "intermediate_size", "layers": "encoder.layer"},
-    "xlm-roberta": {"heads": "num_attention_heads", "ffn": "intermediate_size", "layers": "encoder.layer"},
+    "roberta": {
+        "heads": "num_attention_heads",
+        "ffn": "intermediate_size",
+        "layers": "encoder.layer",
+    },
+    "xlm-roberta": {
+        "heads": "num_attention_heads",
+        "ffn": "intermediate_size",
+        "layers": "encoder.layer",
+    },
     "distilbert": {"heads": "n_heads", "ffn": "hidden_dim", "layers": "transformer.layer"},
     "gpt2": {"heads": "n_head", "ffn": "n_inner", "layers": "h"},
-    "llama": {"heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "ffn": "intermediate_size", "layers": "layers"},
-    "mistral": {"heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "ffn": "intermediate_size", "layers": "layers"},
-    "qwen2": {"heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "ffn": "intermediate_size", "layers": "layers"},
-    "qwen3": {"heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "ffn": "intermediate_size", "layers": "layers"},
+    "llama": {
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "layers": "layers",
+    },
+    "mistral": {
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "layers": "layers",
+    },
+    "qwen2": {
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "layers": "layers",
+    },
+    "qwen3": {
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "layers": "layers",
+    },
 }
 
 
@@ -58,7 +90,11 @@ def _linear(old: nn.Module, in_features: int, out_features: int) -> nn.Module:
         new.to(device=weight.device, dtype=weight.dtype)
         return new
     return nn.Linear(
-        in_features, out_features, bias=old.bias is not None, device=weight.device, dtype=weight.dtype
+        in_features,
+        out_features,
+        bias=old.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
     )
 
 
@@ -70,7 +106,9 @@ def _width(module: nn.Module, side: str) -> int:
     return module.in_features if side == "in" else module.out_features
 
 
-def _resize(parent: nn.Module, name: str, *, in_features: int | None = None, out_features: int | None = None) -> None:
+def _resize(
+    parent: nn.Module, name: str, *, in_features: int | None = None, out_features: int | None = None
+) -> None:
     old = getattr(parent, name)
     new_in = _width(old, "in") if in_features is None else in_features
     new_out = _width(old, "out") if out_features is None else out_features
@@ -81,7 +119,8 @@ def _resize(parent: nn.Module, name: str, *, in_features: int | None = None, out
 
 
 def _mlp_parts(family: str, layer: nn.Module) -> tuple[nn.Module, list[str], nn.Module, str]:
-    """(module holding the up projections, their names, module holding the down projection, its name)."""
+    """(module holding the up projections, their names, module holding the down projection, its
+    name)."""
     if family in ("bert", "roberta", "xlm-roberta"):
         return layer.intermediate, ["dense"], layer.output, "dense"
     if family == "distilbert":
@@ -101,9 +140,11 @@ def shape_layer(
     intermediate: int,
     skip_mlp: bool = False,
 ) -> None:
-    """Give one layer these sizes, replacing projections whose shape changes with uninitialised ones.
+    """Give one layer these sizes, replacing projections whose shape changes with uninitialised
+    ones.
 
-    Weights are loaded afterwards (``from_pretrained``, or slimformer's pruning loading sliced tensors).
+    Weights are loaded afterwards (``from_pretrained``, or slimformer's pruning loading sliced
+    tensors).
     """
     width = heads * head_dim
     if family in ("bert", "roberta", "xlm-roberta"):
@@ -143,6 +184,20 @@ def shape_layer(
     _resize(down_parent, down_name, in_features=intermediate)
 
 
+def add_bias(module: nn.Module) -> None:
+    """Give a projection a zero bias if it has none (a removed projection has no weights).
+
+    Pruning with bias compensation (FLAP) folds the removed units' mean contribution into the bias
+    of the attention output and MLP down projections, which some families build without one;
+    ``config.projection_bias`` names those projections (paths inside a layer).
+    """
+    if isinstance(module, NoUnits) or getattr(module, "bias", None) is not None:
+        return
+    weight = module.weight
+    width = weight.shape[1] if isinstance(module, Conv1D) else weight.shape[0]
+    module.bias = nn.Parameter(torch.zeros(width, device=weight.device, dtype=weight.dtype))
+
+
 def layers_of(model: nn.Module, family: str) -> nn.ModuleList:
     module = model.base_model
     for part in FAMILIES[family]["layers"].split("."):
@@ -164,10 +219,15 @@ def head_dim_of(config, family: str) -> int:
 
 
 def layer_sizes(config, family: str, layer_idx: int) -> dict:
-    """Heads, KV heads, intermediate size and skipped parts of one layer, read from ``per_layer_config``."""
+    """Heads, KV heads, intermediate size and skipped parts of one layer, read from
+    ``per_layer_config``."""
     spec = FAMILIES[family]
     layer_config = config.per_layer_config[layer_idx] if config.is_heterogeneous else config
-    read = (lambda name: getattr(layer_config, name)) if config.is_heterogeneous else (lambda name: _global(config, name))
+    read = (
+        (lambda name: getattr(layer_config, name))
+        if config.is_heterogeneous
+        else (lambda name: _global(config, name))
+    )
     intermediate = read(spec["ffn"])
     if intermediate is None:  # GPT-2's n_inner=None means 4 x hidden
         intermediate = 4 * config.hidden_size
@@ -180,7 +240,8 @@ def layer_sizes(config, family: str, layer_idx: int) -> dict:
 
 
 class PerLayerConfigMixin:
-    """Validates per-layer sizes instead of the stock global checks (which reject heterogeneous head counts)."""
+    """Validates per-layer sizes instead of the stock global checks (which reject heterogeneous head
+    counts)."""
 
     def validate(self) -> None:
         # The stock validators were collected from the stock class, so its global-only architecture
@@ -198,15 +259,21 @@ class PerLayerConfigMixin:
         for idx in range(self.num_hidden_layers):
             sizes = layer_sizes(self, self.model_type, idx)
             if sizes["heads"] < 1:
-                raise ValueError(f"layer {idx} has {sizes['heads']} attention heads; at least one is needed")
-            if sizes["kv_heads"] is not None and (sizes["kv_heads"] < 1 or sizes["heads"] % sizes["kv_heads"]):
                 raise ValueError(
-                    f"layer {idx}: {sizes['heads']} query heads cannot be grouped over {sizes['kv_heads']} KV heads"
+                    f"layer {idx} has {sizes['heads']} attention heads; at least one is needed"
+                )
+            if sizes["kv_heads"] is not None and (
+                sizes["kv_heads"] < 1 or sizes["heads"] % sizes["kv_heads"]
+            ):
+                raise ValueError(
+                    f"layer {idx}: {sizes['heads']} query heads cannot be grouped over "
+                    f"{sizes['kv_heads']} KV heads"
                 )
 
 
 class PerLayerModelMixin:
-    """Builds the stock model at the global sizes, then gives each layer the sizes of ``per_layer_config``."""
+    """Builds the stock model at the global sizes, then gives each layer the sizes of
+    ``per_layer_config``."""
 
     def __init__(self, config, *args, **kwargs) -> None:
         heterogeneous = getattr(config, "is_heterogeneous", False)
@@ -226,6 +293,8 @@ class PerLayerModelMixin:
             head_dim = head_dim_of(config, family)
             for idx, layer in enumerate(layers_of(self, family)):
                 shape_layer(family, layer, head_dim=head_dim, **layer_sizes(config, family, idx))
+                for path in getattr(config, "projection_bias", None) or ():
+                    add_bias(layer.get_submodule(path))
             self.post_init()
 
 
@@ -237,14 +306,19 @@ _CLASSES = {
     "distilbert": ("DistilBertConfig", ["DistilBertModel", "DistilBertForSequenceClassification"]),
     "gpt2": ("GPT2Config", ["GPT2Model", "GPT2ForSequenceClassification", "GPT2LMHeadModel"]),
     "llama": ("LlamaConfig", ["LlamaModel", "LlamaForSequenceClassification", "LlamaForCausalLM"]),
-    "mistral": ("MistralConfig", ["MistralModel", "MistralForSequenceClassification", "MistralForCausalLM"]),
+    "mistral": (
+        "MistralConfig",
+        ["MistralModel", "MistralForSequenceClassification", "MistralForCausalLM"],
+    ),
     "qwen2": ("Qwen2Config", ["Qwen2Model", "Qwen2ForSequenceClassification", "Qwen2ForCausalLM"]),
     "qwen3": ("Qwen3Config", ["Qwen3Model", "Qwen3ForSequenceClassification", "Qwen3ForCausalLM"]),
 }
 
 # Generated rather than spelled out: every class is the stock class plus the mixin, nothing else.
 for _family, (_config_name, _model_names) in _CLASSES.items():
-    _config_cls = type(f"Slimformer{_config_name}", (PerLayerConfigMixin, getattr(transformers, _config_name)), {})
+    _config_cls = type(
+        f"Slimformer{_config_name}", (PerLayerConfigMixin, getattr(transformers, _config_name)), {}
+    )
     globals()[_config_cls.__name__] = _config_cls
     for _model_name in _model_names:
         _model_cls = type(
@@ -254,7 +328,8 @@ for _family, (_config_name, _model_names) in _CLASSES.items():
         )
         globals()[_model_cls.__name__] = _model_cls
         if _model_name.endswith("Model") and not _model_name.endswith("LMHeadModel"):
-            # Generic heads (LlamaForSequenceClassification, ...) build their body with AutoModel.from_config.
+            # Generic heads (LlamaForSequenceClassification, ...) build their body with
+            # AutoModel.from_config.
             transformers.AutoModel.register(_config_cls, _model_cls, exist_ok=True)
 
 

@@ -59,10 +59,16 @@ def database_url(request, tmp_path) -> Iterator[str | None]:
 
 def make_app(tmp_path: Path, database_url: str | None = None, **overrides) -> FastAPI:
     """The API in-process, with the per-process key cache and login throttle out of the way."""
-    settings = dict(auth_cache_seconds=0, auth_failures_per_minute=10_000,
-                    rate_limit_per_minute=10_000, token_encryption_key=TOKEN_SECRET)
-    app = create_app(Settings(data_dir=tmp_path / "data", database_url=database_url,
-                              **(settings | overrides)), run_reaper=False)
+    settings = dict(
+        auth_cache_seconds=0,
+        auth_failures_per_minute=10_000,
+        rate_limit_per_minute=10_000,
+        token_encryption_key=TOKEN_SECRET,
+    )
+    app = create_app(
+        Settings(data_dir=tmp_path / "data", database_url=database_url, **(settings | overrides)),
+        run_reaper=False,
+    )
     app.state.store.create_schema()
     return app
 
@@ -145,8 +151,13 @@ def test_auth_off_is_explicit_and_only_on_loopback_outside_production(tmp_path, 
     for host in ("0.0.0.0", "10.1.2.3", "::", "example.org"):
         with pytest.raises(ValidationError, match="SLIMFORMER_AUTH=off"):
             Settings(data_dir=tmp_path, auth="off", host=host)
-    production = dict(mode="production", api_key_pepper="p" * 32, token_encryption_key="t" * 32,
-                      database_url="postgresql://db/x", redis_url="redis://r")
+    production = dict(
+        mode="production",
+        api_key_pepper="p" * 32,
+        token_encryption_key="t" * 32,
+        database_url="postgresql://db/x",
+        redis_url="redis://r",
+    )
     with pytest.raises(ValidationError, match="SLIMFORMER_AUTH=off"):
         Settings(auth="off", **production)
     assert Settings(auth="auto", **production).auth == "auto"  # on: production forces it
@@ -173,8 +184,7 @@ def test_serve_startup_checks_follow_the_auth_setting(tmp_path):
         check_auth(public, store_with())  # auto, no key ever: auth would be off
     # every key revoked: auth stays on, so a public address is allowed (and nobody gets in)
     assert "no active API key" in check_auth(public, store_with("alice", "bob"))
-    assert "no active API key" in check_auth(public.model_copy(update={"auth": "on"}),
-                                             store_with())
+    assert "no active API key" in check_auth(public.model_copy(update={"auth": "on"}), store_with())
     assert "auth is off" in check_auth(Settings(data_dir=tmp_path, auth="off"), store_with("x"))
     assert check_auth(Settings(data_dir=tmp_path), store_with()).startswith("auth is off")
     for store in stores:
@@ -182,11 +192,19 @@ def test_serve_startup_checks_follow_the_auth_setting(tmp_path):
 
 
 def test_serve_refuses_auth_off_on_a_public_address(tmp_path):
-    env = {"SLIMFORMER_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin",
-           "SLIMFORMER_AUTH": "off"}
-    r = subprocess.run([sys.executable, "-m", "slimformer.cli", "serve", "--host", "0.0.0.0",
-                        "--port", "1"], env=env, capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
+    env = {
+        "SLIMFORMER_DATA_DIR": str(tmp_path / "d"),
+        "PATH": "/usr/bin:/bin",
+        "SLIMFORMER_AUTH": "off",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "slimformer.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 2, r.stderr
     assert "SLIMFORMER_AUTH=off" in r.stderr and "loopback" in r.stderr
 
@@ -200,8 +218,9 @@ def test_forty_simultaneous_posts_create_exactly_the_limit(tmp_path, database_ur
 
     def post(client: TestClient, seed: int) -> None:
         barrier.wait()
-        responses.append(client.post("/v1/jobs", json=SPEC | {"seed": seed},
-                                     headers=bearer(secret)))
+        responses.append(
+            client.post("/v1/jobs", json=SPEC | {"seed": seed}, headers=bearer(secret))
+        )
 
     with TestClient(app) as client:
         threads = [threading.Thread(target=post, args=(client, i)) for i in range(40)]
@@ -212,7 +231,8 @@ def test_forty_simultaneous_posts_create_exactly_the_limit(tmp_path, database_ur
         statuses = Counter(r.status_code for r in responses)
         assert statuses == {202: 3, 429: 37}, [r.text for r in responses if r.status_code != 429]
         assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} == {
-            "too_many_jobs"}
+            "too_many_jobs"
+        }
         assert len(client.get("/v1/jobs", headers=bearer(secret)).json()["items"]) == 3
 
 
@@ -249,8 +269,10 @@ def test_wiped_hub_tokens_cannot_be_recovered_from_the_sqlite_files(tmp_path):
     app = make_app(tmp_path, max_attempts=1)
     store: JobStore = app.state.store
     data_dir = Path(app.state.settings.data_dir)
-    tokens = {name: f"hf_{name}_secret_token_{i:04d}" for i, name in
-              enumerate(("cancelled", "succeeded", "reaped", "still_queued"))}
+    tokens = {
+        name: f"hf_{name}_secret_token_{i:04d}"
+        for i, name in enumerate(("cancelled", "succeeded", "reaped", "still_queued"))
+    }
     with TestClient(app) as client:
         ids = {}
         for name, token in tokens.items():
@@ -258,8 +280,9 @@ def test_wiped_hub_tokens_cannot_be_recovered_from_the_sqlite_files(tmp_path):
             assert r.status_code == 202, r.text
             ids[name] = r.json()["id"]
         assert client.post(f"/v1/jobs/{ids['cancelled']}/cancel").status_code == 202
-        worker = JobStore(app.state.settings.resolved_database_url, pepper="p",
-                          token_secret=TOKEN_SECRET)  # a worker process's own store
+        worker = JobStore(
+            app.state.settings.resolved_database_url, pepper="p", token_secret=TOKEN_SECRET
+        )  # a worker process's own store
         assert worker.claim(ids["succeeded"], "w1", stale_after=60)
         assert worker.finish(ids["succeeded"], "w1", "succeeded", stage="done", progress=1.0)
         assert worker.claim(ids["reaped"], "w1", stale_after=60)
@@ -269,7 +292,10 @@ def test_wiped_hub_tokens_cannot_be_recovered_from_the_sqlite_files(tmp_path):
         worker.dispose()
         for name in ("cancelled", "succeeded", "reaped"):
             assert client.get(f"/v1/jobs/{ids[name]}").json()["status"] in (
-                "cancelled", "succeeded", "failed")
+                "cancelled",
+                "succeeded",
+                "failed",
+            )
         # the server is still running: read every file of the data dir as an attacker would
         cipher = TokenCipher(TOKEN_SECRET)
         raw = b"".join(p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file())
@@ -307,8 +333,9 @@ def test_a_locked_store_answers_503_store_busy_within_seconds(tmp_path, database
 
     def hold_lock() -> None:
         if database_url is None:
-            db = sqlite3.connect(app.state.settings.data_dir / "slimformer.db",
-                                 isolation_level=None)
+            db = sqlite3.connect(
+                app.state.settings.data_dir / "slimformer.db", isolation_level=None
+            )
             db.execute("BEGIN EXCLUSIVE")
         else:
             import psycopg
@@ -334,8 +361,7 @@ def test_a_locked_store_answers_503_store_busy_within_seconds(tmp_path, database
 
 
 def test_the_store_busy_timeout_is_a_parameter(tmp_path):
-    store = JobStore(f"sqlite:///{tmp_path / 'db'}", pepper="p", token_secret="t",
-                     busy_timeout=1.5)
+    store = JobStore(f"sqlite:///{tmp_path / 'db'}", pepper="p", token_secret="t", busy_timeout=1.5)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1500
         assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
@@ -344,12 +370,16 @@ def test_the_store_busy_timeout_is_a_parameter(tmp_path):
 
 
 # -- 12. bodies that are not JSON are malformed_json ----------------------------------------------
-@pytest.mark.parametrize("body", [
-    b'{"model": {"id": "acme/\xff\xfe"}}',
-    b"\xc3\x28",
-    b"[" * 10_000 + b"]" * 10_000,
-    b'{"a": ' * 10_000 + b"1" + b"}" * 10_000,
-], ids=["bad-utf8-in-string", "bad-utf8", "deep-array", "deep-object"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": {"id": "acme/\xff\xfe"}}',
+        b"\xc3\x28",
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"a": ' * 10_000 + b"1" + b"}" * 10_000,
+    ],
+    ids=["bad-utf8-in-string", "bad-utf8", "deep-array", "deep-object"],
+)
 def test_bodies_that_are_not_json_are_malformed_json(tmp_path, body):
     with TestClient(make_app(tmp_path)) as client:
         r = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})

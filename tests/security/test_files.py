@@ -36,8 +36,12 @@ from service.settings import Settings
 from service.store import JobStore
 from workers.runner import JobRunner
 
-SPEC = {"model": {"id": "acme/tiny"}, "dataset": {"hub_id": "glue", "config": "sst2"},
-        "method": "prune", "prune": {"heads": 0.5}}
+SPEC = {
+    "model": {"id": "acme/tiny"},
+    "dataset": {"hub_id": "glue", "config": "sst2"},
+    "method": "prune",
+    "prune": {"heads": 0.5},
+}
 MB = 1 << 20
 
 
@@ -60,8 +64,9 @@ def finish_job(app, job_id: str, files: dict[str, bytes]) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(content)
     app.state.artifacts.publish_folder(f"jobs/{job_id}", folder)
-    assert store.finish(job_id, "test:1", "succeeded", stage="done", progress=1.0,
-                        result={"metric": "accuracy"})
+    assert store.finish(
+        job_id, "test:1", "succeeded", stage="done", progress=1.0, result={"metric": "accuracy"}
+    )
 
 
 def bomb_parquet(path: Path, rows: int = 200_000) -> Path:
@@ -96,8 +101,11 @@ def api_with_a_big_artifact(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     settings = Settings(data_dir=data_dir)
-    store = JobStore(settings.resolved_database_url, pepper=settings.api_key_pepper,
-                     token_secret=settings.token_encryption_key)
+    store = JobStore(
+        settings.resolved_database_url,
+        pepper=settings.api_key_pepper,
+        token_secret=settings.token_encryption_key,
+    )
     store.create_schema()
     job, _ = store.create_job("local", SPEC, queue="cpu", max_attempts=1)
     assert store.claim(job["id"], "test:1", stale_after=60)
@@ -109,8 +117,11 @@ def api_with_a_big_artifact(tmp_path):
     assert store.finish(job["id"], "test:1", "succeeded", stage="done", progress=1.0, result={})
     store.dispose()
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLIMFORMER_", "REDIS_URL", "DATABASE_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLIMFORMER_", "REDIS_URL", "DATABASE_URL"))
+    }
     env.update(SLIMFORMER_DATA_DIR=str(data_dir), SLIMFORMER_PORT=str(port), PYTHONUNBUFFERED="1")
     service = Service(data_dir, env, port).start_api(worker=False)
     yield service, job["id"]
@@ -171,12 +182,18 @@ def test_a_download_stream_closed_early_stops_its_producer(tmp_path):
 
 
 # -- 5. upload bombs, max_samples, deletion and retention ---------------------------------------
-@pytest.mark.parametrize("overrides, code, setting", [
-    ({}, "upload_too_large_uncompressed", "SLIMFORMER_MAX_UPLOAD_EXPANSION"),
-    ({"max_upload_expansion": 1e6, "max_upload_uncompressed_bytes": 50 * MB},
-     "upload_too_large_uncompressed", "SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES"),
-    ({"max_upload_rows": 100_000}, "too_many_rows", "SLIMFORMER_MAX_UPLOAD_ROWS"),
-])
+@pytest.mark.parametrize(
+    "overrides, code, setting",
+    [
+        ({}, "upload_too_large_uncompressed", "SLIMFORMER_MAX_UPLOAD_EXPANSION"),
+        (
+            {"max_upload_expansion": 1e6, "max_upload_uncompressed_bytes": 50 * MB},
+            "upload_too_large_uncompressed",
+            "SLIMFORMER_MAX_UPLOAD_UNCOMPRESSED_BYTES",
+        ),
+        ({"max_upload_rows": 100_000}, "too_many_rows", "SLIMFORMER_MAX_UPLOAD_ROWS"),
+    ],
+)
 def test_a_parquet_bomb_is_refused_at_upload_naming_the_limit(tmp_path, overrides, code, setting):
     bomb = bomb_parquet(tmp_path / "bomb.parquet")
     assert bomb.stat().st_size < 32 * 1024
@@ -194,6 +211,7 @@ def test_a_parquet_bomb_is_refused_at_upload_naming_the_limit(tmp_path, override
 
 def test_text_uploads_are_capped_by_rows_and_size_and_compressed_files_are_refused(tmp_path):
     app = make_app(tmp_path, max_upload_rows=100, max_upload_uncompressed_bytes=4096)
+
     def rows(n: int) -> bytes:
         return ("text,label\n" + "".join(f"row {i},1\n" for i in range(n))).encode()
 
@@ -216,8 +234,9 @@ def run_job(app, job_id: str, pipeline) -> tuple[str, list]:  # noqa: ANN001
     """Run a job in this process with ``pipeline`` standing in for the library's (the runner's
     own leasing, upload resolution, failure handling and publishing are real)."""
     sent: list = []
-    runner = JobRunner(app.state.settings, app.state.store, app.state.artifacts,
-                       lambda *args: sent.append(args))
+    runner = JobRunner(
+        app.state.settings, app.state.store, app.state.artifacts, lambda *args: sent.append(args)
+    )
     original = JobRunner._pipeline
 
     def patched(self, spec, job, workdir, hub_token, on_progress, should_cancel):  # noqa: ANN001
@@ -286,8 +305,9 @@ def test_row_limits_read_only_the_first_rows_of_every_format(tmp_path):
 
     from slimformer.data import file_row_limits, load_text_file
 
-    frame = pd.DataFrame({"text": [f"t{i}" for i in range(1000)],
-                          "label": [i % 2 for i in range(1000)]})
+    frame = pd.DataFrame(
+        {"text": [f"t{i}" for i in range(1000)], "label": [i % 2 for i in range(1000)]}
+    )
     paths = [tmp_path / "d.csv", tmp_path / "d.tsv", tmp_path / "d.jsonl", tmp_path / "d.parquet"]
     frame.to_csv(paths[0], index=False)
     frame.to_csv(paths[1], index=False, sep="\t")
@@ -306,8 +326,11 @@ def test_delete_an_upload_owner_only_and_a_queued_job_then_fails_clearly(tmp_pat
     app = make_app(tmp_path)
     alice, bob = (app.state.store.create_key(n)[1] for n in ("alice", "bob"))
     with TestClient(app) as client:
-        up = client.post("/v1/datasets", files={"file": ("r.csv", b"text,label\na,1\nb,0\n")},
-                         headers=auth(alice)).json()
+        up = client.post(
+            "/v1/datasets",
+            files={"file": ("r.csv", b"text,label\na,1\nb,0\n")},
+            headers=auth(alice),
+        ).json()
         upload_id = up["upload_id"]
         spec = SPEC | {"dataset": {"upload_id": upload_id}}
         job = client.post("/v1/jobs", json=spec, headers=auth(alice)).json()
@@ -338,27 +361,42 @@ def _age(app, table: str, row_id: str, column: str, days: float) -> None:
 
     with app.state.store.engine.begin() as conn:
         tbl = getattr(store_module, table)
-        conn.execute(update(tbl).where(tbl.c.id == row_id)
-                     .values({column: time.time() - days * 86400}))
+        conn.execute(
+            update(tbl).where(tbl.c.id == row_id).values({column: time.time() - days * 86400})
+        )
 
 
 def test_uploads_and_artifacts_expire_and_the_job_says_so(tmp_path):
     app = make_app(tmp_path, upload_retention_days=7, artifact_retention_days=30)
     retention = Retention.from_settings(app.state.settings, app.state.artifacts)
-    assert Retention.from_settings(make_app(tmp_path / "forever", upload_retention_days=0,
-                                            artifact_retention_days=None).state.settings,
-                                   app.state.artifacts) is None
+    assert (
+        Retention.from_settings(
+            make_app(
+                tmp_path / "forever", upload_retention_days=0, artifact_retention_days=None
+            ).state.settings,
+            app.state.artifacts,
+        )
+        is None
+    )
     with TestClient(app) as client:
-        old, new = (client.post("/v1/datasets", files={"file": (f"{n}.csv", b"text\na\n")}).json()
-                    for n in ("old", "new"))
+        old, new = (
+            client.post("/v1/datasets", files={"file": (f"{n}.csv", b"text\na\n")}).json()
+            for n in ("old", "new")
+        )
         jobs = [client.post("/v1/jobs", json=SPEC | {"seed": i}).json()["id"] for i in range(2)]
         for job_id in jobs:
             finish_job(app, job_id, {"README.md": b"# card", "model.bin": b"w" * 100})
         _age(app, "uploads", old["upload_id"], "created_at", 8)
         _age(app, "jobs", jobs[0], "finished_at", 31)
 
-        reaper = Reaper(app.state.store, lambda *a: None, interval=0.05, stale_after=60,
-                        requeue_queued_after=900, retention=retention).start()
+        reaper = Reaper(
+            app.state.store,
+            lambda *a: None,
+            interval=0.05,
+            stale_after=60,
+            requeue_queued_after=900,
+            retention=retention,
+        ).start()
         try:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
@@ -369,8 +407,12 @@ def test_uploads_and_artifacts_expire_and_the_job_says_so(tmp_path):
             reaper.stop()
         assert app.state.artifacts.list(f"uploads/{old['upload_id']}") == []
         assert app.state.artifacts.list(f"uploads/{new['upload_id']}") != []
-        assert client.post("/v1/jobs", json=SPEC | {"dataset": {"upload_id": old["upload_id"]}}
-                           ).status_code == 422
+        assert (
+            client.post(
+                "/v1/jobs", json=SPEC | {"dataset": {"upload_id": old["upload_id"]}}
+            ).status_code
+            == 422
+        )
         expired = client.get(f"/v1/jobs/{jobs[0]}").json()
         assert expired["status"] == "succeeded" and expired["stage"] == "expired"
         assert "deleted after 30 days" in expired["message"]
@@ -385,9 +427,14 @@ def test_uploads_and_artifacts_expire_and_the_job_says_so(tmp_path):
 
 
 # -- 8. disk errors and server paths -----------------------------------------------------------
-@pytest.mark.parametrize("code, words", [
-    (errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"), (errno.EACCES, "permission denied"),
-])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.ENOSPC, "disk is full"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
 def test_a_disk_error_is_retried_then_fails_naming_the_problem_and_no_path(tmp_path, code, words):
     app = make_app(tmp_path, retry_backoff_seconds=0.01)
     where = app.state.settings.work_dir / "x" / "model" / "pytorch_model.bin"
@@ -430,15 +477,20 @@ def test_no_stored_message_carries_a_server_path(tmp_path):
             on_progress("downloading", 0.5, f"reading {settings.hf_cache_dir}/models--acme/x.bin")
             during["message"] = app.state.store.get_job(job_id)["message"]
             raise error
+
         return pipeline
 
     cases = [
-        DatasetError(f"data file {settings.work_dir}/j/uploads/u/reviews.csv does not exist",
-                     details={"file": f"{settings.work_dir}/j/uploads/u/reviews.csv"}),
-        FileNotFoundError(2, "No such file or directory",
-                          f"{home}/.cache/huggingface/x/config.json"),
-        ValueError(f"cannot parse /srv/slimformer/data/work/abc/model/tokenizer.json at "
-                   f"{tmp_path}"),
+        DatasetError(
+            f"data file {settings.work_dir}/j/uploads/u/reviews.csv does not exist",
+            details={"file": f"{settings.work_dir}/j/uploads/u/reviews.csv"},
+        ),
+        FileNotFoundError(
+            2, "No such file or directory", f"{home}/.cache/huggingface/x/config.json"
+        ),
+        ValueError(
+            f"cannot parse /srv/slimformer/data/work/abc/model/tokenizer.json at {tmp_path}"
+        ),
     ]
     with TestClient(app) as client:
         for error in cases:
@@ -463,8 +515,7 @@ def unwritable(folder: Path):
         done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
         if done.returncode != 0:
             pytest.skip("cannot make a folder unwritable for root here (chattr +i refused)")
-        undo = lambda: subprocess.run(["chattr", "-i", str(folder)],  # noqa: E731
-                                      capture_output=True)
+        undo = lambda: subprocess.run(["chattr", "-i", str(folder)], capture_output=True)  # noqa: E731
     try:
         probe = folder / "probe"
         try:
@@ -482,8 +533,11 @@ def unwritable(folder: Path):
 @pytest.mark.parametrize("which", ["data_dir", "artifacts"])
 def test_readyz_is_503_naming_a_disk_that_is_not_writable(tmp_path, which):
     app = make_app(tmp_path)
-    folder = app.state.settings.data_dir if which == "data_dir" else \
-        app.state.settings.resolved_artifact_dir
+    folder = (
+        app.state.settings.data_dir
+        if which == "data_dir"
+        else app.state.settings.resolved_artifact_dir
+    )
     with TestClient(app) as client:
         assert client.get("/readyz").status_code == 200
         with unwritable(folder):
@@ -579,8 +633,12 @@ def test_a_real_worker_stays_small_on_a_large_upload_with_max_samples(roomy_serv
     shared_cache = Path(service.env["HF_HOME"]) / "datasets"  # where `datasets` caches by default
     small = tmp_path / "small.csv"
     small.write_text("text,label\n" + "".join(f"fine film {i},{i % 2}\n" for i in range(40)))
-    spec = {"model": {"id": "acme/tiny"}, "method": "prune", "prune": {"heads": 0.5},
-            "evaluation": {"latency": False, "max_samples": 8}}
+    spec = {
+        "model": {"id": "acme/tiny"},
+        "method": "prune",
+        "prune": {"heads": 0.5},
+        "evaluation": {"latency": False, "max_samples": 8},
+    }
 
     def run(upload: Path) -> None:
         up = service.upload(upload)

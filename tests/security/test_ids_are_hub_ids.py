@@ -1,8 +1,9 @@
 """A tenant names models and data by Hub id; the service never resolves such a name on its own disk.
 
-Two independent guards: the API refuses path-like ids with a 422 naming the field, and the library's loaders,
-told that local files are not allowed (as the worker tells them), never look on the local disk, so even a
-Hub-shaped id that happens to be a folder on the server is answered exactly like a missing Hub repo.
+Two independent guards: the API refuses path-like ids with a 422 naming the field, and the library's
+loaders, told that local files are not allowed (as the worker tells them), never look on the local
+disk, so even a Hub-shaped id that happens to be a folder on the server is answered exactly like a
+missing Hub repo.
 """
 
 from __future__ import annotations
@@ -18,9 +19,28 @@ from slimformer.errors import DatasetError, RepoNotFound
 from slimformer.hub import HubPolicy, load_model
 from slimformer.spec import JobSpec
 
-BASE = {"model": {"id": "acme/tiny"}, "dataset": {"hub_id": "acme/reviews"}, "prune": {"heads": 0.5}}
-PATH_LIKE = ["data/..", "../etc", "/root", "/etc/passwd", "~/secrets", "~", ".", "..", "data/.", "./data",
-             "data/artifacts/uploads", "a\\b", "acme/.hidden", "acme/x..y", "acme/tiny/../../etc"]
+BASE = {
+    "model": {"id": "acme/tiny"},
+    "dataset": {"hub_id": "acme/reviews"},
+    "prune": {"heads": 0.5},
+}
+PATH_LIKE = [
+    "data/..",
+    "../etc",
+    "/root",
+    "/etc/passwd",
+    "~/secrets",
+    "~",
+    ".",
+    "..",
+    "data/.",
+    "./data",
+    "data/artifacts/uploads",
+    "a\\b",
+    "acme/.hidden",
+    "acme/x..y",
+    "acme/tiny/../../etc",
+]
 
 
 def _put(spec: dict, field: str, value: str) -> dict:
@@ -77,9 +97,11 @@ def test_the_command_line_still_takes_local_paths():
     assert JobSpec.model_validate(local, context={"local_files": True}).model.id == "./models/mine"
 
 
-def test_a_hub_shaped_id_that_is_a_local_folder_is_never_loaded_from_disk(hub, policy, tmp_path, monkeypatch,
-                                                                          tiny_classifier_folder):
-    # a folder on the server whose relative path looks like a Hub id, and the worker's working directory above it
+def test_a_hub_shaped_id_that_is_a_local_folder_is_never_loaded_from_disk(
+    hub, policy, tmp_path, monkeypatch, tiny_classifier_folder
+):
+    # a folder on the server whose relative path looks like a Hub id, and the worker's working
+    # directory above it
     import shutil
 
     shutil.copytree(tiny_classifier_folder, tmp_path / "data" / "artifacts")
@@ -89,8 +111,11 @@ def test_a_hub_shaped_id_that_is_a_local_folder_is_never_loaded_from_disk(hub, p
         load_model("data/artifacts", policy=closed)
     with pytest.raises(RepoNotFound) as missing:
         load_model("data/nothing-here", policy=closed)
-    # no existence oracle: the same answer, less the name, for a folder that exists and one that does not
-    assert str(existing.value).replace("artifacts", "X") == str(missing.value).replace("nothing-here", "X")
+    # no existence oracle: the same answer, less the name, for a folder that exists and one that
+    # does not
+    assert str(existing.value).replace("artifacts", "X") == str(missing.value).replace(
+        "nothing-here", "X"
+    )
     assert str(tmp_path) not in str(existing.value)
     # the command line (local files allowed) does load the folder
     assert load_model("data/artifacts", policy=policy).task == "text-classification"

@@ -35,8 +35,11 @@ from service.commands import uvicorn_options
 from service.limits import MemoryWindows, RedisWindows, make_limits
 from service.settings import Settings
 
-SPEC = {"model": {"id": "acme/tiny"}, "dataset": {"hub_id": "glue", "config": "sst2"},
-        "prune": {"heads": 0.5}}
+SPEC = {
+    "model": {"id": "acme/tiny"},
+    "dataset": {"hub_id": "glue", "config": "sst2"},
+    "prune": {"heads": 0.5},
+}
 SECRETS = {"api_key_pepper": "p" * 32, "token_encryption_key": "t" * 32}
 
 
@@ -87,14 +90,17 @@ def limits_backend(request) -> dict:
     return {"redis_url": f"redis://127.0.0.1:6379/{request.getfixturevalue('redis_db')}"}
 
 
-def test_wrong_secrets_for_one_key_are_throttled_before_the_store_is_asked(tmp_path,
-                                                                          limits_backend):
+def test_wrong_secrets_for_one_key_are_throttled_before_the_store_is_asked(
+    tmp_path, limits_backend
+):
     app = make_app(tmp_path, auth_failures_per_minute=10, **limits_backend)
     key, secret = app.state.store.create_key("alice")
     lookups = key_lookups(app)
     with TestClient(app) as client:
-        codes = [client.get("/v1/jobs", headers=bearer(f"sf_{key.id}_guess{i}")).status_code
-                 for i in range(30)]
+        codes = [
+            client.get("/v1/jobs", headers=bearer(f"sf_{key.id}_guess{i}")).status_code
+            for i in range(30)
+        ]
         assert codes == [401] * 10 + [429] * 20
         assert len(lookups) == 10  # the 20 throttled attempts cost no query
         r = client.get("/v1/jobs", headers=bearer(f"sf_{key.id}_guess"))
@@ -112,8 +118,10 @@ def test_guessing_many_key_ids_from_one_address_is_throttled(tmp_path):
     _, secret = app.state.store.create_key("alice")
     lookups = key_lookups(app)
     attacker = TestClient(app, client=("198.51.100.9", 5000))
-    codes = [attacker.get("/v1/me", headers=bearer(f"sf_{uuid.uuid4().hex[:12]}_x")).status_code
-             for _ in range(25)]
+    codes = [
+        attacker.get("/v1/me", headers=bearer(f"sf_{uuid.uuid4().hex[:12]}_x")).status_code
+        for _ in range(25)
+    ]
     assert codes == [401] * 10 + [429] * 15 and len(lookups) == 10
     # a malformed secret counts too; a valid key from elsewhere is unaffected
     assert attacker.get("/v1/me", headers=bearer("not-a-key")).status_code == 429
@@ -143,8 +151,10 @@ def test_two_api_apps_sharing_redis_allow_one_limit_between_them(tmp_path, redis
     apps = [make_app(tmp_path, redis_url=url, rate_limit_per_minute=10) for _ in range(2)]
     _, secret = apps[0].state.store.create_key("alice")
     with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
-        codes = [(a if i % 2 else b).get("/v1/jobs", headers=bearer(secret)).status_code
-                 for i in range(30)]
+        codes = [
+            (a if i % 2 else b).get("/v1/jobs", headers=bearer(secret)).status_code
+            for i in range(30)
+        ]
     assert codes.count(200) == 10 and codes.count(429) == 20, codes
     assert codes[:10] == [200] * 10  # both processes counted every request, neither its own
 
@@ -154,18 +164,33 @@ def test_two_serve_processes_sharing_redis_and_postgres_allow_one_limit(tmp_path
     if not postgres_available():
         pytest.skip("Postgres is not running on 127.0.0.1:5432 (.ci/run starts it)")
     database = fresh_postgres_database()
-    env = {"SLIMFORMER_MODE": "production", "SLIMFORMER_API_KEY_PEPPER": "p" * 32,
-           "SLIMFORMER_TOKEN_ENCRYPTION_KEY": "t" * 32, "SLIMFORMER_RATE_LIMIT_PER_MINUTE": "12",
-           "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-           "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "SLIMFORMER_API_WORKERS": "1"}
+    env = {
+        "SLIMFORMER_MODE": "production",
+        "SLIMFORMER_API_KEY_PEPPER": "p" * 32,
+        "SLIMFORMER_TOKEN_ENCRYPTION_KEY": "t" * 32,
+        "SLIMFORMER_RATE_LIMIT_PER_MINUTE": "12",
+        "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "SLIMFORMER_API_WORKERS": "1",
+    }
     services = []
     try:
         for name in ("a", "b"):
             data = tmp_path / name
             data.mkdir()
             port = free_port()
-            services.append(Service(data, {**_plain_env(), **env, "SLIMFORMER_DATA_DIR": str(data),
-                                           "SLIMFORMER_PORT": str(port)}, port))
+            services.append(
+                Service(
+                    data,
+                    {
+                        **_plain_env(),
+                        **env,
+                        "SLIMFORMER_DATA_DIR": str(data),
+                        "SLIMFORMER_PORT": str(port),
+                    },
+                    port,
+                )
+            )
         assert services[0].command("migrate").returncode == 0
         secret = services[0].command("keys", "create", "--name", "alice").stdout.strip()
         for service in services:
@@ -182,8 +207,11 @@ def test_two_serve_processes_sharing_redis_and_postgres_allow_one_limit(tmp_path
 
 
 def _plain_env() -> dict:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("SLIMFORMER_", "REDIS_URL", "DATABASE_URL"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLIMFORMER_", "REDIS_URL", "DATABASE_URL"))
+    }
 
 
 def test_redis_windows_and_leases(redis_db):
@@ -207,8 +235,9 @@ def test_redis_windows_and_leases(redis_db):
 
 
 def test_limits_fall_back_to_this_process_when_redis_is_unreachable(tmp_path):
-    limits = make_limits(settings(tmp_path, redis_url="redis://127.0.0.1:1/0",
-                                  rate_limit_per_minute=3))
+    limits = make_limits(
+        settings(tmp_path, redis_url="redis://127.0.0.1:1/0", rate_limit_per_minute=3)
+    )
     assert limits.shared
     assert [limits.hit("alice") for _ in range(4)][:3] == [None] * 3
     assert limits.hit("alice") is not None
@@ -231,8 +260,9 @@ def test_memory_windows_block_until_the_nth_latest_failure_ages_out():
 def serving(app) -> Iterator[str]:
     """The app behind a real uvicorn server in a thread (TestClient cannot hold streams open)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           http="h11"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, http="h11")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -294,8 +324,11 @@ def test_the_streams_of_one_process_share_one_poll_of_the_store(tmp_path):
     store.get_jobs = lambda ids: reads.extend(ids) or full(ids)
     with serving(app) as url, httpx.Client(base_url=url, timeout=10) as client:
         job = client.post("/v1/jobs", json=SPEC).json()
-        with open_stream(client, job["id"], "x"), open_stream(client, job["id"], "x"), \
-                open_stream(client, job["id"], "x"):
+        with (
+            open_stream(client, job["id"], "x"),
+            open_stream(client, job["id"], "x"),
+            open_stream(client, job["id"], "x"),
+        ):
             store.get_job = lambda *a, **k: reads.append("get_job") or single(*a, **k)
             polls.clear()
             started = time.monotonic()
@@ -322,8 +355,13 @@ def test_serve_bounds_request_heads_and_runs_two_api_processes_in_production(tmp
     assert options["timeout_keep_alive"] == local.keep_alive_seconds
     assert options["limit_concurrency"] == local.max_connections
     assert local.resolved_api_workers == 1
-    production = settings(tmp_path, mode="production", redis_url="redis://r:6379/0",
-                          database_url="postgresql://u@db/s", **SECRETS)
+    production = settings(
+        tmp_path,
+        mode="production",
+        redis_url="redis://r:6379/0",
+        database_url="postgresql://u@db/s",
+        **SECRETS,
+    )
     assert production.resolved_api_workers == 2
     with pytest.raises(ValueError, match="REDIS_URL"):
         settings(tmp_path, api_workers=2)

@@ -1,0 +1,185 @@
+"""The evaluation card as a person reads it: numbers, where the base model came from, and a "how to
+load it" snippet that runs as written for every task and layout."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from slimformer.card import (
+    _origin_text,
+    base_hub_id,
+    format_change,
+    format_metric,
+    format_number,
+    format_relative,
+    load_snippet,
+)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "metric", "expected"),
+    [
+        (0.49, 0.555, "accuracy", "+6.50 pt"),
+        (0.9, 0.9, "macro_f1", "+0.00 pt"),
+        (12.5, 25.0, "perplexity", "×2.00"),
+        (10.0, 59694780.69, "perplexity", "×5,969,478"),
+        (20.0, 300.0, "perplexity", "×15.0"),
+        (0.81, 0.7912, "pearson", "-0.019"),
+        (1.0, 0.99995, "cosine_to_original", "-5.0e-05"),
+        (None, 0.5, "accuracy", ""),
+    ],
+)
+def test_changes_are_points_factors_or_differences(before, after, metric, expected):
+    assert format_change(before, after, metric) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "metric", "expected"),
+    [
+        (0.87654, "accuracy", "87.65%"),
+        (5969478.069, "perplexity", "5,969,478"),
+        (123.456, "perplexity", "123.5"),
+        (12.3456, "perplexity", "12.35"),
+        (1.23456, None, "1.235"),
+        (0.123456, "pearson", "0.1235"),
+        (1234567, None, "1,234,567"),
+        (None, None, "—"),
+        (float("inf"), "perplexity", "∞"),
+    ],
+)
+def test_values_have_separators_and_sensible_digits(value, metric, expected):
+    assert format_metric(value, metric) == expected
+
+
+def test_sizes_change_by_a_signed_percentage():
+    assert format_relative(1000, 625) == "-37.5%" and format_relative(None, 5) == ""
+    assert format_number(0) == "0"
+
+
+def test_the_origin_line_links_only_hub_ids():
+    local = {"id": "smollm2-135m-instruct", "hub_id": None, "source": "local", "commit": None}
+    assert base_hub_id(local) is None and "huggingface.co" not in _origin_text(local)
+    assert "--base-model" in _origin_text(local)
+    given = {"id": "acme/x", "hub_id": "acme/x", "source": "given", "commit": None}
+    assert _origin_text(given).startswith(
+        "[`acme/x`](https://huggingface.co/acme/x), as given with"
+    )
+    hub = {
+        "id": "acme/x",
+        "hub_id": "acme/x",
+        "source": "hub",
+        "revision": "v1",
+        "commit": "a" * 40,
+    }
+    assert "at revision `v1` (commit `aaaa" in _origin_text(hub)
+    # reports written before hub_id existed: a Hub model had a commit, a local folder none
+    assert base_hub_id({"id": "acme/x", "commit": "b" * 40}) == "acme/x"
+    assert base_hub_id({"id": "models/x", "commit": None}) is None
+
+
+def _folder(tmp_path: Path, name: str, model: str, data: Path, **spec_parts) -> Path:
+    from slimformer.pipeline import run
+    from slimformer.spec import JobSpec
+
+    body = {
+        "model": {"id": model},
+        "dataset": {"path": str(data)},
+        "evaluation": {"latency": False},
+    }
+    spec = JobSpec.model_validate(body | spec_parts, context={"local_files": True})
+    return run(spec, tmp_path / f"work-{name}", out_dir=tmp_path / name).folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tiny_classifier_folder, minilm_path) -> dict[str, Path]:
+    """Results of each task in each layout the family can express."""
+    from test_cli_first_run import save_tiny_causal_lm, save_tiny_encoder
+    from tiny_models import write_reviews_csv
+
+    tmp = tmp_path_factory.mktemp("cards")
+    data = write_reviews_csv(tmp / "reviews.csv")
+    lm = save_tiny_causal_lm(tmp / "lm")
+    encoder = save_tiny_encoder(tmp / "encoder", minilm_path)
+    prune = {"heads": 0.5, "ffn": 0.3}
+    ffn_only = {"ffn": 0.3, "layout": "uniform"}
+    return {
+        "classifier-per_layer": _folder(
+            tmp, "classifier-per_layer", tiny_classifier_folder, data, prune=prune
+        ),
+        "classifier-uniform": _folder(
+            tmp, "classifier-uniform", tiny_classifier_folder, data, prune=ffn_only
+        ),
+        "causal-lm-per_layer": _folder(
+            tmp, "causal-lm-per_layer", str(lm), data, prune={"heads": 0.25, "ffn": 0.3}
+        ),
+        "causal-lm-uniform": _folder(
+            tmp,
+            "causal-lm-uniform",
+            str(lm),
+            data,
+            prune={"heads": 0.5, "ffn": 0.3, "layout": "uniform"},
+        ),
+        "encoder-per_layer": _folder(tmp, "encoder-per_layer", str(encoder), data, prune=prune),
+        "encoder-uniform": _folder(tmp, "encoder-uniform", str(encoder), data, prune=ffn_only),
+        "classifier-distilled": _folder(
+            tmp,
+            "classifier-distilled",
+            tiny_classifier_folder,
+            data,
+            method="distill",
+            distill={"student": {"layers": 1}, "max_steps": 2},
+        ),
+    }
+
+
+RUN_SNIPPETS = textwrap.dedent("""
+    import io, json, sys, contextlib
+    results = {}
+    for name, code in json.load(open(sys.argv[1])).items():
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, name, "exec"), {"__name__": "__main__"})
+        results[name] = out.getvalue().strip()
+    results["slimformer imported"] = any(m.startswith("slimformer") for m in sys.modules)
+    print(json.dumps(results))
+""")
+
+
+def test_every_cards_load_snippet_runs_as_written(folders, tmp_path):
+    import json
+
+    snippets = {}
+    for name, folder in folders.items():
+        card = (folder / "README.md").read_text()
+        code = re.search(r"## How to load it\n\n```python\n(.*?)```", card, re.S)[1]
+        per_layer = (folder / "modeling_slimformer.py").is_file()
+        assert ("trust_remote_code=True" in code) == per_layer, name
+        snippets[name] = code.replace("path/to/this/folder", str(folder))
+    (tmp_path / "snippets.json").write_text(json.dumps(snippets))
+    run = subprocess.run(
+        [sys.executable, "-c", RUN_SNIPPETS, str(tmp_path / "snippets.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert results.pop("slimformer imported") is False
+    assert results["classifier-per_layer"] in ("negative", "positive")
+    assert results["encoder-uniform"] == "torch.Size([1, 32])"
+    assert all(results.values()), results
+
+
+def test_a_snippet_for_a_published_model_names_the_repo():
+    code = load_snippet("text-generation", "acme/lm-pruned", per_layer=True)
+    assert code.count('from_pretrained("acme/lm-pruned", trust_remote_code=True)') == 2
+    assert "model.generate" in code
+    pairs = load_snippet("text-classification", "acme/c", per_layer=False, pairs=True)
+    assert '["a second sentence"]' in pairs and "trust_remote_code" not in pairs
