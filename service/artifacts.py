@@ -90,12 +90,29 @@ class LocalArtifactStore(TarballMixin):
         return destination
 
     def list(self, prefix: str) -> list[dict]:
-        # resolved once: a published folder's listing comes from one version
-        base = self._path(prefix)
-        if not base.is_dir():
-            return []
-        files = []
-        for folder, dirs, names in os.walk(base, followlinks=True):
+        # a published folder's listing comes from one version: the link is resolved once per walk,
+        # and a walk whose version a later publish removed meanwhile is done again
+        for _ in range(10):
+            base = self._path(prefix)
+            if not base.is_dir():
+                if (self.root / clean_key(prefix)).is_dir():
+                    continue  # the version resolved a moment ago was replaced: resolve again
+                return []
+            files, complete = self._walk(base)
+            if complete and base.is_dir():
+                return files
+        return []
+
+    @staticmethod
+    def _walk(base: Path) -> tuple[list[dict], bool]:
+        """The files below ``base`` and whether none vanished while they were listed."""
+        files, complete = [], True
+
+        def vanished(_err: OSError) -> None:
+            nonlocal complete
+            complete = False
+
+        for folder, dirs, names in os.walk(base, followlinks=True, onerror=vanished):
             # version folders and link staging are internal; published folders show through
             # their links
             dirs[:] = sorted(d for d in dirs if not VERSION_NAME.match(d))
@@ -104,12 +121,12 @@ class LocalArtifactStore(TarballMixin):
                 if VERSION_NAME.match(name):
                     continue
                 try:
-                    files.append(
-                        {"path": path.relative_to(base).as_posix(), "size": path.stat().st_size}
-                    )
+                    size = path.stat().st_size
                 except FileNotFoundError:  # removed by a later publish while we walked it
+                    complete = False
                     continue
-        return sorted(files, key=lambda f: f["path"])
+                files.append({"path": path.relative_to(base).as_posix(), "size": size})
+        return sorted(files, key=lambda f: f["path"]), complete
 
     def size(self, key: str) -> int:
         path = self._path(key)
