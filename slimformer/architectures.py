@@ -190,6 +190,38 @@ class ModelAdapter:
         sizes = self.sizes(layer_idx)
         return sizes.heads // sizes.kv_heads
 
+    def output_projection(self, layer_idx: int, part: str) -> nn.Module:
+        """The projection whose input is the heads' outputs (``part="attention"``) or the FFN
+        neurons (``"mlp"``)."""
+        return self.attention_output(layer_idx) if part == "attention" else self.mlp_down(layer_idx)
+
+    def output_weight(self, layer_idx: int, part: str) -> torch.Tensor:
+        """That projection's weight as [out, in] (GPT-2's Conv1D stores [in, out]), detached."""
+        module = self.output_projection(layer_idx, part)
+        weight = module.weight.detach()
+        return weight.t() if module.__class__.__name__ == "Conv1D" else weight
+
+    def normed_inputs(self, layer_idx: int) -> list[nn.Module]:
+        """Projections that read the layer's normalised hidden state (the first query/key/value and
+        the first up projection): the embedding channels as Minitron scores them."""
+        layer = self.layers[layer_idx]
+        paths = (self.family.head_projections[0], self.family.up_projections[0])
+        modules = [_submodule(layer, p) for p in paths]
+        return [m for m in modules if not isinstance(m, NoUnits)]
+
+    def add_output_bias(self, layer_idx: int, part: str, vector: torch.Tensor) -> None:
+        """Add ``vector`` to the output bias of the layer's attention output or down projection,
+        creating the bias (zeros) when the projection has none (FLAP's bias compensation)."""
+        module = self.output_projection(layer_idx, part)
+        if isinstance(module, NoUnits):
+            return
+        weight = module.weight
+        vector = vector.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            if module.bias is None:
+                module.bias = nn.Parameter(torch.zeros_like(vector), requires_grad=weight.requires_grad)
+            module.bias.add_(vector)
+
     def head_magnitude(self, layer_idx: int) -> torch.Tensor:
         """L2 norm of each query head's q/k/v rows and output columns (the weight-magnitude baseline)."""
         layer = self.layers[layer_idx]

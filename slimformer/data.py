@@ -1,14 +1,19 @@
-"""Loading text data (CSV, TSV, JSON lines, Parquet) with ``datasets``, mapping columns and labels, batching.
+"""Loading text data (CSV, TSV, JSON lines, Parquet) with ``datasets``, mapping columns and labels,
+batching.
 
 Every failure names the file and the column: a missing column lists the columns the file has.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import logging
 import os
 import random
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import torch
 
 from slimformer.errors import DatasetError
 from slimformer.spec import UPLOAD_FORMATS, is_hub_id
+from slimformer.text import read_documents
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +43,9 @@ class TextData:
     text_column: str = ""
     text_pair_column: str | None = None
     label_column: str | None = None
-    label_names: list[str] | None = None  # class names of integer labels (a ``datasets.ClassLabel`` column)
+    label_names: list[str] | None = (
+        None  # class names of integer labels (a ``datasets.ClassLabel`` column)
+    )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -45,45 +53,181 @@ class TextData:
     def subset(self, indices: list[int]) -> TextData:
         pick = lambda values: None if values is None else [values[i] for i in indices]  # noqa: E731
         return TextData(
-            [self.texts[i] for i in indices], pick(self.pairs), pick(self.labels), self.source,
-            self.text_column, self.text_pair_column, self.label_column, self.label_names,
+            [self.texts[i] for i in indices],
+            pick(self.pairs),
+            pick(self.labels),
+            self.source,
+            self.text_column,
+            self.text_pair_column,
+            self.label_column,
+            self.label_names,
         )
 
     def head(self, n: int | None) -> TextData:
         return self if n is None or n >= len(self) else self.subset(list(range(n)))
 
 
-def read_table(path: str | Path):
-    """A ``datasets.Dataset`` of a local CSV/TSV/JSONL/Parquet file."""
-    import datasets
+def _formats() -> str:
+    return ", ".join(sorted(UPLOAD_FORMATS))
 
+
+def check_data_file(path: str | Path) -> str:
+    """The reader of a local data file (a value of ``UPLOAD_FORMATS``), checked before reading.
+
+    Raises:
+        DatasetError: no such file, a type slimformer does not read (saying what to do), empty.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"data file {path} does not exist", details={"file": str(path)})
-    kind = UPLOAD_FORMATS.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    kind = UPLOAD_FORMATS.get(suffix)
     if kind is None:
-        raise DatasetError(
-            f"{path.name}: unsupported file type {path.suffix!r}; use CSV, TSV, JSON lines or Parquet",
-            details={"file": str(path)},
-        )
+        if suffix in (".text", ".md", ".rst", ""):
+            message = (
+                f"{path.name} looks like plain text: name it .txt (one document per "
+                "blank-line-separated block, for causal LMs), or convert it to a CSV or "
+                "JSON lines file with a `text` column (and `label` for classifiers)"
+            )
+        elif suffix in (".xlsx", ".xls", ".ods", ".numbers"):
+            message = (
+                f"{path.name}: unsupported file type {suffix!r} (a spreadsheet); export it "
+                "as CSV with a header row (a `text` column, and `label` for classifiers); "
+                f"slimformer reads {_formats()}"
+            )
+        else:
+            message = (
+                f"{path.name}: unsupported file type {suffix!r}; slimformer reads {_formats()}"
+            )
+        raise DatasetError(message, details={"file": str(path), "formats": sorted(UPLOAD_FORMATS)})
     if path.stat().st_size == 0:
         raise DatasetError(f"{path.name} is empty", details={"file": str(path)})
-    kwargs = {}
-    if path.suffix.lower() == ".tsv":
-        # GLUE-style TSV: quotes are text, not field delimiters
-        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    return kind
+
+
+class RowLimits(dict):
+    """Data file (absolute path) -> the most rows to read of it; see ``file_row_limits``."""
+
+    def limit(self, path: str | Path, rows: int | None) -> None:
+        """Read at most ``rows`` rows of ``path`` (None: all of them)."""
+        key = os.path.abspath(path)
+        if rows is None:
+            self.pop(key, None)
+        else:
+            self[key] = rows
+
+
+_ROW_LIMITS: contextvars.ContextVar[RowLimits | None] = contextvars.ContextVar(
+    "slimformer_row_limits", default=None
+)
+
+
+@contextlib.contextmanager
+def file_row_limits() -> Iterator[RowLimits]:
+    """Within the block, ``limits.limit(path, n)`` makes every read of that data file stop after
+    its first n rows: a service bounds what one job loads of a large upload."""
+    limits = RowLimits()
+    token = _ROW_LIMITS.set(limits)
+    try:
+        yield limits
+    finally:
+        _ROW_LIMITS.reset(token)
+
+
+def read_table(path: str | Path, *, max_rows: int | None = None):
+    """A ``datasets.Dataset`` of a local CSV/TSV/JSONL/Parquet file, in memory (no cache files
+    anywhere), of at most ``max_rows`` rows (or the ``file_row_limits`` limit of the file): only
+    those rows are read."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    path = Path(path)
+    kind = check_data_file(path)
+    limits = [
+        n for n in (max_rows, (_ROW_LIMITS.get() or {}).get(os.path.abspath(path))) if n is not None
+    ]
     datasets.disable_progress_bars()
     try:
-        table = datasets.load_dataset("csv" if kind == "tsv" else kind, data_files=str(path), split="train", **kwargs)
-    except Exception as err:  # datasets raises many types for bad files
-        raise DatasetError(f"{path.name} could not be read as {kind}: {err}", details={"file": str(path)}) from err
+        arrow = _read_arrow(path, kind, min(limits) if limits else None)
+    except Exception as err:  # pandas and pyarrow raise many types for bad files
+        raise DatasetError(
+            f"{path.name} could not be read as {kind}: {err}", details={"file": str(path)}
+        ) from err
+    table = datasets.Dataset(InMemoryTable(arrow), fingerprint=uuid.uuid4().hex)
     if len(table) == 0:
         raise DatasetError(f"{path.name} has no rows", details={"file": str(path)})
     return table
 
 
-def _pick(columns: list[str], wanted: str | None, guesses: tuple[str, ...], what: str, source: str,
-          required: bool) -> str | None:
+def _read_arrow(path: Path, kind: str, rows: int | None):
+    """The first ``rows`` rows (None: all) of a data file as a ``pyarrow.Table``, parsed as
+    ``datasets`` parses it (pandas for CSV/TSV, pyarrow for JSON lines and Parquet)."""
+    import pyarrow as pa
+
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as parquet:
+            if rows is None:
+                return parquet.read()
+            batches, seen = [], 0
+            for batch in parquet.iter_batches(batch_size=min(rows, 65536)):
+                batches.append(batch)
+                seen += batch.num_rows
+                if seen >= rows:
+                    break
+            return pa.Table.from_batches(batches, schema=parquet.schema_arrow).slice(0, rows)
+    if kind == "json":
+        return _read_json(path, rows)
+    import pandas as pd
+
+    # GLUE-style TSV: quotes are text, not field delimiters
+    options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}
+    frame = pd.read_csv(path, nrows=rows, **options)
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _read_json(path: Path, rows: int | None):
+    """JSON lines (the first ``rows`` lines that hold something), or else one JSON array."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    if rows is None:
+        data = path.read_bytes()
+    else:
+        parts, seen = [], 0
+        with path.open("rb") as fh:
+            for line in fh:
+                parts.append(line)
+                seen += bool(line.strip())
+                if seen >= rows:
+                    break
+        data = b"".join(parts)
+    try:
+        options = pajson.ReadOptions(block_size=16 << 20)  # rows up to 16 MB long
+        return pajson.read_json(io.BytesIO(data), read_options=options)
+    except pa.ArrowInvalid:
+        with path.open("rb") as fh:
+            try:
+                records = json.load(fh)
+            except ValueError:
+                records = None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise
+        return pa.Table.from_pylist(records[:rows] if rows is not None else records)
+
+
+def _pick(
+    columns: list[str],
+    wanted: str | None,
+    guesses: tuple[str, ...],
+    what: str,
+    source: str,
+    required: bool,
+) -> str | None:
     if wanted is not None:
         if wanted not in columns:
             raise DatasetError(
@@ -96,7 +240,8 @@ def _pick(columns: list[str], wanted: str | None, guesses: tuple[str, ...], what
             return guess
     if required:
         raise DatasetError(
-            f"{source}: cannot tell which column holds the {what}; name it (columns: {', '.join(columns)})",
+            f"{source}: cannot tell which column holds the {what}; "
+            f"name it (columns: {', '.join(columns)})",
             details={"file": source, "columns": columns},
         )
     return None
@@ -115,8 +260,14 @@ def table_to_text_data(
     """Map a ``datasets.Dataset``'s columns to texts, pairs and labels."""
     columns = list(table.column_names)
     text_col = _pick(columns, text_column, TEXT_COLUMN_GUESSES, "text", source, required=True)
-    pair_col = _pick(columns, text_pair_column, PAIR_COLUMN_GUESSES, "text pair", source, required=False)
-    label_col = _pick(columns, label_column, LABEL_COLUMN_GUESSES, "label", source, required=False) if labels else None
+    pair_col = _pick(
+        columns, text_pair_column, PAIR_COLUMN_GUESSES, "text pair", source, required=False
+    )
+    label_col = (
+        _pick(columns, label_column, LABEL_COLUMN_GUESSES, "label", source, required=False)
+        if labels
+        else None
+    )
     if max_samples is not None:
         table = table.select(range(min(max_samples, len(table))))
 
@@ -125,7 +276,8 @@ def table_to_text_data(
         bad = [i for i, v in enumerate(values) if v is None]
         if bad:
             raise DatasetError(
-                f"{source}: column {col!r} is empty in {len(bad)} row(s), first at row {bad[0] + 1}",
+                f"{source}: column {col!r} is empty in {len(bad)} row(s), "
+                f"first at row {bad[0] + 1}",
                 details={"file": source, "column": col},
             )
         return [str(v) for v in values]
@@ -138,10 +290,15 @@ def table_to_text_data(
         missing = [i for i, v in enumerate(label_values) if v is None]
         if missing:
             raise DatasetError(
-                f"{source}: label column {label_col!r} is empty in {len(missing)} row(s), first at row {missing[0] + 1}",
+                f"{source}: label column {label_col!r} is empty in {len(missing)} row(s), "
+                f"first at row {missing[0] + 1}",
                 details={"file": source, "column": label_col},
             )
-    names = getattr((getattr(table, "features", None) or {}).get(label_col), "names", None) if label_col else None
+    names = (
+        getattr((getattr(table, "features", None) or {}).get(label_col), "names", None)
+        if label_col
+        else None
+    )
     return TextData(texts, pairs, label_values, source, text_col, pair_col, label_col, names)
 
 
@@ -154,20 +311,35 @@ def load_text_file(
     max_samples: int | None = None,
     labels: bool = True,
 ) -> TextData:
-    """Read a local data file and map its columns (guessing ``text``/``sentence``/``label`` when not named).
+    """Read a local data file and map its columns (guessing ``text``/``sentence``/``label`` when not
+    named).
 
     Raises:
         DatasetError: missing or empty file, unreadable content, a named column that does not exist.
     """
-    table = read_table(path)
+    if UPLOAD_FORMATS.get(Path(path).suffix.lower()) == "text":
+        documents = read_documents(
+            path,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            label_column=label_column if labels else None,
+        )
+        return TextData(documents[:max_samples], source=Path(path).name, text_column="text")
+    table = read_table(path, max_rows=max_samples)  # the first max_samples rows, read alone
     return table_to_text_data(
-        table, source=Path(path).name, text_column=text_column, text_pair_column=text_pair_column,
-        label_column=label_column, max_samples=max_samples, labels=labels,
+        table,
+        source=Path(path).name,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        max_samples=max_samples,
+        labels=labels,
     )
 
 
 def _dataset_bytes(dataset_id: str, token: str | None) -> int | None:
-    """Size of a Hub dataset's files from its metadata; None when unknown (no network, a local folder)."""
+    """Size of a Hub dataset's files from its metadata; None when unknown (no network, a local
+    folder)."""
     local = Path(dataset_id)
     if local.is_dir():
         return sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
@@ -200,15 +372,17 @@ def load_hub_dataset(
 ) -> TextData:
     """Read one split of a Hub dataset with ``datasets.load_dataset`` and map its columns.
 
-    With ``local_files=False`` (a service) the id is a Hub id and nothing else: ``datasets`` would read an
-    existing local folder of that name instead, so such a name is answered exactly as a missing Hub dataset.
+    With ``local_files=False`` (a service) the id is a Hub id and nothing else: ``datasets`` would
+    read an existing local folder of that name instead, so such a name is answered exactly as a
+    missing Hub dataset.
 
-    A dataset larger than ``stream_above_bytes`` (or ``streaming=True``) is streamed: rows are drawn through a
-    shuffle buffer and at most ``max_samples`` (or ``STREAMING_ROW_CAP``) are read. A smaller one is loaded
-    whole, shuffled with ``seed`` and cut to ``max_samples``.
+    A dataset larger than ``stream_above_bytes`` (or ``streaming=True``) is streamed: rows are drawn
+    through a shuffle buffer and at most ``max_samples`` (or ``STREAMING_ROW_CAP``) are read. A
+    smaller one is loaded whole, shuffled with ``seed`` and cut to ``max_samples``.
 
     Raises:
-        DatasetError: unknown dataset, config or split, a missing column, empty rows, labels the model lacks.
+        DatasetError: unknown dataset, config or split, a missing column, empty rows, labels the
+            model lacks.
         HubUnavailable: the Hub could not be reached (worth retrying later).
 
     Example:
@@ -221,8 +395,11 @@ def load_hub_dataset(
 
     where = f"{dataset_id}" + (f" ({config})" if config else "") + f" split {split!r}"
     details = {"dataset": dataset_id, "config": config, "split": split}
-    not_found = DatasetError(f"dataset {dataset_id} not found on the Hub (if it is private, give a token that can "
-                             "read it)", details=details)
+    not_found = DatasetError(
+        f"dataset {dataset_id} not found on the Hub (if it is private, give a token that can "
+        "read it)",
+        details=details,
+    )
     if not local_files and (not is_hub_id(dataset_id) or os.path.lexists(dataset_id)):
         raise not_found
     if streaming is None:
@@ -230,7 +407,9 @@ def load_hub_dataset(
         streaming = size is not None and size > stream_above_bytes
     datasets.disable_progress_bars()
     try:
-        table = datasets.load_dataset(dataset_id, config, split=split, token=token, streaming=streaming)
+        table = datasets.load_dataset(
+            dataset_id, config, split=split, token=token, streaming=streaming
+        )
         if streaming:
             rows = max_samples or STREAMING_ROW_CAP
             if max_samples is None:
@@ -241,20 +420,27 @@ def load_hub_dataset(
             table = table.shuffle(seed=seed).select(range(max_samples))
     except Exception as err:  # datasets raises many types; the message names the problem
         if is_transient(err):
-            raise HubUnavailable(f"the Hub could not be reached to load {where}", details=details) from err
+            raise HubUnavailable(
+                f"the Hub could not be reached to load {where}", details=details
+            ) from err
         if type(err).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
             raise not_found from err
         raise DatasetError(f"cannot load {where}: {err}", details=details) from err
     if len(table) == 0:
         raise DatasetError(f"{where} has no rows", details=details)
     return table_to_text_data(
-        table, source=f"{dataset_id}:{split}", text_column=text_column, text_pair_column=text_pair_column,
-        label_column=label_column, labels=labels,
+        table,
+        source=f"{dataset_id}:{split}",
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        labels=labels,
     )
 
 
 def encode_labels(data: TextData, config) -> list:
-    """Labels as the model expects them: class ids (strings mapped through ``label2id``) or floats."""
+    """Labels as the model expects them: class ids (strings mapped through ``label2id``) or
+    floats."""
     if data.labels is None:
         raise DatasetError(f"{data.source} has no label column", details={"file": data.source})
     num_labels = getattr(config, "num_labels", 2)
@@ -262,15 +448,22 @@ def encode_labels(data: TextData, config) -> list:
         try:
             return [float(v) for v in data.labels]
         except (TypeError, ValueError) as err:
-            raise DatasetError(f"{data.source}: column {data.label_column!r} must hold numbers for a regression model",
-                               details={"file": data.source, "column": data.label_column}) from err
+            raise DatasetError(
+                f"{data.source}: column {data.label_column!r} must hold numbers "
+                "for a regression model",
+                details={"file": data.source, "column": data.label_column},
+            ) from err
     label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
     folded = {k.casefold(): v for k, v in label2id.items()}
     values = data.labels
     if data.label_names and all(n.casefold() in folded for n in data.label_names):
-        # class ids of the data's own order (ClassLabel): go through the names, which may be ordered differently
+        # class ids of the data's own order (ClassLabel): go through the names, which may be ordered
+        # differently
         by_index = {i: folded[n.casefold()] for i, n in enumerate(data.label_names)}
-        values = [by_index.get(v, v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
+        values = [
+            by_index.get(v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for v in values
+        ]
     out, unknown = [], set()
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -292,10 +485,18 @@ def encode_labels(data: TextData, config) -> list:
             unknown.add(str(value))
     if unknown:
         known = ", ".join(f"{k}={v}" for k, v in sorted(label2id.items(), key=lambda kv: kv[1]))
+        generic = all(k.upper() == f"LABEL_{v}" for k, v in label2id.items())
+        names = "" if generic else "the model's label names or "
         raise DatasetError(
-            f"{data.source}: labels {', '.join(sorted(unknown)[:5])} in column {data.label_column!r} do not match "
-            f"the model's {num_labels} labels ({known})",
-            details={"file": data.source, "column": data.label_column, "unknown": sorted(unknown)[:20]},
+            f"{data.source}: labels {', '.join(sorted(unknown)[:5])} "
+            f"in column {data.label_column!r} do not match "
+            f"the model's {num_labels} labels ({known}); write the labels as {names}class ids 0 to "
+            f"{num_labels - 1}, or name the right label column",
+            details={
+                "file": data.source,
+                "column": data.label_column,
+                "unknown": sorted(unknown)[:20],
+            },
         )
     return out
 
@@ -328,8 +529,12 @@ def make_batches(
         idx = order[start : start + batch_size]
         texts = [data.texts[i] for i in idx]
         pairs = [data.pairs[i] for i in idx] if data.pairs is not None else None
-        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        enc = tokenizer(
+            texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        batch = {
+            k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         if labels is not None:
             dtype = torch.float if isinstance(labels[0], float) else torch.long
             batch["labels"] = torch.tensor([labels[i] for i in idx], dtype=dtype)

@@ -1,18 +1,21 @@
 """One error hierarchy for the whole library.
 
 Every error carries a message a user can act on. Errors also inherit the built-in they resemble
-(``ValueError``, ``FileNotFoundError``), so callers that only know Python's built-ins still catch them.
+(``ValueError``, ``FileNotFoundError``), so callers that only know Python's built-ins still catch
+them.
 """
 
 from __future__ import annotations
 
 
 class SlimformerError(Exception):
-    """Base class: ``str(err)`` is the user-facing message; ``code`` is a stable machine-readable name."""
+    """Base class: ``str(err)`` is the user-facing message; ``code`` is a stable machine-readable
+    name."""
 
     code = "slimformer_error"
-    #: True when the same request may succeed later (a network error, a Hub answering 5xx): a worker may retry
-    #: the job. Everything else is the request's own fault and fails the same way every time.
+    #: True when the same request may succeed later (a network error, a Hub answering 5xx): a worker
+    #: may retry the job. Everything else is the request's own fault and fails the same way every
+    #: time.
     transient = False
 
     def __init__(self, message: str, *, details: dict | None = None) -> None:
@@ -22,7 +25,8 @@ class SlimformerError(Exception):
 
 
 class InvalidSpec(SlimformerError, ValueError):
-    """A request that cannot be carried out as asked (bad fraction, impossible target, wrong layout)."""
+    """A request that cannot be carried out as asked (bad fraction, impossible target, wrong
+    layout)."""
 
     code = "invalid_spec"
 
@@ -40,13 +44,15 @@ class ModelLoadError(SlimformerError, FileNotFoundError):
 
 
 class DatasetError(SlimformerError, ValueError):
-    """Data that cannot be used: missing file or column, empty, undecodable, labels that do not match."""
+    """Data that cannot be used: missing file or column, empty, undecodable, labels that do not
+    match."""
 
     code = "dataset_error"
 
 
 class HubAccessError(SlimformerError, ConnectionError):
-    """The Hub refused or failed a request. Subclasses name the reason; ``details`` holds repo and revision."""
+    """The Hub refused or failed a request. Subclasses name the reason; ``details`` holds repo and
+    revision."""
 
     code = "hub_access_error"
 
@@ -76,13 +82,15 @@ class Unauthorized(HubAccessError):
 
 
 class ModelTooLarge(HubAccessError):
-    """The files to download exceed the operator's size limit (checked from metadata, before downloading)."""
+    """The files to download exceed the operator's size limit (checked from metadata, before
+    downloading)."""
 
     code = "model_too_large"
 
 
 class PickleOnly(HubAccessError):
-    """The repo has only pickle checkpoints, which run code when loaded, and the operator has not allowed them."""
+    """The repo has only pickle checkpoints, which run code when loaded, and the operator has not
+    allowed them."""
 
     code = "pickle_only"
 
@@ -104,6 +112,14 @@ class ExportError(SlimformerError, RuntimeError):
     """An export (ONNX) failed or its outputs disagree with PyTorch's."""
 
     code = "export_error"
+
+
+class DistillationFailed(SlimformerError, RuntimeError):
+    """Distillation produced no usable student: it never beat its own starting point on the
+    held-out data, is still worse than chance, or no training step fit in the time budget.
+    ``details`` holds the figures and the check."""
+
+    code = "distillation_failed"
 
 
 class Cancelled(SlimformerError):

@@ -27,6 +27,7 @@ from torch import nn
 
 from slimformer.errors import Cancelled, InvalidSpec
 from slimformer.models import count_macs, count_parameters, mean_pool, model_task
+from slimformer.text import DEFAULT_CHUNK, next_token_stats
 
 logger = logging.getLogger(__name__)
 
@@ -253,21 +254,6 @@ class NextTokenScores:
         return self.hits / self.tokens if self.tokens else None
 
 
-def _next_token_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets [B, T-1] for positions 0..T-2, and which of them are real.
-
-    Targets are ``labels`` (causal-LM batches carry the input ids there, padding as -100) or the input ids.
-    """
-    ids = batch["input_ids"]
-    labels = batch.get("labels")
-    targets = labels[:, 1:] if labels is not None and labels.shape == ids.shape else ids[:, 1:]
-    real = targets != -100
-    mask = batch.get("attention_mask")
-    if mask is not None:
-        real = real & mask[:, 1:].bool() & mask[:, :-1].bool()
-    return targets, real
-
-
 @torch.inference_mode()
 def score_next_tokens(
     model: nn.Module,
@@ -275,6 +261,7 @@ def score_next_tokens(
     *,
     keep_greedy: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> NextTokenScores:
     """Summed NLL, greedy hits and (optionally) greedy tokens of a causal LM over the real next tokens.
 
@@ -283,26 +270,27 @@ def score_next_tokens(
         batches: tokenised batches with ``input_ids`` and usually ``attention_mask`` (``labels`` optional).
         keep_greedy: keep the greedy token of every real position (to compare two models).
         on_batch: called with the batch index after each batch (progress and cancellation).
+        chunk_size: positions whose logits exist at once.
 
     Returns:
         :class:`NextTokenScores`.
+
+    The output head and the cross-entropy run on ``chunk_size`` positions at a time, at real
+    positions only (logits at padding can be anything, even NaN for fully masked rows), so no
+    batch x sequence x vocabulary tensor is ever made (:func:`slimformer.text.next_token_stats`).
     """
     model.eval()
     device = next(model.parameters()).device
     scores = NextTokenScores(0.0, 0, 0)
     for i, batch in enumerate(batches):
         batch = {k: v.to(device) for k, v in batch.items()}
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        targets, real = _next_token_targets(batch)
-        # only real positions: logits at padding can be anything (even NaN for fully masked rows)
-        logits = model(**inputs).logits[:, :-1][real].float()
-        target = targets[real]
-        greedy = logits.argmax(-1)
-        scores.nll_sum += float(F.cross_entropy(logits, target, reduction="sum")) if len(target) else 0.0
-        scores.tokens += int(real.sum())
-        scores.hits += int((greedy == target).sum())
+        stats = next_token_stats(model, batch, chunk_size=chunk_size, keep_greedy=keep_greedy)
+        scores.nll_sum += stats.nll_sum
+        scores.tokens += stats.tokens
+        scores.hits += stats.hits
         if keep_greedy:
-            scores.greedy.append(greedy.cpu())
+            scores.greedy.append(stats.greedy)
+        del batch, stats
         if on_batch:
             on_batch(i)
     return scores
@@ -484,6 +472,7 @@ def evaluate_side_by_side(
     pair_scores: list[float] | None = None,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    protocol: dict | None = None,
 ) -> dict:
     """Measure an original and a compressed model on the same data, device and thread count, in one call.
 
@@ -517,12 +506,14 @@ def evaluate_side_by_side(
         pair_scores: gold similarity of each pair (embeddings only).
         on_progress: called as ``on_progress("evaluating", fraction, message)``.
         should_cancel: checked between batches, models and latency phases.
+        protocol: how the evaluation text was prepared, reported as ``protocol`` (for a causal LM,
+            :meth:`slimformer.text.PackedText.protocol`: window length, stride, token counts).
 
     Returns:
         A JSON-serialisable dict (NaN and infinities become null)::
 
             {"task", "primary_metric", "higher_is_better", "rows", "seq_len", "device", "threads",
-             "torch_version",
+             "torch_version", "protocol" (only when given),
              "original" / "compressed": {"metrics": {...}, "parameters", "weight_bytes", "macs",
                                          "latency": {"batch1_p50_ms", "batch1_p95_ms",
                                                      "batch32_throughput"} | None},
@@ -620,6 +611,8 @@ def evaluate_side_by_side(
             "throughput_speedup": _ratio(lat_c["batch32_throughput"], lat_o["batch32_throughput"]) if latency else None,
         },
     }
+    if protocol is not None:
+        report["protocol"] = protocol
     if on_progress is not None:
         on_progress("evaluating", 1.0, "evaluation done")
     return report

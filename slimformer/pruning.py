@@ -37,9 +37,22 @@ from slimformer.models import count_macs, count_parameters
 logger = logging.getLogger(__name__)
 
 Layout = Literal["uniform", "per_layer"]
-Ranking = Literal["global", "per_layer"]
+Ranking = Literal["global", "per_layer", "adaptive"]
 GqaUnit = Literal["groups", "query_heads"]
 UNIFORM_HEAD_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA_LIKE = UNIFORM_HEAD_FAMILIES
+# which stock config flag gives a llama-like family's attention / MLP projections a bias
+BIAS_FLAGS: dict[str, dict[str, str]] = {
+    "llama": {"attention": "attention_bias", "mlp": "mlp_bias"},
+    "qwen3": {"attention": "attention_bias"},
+    "mistral": {},
+    "qwen2": {},
+}
+# every projection a stock config flag gives a bias (they all get one together)
+_FLAG_PROJECTIONS = {
+    "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    "mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+}
 
 
 @dataclass
@@ -49,15 +62,24 @@ class PruningPlan:
     heads: dict[int, list[int]] = field(default_factory=dict)
     neurons: dict[int, list[int]] = field(default_factory=dict)
     mlps: list[int] = field(default_factory=list)
+    # FLAP's bias compensation: per layer, the mean of every input channel of the attention output
+    # projection / the MLP's down projection; None: no compensation
+    attention_means: list[torch.Tensor] | None = None
+    mlp_means: list[torch.Tensor] | None = None
 
     def is_empty(self) -> bool:
         return not any(self.heads.values()) and not any(self.neurons.values()) and not self.mlps
+
+    @property
+    def compensates(self) -> bool:
+        return self.attention_means is not None or self.mlp_means is not None
 
     def to_dict(self) -> dict:
         return {
             "heads": {str(k): v for k, v in sorted(self.heads.items()) if v},
             "neurons": {str(k): len(v) for k, v in sorted(self.neurons.items()) if v},
             "mlps": sorted(self.mlps),
+            "bias_compensation": self.compensates,
         }
 
 
@@ -73,6 +95,11 @@ class PruningTarget:
     ranking: Ranking = "global"
     gqa_unit: GqaUnit = "groups"
     min_heads_per_layer: int = 1
+    keep_first_layers: int = 0  # the first / last layers keep their shape (no unit removed)
+    keep_last_layers: int = 0
+    # fold the removed units' mean output into a bias: None = for FLAP only (its metric assumes it);
+    # True = also for other methods that measured the means (activations)
+    bias_compensation: bool | None = None
 
     def validate(self) -> None:
         for name in ("heads", "ffn"):
@@ -89,6 +116,18 @@ class PruningTarget:
             raise InvalidSpec("give macs_budget or params_budget, not both")
         if self.min_heads_per_layer < 1:
             raise InvalidSpec("min_heads_per_layer must be at least 1: a layer without attention is not supported")
+        if self.ranking not in Ranking.__args__:
+            raise InvalidSpec(f"ranking must be one of {', '.join(Ranking.__args__)}, got {self.ranking!r}",
+                              details={"field": "ranking"})
+        for name in ("keep_first_layers", "keep_last_layers"):
+            if getattr(self, name) < 0:
+                raise InvalidSpec(f"{name} must be 0 or more", details={"field": name})
+
+    def protected(self, num_layers: int) -> set[int]:
+        """Layers whose shape is kept: the first ``keep_first_layers`` and last ``keep_last_layers``."""
+        first = range(min(self.keep_first_layers, num_layers))
+        last = range(max(0, num_layers - self.keep_last_layers), num_layers)
+        return set(first) | set(last)
 
 
 @dataclass
@@ -101,6 +140,8 @@ class PruningRecord:
     kept_neurons: list[int]
     removed_mlps: list[int] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
+    removed_layers: list[int] = field(default_factory=list)  # depth pruning, original numbering
+    original_layers: int | None = None
 
     @classmethod
     def start(cls, adapter: ModelAdapter) -> PruningRecord:
@@ -135,6 +176,8 @@ class PruningRecord:
             "original_neurons_per_layer": self.original_neurons,
             "removed_mlps": sorted(self.removed_mlps),
             "curve": self.curve,
+            "removed_layers": sorted(self.removed_layers),
+            "original_layers": self.original_layers or len(self.original_heads),
         }
 
 
@@ -150,6 +193,40 @@ def _lowest(scores: list[tuple[float, int, int]], count: int, cap: dict[int, int
     return chosen
 
 
+def _standardise(scores: torch.Tensor) -> torch.Tensor:
+    """(scores - mean) / std within one layer: FLAP's adaptive structure (0 where nothing varies)."""
+    scores = scores.double()
+    if scores.numel() < 2:
+        return torch.zeros_like(scores)
+    std = scores.std()
+    return (scores - scores.mean()) / std if std > 0 else torch.zeros_like(scores)
+
+
+def _head_scores(importance: Importance, layer: int, adaptive: bool, head_dim: int) -> torch.Tensor:
+    """A layer's query-head scores; standardised within the layer for adaptive ranking (over its
+    channels when the method scored channels, as FLAP does, else over its heads)."""
+    scores = importance.heads[layer].double()
+    if not adaptive:
+        return scores
+    channels = importance.attention_channels[layer] if importance.attention_channels else None
+    if channels is None or channels.numel() != scores.numel() * head_dim:
+        return _standardise(scores)
+    channels = channels.double()
+    std = channels.std()
+    if not std > 0:
+        return torch.zeros_like(scores)
+    return (channels.reshape(-1, head_dim).mean(1) - channels.mean()) / std
+
+
+def _layer_quota(fraction: float, units: list[int], eligible: list[int]) -> dict[int, int]:
+    """Units to remove per eligible layer when each loses the same share, scaled so that
+    ``fraction`` of all units goes even when some layers are protected."""
+    total = sum(units)
+    pool = sum(units[i] for i in eligible)
+    share = fraction * total / pool if pool else 0.0
+    return {i: round(share * units[i]) for i in eligible}
+
+
 def _plan_heads(
     adapter: ModelAdapter, importance: Importance, fraction: float, target: PruningTarget, uniform: bool
 ) -> dict[int, list[int]]:
@@ -157,14 +234,19 @@ def _plan_heads(
         return {}
     sizes = adapter.all_sizes()
     groups = [adapter.group_size(i) for i in range(adapter.num_layers)]
+    protected = target.protected(adapter.num_layers)
+    eligible = [i for i in range(adapter.num_layers) if i not in protected]
     per_layer = target.ranking == "per_layer" or uniform
+    adaptive = target.ranking == "adaptive"
     if adapter.grouped and target.gqa_unit == "query_heads":
-        # The same number of query heads leaves every KV group of every layer.
+        # The same number of query heads leaves every KV group of every (eligible) layer.
         plan = {}
-        for layer, s in enumerate(sizes):
-            g = groups[layer]
+        pool = sum(sizes[i].heads for i in eligible)
+        share = fraction * sum(s.heads for s in sizes) / pool if pool else 0.0
+        for layer in eligible:
+            s, g = sizes[layer], groups[layer]
             keep_min = max(1, math.ceil(target.min_heads_per_layer / s.kv_heads))
-            r = min(round(fraction * g), g - keep_min)
+            r = min(round(share * g), g - keep_min)
             if r <= 0:
                 continue
             scores = importance.heads[layer]
@@ -178,16 +260,17 @@ def _plan_heads(
     units, cap = [], {}
     for layer, s in enumerate(sizes):
         g = groups[layer]
-        group_scores = importance.heads[layer].reshape(s.kv_heads, g).sum(1)
+        head_scores = _head_scores(importance, layer, adaptive, adapter.head_dim).reshape(s.kv_heads, g)
+        group_scores = head_scores.mean(1) if adaptive else head_scores.sum(1)
         keep_min = max(1, math.ceil(target.min_heads_per_layer / g))
-        cap[layer] = max(0, s.kv_heads - keep_min)
+        cap[layer] = 0 if layer in protected else max(0, s.kv_heads - keep_min)
         units.extend((float(group_scores[u]), layer, u) for u in range(s.kv_heads))
     if per_layer:
         chosen = {}
-        for layer, s in enumerate(sizes):
-            n = min(round(fraction * s.kv_heads), cap[layer])
+        quota = _layer_quota(fraction, [s.kv_heads for s in sizes], eligible)
+        for layer in eligible:
             layer_units = [u for u in units if u[1] == layer]
-            chosen.update(_lowest(layer_units, n, cap))
+            chosen.update(_lowest(layer_units, min(quota[layer], cap[layer]), cap))
     else:
         n_units = round(fraction * len(units))
         if n_units > sum(cap.values()):
@@ -195,6 +278,7 @@ def _plan_heads(
                 f"removing {fraction:.0%} of the heads would empty a layer's attention; at most "
                 f"{sum(cap.values()) / len(units):.0%} can go while every layer keeps "
                 f"{target.min_heads_per_layer} head(s)"
+                + (" and the protected first/last layers keep all theirs" if protected else "")
             )
         chosen = _lowest(units, n_units, cap)
     return {
@@ -210,22 +294,40 @@ def _plan_neurons(
     if fraction <= 0:
         return {}
     sizes = adapter.all_sizes()
+    protected = target.protected(adapter.num_layers)
     live = [i for i, s in enumerate(sizes) if not s.mlp_removed and i not in skip_layers]
+    eligible = [i for i in live if i not in protected]
     if target.ranking == "per_layer" or uniform:
+        quota = _layer_quota(fraction, [sizes[i].intermediate if i in live else 0
+                                        for i in range(len(sizes))], eligible)
         plan = {}
-        for layer in live:
-            n = round(fraction * sizes[layer].intermediate)
+        for layer in eligible:
+            n = min(quota[layer], sizes[layer].intermediate - 1)
             order = torch.argsort(importance.neurons[layer], stable=True)[:n]
             plan[layer] = sorted(int(i) for i in order)
         return plan
-    scores = torch.cat([importance.neurons[i] for i in live])
-    owners = torch.cat([torch.full((sizes[i].intermediate,), i) for i in live])
-    positions = torch.cat([torch.arange(sizes[i].intermediate) for i in live])
-    n = round(fraction * len(scores))
-    order = torch.argsort(scores, stable=True)[:n]
+    adaptive = target.ranking == "adaptive"
+    total = sum(sizes[i].intermediate for i in live)
+    n = round(fraction * total)
+    candidates = sum(sizes[i].intermediate - 1 for i in eligible)
+    if n > candidates:
+        raise InvalidSpec(f"removing {fraction:.0%} of the FFN neurons would empty the MLPs of the layers "
+                          "that may lose neurons; remove fewer or protect fewer layers")
+    scores = torch.cat([_standardise(importance.neurons[i]) if adaptive else importance.neurons[i].double()
+                        for i in eligible])
+    owners = torch.cat([torch.full((sizes[i].intermediate,), i) for i in eligible])
+    positions = torch.cat([torch.arange(sizes[i].intermediate) for i in eligible])
+    order = torch.argsort(scores, stable=True)
     plan: dict[int, list[int]] = {}
+    taken = 0
     for k in order.tolist():
-        plan.setdefault(int(owners[k]), []).append(int(positions[k]))
+        if taken == n:
+            break
+        layer = int(owners[k])
+        if len(plan.get(layer, [])) >= sizes[layer].intermediate - 1:
+            continue  # every MLP keeps a neuron; whole MLPs go through whole_mlps
+        plan.setdefault(layer, []).append(int(positions[k]))
+        taken += 1
     return {layer: sorted(v) for layer, v in plan.items()}
 
 
@@ -261,17 +363,32 @@ def plan_pruning(
             "the uniform layout cannot remove whole MLPs (every layer would need the same size); use 'per_layer'",
             details={"field": "layout"},
         )
+    if uniform and (target.keep_first_layers or target.keep_last_layers):
+        raise InvalidSpec(
+            "the uniform layout gives every layer the same shape, so first or last layers cannot keep theirs; "
+            "set keep_first_layers and keep_last_layers to 0 or use layout 'per_layer'",
+            details={"field": "layout"},
+        )
     sizes = adapter.all_sizes()
     live_mlps = [i for i, s in enumerate(sizes) if not s.mlp_removed]
     if target.whole_mlps > len(live_mlps):
         raise InvalidSpec(f"whole_mlps={target.whole_mlps} but the model has {len(live_mlps)} MLPs")
     mlps = sorted(sorted(live_mlps, key=lambda i: float(importance.mlps[i]))[: target.whole_mlps])
 
+    wanted = importance.method == "flap" if target.bias_compensation is None else target.bias_compensation
+    compensate = wanted and importance.attention_means is not None
+    if compensate and uniform:
+        _check_uniform_bias(adapter, target)
+
     def build(head_fraction: float, ffn_fraction: float) -> PruningPlan:
+        heads = _plan_heads(adapter, importance, head_fraction, target, uniform)
+        neurons = _plan_neurons(adapter, importance, ffn_fraction, target, uniform, set(mlps))
         return PruningPlan(
-            heads=_plan_heads(adapter, importance, head_fraction, target, uniform),
-            neurons=_plan_neurons(adapter, importance, ffn_fraction, target, uniform, set(mlps)),
+            heads=heads,
+            neurons=neurons,
             mlps=mlps,
+            attention_means=importance.attention_means if compensate and heads else None,
+            mlp_means=importance.mlp_means if compensate and neurons else None,
         )
 
     budget = target.macs_budget or target.params_budget
@@ -305,6 +422,50 @@ def plan_pruning(
     return plan
 
 
+def _check_uniform_bias(adapter: ModelAdapter, target: PruningTarget) -> None:
+    """Refuse, before anything is removed, bias compensation the stock config cannot express."""
+    family = adapter.family.name
+    if family not in LLAMA_LIKE:
+        return  # BERT-like, DistilBERT and GPT-2 projections have biases already
+    flags = BIAS_FLAGS[family]
+    wants = [part for part, fraction in (("attention", target.heads), ("mlp", target.ffn)) if fraction]
+    if target.macs_budget is not None or target.params_budget is not None:
+        wants = ["attention", "mlp"]
+    missing = [part for part in wants if part not in flags]
+    if missing:
+        raise InvalidSpec(
+            f"bias compensation puts a bias on the {' and '.join(missing)} output projection, which "
+            f"{family}'s stock config cannot express; use layout 'per_layer' (its modelling code has the "
+            "bias) or turn bias_compensation off",
+            details={"field": "bias_compensation"},
+        )
+
+
+def _compensation(adapter: ModelAdapter, plan: PruningPlan) -> dict[tuple[int, str], torch.Tensor]:
+    """FLAP's bias compensation: per (layer, part), the removed channels' mean contribution
+    ``W[:, removed] @ mean[removed]`` (zeros for layers that lose nothing, so every layer of the
+    part gets a bias)."""
+    out: dict[tuple[int, str], torch.Tensor] = {}
+    d = adapter.head_dim
+    for part, removed, means in (("attention", plan.heads, plan.attention_means),
+                                 ("mlp", plan.neurons, plan.mlp_means)):
+        if means is None or not any(removed.values()):
+            continue
+        for layer in range(adapter.num_layers):
+            if isinstance(adapter.output_projection(layer, part), bundled.NoUnits) or layer in plan.mlps:
+                continue
+            weight = adapter.output_weight(layer, part)
+            units = removed.get(layer, [])
+            channels = [c for u in units for c in range(u * d, (u + 1) * d)] if part == "attention" else units
+            if not channels:
+                out[(layer, part)] = weight.new_zeros(weight.shape[0])
+                continue
+            index = torch.tensor(channels, dtype=torch.long, device=weight.device)
+            mean = means[layer].to(device=weight.device, dtype=torch.float64)[index]
+            out[(layer, part)] = (weight.double()[:, index] @ mean).to(weight.dtype)
+    return out
+
+
 def _pruned_copy(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """A deep copy with ``plan`` carried out (config untouched): used to measure candidate plans."""
     clone = copy.deepcopy(model)
@@ -315,10 +476,13 @@ def _pruned_copy(model: nn.Module, plan: PruningPlan) -> nn.Module:
 def remove_units(model: nn.Module, plan: PruningPlan) -> None:
     """Physically remove the plan's units from ``model`` (the config is not rewritten: see prune_model)."""
     adapter = ModelAdapter(model)
+    compensation = _compensation(adapter, plan) if plan.compensates else {}
     for layer in range(adapter.num_layers):
         heads, neurons = plan.heads.get(layer, []), plan.neurons.get(layer, [])
         if heads or neurons or layer in plan.mlps:
             adapter.prune_layer(layer, remove_heads=heads, remove_neurons=neurons, remove_mlp=layer in plan.mlps)
+    for (layer, part), vector in compensation.items():
+        adapter.add_output_bias(layer, part, vector)
 
 
 def predicted_parameters(model: nn.Module, plan: PruningPlan) -> int:
@@ -347,7 +511,65 @@ def predicted_parameters(model: nn.Module, plan: PruningPlan) -> int:
             if rule:
                 dim, unit = rule
                 removed += param.numel() // param.shape[dim] * removed_units[unit]
-    return count_parameters(model) - removed
+    return count_parameters(model) - removed + _new_bias_parameters(adapter, plan)
+
+
+def _new_bias_parameters(adapter: ModelAdapter, plan: PruningPlan) -> int:
+    """Parameters of the biases bias compensation creates (projections that had none)."""
+    if not plan.compensates:
+        return 0
+    total = 0
+    for part, removed, means in (("attention", plan.heads, plan.attention_means),
+                                 ("mlp", plan.neurons, plan.mlp_means)):
+        if means is None or not any(removed.values()):
+            continue
+        for layer in range(adapter.num_layers):
+            module = adapter.output_projection(layer, part)
+            if layer in plan.mlps or isinstance(module, bundled.NoUnits) or module.bias is not None:
+                continue
+            total += adapter.output_weight(layer, part).shape[0]
+    return total
+
+
+def _stock_has_bias(config, family: str, part: str) -> bool:
+    flag = BIAS_FLAGS.get(family, {}).get(part)
+    return bool(flag and getattr(config, flag, False))
+
+
+def _write_biases(model: nn.Module, adapter: ModelAdapter, layout: Layout) -> None:
+    """Make the config say which output projections carry a bias (FLAP's compensation gives some
+    a bias the family's stock config does not build): the stock flags (``attention_bias``,
+    ``mlp_bias``) in the uniform layout, ``projection_bias`` for the bundled code in per_layer."""
+    family = adapter.family.name
+    if family not in LLAMA_LIKE:
+        return
+    config = model.config
+    paths = {"attention": "self_attn.o_proj", "mlp": "mlp.down_proj"}
+    needed = []
+    for part, path in paths.items():
+        biased = any(
+            getattr(layer.get_submodule(path), "bias", None) is not None for layer in adapter.layers
+        )
+        if biased and not _stock_has_bias(config, family, part):
+            needed.append(part)
+    if layout == "uniform":
+        for part in needed:
+            flag = BIAS_FLAGS[family].get(part)
+            if flag is None:
+                raise InvalidSpec(f"{family}'s stock config cannot give the {part} output projection a bias; "
+                                  "use layout 'per_layer'", details={"field": "layout"})
+            setattr(config, flag, True)
+            for layer in adapter.layers:
+                for name in _FLAG_PROJECTIONS[part]:
+                    bundled.add_bias(layer.get_submodule(name))
+        return
+    extra = set(getattr(config, "projection_bias", None) or ()) | {paths[p] for p in needed}
+    if not extra:
+        return
+    config.projection_bias = sorted(extra)
+    for layer in adapter.layers:
+        for path in config.projection_bias:
+            bundled.add_bias(layer.get_submodule(path))
 
 
 def apply_layout(model: nn.Module, layout: Layout) -> None:
@@ -383,6 +605,7 @@ def apply_layout(model: nn.Module, layout: Layout) -> None:
             setattr(config, names["kv_heads"], s.kv_heads)
         elif s.heads != bundled.layer_sizes(config, family, 0)["heads"]:
             raise InvalidSpec(f"the uniform layout cannot express head pruning for {family}; use 'per_layer'")
+        _write_biases(model, adapter, layout)
         setattr(config, names["ffn"], s.intermediate)
         return
     if layout != "per_layer":
@@ -405,12 +628,61 @@ def apply_layout(model: nn.Module, layout: Layout) -> None:
         ) from None
     if not getattr(config, "head_dim", None):
         config.head_dim = adapter.head_dim  # the global head count no longer tells the head size
+    _write_biases(model, adapter, layout)
     config.__class__ = getattr(bundled, config_name)
     config.per_layer_config = per_layer
     config.auto_map = {
         "AutoConfig": f"modeling_slimformer.{config_name}",
         _auto_class_for(model): f"modeling_slimformer.{model_name}",
     }
+
+
+def layers_to_drop(num_layers: int, layers: float) -> int:
+    """How many layers ``layers`` asks for: a fraction of them (below 1) or a count (1 or more)."""
+    if layers < 0:
+        raise InvalidSpec(f"layers must be a fraction in [0, 1) or a count, got {layers}", details={"field": "layers"})
+    count = round(layers * num_layers) if layers < 1 else int(layers)
+    if layers >= 1 and count != layers:
+        raise InvalidSpec(f"a layer count must be a whole number, got {layers}", details={"field": "layers"})
+    return count
+
+
+def plan_depth(
+    scores: torch.Tensor, layers: float, *, keep_first_layers: int = 0, keep_last_layers: int = 0
+) -> list[int]:
+    """The layers to drop: the ``layers`` (fraction or count) lowest-scoring ones, never a protected
+    first/last layer, and never all of them.
+
+    Raises:
+        InvalidSpec: a request that would drop every layer, or more than the unprotected ones.
+    """
+    n = len(scores)
+    count = layers_to_drop(n, layers)
+    if count == 0:
+        return []
+    protected = PruningTarget(keep_first_layers=keep_first_layers, keep_last_layers=keep_last_layers).protected(n)
+    eligible = [i for i in range(n) if i not in protected]
+    if count >= n or count > len(eligible):
+        raise InvalidSpec(
+            f"dropping {count} of {n} layers leaves none or needs protected ones ({len(eligible)} may go)",
+            details={"field": "layers"},
+        )
+    order = sorted(eligible, key=lambda i: (float(scores[i]), i))
+    return sorted(order[:count])
+
+
+def drop_layers(model: nn.Module, layers: list[int]) -> list[int]:
+    """Remove whole layers (ShortGPT-style depth pruning) and rewrite the config to match: fewer
+    ``num_hidden_layers`` (so the uniform layout reloads with stock transformers), ``layer_types``
+    and the attention modules' ``layer_idx`` renumbered. Returns the kept layers' old indices."""
+    from slimformer.distill.students import keep_layers
+
+    n = ModelAdapter(model).num_layers
+    drop = set(layers)
+    kept = [i for i in range(n) if i not in drop]
+    if drop:
+        keep_layers(model, kept)
+    return kept
 
 
 def _auto_class_for(model: nn.Module) -> str:
@@ -438,7 +710,7 @@ class PruneResult:
 
 def one_shot_prune(
     model: nn.Module,
-    importance: Importance,
+    importance: Importance | None,
     plan: PruningPlan,
     *,
     layout: Layout = "per_layer",
@@ -449,7 +721,8 @@ def one_shot_prune(
     remove_units(model, plan)
     record.apply(plan, adapter)
     apply_layout(model, layout)
-    return PruneResult(model=model, record=record, importance=[importance], plan=plan)
+    return PruneResult(model=model, record=record, importance=[] if importance is None else [importance],
+                       plan=plan)
 
 
 def iterative_prune(

@@ -1,7 +1,7 @@
 """The job spec: what a user asks slimformer to do. The service's API accepts exactly this model.
 
-Unknown fields are rejected and every field has a default or a clear error. Local paths (``dataset.path``,
-a local folder as ``model.id``) are for the command line only: validate with
+Unknown fields are rejected and every field has a default or a clear error. Local paths
+(``dataset.path``, a local folder as ``model.id``) are for the command line only: validate with
 ``JobSpec.model_validate(data, context={"local_files": False})`` to refuse them (the service does).
 """
 
@@ -12,11 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-Task = Literal["text-classification", "sentence-similarity", "feature-extraction", "text-generation"]
+Task = Literal[
+    "text-classification", "sentence-similarity", "feature-extraction", "text-generation"
+]
 TASKS: tuple[str, ...] = Task.__args__
 
-# The pipeline's stages in order, with each stage's share of a job's progress bar (the service and the runner
-# read this one table; weights are relative, only the stages a job runs count).
+# The pipeline's stages in order, with each stage's share of a job's progress bar (the service and
+# the runner read this one table; weights are relative, only the stages a job runs count).
 STAGE_WEIGHTS: dict[str, float] = {
     "downloading": 0.1,
     "scoring": 0.2,
@@ -35,6 +37,7 @@ UPLOAD_FORMATS: dict[str, str] = {
     ".json": "json",
     ".jsonl": "json",
     ".parquet": "parquet",
+    ".txt": "text",  # one document per blank-line-separated block (causal LMs; slimformer/text.py)
 }
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
@@ -49,61 +52,121 @@ def _local_allowed(info: ValidationInfo) -> bool:
 
 
 def is_hub_id(value: str) -> bool:
-    """``name`` or ``org/name`` as the Hub spells repo ids: no path segments (``.``, ``..``), no leading or
-    trailing ``.``/``-`` in a part, no ``--``/``..`` inside one, nothing that a file system would read as a path."""
+    """``name`` or ``org/name`` as the Hub spells repo ids: no path segments (``.``, ``..``), no
+    leading or trailing ``.``/``-`` in a part, no ``--``/``..`` inside one, nothing that a file
+    system would read as a path."""
     if not HUB_ID.match(value):
         return False
-    return all(not part.startswith((".", "-")) and not part.endswith((".", "-")) and ".." not in part
-               and "--" not in part for part in value.split("/"))
+    return all(
+        not part.startswith((".", "-"))
+        and not part.endswith((".", "-"))
+        and ".." not in part
+        and "--" not in part
+        for part in value.split("/")
+    )
 
 
 def hub_id_or_local(value: str, info: ValidationInfo, what: str) -> str:
     """A Hub id; on the command line (``local_files`` context true) also a local folder or file."""
     if is_hub_id(value) or _local_allowed(info):
         return value
-    raise ValueError(f"{value!r} is not a Hub {what} id (expected 'name' or 'org/name'); local paths are "
-                     "accepted on the command line only")
+    raise ValueError(
+        f"{value!r} is not a Hub {what} id (expected 'name' or 'org/name'); local paths are "
+        "accepted on the command line only"
+    )
 
 
 class ModelSpec(_Strict):
     """The model to compress."""
 
-    id: str = Field(..., min_length=1, description="Hub model id (`org/name`), or a local folder on the command line.",
-                    examples=["sentence-transformers/all-MiniLM-L6-v2"])
-    revision: str = Field("main", min_length=1, description="Branch, tag or commit of the Hub repo.")
-    task: Task | None = Field(None, description="Inferred from the checkpoint's architecture when null.")
+    id: str = Field(
+        ...,
+        min_length=1,
+        description="Hub model id (`org/name`), or a local folder on the command line.",
+        examples=["sentence-transformers/all-MiniLM-L6-v2"],
+    )
+    revision: str = Field(
+        "main", min_length=1, description="Branch, tag or commit of the Hub repo."
+    )
+    task: Task | None = Field(
+        None, description="Inferred from the checkpoint's architecture when null."
+    )
+    base_model: str | None = Field(
+        None,
+        description="Command line only: the Hub id a local model folder came from, for the "
+        "card's `base_model` when the folder does not tell (a Hugging Face cache snapshot and a "
+        "config's `_name_or_path` do).",
+        examples=["HuggingFaceTB/SmolLM2-135M-Instruct"],
+    )
+    allow_new_head: bool = Field(
+        False,
+        description="Accept a checkpoint without a head for the task: the head is then new "
+        "and randomly initialised (the card says so). Refused when false.",
+    )
 
     @field_validator("id")
     @classmethod
     def _id_shape(cls, value: str, info: ValidationInfo) -> str:
         return hub_id_or_local(value, info, "model")
 
+    @field_validator("base_model")
+    @classmethod
+    def _base_model_shape(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not is_hub_id(value):
+            raise ValueError(f"{value!r} is not a Hub model id (expected 'name' or 'org/name')")
+        if not _local_allowed(info):
+            raise ValueError(
+                "base_model names the Hub origin of a local model folder (command "
+                "line only); a Hub model is its own base"
+            )
+        return value
+
     @field_validator("revision")
     @classmethod
     def _revision_shape(cls, value: str) -> str:
         # a branch, tag or commit; never something a cache or a file system could read as a path
         parts = value.split("/")
-        if (len(value) > 255 or value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts)
-                or not value.isprintable() or any(c.isspace() for c in value)):
+        if (
+            len(value) > 255
+            or value.startswith("/")
+            or "\\" in value
+            or any(p in ("", ".", "..") for p in parts)
+            or not value.isprintable()
+            or any(c.isspace() for c in value)
+        ):
             raise ValueError(f"{value!r} is not a branch, tag or commit name")
         return value
 
 
 class DatasetSpec(_Strict):
-    """Where the calibration / training data and the evaluation data come from: one of three sources."""
+    """Where the calibration / training data and the evaluation data come from: one of three \
+sources."""
 
-    hub_id: str | None = Field(None, description="Hub dataset id, read with datasets.load_dataset.",
-                               examples=["stanfordnlp/sst2"])
+    hub_id: str | None = Field(
+        None,
+        description="Hub dataset id, read with datasets.load_dataset.",
+        examples=["stanfordnlp/sst2"],
+    )
     config: str | None = Field(None, description="Dataset configuration (Hub datasets).")
     split: str = Field("train", description="Split used for scoring and training (Hub datasets).")
-    eval_split: str | None = Field("validation", description="Split used for evaluation (Hub datasets).")
+    eval_split: str | None = Field(
+        "validation", description="Split used for evaluation (Hub datasets)."
+    )
     upload_id: str | None = Field(None, description="An upload from POST /v1/datasets.")
     eval_upload_id: str | None = Field(None, description="An upload used for evaluation.")
-    path: str | None = Field(None, description="A local CSV/TSV/JSONL/Parquet file (command line only).")
+    path: str | None = Field(
+        None, description="A local CSV/TSV/JSONL/Parquet file (command line only)."
+    )
     eval_path: str | None = Field(None, description="A local evaluation file (command line only).")
-    text_column: str | None = Field(None, description="Text column; guessed (text, sentence, ...) when null.")
+    text_column: str | None = Field(
+        None, description="Text column; guessed (text, sentence, ...) when null."
+    )
     text_pair_column: str | None = Field(None, description="Second text of sentence pairs.")
-    label_column: str | None = Field(None, description="Labels; 'label' is used when present and this is null.")
+    label_column: str | None = Field(
+        None, description="Labels; 'label' is used when present and this is null."
+    )
     max_samples: int | None = Field(None, ge=1, description="Use at most this many training rows.")
 
     @field_validator("hub_id")
@@ -115,15 +178,19 @@ class DatasetSpec(_Strict):
     def _one_source(self, info: ValidationInfo) -> DatasetSpec:
         sources = [name for name in ("hub_id", "upload_id", "path") if getattr(self, name)]
         if len(sources) != 1:
-            raise ValueError("give exactly one data source: hub_id, upload_id or path"
-                             + (f" (got {', '.join(sources)})" if sources else ""))
+            raise ValueError(
+                "give exactly one data source: hub_id, upload_id or path"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
         if self.eval_upload_id and not self.upload_id:
             raise ValueError("eval_upload_id goes with upload_id")
         if self.eval_path and not self.path:
             raise ValueError("eval_path goes with path")
         if (self.path or self.eval_path) and not _local_allowed(info):
-            raise ValueError("local file paths are accepted on the command line only; upload the file to "
-                             "POST /v1/datasets and use upload_id")
+            raise ValueError(
+                "local file paths are accepted on the command line only; upload the file to "
+                "POST /v1/datasets and use upload_id"
+            )
         return self
 
 
@@ -132,36 +199,136 @@ class PruneSpec(_Strict):
 
     heads: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of attention heads to remove.")
     ffn: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of FFN neurons to remove.")
-    whole_mlps: int = Field(0, ge=0, description="Number of whole MLPs to remove (per_layer layout).")
-    macs_budget: float | None = Field(None, gt=0.0, le=1.0, description="Keep at most this fraction of the MACs.")
-    layout: Literal["per_layer", "uniform"] = Field("per_layer", description="per_layer: best quality, loads "
-                                                    "with trust_remote_code=True; uniform: stock transformers.")
+    whole_mlps: int = Field(
+        0, ge=0, description="Number of whole MLPs to remove (per_layer layout)."
+    )
+    macs_budget: float | None = Field(
+        None, gt=0.0, le=1.0, description="Keep at most this fraction of the MACs."
+    )
+    layout: Literal["per_layer", "uniform"] = Field(
+        "per_layer",
+        description="per_layer: best quality, loads "
+        "with trust_remote_code=True; uniform: stock transformers.",
+    )
     schedule: Literal["one_shot", "iterative"] = "one_shot"
-    step: float = Field(0.1, gt=0.0, lt=1.0, description="Iterative: fraction of what remains removed per step.")
-    metric_floor: float = Field(0.9, gt=0.0, le=1.0, description="Iterative: stop before the metric falls "
-                                "below this fraction of the original.")
-    ranking: Literal["global", "per_layer"] = "global"
-    importance: Literal["michel", "magnitude", "random"] = "michel"
-    calibration_samples: int = Field(512, ge=1, le=100_000)
+    step: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Iterative: fraction of what remains removed per step."
+    )
+    metric_floor: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Iterative: stop before the metric falls below this fraction of the original.",
+    )
+    ranking: Literal["global", "per_layer", "adaptive"] | None = Field(
+        None,
+        description="How units compete: global (raw scores across layers, Michel), per_layer "
+        "(every layer loses the same share), adaptive (scores standardised within each layer, then "
+        "ranked across layers: FLAP). Null: global; adaptive for causal LMs.",
+    )
+    importance: Literal["michel", "activations", "flap", "magnitude", "random"] | None = Field(
+        None,
+        description="michel (loss gradients of gates), activations (Minitron), flap "
+        "(fluctuation, with bias compensation), magnitude or random. Null: michel; activations for "
+        "causal LMs (docs/pruning.md).",
+    )
+    calibration_samples: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Rows importance is scored on: the first N training rows "
+        "in the job's seeded order (random.Random(seed) shuffle, held-out evaluation rows "
+        "excluded); "
+        "for causal LMs, N windows of packed text. Null: 512 rows; causal LMs: 32 windows.",
+    )
+    keep_first_layers: int | None = Field(
+        None,
+        ge=0,
+        description="The first N layers keep their shape. Null: 0; causal LMs: 1 "
+        "(0 with the uniform layout).",
+    )
+    keep_last_layers: int | None = Field(
+        None,
+        ge=0,
+        description="The last N layers keep their shape. Null: 0; causal LMs: 1 "
+        "(0 with the uniform layout).",
+    )
+    bias_compensation: bool | None = Field(
+        None,
+        description="Fold the removed units' mean output into a bias of the output projection "
+        "(FLAP). Null: for flap only; true: also for activations; false: never.",
+    )
+    layers: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000,
+        description="Whole layers to drop (depth pruning): a "
+        "fraction (below 1) or a count (1 or more).",
+    )
+    depth_importance: Literal["block_influence", "metric_drop"] = Field(
+        "block_influence",
+        description="How layers are ranked for prune.layers: block influence "
+        "(ShortGPT, 1 - cosine of a layer's input and output) or the loss increase when the layer "
+        "is skipped.",
+    )
 
     @model_validator(mode="after")
     def _something(self) -> PruneSpec:
         if self.macs_budget is not None and (self.heads or self.ffn):
             raise ValueError("give macs_budget or heads/ffn fractions, not both")
-        if self.schedule == "iterative" and (self.macs_budget is not None or self.whole_mlps):
-            raise ValueError("the iterative schedule takes heads/ffn fractions; use one_shot for macs_budget "
-                             "and whole_mlps")
+        if self.schedule == "iterative" and (
+            self.macs_budget is not None or self.whole_mlps or self.layers
+        ):
+            raise ValueError(
+                "the iterative schedule takes heads/ffn fractions; use one_shot for macs_budget, "
+                "whole_mlps and layers"
+            )
+        if self.layers >= 1 and self.layers != int(self.layers):
+            raise ValueError("prune.layers is a fraction below 1 or a whole number of layers")
         return self
 
     def removes_something(self) -> bool:
-        return bool(self.heads or self.ffn or self.whole_mlps or self.macs_budget is not None)
+        return bool(
+            self.heads or self.ffn or self.whole_mlps or self.macs_budget is not None or self.layers
+        )
+
+    def resolved(self, task: str | None) -> PruneSpec:
+        """This spec with every null default filled in for ``task`` (causal LMs get
+        :data:`CAUSAL_LM_DEFAULTS`, every other task :data:`PRUNE_DEFAULTS`; the uniform layout
+        keeps no layer's own shape)."""
+        defaults = CAUSAL_LM_DEFAULTS if task == "text-generation" else PRUNE_DEFAULTS
+        if self.layout == "uniform":  # every layer has the same shape: none can keep its own
+            defaults = defaults | {"keep_first_layers": 0, "keep_last_layers": 0}
+        values = self.model_dump()
+        values.update({k: v for k, v in defaults.items() if values.get(k) is None})
+        return PruneSpec(**values)
+
+
+# What a null field of PruneSpec means: Michel's method and ranking for classifiers and embedding
+# models; for causal LMs the settings measured on SmolLM2-135M (docs/pruning.md).
+PRUNE_DEFAULTS: dict[str, object] = {
+    "importance": "michel",
+    "ranking": "global",
+    "calibration_samples": 512,
+    "keep_first_layers": 0,
+    "keep_last_layers": 0,
+}
+CAUSAL_LM_DEFAULTS: dict[str, object] = {
+    "importance": "activations",
+    "ranking": "adaptive",
+    "calibration_samples": 32,
+    "keep_first_layers": 1,
+    "keep_last_layers": 1,
+}
 
 
 class StudentSpec(_Strict):
     """The student: a layer-dropped copy of the teacher ({layers}) or a smaller model ({id})."""
 
     layers: int | None = Field(None, ge=1, description="Keep this many of the teacher's layers.")
-    id: str | None = Field(None, description="A smaller model sharing the teacher's tokenizer and labels.")
+    id: str | None = Field(
+        None, description="A smaller model sharing the teacher's tokenizer and labels."
+    )
     layer_selection: Literal["even", "importance"] = "even"
 
     @field_validator("id")
@@ -179,15 +346,47 @@ class StudentSpec(_Strict):
 class DistillSpec(_Strict):
     """Knowledge distillation (Hinton et al. 2015) of the teacher into the student."""
 
-    student: StudentSpec | None = Field(None, description="Required for method distill; prune_distill uses the "
-                                        "pruned model as the student.")
-    temperature: float = Field(2.0, gt=0.0, le=20.0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the gold-label loss (when labels exist).")
-    hidden_loss: Literal["cosine", "mse"] | None = None
+    student: StudentSpec | None = Field(
+        None,
+        description="Required for method distill; prune_distill uses the "
+        "pruned model as the student.",
+    )
+    # null: the recipe of the student's kind (slimformer/distill/recipes.py; docs/distillation.md)
+    temperature: float | None = Field(
+        None,
+        gt=0.0,
+        le=20.0,
+        description="Softening of the soft targets; null: the student's recipe (2.0).",
+    )
+    alpha: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the gold-label loss (when labels exist); null: the student's recipe "
+        "(0.5).",
+    )
+    hidden_loss: Literal["cosine", "mse", "none"] | None = Field(
+        None,
+        description="Alignment of the student's layers with the teacher's; 'none': off; "
+        "null: the student's recipe (cosine for layer-dropped and pruned students, none for a "
+        "named model).",
+    )
     epochs: float = Field(3.0, gt=0.0, le=100.0)
     max_steps: int | None = Field(None, ge=1)
-    max_minutes: float | None = Field(None, gt=0.0, le=24 * 60)
-    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    max_minutes: float | None = Field(
+        None,
+        gt=0.0,
+        le=24 * 60,
+        description="Wall-clock budget of the distilling stage, its evaluations included; the "
+        "learning-rate schedule is fitted to the steps that fit.",
+    )
+    learning_rate: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Peak learning rate; null: the student's recipe (1e-4 layer-dropped or named, "
+        "5e-5 pruned).",
+    )
 
 
 class EvaluationSpec(_Strict):
@@ -221,17 +420,23 @@ class JobSpec(_Strict):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     publish: PublishSpec | None = None
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds python, numpy and torch (0 to 2**32 - 1).")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seeds python, numpy and torch (0 to 2**32 - 1)."
+    )
 
     @model_validator(mode="after")
     def _method_needs(self) -> JobSpec:
         if self.method in ("prune", "prune_distill") and not self.prune.removes_something():
-            raise ValueError(f"method {self.method} needs something to remove: set prune.heads, prune.ffn, "
-                             "prune.whole_mlps or prune.macs_budget")
+            raise ValueError(
+                f"method {self.method} needs something to remove: set prune.heads, prune.ffn, "
+                "prune.whole_mlps, prune.macs_budget or prune.layers"
+            )
         if self.method == "distill" and self.distill.student is None:
             raise ValueError("method distill needs distill.student: {layers: K} or {id: MODEL}")
         if self.method == "prune_distill" and self.distill.student is not None:
-            raise ValueError("method prune_distill distils into the pruned model; leave distill.student unset")
+            raise ValueError(
+                "method prune_distill distils into the pruned model; leave distill.student unset"
+            )
         return self
 
 

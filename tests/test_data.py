@@ -29,7 +29,11 @@ def test_missing_column_names_the_file_and_the_columns(tmp_path):
     path.write_text("sentence,label\nhello,1\n")
     with pytest.raises(DatasetError) as err:
         load_text_file(path, text_column="review")
-    assert "d.csv" in str(err.value) and "'review'" in str(err.value) and "sentence, label" in str(err.value)
+    assert (
+        "d.csv" in str(err.value)
+        and "'review'" in str(err.value)
+        and "sentence, label" in str(err.value)
+    )
 
 
 def test_empty_file_and_header_only_file_are_clear_errors(tmp_path):
@@ -56,8 +60,11 @@ def test_undecodable_file_is_a_clear_error(tmp_path):
 
 
 def test_string_labels_map_through_label2id_and_unknown_ones_are_named(tmp_path):
-    config = transformers.BertConfig(num_labels=2, id2label={0: "negative", 1: "positive"},
-                                     label2id={"negative": 0, "positive": 1})
+    config = transformers.BertConfig(
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     path = tmp_path / "d.csv"
     path.write_text("text,label\na,positive\nb,negative\nc,1\n")
     assert encode_labels(load_text_file(path), config) == [1, 0, 1]
@@ -71,17 +78,24 @@ def test_causal_lm_batches_mask_padding_in_labels(minilm_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
     from slimformer.data import TextData
 
-    batches = make_batches(tokenizer, TextData(["a b c d e", "a"]), task="text-generation", batch_size=2)
+    batches = make_batches(
+        tokenizer, TextData(["a b c d e", "a"]), task="text-generation", batch_size=2
+    )
     labels, mask = batches[0]["labels"], batches[0]["attention_mask"]
     assert (labels[mask == 0] == -100).all() and (labels[mask == 1] >= 0).all()
 
 
 @pytest.fixture
 def dataset_folder(tmp_path):
-    """A dataset laid out like a Hub dataset repo: one file per split, read by datasets.load_dataset(id)."""
+    """A dataset laid out like a Hub dataset repo: one file per split, read by
+    datasets.load_dataset(id)."""
     folder = tmp_path / "reviews"
     folder.mkdir()
-    rows = [f"{word} film {i},{label}" for i in range(20) for word, label in (("good", "positive"), ("bad", "negative"))]
+    rows = [
+        f"{word} film {i},{label}"
+        for i in range(20)
+        for word, label in (("good", "positive"), ("bad", "negative"))
+    ]
     (folder / "train.csv").write_text("sentence,label\n" + "\n".join(rows) + "\n")
     (folder / "validation.csv").write_text("sentence,label\n" + "\n".join(rows[:6]) + "\n")
     return folder
@@ -94,7 +108,10 @@ def test_hub_dataset_split_with_max_samples(dataset_folder):
     assert len(full) == 40 and full.source.endswith(":train") and full.label_column == "label"
     some = load_hub_dataset(str(dataset_folder), split="train", max_samples=5, seed=1)
     assert len(some) == 5 and set(some.texts) <= set(full.texts)
-    assert some.texts == load_hub_dataset(str(dataset_folder), split="train", max_samples=5, seed=1).texts
+    assert (
+        some.texts
+        == load_hub_dataset(str(dataset_folder), split="train", max_samples=5, seed=1).texts
+    )
     assert len(load_hub_dataset(str(dataset_folder), split="validation")) == 6
 
 
@@ -106,10 +123,15 @@ def test_large_hub_dataset_is_streamed_and_stops_at_max_samples(dataset_folder, 
     calls = []
     real = datasets.load_dataset
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(k) or real(*a, **k))
-    data = load_hub_dataset(str(dataset_folder), split="train", max_samples=7, stream_above_bytes=100)
+    data = load_hub_dataset(
+        str(dataset_folder), split="train", max_samples=7, stream_above_bytes=100
+    )
     assert calls[-1]["streaming"] is True and len(data) == 7
-    config = transformers.BertConfig(num_labels=2, id2label={0: "negative", 1: "positive"},
-                                     label2id={"negative": 0, "positive": 1})
+    config = transformers.BertConfig(
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     assert sorted(set(encode_labels(data, config))) <= [0, 1]
     load_hub_dataset(str(dataset_folder), split="train", max_samples=7)
     assert calls[-1]["streaming"] is False  # small: loaded whole, then cut
@@ -133,21 +155,36 @@ def test_class_label_ids_follow_the_names_to_the_models_label2id():
 
     from slimformer.data import table_to_text_data
 
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["positive", "negative"])})
-    table = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 0]}, features=features)
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["positive", "negative"]),
+        }
+    )
+    table = datasets.Dataset.from_dict(
+        {"text": ["a", "b", "c"], "label": [0, 1, 0]}, features=features
+    )
     data = table_to_text_data(table, source="reviews:train")
-    assert data.label_names == ["positive", "negative"] and data.subset([1]).label_names == data.label_names
-    named = transformers.BertConfig(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
-                                    label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    assert (
+        data.label_names == ["positive", "negative"]
+        and data.subset([1]).label_names == data.label_names
+    )
+    named = transformers.BertConfig(
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
     assert encode_labels(data, named) == [1, 0, 1]  # by name, whatever the order
     generic = transformers.BertConfig(num_labels=2)  # LABEL_0, LABEL_1: the ids are all there is
     assert encode_labels(data, generic) == [0, 1, 0]
 
 
 def test_string_labels_match_regardless_of_case(tmp_path):
-    config = transformers.BertConfig(num_labels=2, id2label={0: "negative", 1: "positive"},
-                                     label2id={"negative": 0, "positive": 1})
+    config = transformers.BertConfig(
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     path = tmp_path / "d.csv"
     path.write_text("text,label\na,Positive\nb,NEGATIVE\n")
     assert encode_labels(load_text_file(path), config) == [1, 0]
@@ -168,5 +205,7 @@ def test_empty_text_cells_name_the_column_and_row(tmp_path):
     path.write_text('{"text": "a", "label": 1}\n{"text": null, "label": 0}\n')
     with pytest.raises(DatasetError) as err:
         load_text_file(path)
-    assert "holes.jsonl" in str(err.value) and "'text'" in str(err.value) and "row 2" in str(err.value)
+    assert (
+        "holes.jsonl" in str(err.value) and "'text'" in str(err.value) and "row 2" in str(err.value)
+    )
     assert err.value.details == {"file": "holes.jsonl", "column": "text"}

@@ -18,9 +18,18 @@ def _errors(data, **context):
 
 def test_defaults_fill_a_minimal_spec():
     spec = JobSpec.model_validate(MINIMAL)
-    assert spec.method == "prune" and spec.model.revision == "main" and spec.prune.layout == "per_layer"
-    assert spec.prune.importance == "michel" and spec.prune.calibration_samples == 512
-    assert spec.evaluation.latency is True and spec.evaluation.onnx is False and spec.publish is None
+    assert (
+        spec.method == "prune"
+        and spec.model.revision == "main"
+        and spec.prune.layout == "per_layer"
+    )
+    # null prune settings take the task's defaults (PruneSpec.resolved): Michel's for classifiers
+    assert spec.prune.importance is None and spec.prune.calibration_samples is None
+    resolved = spec.prune.resolved("text-classification")
+    assert resolved.importance == "michel" and resolved.calibration_samples == 512
+    assert (
+        spec.evaluation.latency is True and spec.evaluation.onnx is False and spec.publish is None
+    )
 
 
 def test_unknown_fields_are_rejected_with_their_path():
@@ -53,21 +62,34 @@ def test_local_paths_only_on_the_command_line():
 def test_method_needs_its_section():
     assert "needs something to remove" in _errors({**MINIMAL, "prune": {}})[0][1]
     assert "needs distill.student" in _errors({**MINIMAL, "method": "distill"})[0][1]
-    spec = JobSpec.model_validate({**MINIMAL, "method": "distill", "distill": {"student": {"layers": 3}}})
+    spec = JobSpec.model_validate(
+        {**MINIMAL, "method": "distill", "distill": {"student": {"layers": 3}}}
+    )
     assert spec.distill.student.layers == 3
-    assert "exactly one" in _errors({**MINIMAL, "method": "distill", "distill": {"student": {}}})[0][1]
-    assert "leave distill.student unset" in _errors(
-        {**MINIMAL, "method": "prune_distill", "distill": {"student": {"layers": 2}}})[0][1]
+    assert (
+        "exactly one" in _errors({**MINIMAL, "method": "distill", "distill": {"student": {}}})[0][1]
+    )
+    assert (
+        "leave distill.student unset"
+        in _errors({**MINIMAL, "method": "prune_distill", "distill": {"student": {"layers": 2}}})[
+            0
+        ][1]
+    )
 
 
 def test_publish_repo_must_name_an_owner():
     assert "not a Hub repo id" in _errors(MINIMAL | {"publish": {"repo_id": "just-a-name"}})[0][1]
-    assert JobSpec.model_validate(MINIMAL | {"publish": {"repo_id": "me/slim"}}).publish.private is True
+    assert (
+        JobSpec.model_validate(MINIMAL | {"publish": {"repo_id": "me/slim"}}).publish.private
+        is True
+    )
 
 
 def test_the_documented_schema_is_the_code_schema():
     documented = json.loads((ROOT / "docs" / "job-spec.schema.json").read_text())
-    assert documented == job_spec_schema(), "regenerate docs/job-spec.schema.json (see docs/job-spec.md)"
+    assert documented == job_spec_schema(), (
+        "regenerate docs/job-spec.schema.json (see docs/job-spec.md)"
+    )
 
 
 def test_example_specs_are_valid():

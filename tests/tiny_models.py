@@ -89,3 +89,34 @@ def write_reviews_csv(path, repeats: int = 24):
     ]
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer over printable ASCII (ids below VOCAB): <pad> 0, <unk> 1,
+    </s> 2 (EOS). Saves and reloads with AutoTokenizer, so a pipeline can run a tiny causal LM."""
+    import string
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    chars = [c for c in string.printable if c not in "\x0b\x0c"][: VOCAB - 3]
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2} | {c: i + 3 for i, c in enumerate(chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+def save_tiny_causal_lm(folder, family: str = "llama", **overrides) -> str:
+    """A tiny random causal LM of ``family`` saved with :func:`char_tokenizer`: seconds per job."""
+    model = tiny_model(family, "causal-lm", **{"pad_token_id": 0, "eos_token_id": 2, **overrides})
+    model.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def write_story_txt(path, stories: int = 40):
+    """A plain-text file: one short story per blank-line-separated block, some over two lines."""
+    blocks = [f"Story {i}: the cat sat on mat {i % 7}.\nIt was {'happy' if i % 2 else 'sad'} today."
+              for i in range(stories)]
+    path.write_text("\n\n".join(blocks) + "\n")
+    return path

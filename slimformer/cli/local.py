@@ -1,22 +1,30 @@
-"""Local commands: ``prune``, ``distill`` and ``compress`` run the pipeline on this machine."""
+"""Local commands: ``prune``, ``distill`` and ``compress`` run the pipeline on this machine.
+
+The Hub token comes from huggingface_hub's own resolution (``HF_TOKEN``, the token ``hf auth login``
+saved, ``HF_TOKEN_PATH``); it goes to the Hub calls only and is printed nowhere.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slimformer.cli.parser import Handler
+from slimformer.cli.progress import duration, progress_for
 from slimformer.cli.specfile import load_spec_file
-from slimformer.errors import InvalidSpec
-from slimformer.spec import JobSpec
+from slimformer.errors import InvalidSpec, SlimformerError, Unauthorized
+from slimformer.spec import JobSpec, stages_for
+
+REDACTED = "hf_***"
 
 
 def quiet_libraries() -> None:
@@ -28,64 +36,115 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _progress_printer():
-    progress = Progress(
-        TextColumn("[bold]{task.fields[stage]:<12}"), BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.description}"),
-        TimeElapsedColumn(), transient=True,
-    )
-    task = progress.add_task("", total=1.0, stage="starting")
+class _WarningLines(logging.Handler):
+    """slimformer's warnings as ``warning: ...`` lines on standard error, secrets removed.
 
-    def update(stage: str, fraction: float, message: str) -> None:
-        progress.update(task, completed=fraction, description=message, stage=stage)
+    Writes to ``sys.stderr`` as it is at each call, so a live progress bar (which swaps it) keeps
+    its place below the line.
+    """
 
-    return progress, update
+    def __init__(self, secret: str | None) -> None:
+        super().__init__(logging.WARNING)
+        self.secret = secret
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = _redact(record.getMessage(), self.secret)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, REDACTED) if secret else text
+
+
+def hub_token() -> str | None:
+    """The Hub token huggingface_hub would use: ``HF_TOKEN``, else the saved login
+    (``HF_TOKEN_PATH``)."""
+    from huggingface_hub import get_token
+
+    return get_token()
 
 
 def _print_summary(report: dict) -> None:
+    from slimformer.card import (  # the card's formatting: the table reads like the card
+        format_change,
+        format_factor,
+        format_metric,
+        format_relative,
+    )
+
     evaluation = report["evaluation"]
     before, after = evaluation["original"], evaluation["compressed"]
     base = report["base_model"]
     table = Table(title=f"{base['id']} ({base['task']}, {report['spec']['method']})")
-    for column, justify in (("", "left"), ("original", "right"), ("compressed", "right"),
-                            ("change", "right")):
+    for column, justify in (
+        ("", "left"),
+        ("original", "right"),
+        ("compressed", "right"),
+        ("change", "right"),
+    ):
         table.add_column(column, justify=justify)
-    for key in ("parameters", "macs"):
-        table.add_row(key, f"{before[key]:,}", f"{after[key]:,}",
-                      f"{after[key] / before[key]:.1%}")
     for name, value in before["metrics"].items():
         other = after["metrics"].get(name)
-        table.add_row(name, f"{value:.4f}", f"{other:.4f}", f"{other - value:+.4f}")
+        table.add_row(
+            name,
+            format_metric(value, name),
+            format_metric(other, name),
+            format_change(value, other, name),
+        )
     if evaluation.get("agreement") is not None:
-        table.add_row("agreement", "", f"{evaluation['agreement']:.4f}", "")
+        table.add_row("agreement", "", f"{evaluation['agreement']:.2%}", "")
+    for key, label in (("parameters", "parameters"), ("macs", "MACs")):
+        table.add_row(
+            label, f"{before[key]:,}", f"{after[key]:,}", format_relative(before[key], after[key])
+        )
     if before.get("latency") and after.get("latency"):
-        table.add_row("latency p50 b1 (ms)", f"{before['latency']['batch1_p50_ms']:.2f}",
-                      f"{after['latency']['batch1_p50_ms']:.2f}",
-                      f"{evaluation['ratios']['latency_speedup']:.2f}x")
+        table.add_row(
+            "latency p50 b1 (ms)",
+            f"{before['latency']['batch1_p50_ms']:.2f}",
+            f"{after['latency']['batch1_p50_ms']:.2f}",
+            f"{format_factor(evaluation['ratios']['latency_speedup'])} faster",
+        )
     pruning = report.get("pruning")
     if pruning:
-        table.add_row("heads", str(sum(pruning["original_heads_per_layer"])),
-                      str(sum(pruning["heads_per_layer"])), "")
-        table.add_row("FFN neurons", str(sum(pruning["original_neurons_per_layer"])),
-                      str(sum(pruning["neurons_per_layer"])), "")
+        for label, total, kept in (
+            ("heads", "original_heads_per_layer", "heads_per_layer"),
+            ("FFN neurons", "original_neurons_per_layer", "neurons_per_layer"),
+        ):
+            table.add_row(
+                label,
+                f"{sum(pruning[total]):,}",
+                f"{sum(pruning[kept]):,}",
+                format_relative(sum(pruning[total]), sum(pruning[kept])),
+            )
     Console().print(table)
 
 
 def _dataset(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "path": args.data, "eval_path": args.eval_data, "text_column": args.text_column,
-        "text_pair_column": args.text_pair_column, "label_column": args.label_column,
+        "path": args.data,
+        "eval_path": args.eval_data,
+        "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
+        "label_column": args.label_column,
         "max_samples": args.max_samples,
     }
 
 
 def _common(args: argparse.Namespace, method: str) -> dict[str, Any]:
     return {
-        "model": {"id": args.model, "task": args.task},
+        "model": {
+            "id": args.model,
+            "task": args.task,
+            "base_model": getattr(args, "base_model", None),
+            "allow_new_head": getattr(args, "allow_new_head", False),
+        },
         "dataset": _dataset(args),
         "method": method,
-        "evaluation": {"max_samples": args.eval_samples, "latency": not args.no_latency,
-                       "onnx": args.onnx},
+        "evaluation": {
+            "max_samples": args.eval_samples,
+            "latency": not args.no_latency,
+            "onnx": args.onnx,
+        },
         "seed": args.seed,
     }
 
@@ -97,46 +156,140 @@ def _validated(data: dict) -> JobSpec:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         more = err.error_count() - 1
-        raise InvalidSpec(f"{where}: {first['msg']}"
-                          + (f" (and {more} more problems)" if more else "")) from None
+        raise InvalidSpec(
+            f"{where}: {first['msg']}" + (f" (and {more} more problems)" if more else "")
+        ) from None
 
 
-def _run_spec(spec: JobSpec, out: str, overwrite: bool) -> int:
+def _check_before_running(spec: JobSpec, token: str | None) -> None:
+    """What can be known wrong in a second is said before a model loads."""
+    from slimformer.data import check_data_file
+
+    for path in (spec.dataset.path, spec.dataset.eval_path):
+        if path:
+            check_data_file(path)
+    if spec.publish is not None and not token:
+        raise Unauthorized(
+            f"publishing to {spec.publish.repo_id} needs a Hub token with write access: set "
+            "HF_TOKEN, or log in once with `hf auth login`",
+            details={"repo_id": spec.publish.repo_id},
+        )
+
+
+def _run_spec(spec: JobSpec, args: argparse.Namespace) -> int:
+    token = hub_token()
+    try:
+        return _run_with_token(spec, args, token)
+    except SlimformerError as err:
+        # no message of ours holds the token; a library's might, so it never reaches the screen
+        if token and token in str(err):
+            err.message = _redact(str(err), token)
+            err.args = (err.message,)
+            err.details = {}
+        raise
+
+
+def _run_with_token(spec: JobSpec, args: argparse.Namespace, token: str | None) -> int:
+    _check_before_running(spec, token)
     from slimformer.pipeline import run  # heavy (torch, transformers)
 
-    progress, update = _progress_printer()
-    with tempfile.TemporaryDirectory(prefix="slimformer-") as workdir, progress:
-        result = run(spec, workdir, on_progress=update, out_dir=out, overwrite=overwrite)
+    handler = None
+    library_logger = logging.getLogger("slimformer")
+    if not args.debug:
+        handler = _WarningLines(token)
+        library_logger.addHandler(handler)
+        library_logger.propagate = False
+    progress = progress_for(stages_for(spec))
+
+    def update(stage: str, fraction: float, message: str) -> None:
+        progress.update(stage, fraction, _redact(message, token))
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="slimformer-") as workdir, progress:
+            result = run(
+                spec,
+                workdir,
+                on_progress=update,
+                out_dir=args.out,
+                overwrite=args.overwrite,
+                token=token,
+            )
+    finally:
+        if handler is not None:
+            library_logger.removeHandler(handler)
+            library_logger.propagate = True
     _print_summary(result.report)
     remote = result.report["artifacts"]["per_layer"]
-    print(f"wrote {out}" + (" (load with trust_remote_code=True)" if remote else "")
-          + "; card: README.md")
+    took = duration(result.report["seconds"].get("total"))
+    print(
+        f"wrote {args.out} in {took}"
+        + (" (load with trust_remote_code=True)" if remote else "")
+        + "; card: README.md"
+    )
+    if result.published:
+        where = result.published.get("pr_url") or result.published["commit_url"]
+        print(f"published to {spec.publish.repo_id}: {where}")
     return 0
 
 
 def prune(args: argparse.Namespace) -> int:
     """``slimformer prune``."""
-    spec = _validated(_common(args, "prune") | {"prune": {
-        "heads": args.heads, "ffn": args.ffn, "whole_mlps": args.whole_mlps,
-        "macs_budget": args.macs_budget, "layout": args.layout, "ranking": args.ranking,
-        "importance": args.importance, "schedule": args.schedule, "step": args.step,
-        "metric_floor": args.metric_floor, "calibration_samples": args.calibration_samples,
-    }})
-    return _run_spec(spec, args.out, args.overwrite)
+    spec = _validated(
+        _common(args, "prune")
+        | {
+            "prune": {
+                "heads": args.heads,
+                "ffn": args.ffn,
+                "whole_mlps": args.whole_mlps,
+                "macs_budget": args.macs_budget,
+                "layout": args.layout,
+                "ranking": args.ranking,
+                "importance": args.importance,
+                "schedule": args.schedule,
+                "step": args.step,
+                "metric_floor": args.metric_floor,
+                "calibration_samples": args.calibration_samples,
+                "layers": args.layers,
+                "depth_importance": args.depth_importance,
+                "keep_first_layers": args.keep_first_layers,
+                "keep_last_layers": args.keep_last_layers,
+                "bias_compensation": None
+                if args.bias_compensation is None
+                else args.bias_compensation == "on",
+            }
+        }
+    )
+    return _run_spec(spec, args)
 
 
-def distill(args: argparse.Namespace) -> int:
-    """``slimformer distill``."""
+def distill_spec(args: argparse.Namespace) -> JobSpec:
+    """The job spec of ``slimformer distill``: settings not given stay null, so the student's
+    recipe fills them (``bench/distillation.py`` builds its specs here too).
+    """
     if args.student_layers:
         student = {"layers": args.student_layers, "layer_selection": args.layer_selection}
     else:
         student = {"id": args.student}
-    spec = _validated(_common(args, "distill") | {"distill": {
-        "student": student, "temperature": args.temperature, "alpha": args.alpha,
-        "hidden_loss": args.hidden_loss, "epochs": args.epochs, "max_steps": args.max_steps,
-        "max_minutes": args.max_minutes, "learning_rate": args.learning_rate,
-    }})
-    return _run_spec(spec, args.out, args.overwrite)
+    return _validated(
+        _common(args, "distill")
+        | {
+            "distill": {
+                "student": student,
+                "temperature": args.temperature,
+                "alpha": args.alpha,
+                "hidden_loss": args.hidden_loss,
+                "epochs": args.epochs,
+                "max_steps": args.max_steps,
+                "max_minutes": args.max_minutes,
+                "learning_rate": args.learning_rate,
+            }
+        }
+    )
+
+
+def distill(args: argparse.Namespace) -> int:
+    """``slimformer distill``."""
+    return _run_spec(distill_spec(args), args)
 
 
 def compress(args: argparse.Namespace) -> int:
@@ -148,7 +301,7 @@ def compress(args: argparse.Namespace) -> int:
             value = dataset.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 dataset[key] = str((path.parent / value).resolve())
-    return _run_spec(_validated(data), args.out, args.overwrite)
+    return _run_spec(_validated(data), args)
 
 
 HANDLERS: dict[str, Handler] = {"prune": prune, "distill": distill, "compress": compress}

@@ -33,6 +33,13 @@ with the same weights as an uninterrupted one: the data order of each epoch is a
 and a checkpoint holds the position in it along with every RNG state. Training-health findings
 (:mod:`~slimformer.distill.health`: data problems, chance-level comparisons, non-finite values,
 unused parameters, plateaus) come back as ``{"level", "check", "message"}`` dicts and are logged.
+
+``max_minutes`` is a wall-clock budget of the whole call, evaluations included; the learning-rate
+schedule is re-planned to the steps that fit (:mod:`~slimformer.distill.schedule`). A causal LM is
+evaluated on a bounded held-out slice (perplexity, computed in chunks), and a run that trained no
+step, or an LM that never beat its start or is still worse than a uniform guess, raises
+:class:`~slimformer.errors.DistillationFailed`. Settings a caller leaves unset come from the recipe
+of the student's kind (:mod:`~slimformer.distill.recipes`: layer-dropped, pruned, named).
 """
 
 from slimformer.distill.api import distill, finetune
@@ -52,6 +59,7 @@ from slimformer.distill.losses import (
     soft_target_loss,
     token_distillation_losses,
 )
+from slimformer.distill.recipes import RECIPES, Recipe, ResolvedRecipe, StudentKind, resolve_recipe
 from slimformer.distill.students import (
     LayerStrategy,
     check_student_compatible,
@@ -69,6 +77,10 @@ __all__ = [
     "EvalFn",
     "LayerStrategy",
     "ProgressFn",
+    "RECIPES",
+    "Recipe",
+    "ResolvedRecipe",
+    "StudentKind",
     "batch_loss",
     "check_student_compatible",
     "check_training_data",
@@ -77,6 +89,7 @@ __all__ = [
     "hidden_alignment_loss",
     "keep_layers",
     "make_layer_dropped_student",
+    "resolve_recipe",
     "score_layers",
     "soft_target_loss",
     "token_distillation_losses",

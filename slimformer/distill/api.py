@@ -87,8 +87,17 @@ def distill(
     config = config or DistillConfig()
     check_student_compatible(teacher, student, tokenizer, student_tokenizer)
     run = _Run(
-        student, teacher, tokenizer, train, eval, config, task=task, layer_map=layer_map,
-        checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, stage="distilling",
+        student,
+        teacher,
+        tokenizer,
+        train,
+        eval,
+        config,
+        task=task,
+        layer_map=layer_map,
+        checkpoint_dir=checkpoint_dir,
+        eval_fn=eval_fn,
+        stage="distilling",
     )
     if model_task(teacher) == "text-classification":
         student_names = {int(k): v for k, v in student.config.id2label.items()}
@@ -145,7 +154,16 @@ def finetune(
             "an embedding model has no labels to fine-tune on; distil it from a teacher instead"
         )
     run = _Run(
-        student, None, tokenizer, train, eval, config, task=task, layer_map=None,
-        checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, stage="fine-tuning",
+        student,
+        None,
+        tokenizer,
+        train,
+        eval,
+        config,
+        task=task,
+        layer_map=None,
+        checkpoint_dir=checkpoint_dir,
+        eval_fn=eval_fn,
+        stage="fine-tuning",
     )
     return run.run(on_progress, should_cancel)

@@ -53,12 +53,14 @@ def _set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state({
-        "bit_generator": "MT19937",
-        "state": {"key": np.array(np_state["key"], dtype=np.uint32), "pos": np_state["pos"]},
-        "has_gauss": np_state["has_gauss"],
-        "gauss": np_state["gauss"],
-    })
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": np.array(np_state["key"], dtype=np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -113,9 +115,7 @@ def _fingerprint(
     shapes = hashlib.sha256(
         json.dumps([(k, list(v.shape)) for k, v in student.state_dict().items()]).encode()
     ).hexdigest()
-    settings = {
-        k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES
-    }
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
     return {
         "task": task,
         "data": digest.hexdigest(),
@@ -191,3 +191,18 @@ class _RunState:
     plateau_noted: bool = False
     finished: bool = False
     stopped_because: str = ""
+    # the schedule: total planned steps, warm-up steps, steps between evaluations; fitted:
+    # re-planned to the time budget
+    plan_total: int = 0
+    plan_warmup: int = 0
+    plan_eval_every: int = 1
+    plan_fitted: bool = False
+    replanned: bool = False  # re-planned from measured times at least once
+    # measured costs: optimizer steps after the first (summed), the first step, the latest
+    # evaluation and checkpoint, evaluations done after the initial one
+    step_seconds: float = 0.0
+    timed_steps: int = 0
+    first_step_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    evals_done: int = 0

@@ -25,9 +25,14 @@ EvalFn = Callable[[nn.Module], float]
 class DistillConfig:
     """How to distil (or fine-tune). Budgets combine: training stops at whichever comes first.
 
-    The learning-rate schedule (linear warm-up, then linear decay to zero) spans the step budget,
-    i.e. ``epochs`` of data capped by ``max_steps``; ``max_minutes`` only cuts a run short, so give
-    ``max_steps`` as well when the time budget is the one that binds.
+    The step budget is ``epochs`` of data capped by ``max_steps``. ``max_minutes`` is a wall-clock
+    budget for the whole call of :func:`~slimformer.distill.distill`: data checks, the teacher's
+    and the student's evaluations before, during and after training, checkpoints and the steps.
+    With it, the run times its first steps and its evaluations and re-plans: the learning-rate
+    schedule (linear warm-up over ``warmup_ratio`` of the planned steps, then linear decay to
+    zero) spans the steps that fit, and the run stops before a step (with the evaluation that
+    must follow it) would overrun the budget. The settings a user does not give come from the
+    student's recipe (:mod:`slimformer.distill.recipes`).
     """
 
     temperature: float = 2.0
@@ -46,8 +51,13 @@ class DistillConfig:
     batch_size: int = 32
     grad_accum: int = 1
     max_length: int = 128
-    # optimizer steps between evaluations (there is always one at the start and end)
-    eval_every: int = 200
+    # optimizer steps between evaluations (there is always one at the start and end); None: about
+    # `evaluations` per planned run, fewer when they would take over `max_eval_share` of max_minutes
+    eval_every: int | None = None
+    evaluations: int = 10
+    max_eval_share: float = 0.25
+    # causal LMs: held-out tokens one evaluation reads (the first rows of the evaluation data)
+    lm_eval_tokens: int = 2048
     # evaluations without improvement before stopping; None: never stop early
     patience: int | None = None
     # without a checkpoint folder, the last checkpoint is kept in memory
@@ -83,7 +93,10 @@ class DistillConfig:
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("grad_accum", self.grad_accum >= 1, "must be at least 1"),
             ("max_length", self.max_length >= 2, "must be at least 2"),
-            ("eval_every", self.eval_every >= 1, "must be at least 1"),
+            ("eval_every", self.eval_every is None or self.eval_every >= 1, "must be at least 1"),
+            ("evaluations", self.evaluations >= 1, "must be at least 1"),
+            ("max_eval_share", 0.0 < self.max_eval_share <= 1.0, "must lie in (0, 1]"),
+            ("lm_eval_tokens", self.lm_eval_tokens >= 1, "must be at least 1"),
             (
                 "patience",
                 self.patience is None or self.patience >= 1,
@@ -109,6 +122,11 @@ class DistillResult:
     "seconds"}`` (``metric`` is None between evaluations; step 0 holds the evaluation before
     training; ``seconds`` is the run's wall time when the step ended, across resumptions).
     ``stopped_because`` is one of ``epochs``, ``max_steps``, ``max_minutes``, ``early_stopping``.
+    ``higher_is_better`` says which way ``metric`` points: a causal LM's built-in metric is its
+    held-out perplexity (lower is better); every other metric is higher-is-better. ``plan`` is the
+    schedule the run ended with: ``{"total_steps", "warmup_steps", "eval_every", "fitted"}``
+    (``fitted``: re-planned to the time budget), with the measured ``seconds_per_step`` and
+    ``seconds_per_evaluation``.
     """
 
     student: nn.Module
@@ -122,6 +140,8 @@ class DistillResult:
     health: list[dict]
     resumed_from_step: int | None
     stopped_because: str
+    higher_is_better: bool = True
+    plan: dict | None = None
 
     def evaluations(self) -> list[dict]:
         """The history entries that carry a metric."""

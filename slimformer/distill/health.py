@@ -77,11 +77,14 @@ def check_training_data(
     if len(empty) == n:
         raise DatasetError(f"{train.source or 'the training data'}: every text is empty")
     if empty:
-        findings.append(_finding(
-            "warning", "empty_texts",
-            f"{len(empty)} of {n} texts are empty (first at row {empty[0] + 1}); they teach the "
-            "student nothing",
-        ))
+        findings.append(
+            _finding(
+                "warning",
+                "empty_texts",
+                f"{len(empty)} of {n} texts are empty (first at row {empty[0] + 1}); "
+                "they teach the student nothing",
+            )
+        )
     keys = list(zip(train.texts, train.pairs or [None] * n, strict=True))
     counts = Counter(keys)
     duplicates = n - len(counts)
@@ -114,11 +117,14 @@ def check_training_data(
     truncated = sum(1 for length in lengths if length > config.max_length)
     if truncated:
         share = truncated / len(lengths)
-        findings.append(_finding(
-            "warning" if share > 0.05 else "info", "truncation",
-            f"{share:.1%} of the inputs are longer than max_length={config.max_length} tokens and "
-            f"are cut (longest {max(lengths)})",
-        ))
+        findings.append(
+            _finding(
+                "warning" if share > 0.05 else "info",
+                "truncation",
+                f"{share:.1%} of the inputs are longer than max_length={config.max_length} tokens "
+                f"and are cut (longest {max(lengths)})",
+            )
+        )
 
     if labels is not None and config.batch_size > 1 and len(set(labels)) > 1:
         order = _epoch_order(n, config.seed, 0, config.shuffle)
@@ -127,11 +133,14 @@ def check_training_data(
         single = sum(1 for b in batches if len(b) > 1 and len({labels[i] for i in b}) == 1)
         if single:
             hint = "turn shuffle on" if not config.shuffle else "the classes are very imbalanced"
-            findings.append(_finding(
-                "warning", "single_label_batches",
-                f"{single} of {len(batches)} batches of the first epoch hold a single label "
-                f"({hint}); such batches push the student towards one class",
-            ))
+            findings.append(
+                _finding(
+                    "warning",
+                    "single_label_batches",
+                    f"{single} of {len(batches)} batches of the first epoch hold a single label "
+                    f"({hint}); such batches push the student towards one class",
+                )
+            )
 
     if eval_data is not None and len(eval_data):
         train_keys = set(keys)
@@ -139,11 +148,14 @@ def check_training_data(
         overlap = sum(1 for key in e_keys if key in train_keys)
         if overlap:
             share = overlap / len(eval_data)
-            findings.append(_finding(
-                "warning" if share > 0.01 else "info", "eval_overlap",
-                f"{overlap} of {len(eval_data)} evaluation texts ({share:.1%}) also occur in the "
-                "training data; the metric overstates generalisation",
-            ))
+            findings.append(
+                _finding(
+                    "warning" if share > 0.01 else "info",
+                    "eval_overlap",
+                    f"{overlap} of {len(eval_data)} evaluation texts ({share:.1%}) also occur "
+                    "in the training data; the metric overstates generalisation",
+                )
+            )
     return findings
 
 
@@ -154,28 +166,36 @@ def _label_findings(labels: list[int], model_config) -> list[dict]:
     id2label = getattr(model_config, "id2label", None) or {}
     names = {int(k): str(v) for k, v in id2label.items()}
     distribution = Counter(labels)
-    shown = ", ".join(
-        f"{names.get(c, c)}: {distribution.get(c, 0)}" for c in range(num_classes)
-    )
+    shown = ", ".join(f"{names.get(c, c)}: {distribution.get(c, 0)}" for c in range(num_classes))
     findings.append(_finding("info", "label_distribution", f"labels: {shown}"))
     present = [distribution[c] for c in range(num_classes) if distribution.get(c, 0)]
     missing = [names.get(c, str(c)) for c in range(num_classes) if not distribution.get(c, 0)]
     if len(present) == 1:
-        findings.append(_finding(
-            "warning", "label_imbalance",
-            "every training example has the same label; the gold-label loss teaches nothing about "
-            "the others",
-        ))
+        findings.append(
+            _finding(
+                "warning",
+                "label_imbalance",
+                "every training example has the same label; the gold-label loss teaches "
+                "nothing about the others",
+            )
+        )
     elif missing:
-        findings.append(_finding(
-            "warning", "label_imbalance", f"no training example has label(s) {', '.join(missing)}",
-        ))
+        findings.append(
+            _finding(
+                "warning",
+                "label_imbalance",
+                f"no training example has label(s) {', '.join(missing)}",
+            )
+        )
     elif max(present) / min(present) > 3:
-        findings.append(_finding(
-            "warning", "label_imbalance",
-            f"the most common label is {max(present) / min(present):.1f}x as frequent as the "
-            "rarest",
-        ))
+        findings.append(
+            _finding(
+                "warning",
+                "label_imbalance",
+                f"the most common label is {max(present) / min(present):.1f}x as frequent as the "
+                "rarest",
+            )
+        )
     return findings
 
 
@@ -212,28 +232,48 @@ def _initial_loss_findings(
                 t_ce = t_parts["ce"]
                 message += f", teacher {t_ce:.4f}"
             findings.append(_finding("info", "initial_loss", message))
-            if s_parts["ce"] > 3 * chance:
-                findings.append(_finding(
-                    "warning", "initial_loss",
-                    f"the student starts at {s_parts['ce']:.3f}, far above chance ({chance:.3f}): "
-                    "it is confidently wrong; check that the labels mean what the student's head "
-                    "was trained on",
-                ))
+            if s_parts["ce"] > 3 * chance and task == "text-classification":
+                findings.append(
+                    _finding(
+                        "warning",
+                        "initial_loss",
+                        f"the student starts at {s_parts['ce']:.3f}, far above chance "
+                        f"({chance:.3f}): it is confidently wrong; check that the labels mean "
+                        "what the student's head was trained on",
+                    )
+                )
+            elif s_parts["ce"] > chance:
+                findings.append(
+                    _finding(
+                        "warning",
+                        "initial_loss",
+                        f"the student starts at {s_parts['ce']:.3f}, above the random-guess level "
+                        f"ln({classes}) = {chance:.3f}: it predicts worse than a uniform guess "
+                        "(layer dropping or pruning broke it); distillation must first recover "
+                        "it, so expect a slow start, and keep more of the model if it does not "
+                        "recover",
+                    )
+                )
             if t_ce is not None and t_ce > chance:
                 if task == "text-classification":
                     hint = "do the data's labels mean what the teacher's label2id says?"
                 else:
                     hint = "is this text in the teacher's language and tokenizer?"
-                findings.append(_finding(
-                    "warning", "teacher_loss",
-                    f"the teacher does no better than chance on the first batch ({t_ce:.3f} > "
-                    f"{chance:.3f}): {hint}",
-                ))
+                findings.append(
+                    _finding(
+                        "warning",
+                        "teacher_loss",
+                        f"the teacher does no better than chance on the first batch ({t_ce:.3f} > "
+                        f"{chance:.3f}): {hint}",
+                    )
+                )
         elif teacher is not None:
             loss, _ = batch_loss(student, teacher, batch, task=task, config=config)
-            findings.append(_finding(
-                "info", "initial_loss", f"first batch: distillation loss {float(loss):.4f}"
-            ))
+            findings.append(
+                _finding(
+                    "info", "initial_loss", f"first batch: distillation loss {float(loss):.4f}"
+                )
+            )
     return findings
 
 
@@ -244,28 +284,38 @@ def _gradient_findings(student: nn.Module, task: str) -> list[dict]:
     findings = []
     frozen = [n for n, p in student.named_parameters() if not p.requires_grad]
     if frozen:
-        findings.append(_finding(
-            "info", "frozen_parameters",
-            f"{len(frozen)} parameter tensors are frozen and not trained: {', '.join(frozen[:5])}"
-            + (" ..." if len(frozen) > 5 else ""),
-        ))
+        findings.append(
+            _finding(
+                "info",
+                "frozen_parameters",
+                f"{len(frozen)} parameter tensors are frozen and not trained: "
+                f"{', '.join(frozen[:5])}" + (" ..." if len(frozen) > 5 else ""),
+            )
+        )
     unused = [
-        n for n, p in student.named_parameters()
+        n
+        for n, p in student.named_parameters()
         if p.requires_grad and (p.grad is None or not bool(p.grad.detach().abs().sum() > 0))
     ]
     if task == "feature-extraction":  # mean pooling never reads a pooler
         pooler = [n for n in unused if ".pooler." in f".{n}"]
         unused = [n for n in unused if n not in pooler]
         if pooler:
-            findings.append(_finding(
-                "info", "unused_parameters", f"mean pooling does not use {', '.join(pooler)}"
-            ))
+            findings.append(
+                _finding(
+                    "info", "unused_parameters", f"mean pooling does not use {', '.join(pooler)}"
+                )
+            )
     if unused:
-        findings.append(_finding(
-            "warning", "unused_parameters",
-            f"{len(unused)} trainable parameter tensors got no gradient on the first step (unused "
-            f"by the loss): {', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""),
-        ))
+        findings.append(
+            _finding(
+                "warning",
+                "unused_parameters",
+                f"{len(unused)} trainable parameter tensors got no gradient on the first step "
+                f"(unused by the loss): {', '.join(unused[:5])}"
+                + (" ..." if len(unused) > 5 else ""),
+            )
+        )
     return findings
 
 
@@ -278,8 +328,11 @@ def _note_plateau(state: _RunState, window: int) -> None:
     latest, middle, oldest = means
     if latest > middle * 0.99 and middle > oldest * 0.99:
         state.plateau_noted = True
-        state.health.append(_finding(
-            "info", "loss_plateau",
-            f"the training loss has stopped falling: mean {oldest:.4f} -> {middle:.4f} -> "
-            f"{latest:.4f} over the last {3 * window} steps (to step {state.step})",
-        ))
+        state.health.append(
+            _finding(
+                "info",
+                "loss_plateau",
+                f"the training loss has stopped falling: mean {oldest:.4f} -> {middle:.4f} -> "
+                f"{latest:.4f} over the last {3 * window} steps (to step {state.step})",
+            )
+        )

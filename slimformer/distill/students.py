@@ -221,9 +221,7 @@ def make_layer_dropped_student(
             "layer scores %s; keeping layers %s", [round(float(s), 6) for s in scores], kept
         )
     else:
-        raise InvalidSpec(
-            f"unknown layer strategy {strategy!r}; choose 'even' or 'importance'"
-        )
+        raise InvalidSpec(f"unknown layer strategy {strategy!r}; choose 'even' or 'importance'")
     student = copy.deepcopy(teacher)
     keep_layers(student, kept)
     return student.eval(), kept
@@ -364,8 +362,10 @@ def _check_run_fit(
         )
     if layer_map is not None:
         layer_map = [int(i) for i in layer_map]
-        if teacher is None or len(layer_map) != _num_layers(student) or not all(
-            0 <= i < _num_layers(teacher) for i in layer_map
+        if (
+            teacher is None
+            or len(layer_map) != _num_layers(student)
+            or not all(0 <= i < _num_layers(teacher) for i in layer_map)
         ):
             raise InvalidSpec(
                 "layer_map must name one teacher layer for each of the student's "

@@ -64,22 +64,23 @@ def batch_loss(
     if teacher is None and not has_labels:
         raise InvalidSpec("training without a teacher needs gold labels, and this batch has none")
     use_ce = has_labels and (teacher is None or config.alpha > 0)
-    use_hidden = (
-        teacher is not None and config.hidden_loss is not None and config.hidden_weight > 0
-    )
+    use_hidden = teacher is not None and config.hidden_loss is not None and config.hidden_weight > 0
     use_kd = teacher is not None and (config.alpha < 1 or not has_labels)
     inputs = _inputs(batch)
     parts: dict[str, torch.Tensor] = {}
 
     if task == "text-generation":
-        s_out = student.base_model(**inputs, output_hidden_states=use_hidden)
+        # no key/value cache: training reads each sequence once
+        s_out = student.base_model(**inputs, output_hidden_states=use_hidden, use_cache=False)
         keep = _lm_positions(batch)
         s_hidden = s_out.last_hidden_state[:, :-1][keep]
         targets = batch["labels"][:, 1:][keep] if use_ce else None
         t_out = t_hidden = None
         if use_kd or use_hidden:
             with torch.no_grad():
-                t_out = teacher.base_model(**inputs, output_hidden_states=use_hidden)
+                t_out = teacher.base_model(
+                    **inputs, output_hidden_states=use_hidden, use_cache=False
+                )
             t_hidden = t_out.last_hidden_state[:, :-1][keep]
         kd, ce = token_distillation_losses(
             s_hidden,

@@ -50,8 +50,7 @@ def hidden_alignment_loss(
 def _even_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """Student layer i -> teacher layer at the same relative depth (the last onto the last)."""
     return [
-        max(0, round((i + 1) * teacher_layers / student_layers) - 1)
-        for i in range(student_layers)
+        max(0, round((i + 1) * teacher_layers / student_layers) - 1) for i in range(student_layers)
     ]
 
 

@@ -1,4 +1,4 @@
-"""How much each attention head, FFN neuron and whole MLP matters.
+"""Michel et al. (2019): importance from the gradient of the loss with respect to gates.
 
 Michel, Levy & Neubig (2019): put a gate xi_h on every head's output and score the head by the
 expected magnitude of the loss gradient with respect to its gate, I_h = E |dL/d xi_h|, with the
@@ -13,18 +13,18 @@ All gates are 1 while scoring, so the model computes exactly what it computes wi
 The loss is the task loss when the batches carry labels. Without labels the loss compares the gated
 model with the original model it was at xi = 1. A KL divergence or a distance to the original output
 is zero with a zero gradient at that point for every gate (the original is its own optimum), so the
-label-free loss takes the original's outputs in the limit of zero temperature: cross-entropy against the
-original's predicted class or next token (the KL to its sharpened distribution), and for embedding models
-an in-batch contrastive loss that asks each gated embedding to stay closest to its own original embedding.
+label-free loss takes the original's outputs in the limit of zero temperature: cross-entropy against
+the original's predicted class or next token (the KL to its sharpened distribution), and for
+embedding models an in-batch contrastive loss that asks each gated embedding to stay closest to its
+own original embedding. A causal LM's next-token loss is streamed over chunks of positions
+(:func:`slimformer.text.next_token_loss`): its logits never exist for a whole batch at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -33,56 +33,26 @@ from torch import nn
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import Cancelled, InvalidSpec
+from slimformer.importance.base import (
+    CancelFn,
+    Importance,
+    LossKind,
+    ProgressFn,
+    Timer,
+    mlp_nan,
+    normalise,
+)
 from slimformer.models import autocast_for, mean_pool, model_task
+from slimformer.text import next_token_loss
 
 logger = logging.getLogger(__name__)
 
-ImportanceMethod = Literal["michel", "magnitude", "random"]
-LossKind = Literal["auto", "task", "label_free"]
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
-
-
-@dataclass
-class Importance:
-    """Scores for one model: one tensor per layer for heads and for FFN neurons, one score per MLP.
-
-    Layers whose MLP was removed have an empty neuron tensor and a NaN MLP score.
-    """
-
-    heads: list[torch.Tensor]
-    neurons: list[torch.Tensor]
-    mlps: torch.Tensor
-    method: str
-    loss: str = ""
-    batches: int = 0
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def head_matrix(self) -> torch.Tensor:
-        """Layers x heads, NaN where a layer has fewer heads than the widest one (for heatmaps)."""
-        width = max(len(h) for h in self.heads)
-        out = torch.full((len(self.heads), width), float("nan"))
-        for i, scores in enumerate(self.heads):
-            out[i, : len(scores)] = scores
-        return out
-
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "loss": self.loss,
-            "batches": self.batches,
-            "seconds": round(self.seconds, 3),
-            "heads": [h.tolist() for h in self.heads],
-            "mlps": [None if torch.isnan(m) else float(m) for m in self.mlps],
-            "neurons_summary": [
-                {"count": len(n), "mean": float(n.mean()) if len(n) else None} for n in self.neurons
-            ],
-        }
+LM_TOKENS_PER_STEP = 1024  # a causal LM's backward pass keeps every layer's activations: bound them
 
 
 def _scale(x: torch.Tensor, gate: torch.Tensor, repeat: int = 1) -> torch.Tensor:
-    """``x`` [batch, ..., width] times the gate: [n] shared, or [B, n] per example; each unit spans ``repeat``."""
+    """``x`` [batch, ..., width] times the gate: [n] shared, or [B, n] per example; each unit spans
+    ``repeat`` elements."""
     g = gate.to(x.dtype)
     if repeat > 1:
         g = g.repeat_interleave(repeat, dim=-1)
@@ -101,8 +71,9 @@ class Gates:
     def __init__(
         self, adapter: ModelAdapter, *, requires_grad: bool = True, per_example: int | None = None
     ) -> None:
-        """``per_example=B`` gives every example of a batch of up to B its own gates (shape [B, n]), so one
-        backward pass yields each example's gradient; otherwise one gate per unit is shared by the batch."""
+        """``per_example=B`` gives every example of a batch of up to B its own gates (shape [B, n]),
+        so one backward pass yields each example's gradient; otherwise one gate per unit is shared
+        by the batch."""
         self.adapter = adapter
         param = next(adapter.model.parameters())
         dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -158,7 +129,8 @@ class Gates:
 
 
 def _full_precision(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision outputs (autocast), unchanged otherwise (float64 in the gradient tests)."""
+    """float32 for half-precision outputs (autocast), unchanged otherwise (float64 in the gradient
+    tests)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
@@ -170,8 +142,9 @@ def compute_loss(
 ) -> torch.Tensor:
     """The scoring loss of one batch (see the module docstring for the label-free form).
 
-    ``reference``: the original model's normalised embeddings of the batch, for the label-free loss of
-    an embedding model. While scoring (all gates at 1) they equal the gated model's own, detached.
+    ``reference``: the original model's normalised embeddings of the batch, for the label-free loss
+    of an embedding model. While scoring (all gates at 1) they equal the gated model's own,
+    detached.
     """
     task = model_task(model)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -180,127 +153,111 @@ def compute_loss(
             raise InvalidSpec("the task loss needs labels, and this batch has none")
         if task == "feature-extraction":
             raise InvalidSpec("an embedding model has no task loss; use the label-free loss")
-        if task == "text-generation":  # next-token loss, computed here to keep the model's precision
-            logits = _full_precision(model(**inputs).logits)[:, :-1]
-            targets = batch["labels"][:, 1:]
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        if task == "text-generation":  # streamed over chunks of positions: no B x T x V logits
+            return next_token_loss(model, batch)
         return model(**inputs, labels=batch["labels"]).loss
     if task == "feature-extraction":
         out = model(**inputs)
-        emb = F.normalize(_full_precision(mean_pool(out.last_hidden_state, batch.get("attention_mask"))), dim=-1)
+        pooled = mean_pool(out.last_hidden_state, batch.get("attention_mask"))
+        emb = F.normalize(_full_precision(pooled), dim=-1)
         if emb.shape[0] < 2:
-            raise InvalidSpec("label-free scoring of an embedding model needs batches of at least 2 texts")
+            raise InvalidSpec(
+                "label-free scoring of an embedding model needs batches of at least 2 texts")
         ref = emb.detach() if reference is None else reference
         return F.cross_entropy(emb @ ref.T / 0.05, torch.arange(emb.shape[0], device=emb.device))
+    if task == "text-generation":  # cross-entropy against the greedy next tokens, streamed
+        return next_token_loss(model, batch, greedy_targets=True)
     logits = _full_precision(model(**inputs).logits)
-    if task == "text-generation":
-        logits, targets = logits[:, :-1], logits[:, :-1].detach().argmax(-1)
-        mask = batch.get("attention_mask")
-        if mask is not None:
-            keep = mask[:, 1:].bool()  # predict only real next tokens
-            targets = targets.masked_fill(~keep, -100)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     if logits.shape[-1] == 1:  # regression: stay close to the original score
-        raise InvalidSpec("label-free scoring of a regression model is not supported; give labelled data")
+        raise InvalidSpec(
+            "label-free scoring of a regression model is not supported; give labelled data")
     return F.cross_entropy(logits, logits.detach().argmax(-1))
 
 
 def _grad_magnitude(grad: torch.Tensor, rows: int, per_example: bool) -> torch.Tensor:
     """|dL/d xi| of one batch; per example, summed over the batch's real rows.
 
-    The loss is a batch mean, so an example's own gradient is ``rows`` times its share of the batch gradient.
+    The loss is a batch mean, so an example's own gradient is ``rows`` times its share of the batch
+    gradient.
     """
     grad = grad.detach().double().cpu()
     return (grad[:rows] * rows).abs().sum(0) if per_example else grad.abs()
 
 
-def _normalise(scores: torch.Tensor) -> torch.Tensor:
-    norm = scores.norm(p=2)
-    return scores / norm if norm > 0 else scores
+def _steps(batches: list[dict], causal_lm: bool) -> list[dict]:
+    """The batches, a causal LM's cut into micro-batches of at most ``LM_TOKENS_PER_STEP`` tokens
+    (at least one row): its backward pass keeps every layer's activations of the whole batch."""
+    if not causal_lm:
+        return batches
+    out = []
+    for batch in batches:
+        rows, length = batch["input_ids"].shape[:2]
+        step = max(1, LM_TOKENS_PER_STEP // max(1, length))
+        out.extend({k: v[i : i + step] for k, v in batch.items()} for i in range(0, rows, step))
+    return out
 
 
-def score_importance(
+def score_michel(
     model: nn.Module,
     batches: Iterable[dict],
     *,
-    method: ImportanceMethod = "michel",
     loss: LossKind = "auto",
     normalize: bool = True,
     normalize_neurons: bool = False,
     per_example: bool = True,
-    seed: int = 0,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
 ) -> Importance:
-    """Score every head, FFN neuron and whole MLP of ``model``.
+    """Michel et al. (2019): I = E_x |dL(x)/d xi| for a gate xi on every head, FFN neuron and MLP.
 
     Args:
         model: a model of a supported family; it stays on its device and is left unchanged.
         batches: tokenised batches (dicts of tensors; ``labels`` present for the task loss).
-        method: ``michel`` (gradient of the loss w.r.t. gates), ``magnitude`` (weight norms) or
-            ``random`` (seeded random order, a baseline).
         loss: ``task`` needs labels; ``label_free`` never uses them; ``auto`` picks ``task`` when
             the first batch has labels and the model has a task head.
-        normalize: Michel's layer-wise L2 normalisation of head scores (and of the MLP scores across layers).
+        normalize: Michel's layer-wise L2 normalisation of head scores (and of the MLP scores
+            across layers).
         normalize_neurons: the same normalisation for FFN neurons. Off by default: on
-            minilm-l6-sst2, global ranking of raw neuron scores kept more accuracy (docs/pruning.md).
+            minilm-l6-sst2, global ranking of raw neuron scores kept more accuracy
+            (docs/pruning.md).
         per_example: Michel's E_x |dL(x)/d xi| with a gate per example (one backward pass per batch
             still); ``False`` takes |dL/d xi| of each batch's mean loss instead.
 
-    Returns:
-        :class:`Importance`.
+    Cost: one forward and one backward pass per batch. A causal LM's batches run in micro-batches
+    of at most ``LM_TOKENS_PER_STEP`` tokens and its loss is streamed over chunks of positions.
 
     Raises:
-        InvalidSpec: the task loss without labels, an empty calibration set, an unknown method.
+        InvalidSpec: the task loss without labels, an empty calibration set.
         Cancelled: ``should_cancel`` returned true between batches.
     """
     adapter = ModelAdapter(model)
     sizes = adapter.all_sizes()
-    start = time.perf_counter()
-    mlp_nan = torch.tensor([float("nan") if s.mlp_removed else 0.0 for s in sizes])
-    if method == "random":
-        gen = torch.Generator().manual_seed(seed)
-        return Importance(
-            heads=[torch.rand(s.heads, generator=gen) for s in sizes],
-            neurons=[torch.rand(0 if s.mlp_removed else s.intermediate, generator=gen) for s in sizes],
-            mlps=torch.rand(len(sizes), generator=gen) + mlp_nan,
-            method=method,
-            seconds=time.perf_counter() - start,
-        )
-    if method == "magnitude":
-        heads = [adapter.head_magnitude(i) for i in range(adapter.num_layers)]
-        neurons = [adapter.neuron_magnitude(i) for i in range(adapter.num_layers)]
-        if normalize:
-            heads = [_normalise(h) for h in heads]
-        if normalize_neurons:
-            neurons = [_normalise(n) for n in neurons]
-        mlps = torch.stack([n.sum() for n in neurons]) + mlp_nan
-        return Importance(heads, neurons, mlps, method=method, seconds=time.perf_counter() - start)
-    if method != "michel":
-        raise InvalidSpec(f"unknown importance method {method!r}; choose michel, magnitude or random")
-
+    timer = Timer()
     device = next(model.parameters()).device
+    batches = list(batches)
+    if not batches:
+        raise InvalidSpec("importance scoring needs calibration data, and none was given")
+    kind = loss
+    if kind == "auto":
+        labelled = "labels" in batches[0] and model_task(model) != "feature-extraction"
+        kind = "task" if labelled else "label_free"
+    steps = _steps(batches, model_task(model) == "text-generation")
     was_training = model.training
     model.eval()  # dropout off: the gradient of the model users will run
     requires = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)  # gradients only for the gates: faster, less memory
-    batches = list(batches)
-    if not batches:
-        raise InvalidSpec("importance scoring needs calibration data, and none was given")
-    width = max(len(b["input_ids"]) for b in batches) if per_example else None
+    width = max(len(b["input_ids"]) for b in steps) if per_example else None
     gates = Gates(adapter, per_example=width)
     # accumulated in float64, handed out as float32
     head_acc = [torch.zeros(s.heads, dtype=torch.float64) for s in sizes]
-    neuron_acc = [torch.zeros(0 if s.mlp_removed else s.intermediate, dtype=torch.float64) for s in sizes]
+    neuron_acc = [torch.zeros(0 if s.mlp_removed else s.intermediate, dtype=torch.float64)
+                  for s in sizes]
     mlp_acc = torch.zeros(len(sizes), dtype=torch.float64)
     examples = 0
-    kind = loss
-    if kind == "auto":
-        kind = "task" if ("labels" in batches[0] and model_task(model) != "feature-extraction") else "label_free"
     try:
         with gates:
-            for step, batch in enumerate(batches):
+            for step, batch in enumerate(steps):
                 if should_cancel and should_cancel():
                     raise Cancelled("scoring was cancelled")
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -308,40 +265,43 @@ def score_importance(
                 with autocast_for(device):
                     value = compute_loss(model, batch, kind)
                 if not torch.isfinite(value):
-                    raise InvalidSpec(f"the scoring loss is {value.item()} on calibration batch {step}")
+                    raise InvalidSpec(
+                        f"the scoring loss is {value.item()} on calibration batch {step}")
                 value.backward()
+                del value
                 rows = len(batch["input_ids"])
                 examples += rows
-
                 for i in range(len(sizes)):
                     head_acc[i] += _grad_magnitude(gates.heads[i].grad, rows, per_example)
                     if gates.mlps[i] is not None:
                         neuron_acc[i] += _grad_magnitude(gates.neurons[i].grad, rows, per_example)
-                        mlp_acc[i] += _grad_magnitude(gates.mlps[i].grad, rows, per_example).squeeze()
+                        mlp_grad = _grad_magnitude(gates.mlps[i].grad, rows, per_example)
+                        mlp_acc[i] += mlp_grad.squeeze()
                 if on_progress:
-                    on_progress((step + 1) / len(batches), f"scored batch {step + 1}/{len(batches)}")
+                    on_progress((step + 1) / len(steps), f"scored batch {step + 1}/{len(steps)}")
     finally:
+        gates.zero_grad()
         for p, flag in requires.items():
             p.requires_grad_(flag)
         model.train(was_training)
-    n = examples if per_example else len(batches)
+    n = examples if per_example else len(steps)
     heads = [(h / n).float() for h in head_acc]
     neurons = [(x / n).float() for x in neuron_acc]
     mlps = (mlp_acc / n).float()
     if normalize:
-        heads = [_normalise(h) for h in heads]
-        mlps = _normalise(mlps)
+        heads = [normalise(h) for h in heads]
+        mlps = normalise(mlps)
     if normalize_neurons:
-        neurons = [_normalise(x) for x in neurons]
+        neurons = [normalise(x) for x in neurons]
     return Importance(
         heads,
         neurons,
-        mlps + mlp_nan,
-        method=method,
+        mlps + mlp_nan(sizes),
+        method="michel",
         loss=kind,
         batches=len(batches),
         extra={"examples": examples, "per_example": per_example},
-        seconds=time.perf_counter() - start,
+        seconds=timer(),
     )
 
 
