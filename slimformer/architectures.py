@@ -33,7 +33,8 @@ class Family:
     mlp_down: str  # projection whose input is the FFN neurons and whose output is the MLP's output
     mlp_prefixes: tuple[str, ...]  # parameters that belong to the MLP (dropped when it is removed)
     # parameter (relative to the layer) -> (dimension, unit): units are "q" (query-head elements),
-    # "kv" (key/value-head elements), "qkv" (GPT-2's fused projection) or "ffn" (intermediate neurons)
+    # "kv" (key/value-head elements), "qkv" (GPT-2's fused projection) or "ffn" (intermediate
+    # neurons)
     slices: dict[str, tuple[int, str]]
     head_projections: tuple[str, ...]  # q/k/v projections (magnitude importance)
     up_projections: tuple[str, ...]
@@ -46,7 +47,11 @@ def _bert_like(name: str) -> Family:
         mlp_down="output.dense",
         mlp_prefixes=("intermediate.dense.", "output.dense."),
         slices={
-            **{f"attention.self.{p}.{w}": (0, "q") for p in ("query", "key", "value") for w in ("weight", "bias")},
+            **{
+                f"attention.self.{p}.{w}": (0, "q")
+                for p in ("query", "key", "value")
+                for w in ("weight", "bias")
+            },
             "attention.output.dense.weight": (1, "q"),
             "intermediate.dense.weight": (0, "ffn"),
             "intermediate.dense.bias": (0, "ffn"),
@@ -66,9 +71,17 @@ def _llama_like(name: str) -> Family:
         slices={
             "self_attn.q_proj.weight": (0, "q"),
             "self_attn.q_proj.bias": (0, "q"),
-            **{f"self_attn.{p}.{w}": (0, "kv") for p in ("k_proj", "v_proj") for w in ("weight", "bias")},
+            **{
+                f"self_attn.{p}.{w}": (0, "kv")
+                for p in ("k_proj", "v_proj")
+                for w in ("weight", "bias")
+            },
             "self_attn.o_proj.weight": (1, "q"),
-            **{f"mlp.{p}.{w}": (0, "ffn") for p in ("gate_proj", "up_proj") for w in ("weight", "bias")},
+            **{
+                f"mlp.{p}.{w}": (0, "ffn")
+                for p in ("gate_proj", "up_proj")
+                for w in ("weight", "bias")
+            },
             "mlp.down_proj.weight": (1, "ffn"),
         },
         head_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -85,7 +98,11 @@ _REGISTRY: dict[str, Family] = {
         mlp_down="ffn.lin2",
         mlp_prefixes=("ffn.lin1.", "ffn.lin2."),
         slices={
-            **{f"attention.{p}.{w}": (0, "q") for p in ("q_lin", "k_lin", "v_lin") for w in ("weight", "bias")},
+            **{
+                f"attention.{p}.{w}": (0, "q")
+                for p in ("q_lin", "k_lin", "v_lin")
+                for w in ("weight", "bias")
+            },
             "attention.out_lin.weight": (1, "q"),
             "ffn.lin1.weight": (0, "ffn"),
             "ffn.lin1.bias": (0, "ffn"),
@@ -117,7 +134,8 @@ SUPPORTED_FAMILIES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def family_of(config) -> Family:
-    """The family adapter for a config, or :class:`UnsupportedArchitecture` naming what is supported."""
+    """The family adapter for a config, or :class:`UnsupportedArchitecture` naming what is
+    supported."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
         raise UnsupportedArchitecture(
@@ -186,7 +204,8 @@ class ModelAdapter:
         return [self.sizes(i) for i in range(self.num_layers)]
 
     def group_size(self, layer_idx: int) -> int:
-        """Query heads that share one key/value head in this layer (1 without grouped-query attention)."""
+        """Query heads that share one key/value head in this layer (1 without grouped-query
+        attention)."""
         sizes = self.sizes(layer_idx)
         return sizes.heads // sizes.kv_heads
 
@@ -219,11 +238,14 @@ class ModelAdapter:
         vector = vector.to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             if module.bias is None:
-                module.bias = nn.Parameter(torch.zeros_like(vector), requires_grad=weight.requires_grad)
+                module.bias = nn.Parameter(
+                    torch.zeros_like(vector), requires_grad=weight.requires_grad
+                )
             module.bias.add_(vector)
 
     def head_magnitude(self, layer_idx: int) -> torch.Tensor:
-        """L2 norm of each query head's q/k/v rows and output columns (the weight-magnitude baseline)."""
+        """L2 norm of each query head's q/k/v rows and output columns (the weight-magnitude
+        baseline)."""
         layer = self.layers[layer_idx]
         sizes = self.sizes(layer_idx)
         d, group = self.head_dim, self.group_size(layer_idx)
@@ -257,7 +279,11 @@ class ModelAdapter:
         if isinstance(down, NoUnits):
             return torch.zeros(0)
         gpt2 = self.family.name == "gpt2"
-        sq = (down.weight.detach().float() if gpt2 else down.weight.detach().float().t()).pow(2).sum(1)
+        sq = (
+            (down.weight.detach().float() if gpt2 else down.weight.detach().float().t())
+            .pow(2)
+            .sum(1)
+        )
         for path in self.family.up_projections:
             weight = _submodule(layer, path).weight.detach().float()
             sq = sq + (weight.t() if gpt2 else weight).pow(2).sum(1)
@@ -291,9 +317,11 @@ class ModelAdapter:
                 "num_key_value_groups must stay an integer"
             )
         drop_neurons = set(remove_neurons)
-        keep_ffn = [] if (remove_mlp or sizes.mlp_removed) else [
-            n for n in range(sizes.intermediate) if n not in drop_neurons
-        ]
+        keep_ffn = (
+            []
+            if (remove_mlp or sizes.mlp_removed)
+            else [n for n in range(sizes.intermediate) if n not in drop_neurons]
+        )
         skip_mlp = remove_mlp or sizes.mlp_removed
 
         device = next(layer.parameters()).device

@@ -5,9 +5,9 @@ MACs are counted analytically from each layer's real sizes (so a per-layer prune
 as it is, not as its config's global values say) and checked against ``torch.utils.flop_counter``
 in the tests.
 
-Next-token metrics (perplexity, next-token accuracy, greedy agreement) count a position when both the
-token that is predicted and the token it is predicted from are real (attention mask 1, label not -100):
-padding never enters them, whichever side it is on.
+Next-token metrics (perplexity, next-token accuracy, greedy agreement) count a position when both
+the token that is predicted and the token it is predicted from are real (attention mask 1, label not
+-100): padding never enters them, whichever side it is on.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def predict(model: nn.Module, batches: Iterable[dict]) -> torch.Tensor:
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         out = model(**inputs)
         if task == "feature-extraction":
-            outputs.append(mean_pool(out.last_hidden_state, inputs.get("attention_mask")).float().cpu())
+            outputs.append(
+                mean_pool(out.last_hidden_state, inputs.get("attention_mask")).float().cpu()
+            )
         else:
             outputs.append(out.logits.float().cpu())
     return torch.cat(outputs)
@@ -121,11 +123,13 @@ def next_token_accuracy(model: nn.Module, batches: Iterable[dict]) -> float:
     return scores.hits / max(scores.tokens, 1)
 
 
-def task_metric(model: nn.Module, batches: list[dict], reference: torch.Tensor | None = None) -> tuple[str, float]:
+def task_metric(
+    model: nn.Module, batches: list[dict], reference: torch.Tensor | None = None
+) -> tuple[str, float]:
     """The metric that schedules and summaries compare (higher is better).
 
-    Classification with labels: accuracy; without: agreement with ``reference`` logits. Embeddings: mean cosine
-    similarity to ``reference`` embeddings. Causal LM: next-token accuracy on the text.
+    Classification with labels: accuracy; without: agreement with ``reference`` logits. Embeddings:
+    mean cosine similarity to ``reference`` embeddings. Causal LM: next-token accuracy on the text.
     """
     task = model_task(model)
     if task == "text-generation":
@@ -134,7 +138,9 @@ def task_metric(model: nn.Module, batches: list[dict], reference: torch.Tensor |
     if task == "feature-extraction":
         if reference is None:
             raise ValueError("embedding models are compared with reference embeddings")
-        return "cosine_to_original", float(torch.nn.functional.cosine_similarity(out, reference, dim=-1).mean())
+        return "cosine_to_original", float(
+            torch.nn.functional.cosine_similarity(out, reference, dim=-1).mean()
+        )
     if "labels" in batches[0]:
         labels = torch.cat([b["labels"] for b in batches])
         if out.shape[-1] == 1:  # regression
@@ -147,14 +153,15 @@ def task_metric(model: nn.Module, batches: list[dict], reference: torch.Tensor |
     return "agreement", float((out.argmax(-1) == reference.argmax(-1)).float().mean())
 
 
-# -- task metrics ------------------------------------------------------------------------------------------
+# -- task metrics ----------------------------------------------------------------------------------
 
 
 def macro_f1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     """Unweighted mean of the per-class F1 scores over every class that is a label or a prediction.
 
     A class's F1 is ``2 TP / (2 TP + FP + FN)``, which is 0 for a class that is predicted but never
-    right or never predicted (scikit-learn's ``f1_score(average="macro")`` with ``zero_division=0``).
+    right or never predicted (scikit-learn's ``f1_score(average="macro")`` with
+    ``zero_division=0``).
 
     Args:
         predictions: predicted class ids, shape [n].
@@ -182,23 +189,34 @@ def macro_f1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return float(sum(scores) / len(scores))
 
 
-def _correlation(kind: str, a: torch.Tensor | np.ndarray | list, b: torch.Tensor | np.ndarray | list) -> float | None:
-    """Pearson or Spearman correlation; None where it is undefined (fewer than 2 points, a constant input)."""
+def _correlation(
+    kind: str, a: torch.Tensor | np.ndarray | list, b: torch.Tensor | np.ndarray | list
+) -> float | None:
+    """Pearson or Spearman correlation; None where it is undefined (fewer than 2 points, a constant
+    input)."""
     from scipy import stats
 
-    x = np.asarray(a.detach().cpu().double() if isinstance(a, torch.Tensor) else a, dtype=np.float64).reshape(-1)
-    y = np.asarray(b.detach().cpu().double() if isinstance(b, torch.Tensor) else b, dtype=np.float64).reshape(-1)
+    x = np.asarray(
+        a.detach().cpu().double() if isinstance(a, torch.Tensor) else a, dtype=np.float64
+    ).reshape(-1)
+    y = np.asarray(
+        b.detach().cpu().double() if isinstance(b, torch.Tensor) else b, dtype=np.float64
+    ).reshape(-1)
     if len(x) != len(y):
         raise ValueError(f"cannot correlate {len(x)} values with {len(y)}")
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy's near-constant-input warnings
-        value = stats.pearsonr(x, y).statistic if kind == "pearson" else stats.spearmanr(x, y).statistic
+        value = (
+            stats.pearsonr(x, y).statistic if kind == "pearson" else stats.spearmanr(x, y).statistic
+        )
     return _finite(value)
 
 
-def pearson(a: torch.Tensor | np.ndarray | list, b: torch.Tensor | np.ndarray | list) -> float | None:
+def pearson(
+    a: torch.Tensor | np.ndarray | list, b: torch.Tensor | np.ndarray | list
+) -> float | None:
     """Pearson correlation of two equally long series; None where undefined (a constant series).
 
     Args:
@@ -211,8 +229,11 @@ def pearson(a: torch.Tensor | np.ndarray | list, b: torch.Tensor | np.ndarray | 
     return _correlation("pearson", a, b)
 
 
-def spearman(a: torch.Tensor | np.ndarray | list, b: torch.Tensor | np.ndarray | list) -> float | None:
-    """Spearman rank correlation of two equally long series; None where undefined (a constant series).
+def spearman(
+    a: torch.Tensor | np.ndarray | list, b: torch.Tensor | np.ndarray | list
+) -> float | None:
+    """Spearman rank correlation of two equally long series; None where undefined (a constant
+    series).
 
     Args:
         a: first series (any shape; flattened).
@@ -239,7 +260,9 @@ class NextTokenScores:
     nll_sum: float  # summed negative log-likelihood of the real next tokens, in nats
     tokens: int  # real next-token positions
     hits: int  # positions whose greedy prediction is the next token
-    greedy: list[torch.Tensor] = field(default_factory=list)  # per batch: greedy tokens at the real positions
+    greedy: list[torch.Tensor] = field(
+        default_factory=list
+    )  # per batch: greedy tokens at the real positions
 
     @property
     def perplexity(self) -> float | None:
@@ -263,11 +286,13 @@ def score_next_tokens(
     on_batch: Callable[[int], None] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> NextTokenScores:
-    """Summed NLL, greedy hits and (optionally) greedy tokens of a causal LM over the real next tokens.
+    """Summed NLL, greedy hits and (optionally) greedy tokens of a causal LM over the real next
+    tokens.
 
     Args:
         model: a causal LM; it stays on its device.
-        batches: tokenised batches with ``input_ids`` and usually ``attention_mask`` (``labels`` optional).
+        batches: tokenised batches with ``input_ids`` and usually ``attention_mask`` (``labels``
+            optional).
         keep_greedy: keep the greedy token of every real position (to compare two models).
         on_batch: called with the batch index after each batch (progress and cancellation).
         chunk_size: positions whose logits exist at once.
@@ -297,7 +322,8 @@ def score_next_tokens(
 
 
 def perplexity(model: nn.Module, batches: Iterable[dict]) -> float | None:
-    """Perplexity of a causal LM: ``exp`` of the mean next-token NLL over real tokens (padding masked).
+    """Perplexity of a causal LM: ``exp`` of the mean next-token NLL over real tokens (padding
+    masked).
 
     Args:
         model: a causal LM.
@@ -310,10 +336,11 @@ def perplexity(model: nn.Module, batches: Iterable[dict]) -> float | None:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the weights in memory: ``numel * element_size`` summed over the distinct tensors of the state dict.
+    """Bytes of the weights in memory: ``numel * element_size`` summed over the distinct tensors of
+    the state dict.
 
-    Tied weights count once; non-persistent buffers (position ids, rotary frequencies) are not weights.
-    The size of the saved files is measured separately, on disk.
+    Tied weights count once; non-persistent buffers (position ids, rotary frequencies) are not
+    weights. The size of the saved files is measured separately, on disk.
     """
     seen, total = set(), 0
     for tensor in model.state_dict().values():
@@ -325,13 +352,15 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
-# -- side by side ------------------------------------------------------------------------------------------
+# -- side by side ----------------------------------------------------------------------------------
 
 
 class _Progress:
     """Reports ``evaluating`` progress over weighted units of work and checks for cancellation."""
 
-    def __init__(self, total: float, on_progress: ProgressFn | None, should_cancel: CancelFn | None) -> None:
+    def __init__(
+        self, total: float, on_progress: ProgressFn | None, should_cancel: CancelFn | None
+    ) -> None:
         self.total, self.done = max(total, 1e-9), 0.0
         self.on_progress, self.should_cancel = on_progress, should_cancel
 
@@ -364,7 +393,10 @@ def _labels(batches: list[dict]) -> torch.Tensor | None:
     if with_labels == 0:
         return None
     if with_labels != len(batches):
-        raise InvalidSpec(f"{with_labels} of {len(batches)} evaluation batches carry labels; give labels for all or none")
+        raise InvalidSpec(
+            f"{with_labels} of {len(batches)} evaluation batches carry labels; give labels for all "
+            "or none"
+        )
     return torch.cat([b["labels"] for b in batches])
 
 
@@ -375,20 +407,27 @@ def _classification(
     logits_o = _outputs(original, batches, progress, "original")
     logits_c = _outputs(compressed, batches, progress, "compressed")
     if logits_o.shape != logits_c.shape:
-        raise InvalidSpec(f"the models disagree on the output shape: {tuple(logits_o.shape)} and {tuple(logits_c.shape)}")
+        raise InvalidSpec(
+            f"the models disagree on the output shape: {tuple(logits_o.shape)} and "
+            f"{tuple(logits_c.shape)}"
+        )
     if logits_o.shape[-1] == 1:  # regression (num_labels == 1)
         agreement = pearson(logits_o[:, 0], logits_c[:, 0])
         if labels is None:
             return "agreement", {}, {}, agreement
         gold = labels.float().reshape(-1)
         metrics = [
-            {"pearson": pearson(out[:, 0], gold), "spearman": spearman(out[:, 0], gold)} for out in (logits_o, logits_c)
+            {"pearson": pearson(out[:, 0], gold), "spearman": spearman(out[:, 0], gold)}
+            for out in (logits_o, logits_c)
         ]
         return "pearson", metrics[0], metrics[1], agreement
     agreement = float((logits_o.argmax(-1) == logits_c.argmax(-1)).double().mean())
     if labels is None:
         return "agreement", {}, {}, agreement
-    metrics = [{"accuracy": accuracy(out, labels), "macro_f1": macro_f1(out.argmax(-1), labels)} for out in (logits_o, logits_c)]
+    metrics = [
+        {"accuracy": accuracy(out, labels), "macro_f1": macro_f1(out.argmax(-1), labels)}
+        for out in (logits_o, logits_c)
+    ]
     return "accuracy", metrics[0], metrics[1], agreement
 
 
@@ -407,7 +446,10 @@ def _generation(
     o, c = scores
     greedy_o, greedy_c = torch.cat(o.greedy), torch.cat(c.greedy)
     agreement = float((greedy_o == greedy_c).double().mean()) if len(greedy_o) else None
-    metrics = [{"perplexity": _finite(s.perplexity), "next_token_accuracy": _finite(s.accuracy)} for s in scores]
+    metrics = [
+        {"perplexity": _finite(s.perplexity), "next_token_accuracy": _finite(s.accuracy)}
+        for s in scores
+    ]
     return "perplexity", metrics[0], metrics[1], agreement
 
 
@@ -423,9 +465,16 @@ def _embeddings(
     emb_o = _outputs(original, texts, progress, "original")
     emb_c = _outputs(compressed, texts, progress, "compressed")
     if emb_o.shape != emb_c.shape:
-        raise InvalidSpec(f"the models disagree on the embedding shape: {tuple(emb_o.shape)} and {tuple(emb_c.shape)}")
-    # the original's own value is computed the same way (1 up to rounding), so identical models match exactly
-    metrics = [{"cosine_to_original": float(F.cosine_similarity(emb, emb_o, dim=-1).mean())} for emb in (emb_o, emb_c)]
+        raise InvalidSpec(
+            f"the models disagree on the embedding shape: {tuple(emb_o.shape)} and "
+            f"{tuple(emb_c.shape)}"
+        )
+    # the original's own value is computed the same way (1 up to rounding), so identical models
+    # match exactly
+    metrics = [
+        {"cosine_to_original": float(F.cosine_similarity(emb, emb_o, dim=-1).mean())}
+        for emb in (emb_o, emb_c)
+    ]
     agreement = metrics[1]["cosine_to_original"]
     if pair_scores is None:
         return "cosine_to_original", metrics[0], metrics[1], agreement
@@ -436,17 +485,24 @@ def _embeddings(
     return "spearman", metrics[0], metrics[1], agreement
 
 
-def _latency(model: nn.Module, seq_len: int, runs: int, progress: _Progress, name: str, units: float) -> dict:
+def _latency(
+    model: nn.Module, seq_len: int, runs: int, progress: _Progress, name: str, units: float
+) -> dict:
     progress.check()
     batch1 = measure_latency(model, batch_size=1, seq_len=seq_len, runs=runs, warmup=3)
     progress.advance(units, f"{name} model: latency at batch 1")
     progress.check()
     # each batch-32 pass is ~32 times the work: fewer timed runs give a stable median
-    batch32 = measure_latency(model, batch_size=32, seq_len=seq_len, runs=max(3, runs // 4), warmup=1)
+    batch32 = measure_latency(
+        model, batch_size=32, seq_len=seq_len, runs=max(3, runs // 4), warmup=1
+    )
     progress.advance(units, f"{name} model: throughput at batch 32")
     if batch1.threads != batch32.threads:
-        logger.warning("torch's thread count changed during the latency measurement (%d, then %d)",
-                       batch1.threads, batch32.threads)
+        logger.warning(
+            "torch's thread count changed during the latency measurement (%d, then %d)",
+            batch1.threads,
+            batch32.threads,
+        )
     return {
         "batch1_p50_ms": batch1.p50_ms,
         "batch1_p95_ms": batch1.p95_ms,
@@ -474,26 +530,29 @@ def evaluate_side_by_side(
     should_cancel: CancelFn | None = None,
     protocol: dict | None = None,
 ) -> dict:
-    """Measure an original and a compressed model on the same data, device and thread count, in one call.
+    """Measure an original and a compressed model on the same data, device and thread count, in one
+    call.
 
     Task metrics follow the task of the models (both must have the same head):
 
     * classification with labels: ``accuracy`` and ``macro_f1`` (sentence pairs are batches with
-      ``token_type_ids``); regression (one output) with labels: ``pearson`` and ``spearman``; without
-      labels no metric, and ``primary_metric`` is ``"agreement"``;
-    * causal LM: ``perplexity`` (exp of the mean next-token NLL over real tokens) and ``next_token_accuracy``;
-    * embeddings (a base model, mean-pooled): ``cosine_to_original`` over every text embedded; with gold
-      similarity scores (STS-B style), ``spearman`` between the cosine similarity of each pair's embeddings
-      and its score. ``batches`` then hold the first sentences, ``pair_batches`` the second sentences in the
-      same order and ``pair_scores`` one score per pair.
+      ``token_type_ids``); regression (one output) with labels: ``pearson`` and ``spearman``;
+      without labels no metric, and ``primary_metric`` is ``"agreement"``;
+    * causal LM: ``perplexity`` (exp of the mean next-token NLL over real tokens) and
+      ``next_token_accuracy``;
+    * embeddings (a base model, mean-pooled): ``cosine_to_original`` over every text embedded; with
+      gold similarity scores (STS-B style), ``spearman`` between the cosine similarity of each
+      pair's embeddings and its score. ``batches`` then hold the first sentences, ``pair_batches``
+      the second sentences in the same order and ``pair_scores`` one score per pair.
 
-    Agreement with the original: share of identical argmax predictions (classification), Pearson between the
-    two models' outputs (regression), share of identical greedy next tokens over real positions (causal LM),
-    mean cosine to the original's embeddings (embeddings).
+    Agreement with the original: share of identical argmax predictions (classification), Pearson
+    between the two models' outputs (regression), share of identical greedy next tokens over real
+    positions (causal LM), mean cosine to the original's embeddings (embeddings).
 
-    Efficiency: parameters, :func:`weight_bytes`, :func:`count_macs` at ``seq_len``, and with ``latency`` the
-    p50/p95 latency at batch 1 (``latency_runs`` timed runs after 3 warm-up runs) and the throughput at batch
-    32 (``max(3, latency_runs // 4)`` timed runs after 1 warm-up run) on random token ids of length ``seq_len``.
+    Efficiency: parameters, :func:`weight_bytes`, :func:`count_macs` at ``seq_len``, and with
+    ``latency`` the p50/p95 latency at batch 1 (``latency_runs`` timed runs after 3 warm-up runs)
+    and the throughput at batch 32 (``max(3, latency_runs // 4)`` timed runs after 1 warm-up run) on
+    random token ids of length ``seq_len``.
 
     Args:
         original: the model before compression.
@@ -523,8 +582,8 @@ def evaluate_side_by_side(
                         "throughput_speedup" (compressed / original throughput) | None}}
 
     Raises:
-        InvalidSpec: no batches, models of different tasks or on different devices, pairs or scores that do
-            not fit, labels on only some batches, a bad ``seq_len`` or ``latency_runs``.
+        InvalidSpec: no batches, models of different tasks or on different devices, pairs or scores
+            that do not fit, labels on only some batches, a bad ``seq_len`` or ``latency_runs``.
         Cancelled: ``should_cancel`` returned true.
 
     Example:
@@ -534,43 +593,69 @@ def evaluate_side_by_side(
     if not batches:
         raise InvalidSpec("evaluation needs data, and no batch was given")
     if seq_len < 1 or latency_runs < 1:
-        raise InvalidSpec(f"seq_len and latency_runs must be positive, got {seq_len} and {latency_runs}")
+        raise InvalidSpec(
+            f"seq_len and latency_runs must be positive, got {seq_len} and {latency_runs}"
+        )
     task = model_task(original)
     if model_task(compressed) != task:
-        raise InvalidSpec(f"the original is a {task} model and the compressed one a {model_task(compressed)} model")
+        raise InvalidSpec(
+            f"the original is a {task} model and the compressed one a {model_task(compressed)} "
+            "model"
+        )
     device = next(original.parameters()).device
     if next(compressed.parameters()).device != device:
         raise InvalidSpec(
-            f"the models are on different devices ({device} and {next(compressed.parameters()).device}); "
+            f"the models are on different devices ({device} and "
+            f"{next(compressed.parameters()).device}); "
             "latency is only comparable on the same one"
         )
     if (pair_batches is None) != (pair_scores is None):
-        raise InvalidSpec("pair_batches and pair_scores go together: the second sentences and a gold score per pair")
+        raise InvalidSpec(
+            "pair_batches and pair_scores go together: the second sentences and a gold score per "
+            "pair"
+        )
     if pair_scores is not None:
         if task != "feature-extraction":
-            raise InvalidSpec("pair_scores are for embedding models; a cross-encoder takes pairs as batches with labels")
+            raise InvalidSpec(
+                "pair_scores are for embedding models; a cross-encoder takes pairs as batches with "
+                "labels"
+            )
         rows, pair_rows = _rows(batches), _rows(pair_batches)
         if not rows == pair_rows == len(pair_scores):
-            raise InvalidSpec(f"{rows} first sentences, {pair_rows} second sentences and {len(pair_scores)} scores; "
-                              "they must be as many")
+            raise InvalidSpec(
+                f"{rows} first sentences, {pair_rows} second sentences and {len(pair_scores)} "
+                "scores; "
+                "they must be as many"
+            )
 
     threads = torch.get_num_threads()
     metric_units = 2 * (len(batches) + len(pair_batches or []))
-    latency_units = metric_units / 4  # four latency phases, together as long as the metrics on the progress bar
-    progress = _Progress(metric_units + (4 * latency_units if latency else 0), on_progress, should_cancel)
+    latency_units = (
+        metric_units / 4
+    )  # four latency phases, together as long as the metrics on the progress bar
+    progress = _Progress(
+        metric_units + (4 * latency_units if latency else 0), on_progress, should_cancel
+    )
     training = {model: model.training for model in (original, compressed)}
     try:
         progress.check()
         if task == "text-generation":
-            primary, metrics_o, metrics_c, agreement = _generation(original, compressed, batches, progress)
+            primary, metrics_o, metrics_c, agreement = _generation(
+                original, compressed, batches, progress
+            )
         elif task == "feature-extraction":
             primary, metrics_o, metrics_c, agreement = _embeddings(
                 original, compressed, batches, pair_batches, pair_scores, progress
             )
         else:
-            primary, metrics_o, metrics_c, agreement = _classification(original, compressed, batches, progress)
+            primary, metrics_o, metrics_c, agreement = _classification(
+                original, compressed, batches, progress
+            )
         sides = {}
-        for name, model, metrics in (("original", original, metrics_o), ("compressed", compressed, metrics_c)):
+        for name, model, metrics in (
+            ("original", original, metrics_o),
+            ("compressed", compressed, metrics_c),
+        ):
             sides[name] = {
                 "metrics": {k: _finite(v) for k, v in metrics.items()},
                 "parameters": count_parameters(model),
@@ -580,10 +665,15 @@ def evaluate_side_by_side(
             }
         if latency:
             for name, model in (("original", original), ("compressed", compressed)):
-                sides[name]["latency"] = _latency(model, seq_len, latency_runs, progress, name, latency_units)
+                sides[name]["latency"] = _latency(
+                    model, seq_len, latency_runs, progress, name, latency_units
+                )
             if torch.get_num_threads() != threads:
-                logger.warning("torch's thread count changed during the evaluation (%d, then %d)",
-                               threads, torch.get_num_threads())
+                logger.warning(
+                    "torch's thread count changed during the evaluation (%d, then %d)",
+                    threads,
+                    torch.get_num_threads(),
+                )
         progress.check()
     finally:
         for model, was_training in training.items():
@@ -607,8 +697,12 @@ def evaluate_side_by_side(
             "parameters": _ratio(c["parameters"], o["parameters"]),
             "weight_bytes": _ratio(c["weight_bytes"], o["weight_bytes"]),
             "macs": _ratio(c["macs"], o["macs"]),
-            "latency_speedup": _ratio(lat_o["batch1_p50_ms"], lat_c["batch1_p50_ms"]) if latency else None,
-            "throughput_speedup": _ratio(lat_c["batch32_throughput"], lat_o["batch32_throughput"]) if latency else None,
+            "latency_speedup": _ratio(lat_o["batch1_p50_ms"], lat_c["batch1_p50_ms"])
+            if latency
+            else None,
+            "throughput_speedup": _ratio(lat_c["batch32_throughput"], lat_o["batch32_throughput"])
+            if latency
+            else None,
         },
     }
     if protocol is not None:

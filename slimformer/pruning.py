@@ -1,18 +1,20 @@
-"""Structured pruning: choose the least important units, remove them physically, keep the config true.
+"""Structured pruning: choose the least important units, remove them physically, keep the config
+true.
 
-A :class:`PruningPlan` names the heads, FFN neurons and whole MLPs to remove (indices of the model as
-it is). :func:`plan_pruning` builds one from importance scores and a target; :func:`prune_model` carries
-it out and rewrites the config in the same call, in one of two layouts:
+A :class:`PruningPlan` names the heads, FFN neurons and whole MLPs to remove (indices of the model
+as it is). :func:`plan_pruning` builds one from importance scores and a target; :func:`prune_model`
+carries it out and rewrites the config in the same call, in one of two layouts:
 
-* ``uniform``: every layer keeps the same sizes, written as the stock global attributes, so the folder
-  loads with stock ``AutoModel...from_pretrained``. FFN sizes work for every family; head counts only
-  where the config can say them (Llama, Mistral, Qwen2, Qwen3 carry an explicit ``head_dim``).
+* ``uniform``: every layer keeps the same sizes, written as the stock global attributes, so the
+  folder loads with stock ``AutoModel...from_pretrained``. FFN sizes work for every family; head
+  counts only where the config can say them (Llama, Mistral, Qwen2, Qwen3 carry an explicit
+  ``head_dim``).
 * ``per_layer``: each layer keeps what its scores say; sizes go to ``config.per_layer_config``
   (transformers' heterogeneous format) and the folder ships ``modeling_slimformer.py`` through
   ``auto_map``, loaded with ``trust_remote_code=True``.
 
-:func:`iterative_prune` is Michel's and Prasanna's schedule: remove a step of what remains, re-score,
-evaluate, and stop at the target or when the metric falls below a floor.
+:func:`iterative_prune` is Michel's and Prasanna's schedule: remove a step of what remains,
+re-score, evaluate, and stop at the target or when the metric falls below a floor.
 """
 
 from __future__ import annotations
@@ -105,26 +107,38 @@ class PruningTarget:
         for name in ("heads", "ffn"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value < 1.0):
-                raise InvalidSpec(f"{name} must be a fraction in [0, 1), got {value!r}", details={"field": name})
+                raise InvalidSpec(
+                    f"{name} must be a fraction in [0, 1), got {value!r}", details={"field": name}
+                )
         if self.whole_mlps < 0:
-            raise InvalidSpec(f"whole_mlps must be 0 or more, got {self.whole_mlps}", details={"field": "whole_mlps"})
+            raise InvalidSpec(
+                f"whole_mlps must be 0 or more, got {self.whole_mlps}",
+                details={"field": "whole_mlps"},
+            )
         for name in ("macs_budget", "params_budget"):
             value = getattr(self, name)
             if value is not None and not (0.0 < value <= 1.0):
-                raise InvalidSpec(f"{name} must be in (0, 1], got {value!r}", details={"field": name})
+                raise InvalidSpec(
+                    f"{name} must be in (0, 1], got {value!r}", details={"field": name}
+                )
         if self.macs_budget is not None and self.params_budget is not None:
             raise InvalidSpec("give macs_budget or params_budget, not both")
         if self.min_heads_per_layer < 1:
-            raise InvalidSpec("min_heads_per_layer must be at least 1: a layer without attention is not supported")
+            raise InvalidSpec(
+                "min_heads_per_layer must be at least 1: a layer without attention is not supported"
+            )
         if self.ranking not in Ranking.__args__:
-            raise InvalidSpec(f"ranking must be one of {', '.join(Ranking.__args__)}, got {self.ranking!r}",
-                              details={"field": "ranking"})
+            raise InvalidSpec(
+                f"ranking must be one of {', '.join(Ranking.__args__)}, got {self.ranking!r}",
+                details={"field": "ranking"},
+            )
         for name in ("keep_first_layers", "keep_last_layers"):
             if getattr(self, name) < 0:
                 raise InvalidSpec(f"{name} must be 0 or more", details={"field": name})
 
     def protected(self, num_layers: int) -> set[int]:
-        """Layers whose shape is kept: the first ``keep_first_layers`` and last ``keep_last_layers``."""
+        """Layers whose shape is kept: the first ``keep_first_layers`` and last
+        ``keep_last_layers``."""
         first = range(min(self.keep_first_layers, num_layers))
         last = range(max(0, num_layers - self.keep_last_layers), num_layers)
         return set(first) | set(last)
@@ -156,7 +170,9 @@ class PruningRecord:
     def apply(self, plan: PruningPlan, adapter: ModelAdapter) -> None:
         for layer, idx in plan.heads.items():
             drop = set(idx)
-            self.kept_heads[layer] = [h for i, h in enumerate(self.kept_heads[layer]) if i not in drop]
+            self.kept_heads[layer] = [
+                h for i, h in enumerate(self.kept_heads[layer]) if i not in drop
+            ]
         for layer in plan.mlps:
             self.removed_mlps.append(layer)
         self.kept_neurons = [0 if s.mlp_removed else s.intermediate for s in adapter.all_sizes()]
@@ -181,8 +197,11 @@ class PruningRecord:
         }
 
 
-def _lowest(scores: list[tuple[float, int, int]], count: int, cap: dict[int, int]) -> dict[int, list[int]]:
-    """The ``count`` lowest (score, layer, unit) entries, taking at most ``cap[layer]`` per layer."""
+def _lowest(
+    scores: list[tuple[float, int, int]], count: int, cap: dict[int, int]
+) -> dict[int, list[int]]:
+    """The ``count`` lowest (score, layer, unit) entries, taking at most ``cap[layer]`` per
+    layer."""
     chosen: dict[int, list[int]] = {}
     for _score, layer, unit in sorted(scores):
         if count <= 0:
@@ -194,7 +213,8 @@ def _lowest(scores: list[tuple[float, int, int]], count: int, cap: dict[int, int
 
 
 def _standardise(scores: torch.Tensor) -> torch.Tensor:
-    """(scores - mean) / std within one layer: FLAP's adaptive structure (0 where nothing varies)."""
+    """(scores - mean) / std within one layer: FLAP's adaptive structure (0 where nothing
+    varies)."""
     scores = scores.double()
     if scores.numel() < 2:
         return torch.zeros_like(scores)
@@ -228,7 +248,11 @@ def _layer_quota(fraction: float, units: list[int], eligible: list[int]) -> dict
 
 
 def _plan_heads(
-    adapter: ModelAdapter, importance: Importance, fraction: float, target: PruningTarget, uniform: bool
+    adapter: ModelAdapter,
+    importance: Importance,
+    fraction: float,
+    target: PruningTarget,
+    uniform: bool,
 ) -> dict[int, list[int]]:
     if fraction <= 0:
         return {}
@@ -256,11 +280,14 @@ def _plan_heads(
                 for h in sorted(range(kv * g, (kv + 1) * g), key=lambda h: float(scores[h]))[:r]
             ]
         return plan
-    # Units are KV groups (single heads without grouped-query attention): their query heads go together.
+    # Units are KV groups (single heads without grouped-query attention): their query heads go
+    # together.
     units, cap = [], {}
     for layer, s in enumerate(sizes):
         g = groups[layer]
-        head_scores = _head_scores(importance, layer, adaptive, adapter.head_dim).reshape(s.kv_heads, g)
+        head_scores = _head_scores(importance, layer, adaptive, adapter.head_dim).reshape(
+            s.kv_heads, g
+        )
         group_scores = head_scores.mean(1) if adaptive else head_scores.sum(1)
         keep_min = max(1, math.ceil(target.min_heads_per_layer / g))
         cap[layer] = 0 if layer in protected else max(0, s.kv_heads - keep_min)
@@ -288,7 +315,11 @@ def _plan_heads(
 
 
 def _plan_neurons(
-    adapter: ModelAdapter, importance: Importance, fraction: float, target: PruningTarget, uniform: bool,
+    adapter: ModelAdapter,
+    importance: Importance,
+    fraction: float,
+    target: PruningTarget,
+    uniform: bool,
     skip_layers: set[int],
 ) -> dict[int, list[int]]:
     if fraction <= 0:
@@ -298,8 +329,11 @@ def _plan_neurons(
     live = [i for i, s in enumerate(sizes) if not s.mlp_removed and i not in skip_layers]
     eligible = [i for i in live if i not in protected]
     if target.ranking == "per_layer" or uniform:
-        quota = _layer_quota(fraction, [sizes[i].intermediate if i in live else 0
-                                        for i in range(len(sizes))], eligible)
+        quota = _layer_quota(
+            fraction,
+            [sizes[i].intermediate if i in live else 0 for i in range(len(sizes))],
+            eligible,
+        )
         plan = {}
         for layer in eligible:
             n = min(quota[layer], sizes[layer].intermediate - 1)
@@ -311,10 +345,16 @@ def _plan_neurons(
     n = round(fraction * total)
     candidates = sum(sizes[i].intermediate - 1 for i in eligible)
     if n > candidates:
-        raise InvalidSpec(f"removing {fraction:.0%} of the FFN neurons would empty the MLPs of the layers "
-                          "that may lose neurons; remove fewer or protect fewer layers")
-    scores = torch.cat([_standardise(importance.neurons[i]) if adaptive else importance.neurons[i].double()
-                        for i in eligible])
+        raise InvalidSpec(
+            f"removing {fraction:.0%} of the FFN neurons would empty the MLPs of the layers "
+            "that may lose neurons; remove fewer or protect fewer layers"
+        )
+    scores = torch.cat(
+        [
+            _standardise(importance.neurons[i]) if adaptive else importance.neurons[i].double()
+            for i in eligible
+        ]
+    )
     owners = torch.cat([torch.full((sizes[i].intermediate,), i) for i in eligible])
     positions = torch.cat([torch.arange(sizes[i].intermediate) for i in eligible])
     order = torch.argsort(scores, stable=True)
@@ -342,30 +382,37 @@ def plan_pruning(
     """Choose the units to remove so that ``target`` is met.
 
     Raises:
-        InvalidSpec: fractions out of range, a target that empties every layer's attention, a request
-            the ``uniform`` layout cannot express for this family.
+        InvalidSpec: fractions out of range, a target that empties every layer's attention, a
+            request the ``uniform`` layout cannot express for this family.
     """
     target.validate()
     adapter = ModelAdapter(model)
     uniform = layout == "uniform"
     if layout not in ("uniform", "per_layer"):
-        raise InvalidSpec(f"layout must be 'uniform' or 'per_layer', got {layout!r}", details={"field": "layout"})
-    wants_heads = target.heads > 0 or target.macs_budget is not None or target.params_budget is not None
+        raise InvalidSpec(
+            f"layout must be 'uniform' or 'per_layer', got {layout!r}", details={"field": "layout"}
+        )
+    wants_heads = (
+        target.heads > 0 or target.macs_budget is not None or target.params_budget is not None
+    )
     if uniform and wants_heads and adapter.family.name not in UNIFORM_HEAD_FAMILIES:
         raise InvalidSpec(
-            f"the uniform layout cannot express head pruning for {adapter.family.name}: its config derives "
-            "the head size from hidden_size / num_attention_heads, so fewer heads would change the head size. "
+            f"the uniform layout cannot express head pruning for {adapter.family.name}: its config "
+            "derives the head size from hidden_size / num_attention_heads, so fewer heads would "
+            "change the head size. "
             "Use layout 'per_layer' (loads with trust_remote_code=True) or prune only FFN neurons.",
             details={"field": "layout"},
         )
     if uniform and target.whole_mlps:
         raise InvalidSpec(
-            "the uniform layout cannot remove whole MLPs (every layer would need the same size); use 'per_layer'",
+            "the uniform layout cannot remove whole MLPs (every layer would need the same size); "
+            "use 'per_layer'",
             details={"field": "layout"},
         )
     if uniform and (target.keep_first_layers or target.keep_last_layers):
         raise InvalidSpec(
-            "the uniform layout gives every layer the same shape, so first or last layers cannot keep theirs; "
+            "the uniform layout gives every layer the same shape, so first or last layers cannot "
+            "keep theirs; "
             "set keep_first_layers and keep_last_layers to 0 or use layout 'per_layer'",
             details={"field": "layout"},
         )
@@ -375,7 +422,11 @@ def plan_pruning(
         raise InvalidSpec(f"whole_mlps={target.whole_mlps} but the model has {len(live_mlps)} MLPs")
     mlps = sorted(sorted(live_mlps, key=lambda i: float(importance.mlps[i]))[: target.whole_mlps])
 
-    wanted = importance.method == "flap" if target.bias_compensation is None else target.bias_compensation
+    wanted = (
+        importance.method == "flap"
+        if target.bias_compensation is None
+        else target.bias_compensation
+    )
     compensate = wanted and importance.attention_means is not None
     if compensate and uniform:
         _check_uniform_bias(adapter, target)
@@ -407,14 +458,18 @@ def plan_pruning(
             else:
                 low = mid
         if plan is None:
-            raise InvalidSpec(f"no plan keeps at most {budget:.0%} of the {'MACs' if target.macs_budget else 'parameters'}")
+            raise InvalidSpec(
+                f"no plan keeps at most {budget:.0%} of the "
+                f"{'MACs' if target.macs_budget else 'parameters'}"
+            )
     if uniform and plan.heads and adapter.family.name in ("llama", "mistral", "qwen2"):
         heads_left = sizes[0].heads - len(plan.heads.get(0, []))
         hidden = model.config.hidden_size
         if hidden % heads_left:
             raise InvalidSpec(
-                f"{adapter.family.name}'s config requires the head count to divide hidden_size ({hidden}); "
-                f"{heads_left} heads per layer does not. Choose another fraction or layout 'per_layer'.",
+                f"{adapter.family.name}'s config requires the head count to divide hidden_size "
+                f"({hidden}); {heads_left} heads per layer does not. Choose another fraction or "
+                "layout 'per_layer'.",
                 details={"field": "heads"},
             )
     if plan.is_empty():
@@ -428,14 +483,17 @@ def _check_uniform_bias(adapter: ModelAdapter, target: PruningTarget) -> None:
     if family not in LLAMA_LIKE:
         return  # BERT-like, DistilBERT and GPT-2 projections have biases already
     flags = BIAS_FLAGS[family]
-    wants = [part for part, fraction in (("attention", target.heads), ("mlp", target.ffn)) if fraction]
+    wants = [
+        part for part, fraction in (("attention", target.heads), ("mlp", target.ffn)) if fraction
+    ]
     if target.macs_budget is not None or target.params_budget is not None:
         wants = ["attention", "mlp"]
     missing = [part for part in wants if part not in flags]
     if missing:
         raise InvalidSpec(
-            f"bias compensation puts a bias on the {' and '.join(missing)} output projection, which "
-            f"{family}'s stock config cannot express; use layout 'per_layer' (its modelling code has the "
+            f"bias compensation puts a bias on the {' and '.join(missing)} output projection, "
+            f"which {family}'s stock config cannot express; use layout 'per_layer' (its modelling "
+            "code has the "
             "bias) or turn bias_compensation off",
             details={"field": "bias_compensation"},
         )
@@ -447,16 +505,25 @@ def _compensation(adapter: ModelAdapter, plan: PruningPlan) -> dict[tuple[int, s
     part gets a bias)."""
     out: dict[tuple[int, str], torch.Tensor] = {}
     d = adapter.head_dim
-    for part, removed, means in (("attention", plan.heads, plan.attention_means),
-                                 ("mlp", plan.neurons, plan.mlp_means)):
+    for part, removed, means in (
+        ("attention", plan.heads, plan.attention_means),
+        ("mlp", plan.neurons, plan.mlp_means),
+    ):
         if means is None or not any(removed.values()):
             continue
         for layer in range(adapter.num_layers):
-            if isinstance(adapter.output_projection(layer, part), bundled.NoUnits) or layer in plan.mlps:
+            if (
+                isinstance(adapter.output_projection(layer, part), bundled.NoUnits)
+                or layer in plan.mlps
+            ):
                 continue
             weight = adapter.output_weight(layer, part)
             units = removed.get(layer, [])
-            channels = [c for u in units for c in range(u * d, (u + 1) * d)] if part == "attention" else units
+            channels = (
+                [c for u in units for c in range(u * d, (u + 1) * d)]
+                if part == "attention"
+                else units
+            )
             if not channels:
                 out[(layer, part)] = weight.new_zeros(weight.shape[0])
                 continue
@@ -474,19 +541,23 @@ def _pruned_copy(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
 
 def remove_units(model: nn.Module, plan: PruningPlan) -> None:
-    """Physically remove the plan's units from ``model`` (the config is not rewritten: see prune_model)."""
+    """Physically remove the plan's units from ``model`` (the config is not rewritten: see
+    prune_model)."""
     adapter = ModelAdapter(model)
     compensation = _compensation(adapter, plan) if plan.compensates else {}
     for layer in range(adapter.num_layers):
         heads, neurons = plan.heads.get(layer, []), plan.neurons.get(layer, [])
         if heads or neurons or layer in plan.mlps:
-            adapter.prune_layer(layer, remove_heads=heads, remove_neurons=neurons, remove_mlp=layer in plan.mlps)
+            adapter.prune_layer(
+                layer, remove_heads=heads, remove_neurons=neurons, remove_mlp=layer in plan.mlps
+            )
     for (layer, part), vector in compensation.items():
         adapter.add_output_bias(layer, part, vector)
 
 
 def predicted_parameters(model: nn.Module, plan: PruningPlan) -> int:
-    """Parameters the model will have after ``plan``, from the slicing rules alone (no copy made)."""
+    """Parameters the model will have after ``plan``, from the slicing rules alone (no copy
+    made)."""
     adapter = ModelAdapter(model)
     family = adapter.family
     removed = 0
@@ -519,8 +590,10 @@ def _new_bias_parameters(adapter: ModelAdapter, plan: PruningPlan) -> int:
     if not plan.compensates:
         return 0
     total = 0
-    for part, removed, means in (("attention", plan.heads, plan.attention_means),
-                                 ("mlp", plan.neurons, plan.mlp_means)):
+    for part, removed, means in (
+        ("attention", plan.heads, plan.attention_means),
+        ("mlp", plan.neurons, plan.mlp_means),
+    ):
         if means is None or not any(removed.values()):
             continue
         for layer in range(adapter.num_layers):
@@ -556,8 +629,11 @@ def _write_biases(model: nn.Module, adapter: ModelAdapter, layout: Layout) -> No
         for part in needed:
             flag = BIAS_FLAGS[family].get(part)
             if flag is None:
-                raise InvalidSpec(f"{family}'s stock config cannot give the {part} output projection a bias; "
-                                  "use layout 'per_layer'", details={"field": "layout"})
+                raise InvalidSpec(
+                    f"{family}'s stock config cannot give the {part} output projection a bias; "
+                    "use layout 'per_layer'",
+                    details={"field": "layout"},
+                )
             setattr(config, flag, True)
             for layer in adapter.layers:
                 for name in _FLAG_PROJECTIONS[part]:
@@ -587,7 +663,8 @@ def apply_layout(model: nn.Module, layout: Layout) -> None:
         distinct = {(s.heads, s.kv_heads, s.intermediate, s.mlp_removed) for s in sizes}
         if len(distinct) != 1:
             raise InvalidSpec(
-                "the layers differ in size, which the uniform layout cannot express; use 'per_layer'",
+                "the layers differ in size, which the uniform layout cannot express; use "
+                "'per_layer'",
                 details={"sizes": sorted(distinct)},
             )
         s = sizes[0]
@@ -597,14 +674,17 @@ def apply_layout(model: nn.Module, layout: Layout) -> None:
             hidden = config.hidden_size
             if family != "qwen3" and hidden % s.heads:
                 raise InvalidSpec(
-                    f"{family}'s config requires the head count to divide hidden_size ({hidden}); {s.heads} "
+                    f"{family}'s config requires the head count to divide hidden_size ({hidden}); "
+                    f"{s.heads} "
                     "heads per layer does not. Choose another fraction or layout 'per_layer'."
                 )
             config.head_dim = adapter.head_dim
             setattr(config, names["heads"], s.heads)
             setattr(config, names["kv_heads"], s.kv_heads)
         elif s.heads != bundled.layer_sizes(config, family, 0)["heads"]:
-            raise InvalidSpec(f"the uniform layout cannot express head pruning for {family}; use 'per_layer'")
+            raise InvalidSpec(
+                f"the uniform layout cannot express head pruning for {family}; use 'per_layer'"
+            )
         _write_biases(model, adapter, layout)
         setattr(config, names["ffn"], s.intermediate)
         return
@@ -622,8 +702,9 @@ def apply_layout(model: nn.Module, layout: Layout) -> None:
         config_name, model_name = bundled.class_names(family, type(model).__name__)
     except KeyError:
         raise UnsupportedArchitecture(
-            f"the per_layer layout has no bundled class for {type(model).__name__}; it covers the base model, "
-            "sequence classification and (for decoders) causal LM heads. Use layout 'uniform' for FFN-only pruning.",
+            f"the per_layer layout has no bundled class for {type(model).__name__}; it covers the "
+            "base model, sequence classification and (for decoders) causal LM heads. Use layout "
+            "'uniform' for FFN-only pruning.",
             details={"model_class": type(model).__name__},
         ) from None
     if not getattr(config, "head_dim", None):
@@ -640,10 +721,15 @@ def apply_layout(model: nn.Module, layout: Layout) -> None:
 def layers_to_drop(num_layers: int, layers: float) -> int:
     """How many layers ``layers`` asks for: a fraction of them (below 1) or a count (1 or more)."""
     if layers < 0:
-        raise InvalidSpec(f"layers must be a fraction in [0, 1) or a count, got {layers}", details={"field": "layers"})
+        raise InvalidSpec(
+            f"layers must be a fraction in [0, 1) or a count, got {layers}",
+            details={"field": "layers"},
+        )
     count = round(layers * num_layers) if layers < 1 else int(layers)
     if layers >= 1 and count != layers:
-        raise InvalidSpec(f"a layer count must be a whole number, got {layers}", details={"field": "layers"})
+        raise InvalidSpec(
+            f"a layer count must be a whole number, got {layers}", details={"field": "layers"}
+        )
     return count
 
 
@@ -660,11 +746,14 @@ def plan_depth(
     count = layers_to_drop(n, layers)
     if count == 0:
         return []
-    protected = PruningTarget(keep_first_layers=keep_first_layers, keep_last_layers=keep_last_layers).protected(n)
+    protected = PruningTarget(
+        keep_first_layers=keep_first_layers, keep_last_layers=keep_last_layers
+    ).protected(n)
     eligible = [i for i in range(n) if i not in protected]
     if count >= n or count > len(eligible):
         raise InvalidSpec(
-            f"dropping {count} of {n} layers leaves none or needs protected ones ({len(eligible)} may go)",
+            f"dropping {count} of {n} layers leaves none or needs protected ones ({len(eligible)} "
+            "may go)",
             details={"field": "layers"},
         )
     order = sorted(eligible, key=lambda i: (float(scores[i]), i))
@@ -715,14 +804,16 @@ def one_shot_prune(
     *,
     layout: Layout = "per_layer",
 ) -> PruneResult:
-    """Remove everything ``plan`` names in one step and write the layout (``plan`` from :func:`plan_pruning`)."""
+    """Remove everything ``plan`` names in one step and write the layout (``plan`` from
+    :func:`plan_pruning`)."""
     adapter = ModelAdapter(model)
     record = PruningRecord.start(adapter)
     remove_units(model, plan)
     record.apply(plan, adapter)
     apply_layout(model, layout)
-    return PruneResult(model=model, record=record, importance=[] if importance is None else [importance],
-                       plan=plan)
+    return PruneResult(
+        model=model, record=record, importance=[] if importance is None else [importance], plan=plan
+    )
 
 
 def iterative_prune(
@@ -738,9 +829,9 @@ def iterative_prune(
 ) -> PruneResult:
     """Michel's and Prasanna's schedule.
 
-    Each step removes ``step`` of the heads and of the FFN neurons that remain (as far as the target asks),
-    re-scores, and evaluates. It stops at the target, or before the step whose metric falls below
-    ``metric_floor`` x the original metric (that step is undone). The curve of
+    Each step removes ``step`` of the heads and of the FFN neurons that remain (as far as the target
+    asks), re-scores, and evaluates. It stops at the target, or before the step whose metric falls
+    below ``metric_floor`` x the original metric (that step is undone). The curve of
     (fraction of heads removed, fraction of FFN neurons removed, metric) is kept in the record.
     The result holds a new model; the one passed in is left unchanged.
     """
@@ -748,13 +839,18 @@ def iterative_prune(
     if not 0 < step < 1:
         raise InvalidSpec(f"step must be in (0, 1), got {step}", details={"field": "step"})
     if target.macs_budget is not None or target.params_budget is not None or target.whole_mlps:
-        raise InvalidSpec("the iterative schedule takes head and FFN fractions; use one_shot for budgets and whole MLPs")
+        raise InvalidSpec(
+            "the iterative schedule takes head and FFN fractions; use one_shot for budgets and "
+            "whole MLPs"
+        )
     model = copy.deepcopy(model)
     adapter = ModelAdapter(model)
     record = PruningRecord.start(adapter)
     total_heads, total_neurons = sum(record.original_heads), sum(record.original_neurons)
     baseline = evaluate(model)
-    record.curve.append({"heads_removed": 0.0, "ffn_removed": 0.0, "metric": baseline, "kept": True})
+    record.curve.append(
+        {"heads_removed": 0.0, "ffn_removed": 0.0, "metric": baseline, "kept": True}
+    )
     floor = metric_floor * baseline
     scores = []
     while True:
@@ -764,9 +860,15 @@ def iterative_prune(
         head_goal = total_heads * (1 - target.heads)
         neuron_goal = total_neurons * (1 - target.ffn)
         # a step of what remains, never past the goal
-        head_fraction = min(step, max(0.0, (heads_left - head_goal) / heads_left)) if heads_left > head_goal + 0.5 else 0.0
+        head_fraction = (
+            min(step, max(0.0, (heads_left - head_goal) / heads_left))
+            if heads_left > head_goal + 0.5
+            else 0.0
+        )
         ffn_fraction = (
-            min(step, max(0.0, (neurons_left - neuron_goal) / neurons_left)) if neurons_left > neuron_goal + 0.5 else 0.0
+            min(step, max(0.0, (neurons_left - neuron_goal) / neurons_left))
+            if neurons_left > neuron_goal + 0.5
+            else 0.0
         )
         if head_fraction == 0 and ffn_fraction == 0:
             break
@@ -789,7 +891,9 @@ def iterative_prune(
         if on_step:
             on_step(point)
         if metric < floor:
-            logger.info("metric %.4f fell below the floor %.4f; keeping the previous step", metric, floor)
+            logger.info(
+                "metric %.4f fell below the floor %.4f; keeping the previous step", metric, floor
+            )
             break
         record.apply(plan, ModelAdapter(candidate))
         model = candidate

@@ -67,12 +67,15 @@ def read_documents(
         raise DatasetError(
             f"{path.name} is plain text (one document per blank-line-separated block) and has no "
             f"{what} column {column!r}; use a CSV, JSON lines or Parquet file for columns",
-            details={"file": str(path), "column": column})
+            details={"file": str(path), "column": column},
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise DatasetError(f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start})",
-                           details={"file": str(path)}) from err
+        raise DatasetError(
+            f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start})",
+            details={"file": str(path)},
+        ) from err
     documents = split_documents(text)
     if not documents:
         raise DatasetError(f"{path.name} holds no text", details={"file": str(path)})
@@ -132,9 +135,17 @@ class PackedText:
         if n is None or n >= len(self):
             return self
         last = (n - 1) * self.stride + self.seq_len
-        return PackedText(self.input_ids[:n], self.labels[:n], self.seq_len, self.stride,
-                          self.documents, min(self.stream_tokens, last), self.eos_token_id,
-                          self.source, dict(self.extra))
+        return PackedText(
+            self.input_ids[:n],
+            self.labels[:n],
+            self.seq_len,
+            self.stride,
+            self.documents,
+            min(self.stream_tokens, last),
+            self.eos_token_id,
+            self.source,
+            dict(self.extra),
+        )
 
     def batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
         """Batches of ``batch_size`` windows: ``input_ids``, ``attention_mask`` (all ones),
@@ -142,8 +153,13 @@ class PackedText:
         out = []
         for start in range(0, len(self), batch_size):
             ids = self.input_ids[start : start + batch_size]
-            out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                        "labels": self.labels[start : start + batch_size]})
+            out.append(
+                {
+                    "input_ids": ids,
+                    "attention_mask": torch.ones_like(ids),
+                    "labels": self.labels[start : start + batch_size],
+                }
+            )
         return out
 
 
@@ -182,8 +198,10 @@ def pack_texts(
     """
     stride = seq_len if stride is None else stride
     if seq_len < 2 or not 1 <= stride <= seq_len:
-        raise DatasetError(f"windows need seq_len >= 2 and 1 <= stride <= seq_len, got {seq_len} "
-                           f"and {stride}", details={"seq_len": seq_len, "stride": stride})
+        raise DatasetError(
+            f"windows need seq_len >= 2 and 1 <= stride <= seq_len, got {seq_len} and {stride}",
+            details={"seq_len": seq_len, "stride": stride},
+        )
     if max_windows is not None and max_windows < 1:
         raise DatasetError(f"max_windows must be at least 1, got {max_windows}")
     eos = tokenizer.eos_token_id
@@ -214,8 +232,10 @@ def pack_texts(
     if block and (needed is None or len(stream) < needed):
         flush()
     if len(stream) < 2:
-        raise DatasetError(f"{source or 'the text'} holds fewer than 2 tokens: nothing to predict",
-                           details={"source": source})
+        raise DatasetError(
+            f"{source or 'the text'} holds fewer than 2 tokens: nothing to predict",
+            details={"source": source},
+        )
     tokens = torch.tensor(stream, dtype=torch.long)
     if len(tokens) < seq_len:  # one short window
         starts = [0]
@@ -231,8 +251,9 @@ def pack_texts(
     if overlap > 0:
         labels[1:, :overlap] = -100  # seen (and predicted) in the window before
     covered = starts[-1] + seq_len_used
-    return PackedText(input_ids, labels, seq_len_used, min(stride, seq_len_used), documents,
-                      covered, eos, source)
+    return PackedText(
+        input_ids, labels, seq_len_used, min(stride, seq_len_used), documents, covered, eos, source
+    )
 
 
 # -- the streamed next-token loss -----------------------------------------------------------------
@@ -316,8 +337,14 @@ def next_token_stats(
         if keep_greedy:
             greedy.append(best.cpu())
         del logits
-    return NextTokenStats(nll, int(len(target)), hits, torch.cat(greedy) if keep_greedy and greedy
-                          else (torch.empty(0, dtype=torch.long) if keep_greedy else None))
+    return NextTokenStats(
+        nll,
+        int(len(target)),
+        hits,
+        torch.cat(greedy)
+        if keep_greedy and greedy
+        else (torch.empty(0, dtype=torch.long) if keep_greedy else None),
+    )
 
 
 def _chunk_loss(
@@ -354,8 +381,12 @@ def next_token_loss(
     targets, real = next_token_positions(batch)
     hidden = final_hidden(model, batch)[:, :-1][real]
     target = targets[real]
-    total = hidden.new_zeros((), dtype=torch.float64 if hidden.dtype == torch.float64
-                             else torch.float32) + 0.0 * hidden.sum()
+    total = (
+        hidden.new_zeros(
+            (), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        )
+        + 0.0 * hidden.sum()
+    )
     grad = torch.is_grad_enabled() and hidden.requires_grad
     for start, end in _chunks(len(target), chunk_size):
         args = (hidden[start:end], None if greedy_targets else target[start:end], head)

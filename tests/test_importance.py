@@ -7,11 +7,14 @@ from slimformer.errors import Cancelled, InvalidSpec
 from slimformer.importance import Gates, compute_loss, gated, score_importance
 from slimformer.models import mean_pool, model_task
 
-EPS = 1e-3  # central differences: O(EPS^2) error; Llama's RMSNorm computes in float32 even in a float64 model
+# central differences: O(EPS^2) error; Llama's RMSNorm computes in float32 even in a float64 model
+EPS = 1e-3
 
 
 def _original_embeddings(model, batch):
-    if model_task(model) == "feature-extraction":  # the label-free loss compares with the original embeddings
+    if (
+        model_task(model) == "feature-extraction"
+    ):  # the label-free loss compares with the original embeddings
         with torch.no_grad():
             out = model(**{k: v for k, v in batch.items() if k != "labels"}).last_hidden_state
             return torch.nn.functional.normalize(mean_pool(out, batch["attention_mask"]), dim=-1)
@@ -41,7 +44,8 @@ def _finite_difference(model, batch, kind, group, layer, unit):
         ("gpt2", "causal-lm", "task", 1e-3),
         ("gpt2", "causal-lm", "label_free", 1e-3),
         ("distilbert", "base", "label_free", 1e-3),
-        # Llama's RMSNorm computes in float32 even in a float64 model, which limits the difference quotient
+        # Llama's RMSNorm computes in float32 even in a float64 model, which limits the difference
+        # quotient
         ("llama", "causal-lm", "task", 1e-2),
     ],
 )
@@ -57,7 +61,10 @@ def test_gate_gradients_match_finite_differences(family, head, kind, rtol):
             checked += 1
         for unit in (0, 17, 36):
             fd = abs(_finite_difference(model, batch, kind, "neurons", layer, unit))
-            assert abs(float(scores.neurons[layer][unit]) - fd) <= rtol * max(fd, 1e-8), (layer, unit)
+            assert abs(float(scores.neurons[layer][unit]) - fd) <= rtol * max(fd, 1e-8), (
+                layer,
+                unit,
+            )
         fd = abs(_finite_difference(model, batch, kind, "mlps", layer, 0))
         assert abs(float(scores.mlps[layer]) - fd) <= rtol * max(fd, 1e-8), layer
     assert checked >= 8
@@ -67,7 +74,9 @@ def test_gate_gradients_match_finite_differences(family, head, kind, rtol):
 def test_per_example_scores_are_the_mean_of_each_examples_own_gradient():
     model = tiny_model("bert").double()
     batch = tiny_batch("bert", batch_size=3)
-    batch["attention_mask"][:] = 1  # no padding, so a one-row batch sees what the row saw in the batch
+    batch["attention_mask"][:] = (
+        1  # no padding, so a one-row batch sees what the row saw in the batch
+    )
     scores = score_importance(model, [batch], normalize=False, per_example=True)
     expected = torch.zeros_like(scores.heads[1])
     for row in range(3):

@@ -65,14 +65,24 @@ def _windows(n: int = 3, length: int = 16, seed: int = 1) -> list[dict]:
     """Packed-text batches: full windows, no padding, labels = inputs."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (n, length), generator=gen)
-    return [{"input_ids": ids[i : i + 1], "attention_mask": torch.ones_like(ids[i : i + 1]),
-             "labels": ids[i : i + 1].clone()} for i in range(n)]
+    return [
+        {
+            "input_ids": ids[i : i + 1],
+            "attention_mask": torch.ones_like(ids[i : i + 1]),
+            "labels": ids[i : i + 1].clone(),
+        }
+        for i in range(n)
+    ]
 
 
 def _logits(model, batches) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                          for b in batches])
+        return torch.cat(
+            [
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                for b in batches
+            ]
+        )
 
 
 # -- plain text and packing ------------------------------------------------------------------------
@@ -178,8 +188,9 @@ def test_streamed_next_token_statistics_equal_the_full_logits():
     target = batch["labels"][:, 1:][real]
     full = F.cross_entropy(logits[real], target, reduction="sum")
     seen = []
-    stats = next_token_stats(model, batch, chunk_size=5, keep_greedy=True,
-                             head_hook=lambda x: seen.append(x.shape[0]))
+    stats = next_token_stats(
+        model, batch, chunk_size=5, keep_greedy=True, head_hook=lambda x: seen.append(x.shape[0])
+    )
     assert stats.tokens == int(real.sum()) and max(seen) <= 5 and len(seen) > 2
     assert stats.nll_sum == pytest.approx(float(full), rel=1e-5)
     assert torch.equal(stats.greedy, logits[real].argmax(-1))
@@ -285,9 +296,12 @@ def _mean_error(model, original, batches) -> float:
 def _projection_outputs(model, batches, layer: int) -> torch.Tensor:
     """What the attention output and down projections of ``layer`` add to the residual stream."""
     adapter, outputs = ModelAdapter(model), []
-    hooks = [adapter.output_projection(layer, part).register_forward_hook(
-        lambda m, a, out: outputs.append(out.reshape(-1, out.shape[-1])))
-        for part in ("attention", "mlp")]
+    hooks = [
+        adapter.output_projection(layer, part).register_forward_hook(
+            lambda m, a, out: outputs.append(out.reshape(-1, out.shape[-1]))
+        )
+        for part in ("attention", "mlp")
+    ]
     try:
         _logits(model, batches)
     finally:
@@ -296,10 +310,15 @@ def _projection_outputs(model, batches, layer: int) -> torch.Tensor:
     return torch.cat(outputs)
 
 
-@pytest.mark.parametrize(("family", "overrides"), [
-    ("llama", {}), ("qwen3", {}), ("gpt2", {}),
-    ("llama", {"attention_bias": True, "mlp_bias": True}),
-])
+@pytest.mark.parametrize(
+    ("family", "overrides"),
+    [
+        ("llama", {}),
+        ("qwen3", {}),
+        ("gpt2", {}),
+        ("llama", {"attention_bias": True, "mlp_bias": True}),
+    ],
+)
 def test_bias_compensation_brings_the_pruned_model_closer_to_the_original(family, overrides):
     original = _lm(family, **overrides)
     with torch.no_grad():  # activations with a mean away from 0, which compensation puts back
@@ -314,8 +333,9 @@ def test_bias_compensation_brings_the_pruned_model_closer_to_the_original(family
         model = copy.deepcopy(original)
         # layer 0 keeps its shape, so layer 1 sees the original's input: its projections' outputs
         # compare exactly, and the mean is the best constant to put back for what was removed
-        target = PruningTarget(heads=0.25, ffn=0.25, keep_first_layers=1,
-                               bias_compensation=compensate)
+        target = PruningTarget(
+            heads=0.25, ffn=0.25, keep_first_layers=1, bias_compensation=compensate
+        )
         plan = plan_pruning(model, scores, target)
         assert plan.compensates == compensate and set(plan.heads) == set(plan.neurons) == {1}
         predicted = predicted_parameters(model, plan)
@@ -337,19 +357,32 @@ def test_bias_compensation_is_flaps_by_default_and_optional_for_activations():
     target = PruningTarget(ffn=0.3)
     assert plan_pruning(model, flap, target).compensates
     assert not plan_pruning(model, activations, target).compensates
-    assert plan_pruning(model, activations, PruningTarget(ffn=0.3, bias_compensation=True)).compensates
-    assert not plan_pruning(model, flap, PruningTarget(ffn=0.3, bias_compensation=False)).compensates
-    assert not plan_pruning(model, michel, PruningTarget(ffn=0.3, bias_compensation=True)).compensates
+    assert plan_pruning(
+        model, activations, PruningTarget(ffn=0.3, bias_compensation=True)
+    ).compensates
+    assert not plan_pruning(
+        model, flap, PruningTarget(ffn=0.3, bias_compensation=False)
+    ).compensates
+    assert not plan_pruning(
+        model, michel, PruningTarget(ffn=0.3, bias_compensation=True)
+    ).compensates
 
 
 def _reload(folder: Path, trust: bool):
     return transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust).eval()
 
 
-@pytest.mark.parametrize(("family", "layout"), [
-    ("llama", "uniform"), ("llama", "per_layer"), ("qwen3", "per_layer"), ("mistral", "per_layer"),
-    ("qwen2", "per_layer"), ("gpt2", "per_layer"),
-])
+@pytest.mark.parametrize(
+    ("family", "layout"),
+    [
+        ("llama", "uniform"),
+        ("llama", "per_layer"),
+        ("qwen3", "per_layer"),
+        ("mistral", "per_layer"),
+        ("qwen2", "per_layer"),
+        ("gpt2", "per_layer"),
+    ],
+)
 def test_flap_pruned_models_reload_with_identical_logits(tmp_path, family, layout):
     model = _lm(family, **({"n_layer": 3} if family == "gpt2" else {"num_hidden_layers": 3}))
     batches = _windows(2)
@@ -403,13 +436,15 @@ def test_adaptive_ranking_standardises_each_layer_and_protected_layers_keep_thei
     scores = _scores_with(model, heads, neurons)
     glob = plan_pruning(model, scores, PruningTarget(heads=0.25, ffn=0.2, keep_first_layers=1))
     assert set(glob.heads) == {2} and 0 not in glob.neurons
-    adaptive = plan_pruning(model, scores, PruningTarget(heads=0.25, ffn=0.2, ranking="adaptive",
-                                                         keep_first_layers=1))
+    adaptive = plan_pruning(
+        model, scores, PruningTarget(heads=0.25, ffn=0.2, ranking="adaptive", keep_first_layers=1)
+    )
     assert set(adaptive.heads) == {1, 2} and 0 not in adaptive.heads and 0 not in adaptive.neurons
     assert sum(len(v) for v in adaptive.heads.values()) == 3  # 25% of all 12 heads
     assert sum(len(v) for v in adaptive.neurons.values()) == round(0.2 * 3 * 37)
-    per_layer = plan_pruning(model, scores, PruningTarget(heads=0.25, ranking="per_layer",
-                                                          keep_last_layers=1))
+    per_layer = plan_pruning(
+        model, scores, PruningTarget(heads=0.25, ranking="per_layer", keep_last_layers=1)
+    )
     assert set(per_layer.heads) == {0, 1}  # the share of the protected layer goes to the others
     with pytest.raises(InvalidSpec, match="same shape"):
         plan_pruning(model, scores, PruningTarget(ffn=0.2, keep_first_layers=1), layout="uniform")
@@ -453,9 +488,11 @@ def test_depth_scores_rank_a_near_identity_layer_last(method):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_depth_pruning_drops_the_least_influential_layers_and_reloads_with_stock_transformers(
-        tmp_path, family):
-    model = _near_identity(_lm(family, **({"n_layer": 4} if family == "gpt2" else
-                                          {"num_hidden_layers": 4})), 1)
+    tmp_path, family
+):
+    model = _near_identity(
+        _lm(family, **({"n_layer": 4} if family == "gpt2" else {"num_hidden_layers": 4})), 1
+    )
     batches = _windows(2)
     scores = score_depth(model, batches)
     dropped = plan_depth(scores, 0.25)
@@ -466,18 +503,24 @@ def test_depth_pruning_drops_the_least_influential_layers_and_reloads_with_stock
     save_model_folder(model, None, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config.get("num_hidden_layers", config.get("n_layer")) == 3 and "auto_map" not in config
-    torch.testing.assert_close(_logits(_reload(tmp_path / "m", trust=False), batches), expected,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(_reload(tmp_path / "m", trust=False), batches), expected, rtol=0, atol=1e-5
+    )
 
 
 # -- the pipeline: a .txt file, packed windows, the protocol on the card ---------------------------
 
 
 def _spec(folder: str, data: Path, prune: dict, **evaluation) -> JobSpec:
-    return JobSpec.model_validate({
-        "model": {"id": folder}, "dataset": {"path": str(data), "eval_path": str(data)},
-        "prune": prune, "evaluation": {"latency": False, **evaluation},
-    }, context={"local_files": True})
+    return JobSpec.model_validate(
+        {
+            "model": {"id": folder},
+            "dataset": {"path": str(data), "eval_path": str(data)},
+            "prune": prune,
+            "evaluation": {"latency": False, **evaluation},
+        },
+        context={"local_files": True},
+    )
 
 
 def test_pipeline_prunes_a_causal_lm_on_plain_text_with_the_llm_defaults(tmp_path):
@@ -522,8 +565,9 @@ def test_pipeline_drops_layers_before_pruning_width(tmp_path):
 
     folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=5)
     data = write_story_txt(tmp_path / "stories.txt")
-    spec = _spec(folder, data, {"layers": 1, "ffn": 0.3, "depth_importance": "metric_drop"},
-                 max_samples=2)
+    spec = _spec(
+        folder, data, {"layers": 1, "ffn": 0.3, "depth_importance": "metric_drop"}, max_samples=2
+    )
     result = run(spec, tmp_path / "work")
     pruning = result.report["pruning"]
     assert len(pruning["removed_layers"]) == 1 and pruning["removed_layers"][0] not in (0, 4)
@@ -549,17 +593,26 @@ def test_smollm2_25_25_with_the_defaults_keeps_perplexity_within_the_measured_bo
     if not (SMOLLM2 / ".complete").is_file():
         pytest.skip(f"SmolLM2-135M is not built at {SMOLLM2} (../shared/models/make-smollm2)")
     code = (
-        "import json, sys\nfrom slimformer.pipeline import run\nfrom slimformer.spec import JobSpec\n"
+        "import json, sys\nfrom slimformer.pipeline import run\n"
+        "from slimformer.spec import JobSpec\n"
         "spec = JobSpec.model_validate(json.loads(sys.argv[1]), context={'local_files': True})\n"
         "print(json.dumps(run(spec, sys.argv[2]).report['evaluation']))\n"
     )
-    spec = {"model": {"id": str(SMOLLM2)},
-            "dataset": {"path": str(data / "validation.txt"), "eval_path": str(data / "test.txt")},
-            "prune": {"heads": 0.25, "ffn": 0.25},
-            "evaluation": {"latency": False, "max_samples": 16}}
+    spec = {
+        "model": {"id": str(SMOLLM2)},
+        "dataset": {"path": str(data / "validation.txt"), "eval_path": str(data / "test.txt")},
+        "prune": {"heads": 0.25, "ffn": 0.25},
+        "evaluation": {"latency": False, "max_samples": 16},
+    }
     env = os.environ | {"OMP_NUM_THREADS": "2"}
-    run = subprocess.run([sys.executable, "-c", code, json.dumps(spec), str(tmp_path / "work")],
-                         capture_output=True, text=True, timeout=3600, cwd=ROOT, env=env)
+    run = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec), str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=ROOT,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     evaluation = json.loads(run.stdout.strip().splitlines()[-1])
     before = evaluation["original"]["metrics"]["perplexity"]

@@ -15,7 +15,11 @@ from slimformer.pruning import (
     prune_model,
 )
 
-CASES = [(f, "classification") for f in CONFIGS] + [(f, "base") for f in CONFIGS] + [(f, "causal-lm") for f in DECODERS]
+CASES = (
+    [(f, "classification") for f in CONFIGS]
+    + [(f, "base") for f in CONFIGS]
+    + [(f, "causal-lm") for f in DECODERS]
+)
 
 
 def _inputs(batch):
@@ -44,11 +48,15 @@ def test_physical_pruning_equals_gating_and_params_drop_as_planned(family, head)
     with torch.no_grad():
         pruned = model(**_inputs(batch))[0]
     assert pruned.shape == original.shape
-    assert not torch.allclose(_real(original, batch), _real(reference, batch), atol=1e-3), "the plan changed nothing"
+    assert not torch.allclose(_real(original, batch), _real(reference, batch), atol=1e-3), (
+        "the plan changed nothing"
+    )
     assert (_real(pruned, batch) - _real(reference, batch)).abs().max() <= 1e-4
     assert count_parameters(model) == predicted < before
     sizes = ModelAdapter(model).all_sizes()
-    assert sum(s.heads for s in sizes) == sum(len(s) for s in scores.heads) - sum(len(v) for v in plan.heads.values())
+    assert sum(s.heads for s in sizes) == sum(len(s) for s in scores.heads) - sum(
+        len(v) for v in plan.heads.values()
+    )
     assert [s.mlp_removed for s in sizes].count(True) == 1
 
 
@@ -57,7 +65,9 @@ def test_config_is_rewritten_with_the_weights():
     plan = PruningPlan(heads={0: [1, 2], 2: [0]}, neurons={1: list(range(10))}, mlps=[2])
     prune_model(model, plan, layout="per_layer")
     config = model.config.to_dict()
-    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_slimformer.")
+    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith(
+        "modeling_slimformer."
+    )
     layers = config["per_layer_config"]
     assert layers["0"]["num_attention_heads"] == 2
     assert layers["1"]["intermediate_size"] == 27
@@ -68,7 +78,11 @@ def test_config_is_rewritten_with_the_weights():
 def test_global_ranking_follows_scores_across_layers():
     model = tiny_model("bert")
     scores = score_importance(model, [], method="random", seed=0)
-    scores.heads = [torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([0.1, 0.2, 0.95, 0.3]), torch.tensor([0.5] * 4)]
+    scores.heads = [
+        torch.tensor([0.9, 0.8, 0.7, 0.6]),
+        torch.tensor([0.1, 0.2, 0.95, 0.3]),
+        torch.tensor([0.5] * 4),
+    ]
     plan = plan_pruning(model, scores, PruningTarget(heads=0.25))  # 3 of 12 heads
     assert plan.heads == {1: [0, 1, 3]}
     per_layer = plan_pruning(model, scores, PruningTarget(heads=0.25, ranking="per_layer"))
@@ -78,7 +92,11 @@ def test_global_ranking_follows_scores_across_layers():
 def test_global_ranking_never_empties_a_layer():
     model = tiny_model("bert")
     scores = score_importance(model, [], method="random", seed=0)
-    scores.heads = [torch.tensor([0.01, 0.02, 0.03, 0.04]), torch.tensor([0.5] * 4), torch.tensor([0.6] * 4)]
+    scores.heads = [
+        torch.tensor([0.01, 0.02, 0.03, 0.04]),
+        torch.tensor([0.5] * 4),
+        torch.tensor([0.6] * 4),
+    ]
     plan = plan_pruning(model, scores, PruningTarget(heads=0.5))  # 6 heads: layer 0 may lose only 3
     assert len(plan.heads[0]) == 3
     assert sum(len(v) for v in plan.heads.values()) == 6
@@ -113,29 +131,53 @@ def test_uniform_layout_explains_what_a_family_cannot_express():
 def test_uniform_layout_writes_stock_config_values():
     model = tiny_model("bert")
     scores = score_importance(model, [], method="random")
-    prune_model(model, plan_pruning(model, scores, PruningTarget(ffn=0.3), layout="uniform"), layout="uniform")
+    prune_model(
+        model,
+        plan_pruning(model, scores, PruningTarget(ffn=0.3), layout="uniform"),
+        layout="uniform",
+    )
     assert model.config.intermediate_size == 26
-    assert "per_layer_config" not in model.config.to_dict() or not model.config.to_dict()["per_layer_config"]
+    assert (
+        "per_layer_config" not in model.config.to_dict()
+        or not model.config.to_dict()["per_layer_config"]
+    )
     assert not getattr(model.config, "auto_map", None)
 
     llama = tiny_model("llama", "causal-lm")
     scores = score_importance(llama, [], method="random")
     plan = plan_pruning(llama, scores, PruningTarget(heads=0.5, ffn=0.3), layout="uniform")
     prune_model(llama, plan, layout="uniform")
-    assert (llama.config.num_attention_heads, llama.config.num_key_value_heads, llama.config.head_dim) == (2, 1, 8)
+    assert (
+        llama.config.num_attention_heads,
+        llama.config.num_key_value_heads,
+        llama.config.head_dim,
+    ) == (2, 1, 8)
     assert llama.config.intermediate_size == 26
 
 
 def test_uniform_llama_head_count_must_divide_hidden_size():
     def six_head_llama():
-        return tiny_model("llama", "causal-lm", num_attention_heads=6, num_key_value_heads=6, hidden_size=30, head_dim=6)
+        return tiny_model(
+            "llama",
+            "causal-lm",
+            num_attention_heads=6,
+            num_key_value_heads=6,
+            hidden_size=30,
+            head_dim=6,
+        )
 
     model = six_head_llama()
     scores = score_importance(model, [], method="random")
-    prune_model(model, plan_pruning(model, scores, PruningTarget(heads=0.5), layout="uniform"), layout="uniform")
+    prune_model(
+        model,
+        plan_pruning(model, scores, PruningTarget(heads=0.5), layout="uniform"),
+        layout="uniform",
+    )
     assert model.config.num_attention_heads == 3  # 30 % 3 == 0
     model = six_head_llama()
-    with pytest.raises(InvalidSpec, match="divide hidden_size"):  # 4 heads: 30 % 4 != 0, refused before any change
+    with pytest.raises(
+        InvalidSpec, match="divide hidden_size"
+    ):  # 4 heads: 30 % 4 != 0, refused before any change
         plan_pruning(model, scores, PruningTarget(heads=0.34), layout="uniform")
 
 
@@ -186,7 +228,9 @@ def test_iterative_schedule_records_the_curve_and_reaches_the_target():
     def score(m):
         return score_importance(m, [batch])
 
-    result = iterative_prune(model, score, lambda m: 1.0, PruningTarget(heads=0.5, ffn=0.3), step=0.2)
+    result = iterative_prune(
+        model, score, lambda m: 1.0, PruningTarget(heads=0.5, ffn=0.3), step=0.2
+    )
     curve = result.record.curve
     assert curve[0]["heads_removed"] == 0.0 and len(curve) >= 3
     assert [p["heads_removed"] for p in curve] == sorted(p["heads_removed"] for p in curve)
@@ -201,7 +245,11 @@ def test_iterative_schedule_stops_before_the_metric_floor():
     batch = tiny_batch("bert", batch_size=8)
     metrics = iter([1.0, 0.95, 0.92, 0.5, 0.4, 0.3, 0.2])
     result = iterative_prune(
-        model, lambda m: score_importance(m, [batch]), lambda m: next(metrics), PruningTarget(heads=0.7), step=0.2,
+        model,
+        lambda m: score_importance(m, [batch]),
+        lambda m: next(metrics),
+        PruningTarget(heads=0.7),
+        step=0.2,
         metric_floor=0.9,
     )
     curve = result.record.curve
@@ -218,7 +266,12 @@ def test_iterative_schedule_leaves_the_callers_model_unchanged():
     before = model.config.to_dict()
     batch = tiny_batch("bert", batch_size=8)
     metrics = iter([1.0, 0.1])  # the first step falls below the floor: nothing is kept
-    result = iterative_prune(model, lambda m: score_importance(m, [batch]), lambda m: next(metrics),
-                             PruningTarget(heads=0.5), step=0.25)
+    result = iterative_prune(
+        model,
+        lambda m: score_importance(m, [batch]),
+        lambda m: next(metrics),
+        PruningTarget(heads=0.5),
+        step=0.25,
+    )
     assert model.config.to_dict() == before and not getattr(model.config, "auto_map", None)
     assert sum(s.heads for s in ModelAdapter(result.model).all_sizes()) == 12

@@ -9,23 +9,97 @@ VOCAB = 128
 
 # family -> (config class, config kwargs); every model: 2 or 3 layers, 4 heads of 8 dims, FFN 37.
 CONFIGS: dict[str, tuple[str, dict]] = {
-    "bert": ("BertConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=3, intermediate_size=37,
-                                max_position_embeddings=64)),
-    "roberta": ("RobertaConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
-                                      intermediate_size=37, max_position_embeddings=66, pad_token_id=1)),
-    "xlm-roberta": ("XLMRobertaConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
-                                             intermediate_size=37, max_position_embeddings=66, pad_token_id=1)),
-    "distilbert": ("DistilBertConfig", dict(dim=32, n_heads=4, n_layers=2, hidden_dim=37, max_position_embeddings=64)),
-    "gpt2": ("GPT2Config", dict(n_embd=32, n_head=4, n_layer=2, n_inner=37, n_positions=64, pad_token_id=0)),
-    "llama": ("LlamaConfig", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                  num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64, pad_token_id=0)),
-    "mistral": ("MistralConfig", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                      num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64,
-                                      pad_token_id=0)),
-    "qwen2": ("Qwen2Config", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                                  num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64, pad_token_id=0)),
-    "qwen3": ("Qwen3Config", dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                  num_hidden_layers=2, intermediate_size=37, max_position_embeddings=64, pad_token_id=0)),
+    "bert": (
+        "BertConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        ),
+    ),
+    "roberta": (
+        "RobertaConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            intermediate_size=37,
+            max_position_embeddings=66,
+            pad_token_id=1,
+        ),
+    ),
+    "xlm-roberta": (
+        "XLMRobertaConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            intermediate_size=37,
+            max_position_embeddings=66,
+            pad_token_id=1,
+        ),
+    ),
+    "distilbert": (
+        "DistilBertConfig",
+        dict(dim=32, n_heads=4, n_layers=2, hidden_dim=37, max_position_embeddings=64),
+    ),
+    "gpt2": (
+        "GPT2Config",
+        dict(n_embd=32, n_head=4, n_layer=2, n_inner=37, n_positions=64, pad_token_id=0),
+    ),
+    "llama": (
+        "LlamaConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_hidden_layers=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        ),
+    ),
+    "mistral": (
+        "MistralConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_hidden_layers=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_hidden_layers=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        ),
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_hidden_layers=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        ),
+    ),
 }
 DECODERS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 HEADS = {
@@ -53,8 +127,14 @@ def tiny_model(family: str, head: str = "classification", seed: int = 0, **overr
     return model.eval()
 
 
-def tiny_batch(family: str, batch_size: int = 4, seq_len: int = 12, labels: bool = True, seed: int = 1,
-               head: str = "classification") -> dict:
+def tiny_batch(
+    family: str,
+    batch_size: int = 4,
+    seq_len: int = 12,
+    labels: bool = True,
+    seed: int = 1,
+    head: str = "classification",
+) -> dict:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (batch_size, seq_len), generator=gen)
     mask = torch.ones_like(ids)
@@ -68,11 +148,18 @@ def tiny_batch(family: str, batch_size: int = 4, seq_len: int = 12, labels: bool
 
 
 def save_tiny_classifier(folder, tokenizer_path) -> str:
-    """A tiny random BERT classifier (labels negative/positive) saved with a real tokenizer: seconds per job."""
+    """A tiny random BERT classifier (labels negative/positive) saved with a real tokenizer: seconds
+    per job."""
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=37,
-        max_position_embeddings=128, num_labels=2, id2label={0: "negative", 1: "positive"},
+        vocab_size=30522,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},
     )
     transformers.BertForSequenceClassification(config).save_pretrained(folder)
@@ -103,7 +190,8 @@ def char_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="</s>"
+    )
 
 
 def save_tiny_causal_lm(folder, family: str = "llama", **overrides) -> str:
@@ -116,7 +204,9 @@ def save_tiny_causal_lm(folder, family: str = "llama", **overrides) -> str:
 
 def write_story_txt(path, stories: int = 40):
     """A plain-text file: one short story per blank-line-separated block, some over two lines."""
-    blocks = [f"Story {i}: the cat sat on mat {i % 7}.\nIt was {'happy' if i % 2 else 'sad'} today."
-              for i in range(stories)]
+    blocks = [
+        f"Story {i}: the cat sat on mat {i % 7}.\nIt was {'happy' if i % 2 else 'sad'} today."
+        for i in range(stories)
+    ]
     path.write_text("\n\n".join(blocks) + "\n")
     return path

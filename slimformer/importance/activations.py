@@ -105,8 +105,11 @@ def score_activations(
 
     try:
         for i, s in enumerate(sizes):
-            handles.append(adapter.attention_output(i).register_forward_pre_hook(
-                lambda m, a, i=i: on_heads(m, a, i)))
+            handles.append(
+                adapter.attention_output(i).register_forward_pre_hook(
+                    lambda m, a, i=i: on_heads(m, a, i)
+                )
+            )
             for module in adapter.normed_inputs(i):
                 handles.append(module.register_forward_pre_hook(on_normed))
             if s.mlp_removed:
@@ -115,8 +118,14 @@ def score_activations(
             handles.append(down.register_forward_pre_hook(lambda m, a, i=i: on_neurons(m, a, i)))
             handles.append(down.register_forward_hook(lambda m, a, o, i=i: on_mlp(m, a, o, i)))
         steps = 0
-        for _ in calibration_pass(model, batches, what="activation scoring", tokens=tokens,
-                                  on_progress=on_progress, should_cancel=should_cancel):
+        for _ in calibration_pass(
+            model,
+            batches,
+            what="activation scoring",
+            tokens=tokens,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+        ):
             steps += 1
     finally:
         for handle in handles:

@@ -66,8 +66,14 @@ def block_influence(
         for i, layer in enumerate(adapter.layers)
     ]
     try:
-        for _ in calibration_pass(model, batches, what="block influence", tokens=tokens,
-                                  on_progress=on_progress, should_cancel=should_cancel):
+        for _ in calibration_pass(
+            model,
+            batches,
+            what="block influence",
+            tokens=tokens,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+        ):
             pass
     finally:
         for handle in handles:
@@ -104,8 +110,9 @@ def _loss(model: nn.Module, batches: list[dict], references: list[torch.Tensor |
         elif "labels" in batch and out.logits.shape[-1] > 1:
             value = F.cross_entropy(out.logits.float(), batch["labels"], reduction="sum")
         elif "labels" in batch:  # regression
-            value = F.mse_loss(out.logits.float().squeeze(-1), batch["labels"].float(),
-                               reduction="sum")
+            value = F.mse_loss(
+                out.logits.float().squeeze(-1), batch["labels"].float(), reduction="sum"
+            )
         else:
             value = F.cross_entropy(out.logits.float(), reference, reduction="sum")
         total, weight = total + float(value), weight + rows
@@ -140,8 +147,9 @@ def metric_drop(
     """The loss increase when each layer is skipped (see the module docstring)."""
     adapter = ModelAdapter(model)
     device = next(model.parameters()).device
-    batches = [{k: v.to(device) for k, v in b.items()}
-               for b in _first_tokens(list(batches), tokens)]
+    batches = [
+        {k: v.to(device) for k, v in b.items()} for b in _first_tokens(list(batches), tokens)
+    ]
     if not batches:
         raise InvalidSpec("metric-drop scoring needs calibration data, and none was given")
     was_training = model.training
@@ -164,8 +172,9 @@ def metric_drop(
             finally:
                 handle.remove()
             if on_progress:
-                on_progress((i + 1) / adapter.num_layers,
-                            f"metric drop: layer {i + 1}/{adapter.num_layers}")
+                on_progress(
+                    (i + 1) / adapter.num_layers, f"metric drop: layer {i + 1}/{adapter.num_layers}"
+                )
     finally:
         model.train(was_training)
     return scores
@@ -189,5 +198,7 @@ def score_depth(
         return block_influence(model, batches, on_progress=on_progress, should_cancel=should_cancel)
     if method == "metric_drop":
         return metric_drop(model, batches, on_progress=on_progress, should_cancel=should_cancel)
-    raise InvalidSpec(f"unknown depth importance {method!r}; choose block_influence or metric_drop",
-                      details={"field": "depth_importance"})
+    raise InvalidSpec(
+        f"unknown depth importance {method!r}; choose block_influence or metric_drop",
+        details={"field": "depth_importance"},
+    )

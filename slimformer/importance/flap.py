@@ -101,12 +101,20 @@ def score_flap(
 
     try:
         for i, s in enumerate(sizes):
-            handles.append(adapter.attention_output(i).register_forward_pre_hook(observe(attention[i])))
+            handles.append(
+                adapter.attention_output(i).register_forward_pre_hook(observe(attention[i]))
+            )
             if not s.mlp_removed:
                 handles.append(adapter.mlp_down(i).register_forward_pre_hook(observe(mlp[i])))
         steps = 0
-        for _ in calibration_pass(model, batches, what="FLAP scoring", tokens=tokens,
-                                  on_progress=on_progress, should_cancel=should_cancel):
+        for _ in calibration_pass(
+            model,
+            batches,
+            what="FLAP scoring",
+            tokens=tokens,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+        ):
             steps += 1
     finally:
         for handle in handles:

@@ -162,7 +162,8 @@ def compute_loss(
         emb = F.normalize(_full_precision(pooled), dim=-1)
         if emb.shape[0] < 2:
             raise InvalidSpec(
-                "label-free scoring of an embedding model needs batches of at least 2 texts")
+                "label-free scoring of an embedding model needs batches of at least 2 texts"
+            )
         ref = emb.detach() if reference is None else reference
         return F.cross_entropy(emb @ ref.T / 0.05, torch.arange(emb.shape[0], device=emb.device))
     if task == "text-generation":  # cross-entropy against the greedy next tokens, streamed
@@ -170,7 +171,8 @@ def compute_loss(
     logits = _full_precision(model(**inputs).logits)
     if logits.shape[-1] == 1:  # regression: stay close to the original score
         raise InvalidSpec(
-            "label-free scoring of a regression model is not supported; give labelled data")
+            "label-free scoring of a regression model is not supported; give labelled data"
+        )
     return F.cross_entropy(logits, logits.detach().argmax(-1))
 
 
@@ -251,8 +253,9 @@ def score_michel(
     gates = Gates(adapter, per_example=width)
     # accumulated in float64, handed out as float32
     head_acc = [torch.zeros(s.heads, dtype=torch.float64) for s in sizes]
-    neuron_acc = [torch.zeros(0 if s.mlp_removed else s.intermediate, dtype=torch.float64)
-                  for s in sizes]
+    neuron_acc = [
+        torch.zeros(0 if s.mlp_removed else s.intermediate, dtype=torch.float64) for s in sizes
+    ]
     mlp_acc = torch.zeros(len(sizes), dtype=torch.float64)
     examples = 0
     try:
@@ -266,7 +269,8 @@ def score_michel(
                     value = compute_loss(model, batch, kind)
                 if not torch.isfinite(value):
                     raise InvalidSpec(
-                        f"the scoring loss is {value.item()} on calibration batch {step}")
+                        f"the scoring loss is {value.item()} on calibration batch {step}"
+                    )
                 value.backward()
                 del value
                 rows = len(batch["input_ids"])

@@ -58,13 +58,23 @@ def score_importance(
     if method == "magnitude":
         return score_magnitude(model, normalize=normalize, normalize_neurons=normalize_neurons)
     if method == "michel":
-        return score_michel(model, batches, loss=loss, normalize=normalize,
-                            normalize_neurons=normalize_neurons, per_example=per_example,
-                            on_progress=on_progress, should_cancel=should_cancel)
+        return score_michel(
+            model,
+            batches,
+            loss=loss,
+            normalize=normalize,
+            normalize_neurons=normalize_neurons,
+            per_example=per_example,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+        )
     if method == "activations":
-        return score_activations(model, batches, on_progress=on_progress,
-                                 should_cancel=should_cancel)
+        return score_activations(
+            model, batches, on_progress=on_progress, should_cancel=should_cancel
+        )
     if method == "flap":
         return score_flap(model, batches, on_progress=on_progress, should_cancel=should_cancel)
-    raise InvalidSpec(f"unknown importance method {method!r}; choose {', '.join(METHODS)}",
-                      details={"field": "importance"})
+    raise InvalidSpec(
+        f"unknown importance method {method!r}; choose {', '.join(METHODS)}",
+        details={"field": "importance"},
+    )
