@@ -955,11 +955,16 @@ def test_every_flag_of_the_readme_synopsis_exists():
         assert flags <= known, (command, flags - known)
 
 
-def _substituted(words: list[str], model: str, data: dict[str, Path], tmp_path: Path) -> list[str]:
-    """The example with its model, data and output paths made local to the test, nothing else."""
+def _substituted(
+    words: list[str], model: str, data: dict[str, Path], tmp_path: Path, causal_lm: str = ""
+) -> list[str]:
+    """The example with its model, data and output paths made local to the test, nothing else: the
+    benchmark encoder becomes ``model``, the SmolLM2 fixture's folder ``causal_lm``."""
     out = []
     for word in words:
-        if word.startswith("../shared/models/"):
+        if "smollm2" in word and not word.startswith("runs/"):
+            word = causal_lm
+        elif word.startswith("../shared/models/"):
             word = model
         elif word.startswith("../shared/data/"):
             word = str(data[Path(word).name])
@@ -979,12 +984,18 @@ def _substituted(words: list[str], model: str, data: dict[str, Path], tmp_path: 
 
 def test_readme_examples_run_on_a_tiny_model(tmp_path, minilm_path):
     model = str(save_six_layer_classifier(tmp_path / "minilm-l6-sst2-tiny", minilm_path))
+    causal_lm = str(save_tiny_causal_lm(tmp_path / "smollm2-tiny"))
+    stories = "\n\n".join(f"The cat sat on mat {i}.\nIt was a good day." for i in range(40))
+    for name in ("validation.txt", "test.txt"):
+        (tmp_path / name).write_text(stories + "\n")
     data = {
         "train.tsv": write_sst2_like(tmp_path / "train.tsv", 60),
         "validation.tsv": write_sst2_like(tmp_path / "validation.tsv", 20),
+        "validation.txt": tmp_path / "validation.txt",
+        "test.txt": tmp_path / "test.txt",
     }
     for words in _readme_examples():
-        command = _substituted(words, model, data, tmp_path)
+        command = _substituted(words, model, data, tmp_path, causal_lm)
         _ok(_cli(*command[1:], env=_env(tmp_path)))
         out = Path(command[command.index("--out") + 1])
         assert (out / "README.md").is_file() and (out / "compression_report.json").is_file()
