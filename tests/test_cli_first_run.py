@@ -23,6 +23,7 @@ import pytest
 import transformers
 import yaml
 from huggingface_hub import ModelCard
+from tiny_models import save_tiny_classifier
 
 from slimformer.artifacts import BUNDLED_MODELING_FILE, KNOWN_MODELING_DIGESTS, file_sha256
 from slimformer.errors import RemoteCode
@@ -164,23 +165,7 @@ def save_tiny_encoder(folder: Path, tokenizer_path: str) -> Path:
 
 def save_six_layer_classifier(folder: Path, tokenizer_path: str) -> Path:
     """Like ../shared/models/minilm-l6-sst2 (six layers, labels negative/positive), tiny."""
-    import torch
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_hidden_layers=6,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    transformers.AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(folder)
-    return folder
+    return Path(save_tiny_classifier(folder, tokenizer_path, num_layers=6))
 
 
 def write_sst2_like(path: Path, rows: int = 40) -> Path:

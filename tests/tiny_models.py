@@ -147,7 +147,7 @@ def tiny_batch(
     return batch
 
 
-def save_tiny_classifier(folder, tokenizer_path) -> str:
+def save_tiny_classifier(folder, tokenizer_path, num_layers: int = 2) -> str:
     """A tiny random BERT classifier (labels negative/positive) saved with a real tokenizer: seconds
     per job."""
     torch.manual_seed(0)
@@ -155,7 +155,7 @@ def save_tiny_classifier(folder, tokenizer_path) -> str:
         vocab_size=30522,
         hidden_size=32,
         num_attention_heads=4,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         intermediate_size=37,
         max_position_embeddings=128,
         num_labels=2,
