@@ -182,6 +182,13 @@ def format_factor(factor: float) -> str:
     return f"×{factor:.1f}" if factor >= 10 else f"×{factor:.2f}"
 
 
+def format_speedup(speedup: float) -> str:
+    """``×1.98 faster`` or, below 1, ``×1.05 slower``: a latency ratio as a person reads it."""
+    if speedup >= 1 or speedup <= 0:
+        return f"{format_factor(speedup)} faster"
+    return f"{format_factor(1 / speedup)} slower"
+
+
 def format_change(before: float | None, after: float | None, metric: str | None = None) -> str:
     """The change of a metric: percentage points for fractions, a factor for perplexity, else the
     difference."""
@@ -253,7 +260,7 @@ def _table(evaluation: dict, artifacts: dict) -> list[tuple[str, str, str, str]]
                 "Latency p50, batch 1 (ms)",
                 f"{lat_o['batch1_p50_ms']:.2f}",
                 f"{lat_c['batch1_p50_ms']:.2f}",
-                f"{format_factor(ratios['latency_speedup'])} faster",
+                format_speedup(ratios["latency_speedup"]),
             )
         )
         rows.append(
@@ -454,7 +461,7 @@ def build_card(report: dict, folder: Path) -> ModelCard:
         f"{METRIC_LABELS.get(primary, primary)} {_fmt(c_metric, primary)} (original "
         f"{_fmt(o_metric, primary)})"
         + (
-            f", {format_factor(ratios['latency_speedup'])} faster at batch 1"
+            f", {format_speedup(ratios['latency_speedup'])} at batch 1"
             if ratios.get("latency_speedup")
             else ""
         )

@@ -18,6 +18,7 @@ from slimformer.card import (
     format_metric,
     format_number,
     format_relative,
+    format_speedup,
     load_snippet,
 )
 
@@ -183,3 +184,8 @@ def test_a_snippet_for_a_published_model_names_the_repo():
     assert "model.generate" in code
     pairs = load_snippet("text-classification", "acme/c", per_layer=False, pairs=True)
     assert '["a second sentence"]' in pairs and "trust_remote_code" not in pairs
+
+
+def test_a_slower_model_is_called_slower_not_a_fraction_faster():
+    assert format_speedup(1.98) == "×1.98 faster"
+    assert format_speedup(1 / 1.05) == "×1.05 slower"

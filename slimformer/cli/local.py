@@ -67,9 +67,9 @@ def hub_token() -> str | None:
 def _print_summary(report: dict) -> None:
     from slimformer.card import (  # the card's formatting: the table reads like the card
         format_change,
-        format_factor,
         format_metric,
         format_relative,
+        format_speedup,
     )
 
     evaluation = report["evaluation"]
@@ -102,7 +102,7 @@ def _print_summary(report: dict) -> None:
             "latency p50 b1 (ms)",
             f"{before['latency']['batch1_p50_ms']:.2f}",
             f"{after['latency']['batch1_p50_ms']:.2f}",
-            f"{format_factor(evaluation['ratios']['latency_speedup'])} faster",
+            format_speedup(evaluation["ratios"]["latency_speedup"]),
         )
     pruning = report.get("pruning")
     if pruning:

@@ -76,7 +76,11 @@ def _metrics_line(view: dict) -> str:
     if ratios.get("parameters") is not None:
         parts.append(f"parameters {ratios['parameters']:.1%} of the original")
     if ratios.get("latency_speedup"):
-        parts.append(f"{ratios['latency_speedup']:.2f}x faster at batch 1")
+        speedup = ratios["latency_speedup"]
+        if speedup >= 1:
+            parts.append(f"{speedup:.2f}x faster at batch 1")
+        else:
+            parts.append(f"{1 / speedup:.2f}x slower at batch 1")
     return "; ".join(parts)
 
 
