@@ -145,6 +145,14 @@ that data
 {% endif %}"""
 
 
+RANKING_TEXT = {
+    "global": "across layers on raw scores",
+    "per_layer": "within each layer (every layer loses the same share)",
+    "adaptive": "across layers after standardising scores within each layer (FLAP's adaptive "
+    "structure)",
+}
+
+
 def format_number(value: float | int | None) -> str:
     """A measured number as people read it: thousands separators, about four significant digits."""
     if value is None:
@@ -599,6 +607,10 @@ def _method_text(report: dict) -> str:
         "random": "a random order (a baseline)",
         "activations": "Minitron's activation magnitudes (forward passes only)",
         "flap": "FLAP's fluctuation metric (An et al. 2024) with bias compensation",
+        "obs": (
+            "the structured OBS criterion (the output error a unit's removal leaves after a "
+            "least-squares refit of its layer's output projection; ZipLM, SlimGPT)"
+        ),
     }.get(p["importance"], p["importance"])
     data = report["data"]
     text = f"the text column `{data['text_column']}`" if data.get("text_column") else "the text"
@@ -633,9 +645,15 @@ def _method_text(report: dict) -> str:
         f"Importance was scored with {how}, using {loss} on {data.get('calibration_rows', '?')} "
         f"calibration rows of {data.get('source', 'the given data')} "
         f"({imp.get('seconds', 0):.1f} s). The target was {target}, "
-        f"ranked {'across layers' if p['ranking'] == 'global' else 'within each layer'}, "
+        f"ranked {RANKING_TEXT.get(p['ranking'], p['ranking'])}, "
         f"removed {schedule}. "
-        f"Units were removed physically (weights sliced) in the `{p['layout']}` layout."
+        f"Units were removed physically (weights sliced) in the `{p['layout']}` layout"
+        + (
+            "; each pruned layer's output projection was then refitted by least squares to "
+            "reproduce the original's output on the calibration tokens."
+            if (report.get("pruning") or {}).get("reconstruction")
+            else "."
+        )
         + _unused_labels_text(report)
     )
 

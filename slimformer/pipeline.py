@@ -33,7 +33,7 @@ from slimformer.errors import Cancelled, InvalidSpec, Unauthorized
 from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
 from slimformer.export import export_onnx
 from slimformer.hub import HubPolicy, LoadedModel, load_model, publish_folder
-from slimformer.importance import score_depth, score_importance
+from slimformer.importance import input_grams, score_depth, score_importance
 from slimformer.models import set_seed
 from slimformer.pruning import (
     PruningPlan,
@@ -43,6 +43,7 @@ from slimformer.pruning import (
     one_shot_prune,
     plan_depth,
     plan_pruning,
+    refit_keys,
 )
 from slimformer.spec import STAGES, JobSpec, PruneSpec
 from slimformer.text import pack_texts, window_length
@@ -474,6 +475,7 @@ def run(
             keep_first_layers=p.keep_first_layers,
             keep_last_layers=p.keep_last_layers,
             bias_compensation=p.bias_compensation,
+            reconstruction=p.reconstruction,
         )
         depth = _prune_depth(compressed, cal_batches, p, stage, should_cancel) if p.layers else None
 
@@ -510,6 +512,15 @@ def run(
             timings["scoring"] = time.perf_counter() - t0
             stage("pruning", 0.0, "removing units")
             plan = plan_pruning(compressed, importance, target, layout=p.layout, seq_len=max_length)
+            if (
+                target.wants_reconstruction(importance.method)
+                and plan.grams is None
+                and not plan.is_empty()
+            ):
+                stage("pruning", 0.0, "measuring the pruned layers' inputs for reconstruction")
+                plan.grams = input_grams(
+                    compressed, cal_batches, refit_keys(plan), should_cancel=should_cancel
+                )
             result = one_shot_prune(compressed, importance, plan, layout=p.layout)
         compressed = result.model
         if depth is not None:
@@ -518,6 +529,14 @@ def run(
                 depth["of"],
             )
         pruning_record = result.record.to_dict()
+        pruning_record["reconstruction"] = (
+            result.plan.grams is not None
+            if result.plan is not None
+            else p.schedule == "iterative" and target.wants_reconstruction(p.importance)
+        )
+        for held in (result.plan, *result.importance):  # the Gram matrices are not needed now
+            if held is not None:
+                held.grams = None
         if result.importance:
             importance_report = result.importance[0].to_dict()
         if depth is not None:

@@ -35,6 +35,7 @@ from slimformer.errors import InvalidSpec, UnsupportedArchitecture
 from slimformer.importance import Importance
 from slimformer.modeling import modeling_slimformer as bundled
 from slimformer.models import count_macs, count_parameters
+from slimformer.reconstruction import kept_channels, refit, set_output
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class PruningPlan:
     # projection / the MLP's down projection; None: no compensation
     attention_means: list[torch.Tensor] | None = None
     mlp_means: list[torch.Tensor] | None = None
+    # least-squares reconstruction (slimformer.reconstruction): per (layer, part) the Gram matrix of
+    # the output projection's input on the calibration tokens; None: no reconstruction
+    grams: dict[tuple[int, str], torch.Tensor] | None = None
+    reconstruct_bias: bool = True  # the refit may set an output bias (False: through the origin)
 
     def is_empty(self) -> bool:
         return not any(self.heads.values()) and not any(self.neurons.values()) and not self.mlps
@@ -82,6 +87,7 @@ class PruningPlan:
             "neurons": {str(k): len(v) for k, v in sorted(self.neurons.items()) if v},
             "mlps": sorted(self.mlps),
             "bias_compensation": self.compensates,
+            "reconstruction": self.grams is not None,
         }
 
 
@@ -102,6 +108,12 @@ class PruningTarget:
     # fold the removed units' mean output into a bias: None = for FLAP only (its metric assumes it);
     # True = also for other methods that measured the means (activations)
     bias_compensation: bool | None = None
+    # least-squares refit of the pruned layers' output projections (slimformer.reconstruction):
+    # None = for OBS only (its scores assume it, and it measured the Gram matrices)
+    reconstruction: bool | None = None
+
+    def wants_reconstruction(self, method: str) -> bool:
+        return method == "obs" if self.reconstruction is None else self.reconstruction
 
     def validate(self) -> None:
         for name in ("heads", "ffn"):
@@ -430,6 +442,9 @@ def plan_pruning(
     compensate = wanted and importance.attention_means is not None
     if compensate and uniform:
         _check_uniform_bias(adapter, target)
+    reconstruct = target.wants_reconstruction(importance.method)
+    # the refit sets an output bias where the layout can hold one, else goes through the origin
+    refit_bias = not uniform or _uniform_bias_ok(adapter, target)
 
     def build(head_fraction: float, ffn_fraction: float) -> PruningPlan:
         heads = _plan_heads(adapter, importance, head_fraction, target, uniform)
@@ -440,6 +455,8 @@ def plan_pruning(
             mlps=mlps,
             attention_means=importance.attention_means if compensate and heads else None,
             mlp_means=importance.mlp_means if compensate and neurons else None,
+            grams=importance.grams if reconstruct else None,
+            reconstruct_bias=refit_bias,
         )
 
     budget = target.macs_budget or target.params_budget
@@ -475,6 +492,14 @@ def plan_pruning(
     if plan.is_empty():
         logger.info("the target removes nothing")
     return plan
+
+
+def _uniform_bias_ok(adapter: ModelAdapter, target: PruningTarget) -> bool:
+    try:
+        _check_uniform_bias(adapter, target)
+    except InvalidSpec:
+        return False
+    return True
 
 
 def _check_uniform_bias(adapter: ModelAdapter, target: PruningTarget) -> None:
@@ -536,15 +561,17 @@ def _compensation(adapter: ModelAdapter, plan: PruningPlan) -> dict[tuple[int, s
 def _pruned_copy(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """A deep copy with ``plan`` carried out (config untouched): used to measure candidate plans."""
     clone = copy.deepcopy(model)
-    remove_units(clone, plan)
+    remove_units(clone, plan, refit=False)
     return clone
 
 
-def remove_units(model: nn.Module, plan: PruningPlan) -> None:
+def remove_units(model: nn.Module, plan: PruningPlan, *, refit: bool = True) -> None:
     """Physically remove the plan's units from ``model`` (the config is not rewritten: see
-    prune_model)."""
+    prune_model). ``refit=False`` skips the least-squares refit but gives the same shapes (zero
+    biases where the refit would set them): for measuring candidate plans."""
     adapter = ModelAdapter(model)
-    compensation = _compensation(adapter, plan) if plan.compensates else {}
+    refits = _refits(adapter, plan, solve=refit) if plan.grams is not None else {}
+    compensation = _compensation(adapter, plan) if plan.compensates and not refits else {}
     for layer in range(adapter.num_layers):
         heads, neurons = plan.heads.get(layer, []), plan.neurons.get(layer, [])
         if heads or neurons or layer in plan.mlps:
@@ -553,6 +580,43 @@ def remove_units(model: nn.Module, plan: PruningPlan) -> None:
             )
     for (layer, part), vector in compensation.items():
         adapter.add_output_bias(layer, part, vector)
+    for (layer, part), (weight, bias) in refits.items():
+        set_output(adapter, layer, part, weight, bias)
+
+
+def refit_keys(plan: PruningPlan) -> list[tuple[int, str]]:
+    """The (layer, part) output projections whose inputs ``plan`` removes."""
+    keys = [(i, "attention") for i, heads in plan.heads.items() if heads]
+    keys += [(i, "mlp") for i, neurons in plan.neurons.items() if neurons and i not in plan.mlps]
+    return sorted(keys)
+
+
+def _refits(adapter: ModelAdapter, plan: PruningPlan, *, solve: bool = True) -> dict:
+    """Least-squares refits of every output projection whose inputs the plan removes, computed
+    before anything is sliced (they need the full weight). ``solve=False``: the kept columns as
+    they are and a zero bias (same shapes, no solve)."""
+    out = {}
+    for (layer, part), gram in (plan.grams or {}).items():
+        removed = (plan.heads if part == "attention" else plan.neurons).get(layer, [])
+        if not removed or layer in plan.mlps:
+            continue
+        module = adapter.output_projection(layer, part)
+        keep = kept_channels(adapter, layer, part, removed)
+        if not solve:
+            weight = adapter.output_weight(layer, part)[:, keep]
+            out[(layer, part)] = (
+                weight,
+                weight.new_zeros(len(weight)) if plan.reconstruct_bias else None,
+            )
+            continue
+        out[(layer, part)] = refit(
+            adapter.output_weight(layer, part),
+            None if module.bias is None else module.bias.detach(),
+            gram,
+            keep,
+            with_bias=plan.reconstruct_bias,
+        )
+    return out
 
 
 def predicted_parameters(model: nn.Module, plan: PruningPlan) -> int:
@@ -586,15 +650,17 @@ def predicted_parameters(model: nn.Module, plan: PruningPlan) -> int:
 
 
 def _new_bias_parameters(adapter: ModelAdapter, plan: PruningPlan) -> int:
-    """Parameters of the biases bias compensation creates (projections that had none)."""
-    if not plan.compensates:
+    """Parameters of the biases that bias compensation or a refit with a bias creates
+    (projections that had none; every layer of a part gets one, as the config says it per part)."""
+    refit = plan.grams is not None and plan.reconstruct_bias
+    if not plan.compensates and not refit:
         return 0
     total = 0
     for part, removed, means in (
         ("attention", plan.heads, plan.attention_means),
         ("mlp", plan.neurons, plan.mlp_means),
     ):
-        if means is None or not any(removed.values()):
+        if (means is None and not refit) or not any(removed.values()):
             continue
         for layer in range(adapter.num_layers):
             module = adapter.output_projection(layer, part)

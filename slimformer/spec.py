@@ -226,11 +226,14 @@ class PruneSpec(_Strict):
         "(every layer loses the same share), adaptive (scores standardised within each layer, then "
         "ranked across layers: FLAP). Null: global; adaptive for causal LMs.",
     )
-    importance: Literal["michel", "activations", "flap", "magnitude", "random"] | None = Field(
-        None,
-        description="michel (loss gradients of gates), activations (Minitron), flap "
-        "(fluctuation, with bias compensation), magnitude or random. Null: michel; activations for "
-        "causal LMs (docs/pruning.md).",
+    importance: Literal["michel", "activations", "flap", "obs", "magnitude", "random"] | None = (
+        Field(
+            None,
+            description="michel (loss gradients of gates), activations (Minitron), flap "
+            "(fluctuation, with bias compensation), obs (output error left after a least-squares "
+            "refit, with reconstruction), magnitude or random. Null: michel; obs for causal LMs "
+            "(docs/pruning.md).",
+        )
     )
     calibration_samples: int | None = Field(
         None,
@@ -258,6 +261,13 @@ class PruneSpec(_Strict):
         description="Fold the removed units' mean output into a bias of the output projection "
         "(FLAP). Null: for flap only; true: also for activations; false: never.",
     )
+    reconstruction: bool | None = Field(
+        None,
+        description="Refit each pruned layer's output projection (kept columns and bias) by least "
+        "squares so it reproduces the original output on the calibration tokens. Null: for obs "
+        "only (it measures what the refit needs); true: any one-shot method, at the cost of one "
+        "more forward pass over the calibration data; false: never.",
+    )
     layers: float = Field(
         0.0,
         ge=0.0,
@@ -282,6 +292,11 @@ class PruneSpec(_Strict):
             raise ValueError(
                 "the iterative schedule takes heads/ffn fractions; use one_shot for macs_budget, "
                 "whole_mlps and layers"
+            )
+        if self.schedule == "iterative" and self.reconstruction and self.importance != "obs":
+            raise ValueError(
+                "reconstruction with the iterative schedule needs importance obs (it re-measures "
+                "the Gram matrices at every step)"
             )
         if self.layers >= 1 and self.layers != int(self.layers):
             raise ValueError("prune.layers is a fraction below 1 or a whole number of layers")
@@ -314,7 +329,7 @@ PRUNE_DEFAULTS: dict[str, object] = {
     "keep_last_layers": 0,
 }
 CAUSAL_LM_DEFAULTS: dict[str, object] = {
-    "importance": "activations",
+    "importance": "obs",
     "ranking": "adaptive",
     "calibration_samples": 32,
     "keep_first_layers": 1,

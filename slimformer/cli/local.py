@@ -256,6 +256,9 @@ def prune(args: argparse.Namespace) -> int:
                 "bias_compensation": None
                 if args.bias_compensation is None
                 else args.bias_compensation == "on",
+                "reconstruction": None
+                if args.reconstruction is None
+                else args.reconstruction == "on",
             }
         }
     )

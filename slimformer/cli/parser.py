@@ -152,8 +152,8 @@ def _add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--importance",
-        choices=["michel", "activations", "flap", "magnitude", "random"],
-        help="default: michel; flap for causal LMs (docs/pruning.md)",
+        choices=["michel", "activations", "flap", "obs", "magnitude", "random"],
+        help="default: michel; obs for causal LMs (docs/pruning.md)",
     )
     parser.add_argument(
         "--layers",
@@ -178,6 +178,11 @@ def _add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         "--bias-compensation",
         choices=["on", "off"],
         help="fold removed units' mean output into a bias (default: flap only)",
+    )
+    parser.add_argument(
+        "--reconstruction",
+        choices=["on", "off"],
+        help="refit pruned layers' output projections by least squares (default: obs only)",
     )
     parser.add_argument("--schedule", choices=["one_shot", "iterative"], default="one_shot")
     parser.add_argument(
@@ -328,7 +333,7 @@ def _add_submit_command(
     submit.add_argument("--layout", choices=["per_layer", "uniform"])
     submit.add_argument("--ranking", choices=["global", "per_layer", "adaptive"])
     submit.add_argument(
-        "--importance", choices=["michel", "activations", "flap", "magnitude", "random"]
+        "--importance", choices=["michel", "activations", "flap", "obs", "magnitude", "random"]
     )
     submit.add_argument("--schedule", choices=["one_shot", "iterative"])
     submit.add_argument("--step", type=_fraction)

@@ -7,6 +7,8 @@ One module per method:
 * :mod:`~slimformer.importance.activations`: activation magnitudes (Minitron), forward passes only;
 * :mod:`~slimformer.importance.flap`: FLAP's fluctuation metric, with the channel means that bias
   compensation folds into the pruned model;
+* :mod:`~slimformer.importance.obs`: the structured OBS criterion (the output error a unit's
+  removal leaves after a least-squares refit of the layer's output projection), forward passes only;
 * :mod:`~slimformer.importance.depth`: whole layers, by block influence (ShortGPT) or by the loss
   increase when a layer is skipped;
 * :mod:`~slimformer.importance.baselines`: weight magnitude and a seeded random order.
@@ -27,7 +29,9 @@ from slimformer.importance.base import (
 from slimformer.importance.baselines import score_magnitude, score_random
 from slimformer.importance.depth import block_influence, metric_drop, score_depth
 from slimformer.importance.flap import score_flap
+from slimformer.importance.grams import input_grams
 from slimformer.importance.michel import Gates, compute_loss, gated, score_michel
+from slimformer.importance.obs import score_obs
 from slimformer.importance.scoring import METHODS, score_importance
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "block_influence",
     "compute_loss",
     "gated",
+    "input_grams",
     "metric_drop",
     "score_activations",
     "score_depth",
@@ -49,5 +54,6 @@ __all__ = [
     "score_importance",
     "score_magnitude",
     "score_michel",
+    "score_obs",
     "score_random",
 ]

@@ -20,7 +20,7 @@ from slimformer.errors import Cancelled, InvalidSpec
 from slimformer.models import model_task
 from slimformer.text import final_hidden
 
-ImportanceMethod = Literal["michel", "activations", "flap", "magnitude", "random"]
+ImportanceMethod = Literal["michel", "activations", "flap", "obs", "magnitude", "random"]
 DepthImportance = Literal["block_influence", "metric_drop"]
 LossKind = Literal["auto", "task", "label_free"]
 ProgressFn = Callable[[float, str], None]
@@ -54,6 +54,9 @@ class Importance:
     layers: torch.Tensor | None = None
     channels: torch.Tensor | None = None
     attention_channels: list[torch.Tensor] | None = None  # per-channel scores behind head scores
+    # (layer, "attention" | "mlp") -> Gram matrix of the output projection's input ``[x, 1]``
+    # (OBS keeps them for least-squares reconstruction)
+    grams: dict[tuple[int, str], torch.Tensor] | None = None
 
     def head_matrix(self) -> torch.Tensor:
         """Layers x heads, NaN where a layer has fewer heads than the widest one (for heatmaps)."""

@@ -12,6 +12,7 @@ from slimformer.importance.base import CancelFn, Importance, ImportanceMethod, L
 from slimformer.importance.baselines import score_magnitude, score_random
 from slimformer.importance.flap import score_flap
 from slimformer.importance.michel import score_michel
+from slimformer.importance.obs import score_obs
 
 METHODS: tuple[str, ...] = ImportanceMethod.__args__
 
@@ -37,7 +38,9 @@ def score_importance(
         method: ``michel`` (gradient of the loss w.r.t. gates, Michel et al. 2019),
             ``activations`` (Minitron: activation magnitudes, forward passes only), ``flap``
             (FLAP's fluctuation metric, forward passes only, with the means for bias
-            compensation), ``magnitude`` (weight norms) or ``random`` (seeded, a baseline).
+            compensation), ``obs`` (the output error left after a least-squares refit, forward
+            passes only; keeps the Gram matrices for reconstruction), ``magnitude`` (weight
+            norms) or ``random`` (seeded, a baseline).
         loss: Michel only: ``task`` needs labels; ``label_free`` never uses them; ``auto`` picks
             ``task`` when the first batch has labels and the model has a task head.
         normalize: Michel and magnitude: layer-wise L2 normalisation of head scores (and of the
@@ -74,6 +77,8 @@ def score_importance(
         )
     if method == "flap":
         return score_flap(model, batches, on_progress=on_progress, should_cancel=should_cancel)
+    if method == "obs":
+        return score_obs(model, batches, on_progress=on_progress, should_cancel=should_cancel)
     raise InvalidSpec(
         f"unknown importance method {method!r}; choose {', '.join(METHODS)}",
         details={"field": "importance"},
