@@ -487,7 +487,7 @@ def tables(results: dict) -> list[Table]:
                     name,
                     f"{card['perplexity']:.2f} (×{card['perplexity'] / ppl0:.2f})",
                     f"{fresh['perplexity']:.2f}",
-                    f"{100 * card['accuracy']:.1f}%",
+                    f"{100 * card['next_token_accuracy']:.1f}%",
                     f"{run['seconds'] / 60:.1f}",
                 ]
             )
