@@ -435,6 +435,8 @@ def tables(results: dict) -> list[Table]:
     for kind, ratios in (("width", results["width_ratios"]), ("depth", results["depth_ratios"])):
         rows = []
         runs = [r for r in results["methods"] if r["kind"] == kind]
+        if not runs:
+            continue
         best = {}
         for ratio in ratios:
             values = [row["perplexity"] for r in runs for row in r["rows"] if row["ratio"] == ratio]
@@ -595,7 +597,8 @@ def main() -> None:
     for table in rendered:
         print(render_text(table), end="\n\n")
     (out / "llm_pruning.md").write_text("\n\n".join(render_markdown(t) for t in rendered) + "\n")
-    plot(results, out / "llm_pruning.png")
+    if results["methods"]:
+        plot(results, out / "llm_pruning.png")
     print(f"wrote {out / 'llm_pruning.json'}, .md and .png")
 
 

@@ -115,6 +115,11 @@ can be the input of another slimformer job without remote code.{% if onnx %} `mo
 same model without any Python modelling code (onnxruntime).{% endif %}
 {% elif onnx %}
 `model.onnx` runs the same model with onnxruntime.
+{% endif %}{% if onnx_int8 %}
+`model.int8.onnx` is onnxruntime's dynamic int8 quantization of `model.onnx` ({{ onnx_int8.size }};
+largest output difference from the float graph {{ onnx_int8.diff }}, same top-1 prediction at
+{{ onnx_int8.agreement }} of the evaluated positions on the first evaluation batch):
+`onnxruntime.InferenceSession("model.int8.onnx", providers=["CPUExecutionProvider"])`.
 {% endif %}
 
 ## Reproducibility
@@ -143,6 +148,18 @@ that data
 - The base model's own limitations and biases carry over to this model.
 {% if new_head %}- The {{ new_head }} was never trained: fine-tune it before using the predictions.
 {% endif %}"""
+
+
+def _int8_facts(int8: dict | None) -> dict | None:
+    if not int8:
+        return None
+    agreement = int8.get("top1_agreement")
+    return {
+        "size": f"{int8['size_bytes'] / 1e6:,.1f} MB against "
+        f"{int8['float_size_bytes'] / 1e6:,.1f} MB in float32",
+        "diff": f"{int8['max_abs_diff']:.3g}",
+        "agreement": "—" if agreement is None else f"{agreement:.1%}",
+    }
 
 
 RANKING_TEXT = {
@@ -507,6 +524,7 @@ def build_card(report: dict, folder: Path) -> ModelCard:
         load_code=load_code,
         per_layer=per_layer,
         onnx=bool(artifacts.get("onnx")),
+        onnx_int8=_int8_facts((artifacts.get("onnx") or {}).get("int8")),
         origin=_origin_text(base),
         new_head=f"{PIPELINE_TAG.get(base['task'], base['task'])} head" if new_head else None,
         new_head_weights=", ".join(new_head),

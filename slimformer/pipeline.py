@@ -31,7 +31,7 @@ from slimformer.card import build_card
 from slimformer.data import TextData, load_hub_dataset, load_text_file, make_batches
 from slimformer.errors import Cancelled, InvalidSpec, Unauthorized
 from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
-from slimformer.export import export_onnx
+from slimformer.export import export_onnx, quantize_onnx_int8
 from slimformer.hub import HubPolicy, LoadedModel, load_model, publish_folder
 from slimformer.importance import input_grams, score_depth, score_importance
 from slimformer.models import set_seed
@@ -612,10 +612,16 @@ def run(
     with atomic_folder(out, overwrite=overwrite) as folder:
         save_model_folder(compressed, tokenizer, folder)
         onnx = None
-        if spec.evaluation.onnx:
+        if spec.evaluation.onnx or spec.evaluation.onnx_int8:
             check()
             onnx = export_onnx(compressed, eval_batches[0], folder / "model.onnx")
             onnx["path"] = "model.onnx"
+        if spec.evaluation.onnx_int8:
+            check()
+            int8 = quantize_onnx_int8(
+                folder / "model.onnx", folder / "model.int8.onnx", eval_batches[0]
+            )
+            onnx["int8"] = int8 | {"path": "model.int8.onnx"}
         report["artifacts"] = {
             "layout": spec.prune.layout if "prune" in spec.method else "uniform",
             "per_layer": bool(getattr(compressed.config, "auto_map", None)),

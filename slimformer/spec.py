@@ -408,6 +408,11 @@ class EvaluationSpec(_Strict):
     max_samples: int | None = Field(2000, ge=1, description="Evaluate on at most this many rows.")
     latency: bool = Field(True, description="Measure latency and throughput of both models.")
     onnx: bool = Field(False, description="Also export model.onnx, checked with onnxruntime.")
+    onnx_int8: bool = Field(
+        False,
+        description="Also write model.int8.onnx: onnxruntime's dynamic int8 quantization of "
+        "model.onnx (implies onnx), with its output difference and top-1 agreement on the card.",
+    )
 
 
 class PublishSpec(_Strict):

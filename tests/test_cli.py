@@ -75,6 +75,27 @@ def test_onnx_export_from_the_command_line(tiny_classifier_folder, labelled_csv,
     assert (out / "model.onnx").is_file() and report["artifacts"]["onnx"]["max_abs_diff"] <= 1e-4
 
 
+def test_onnx_int8_from_the_command_line_loads_alone_and_is_smaller(
+    tiny_classifier_folder, labelled_csv, tmp_path
+):
+    import numpy as np
+    import onnxruntime as ort
+
+    out = tmp_path / "int8"
+    assert _prune(tiny_classifier_folder, labelled_csv, out, "--ffn", "0.25", "--onnx-int8") == 0
+    int8 = json.loads((out / "compression_report.json").read_text())["artifacts"]["onnx"]["int8"]
+    assert int8["path"] == "model.int8.onnx" and 0.0 <= int8["top1_agreement"] <= 1.0
+    float_size = (out / "model.onnx").stat().st_size + (out / "model.onnx.data").stat().st_size
+    assert int8["float_size_bytes"] == float_size and int8["size_bytes"] < 0.4 * float_size
+    session = ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.ones((2, 7), dtype=np.int64) for i in session.get_inputs()}
+    logits = session.run(None, feed)[0]
+    assert logits.shape == (2, 2) and np.isfinite(logits).all()
+    card = (out / "README.md").read_text()
+    assert "`model.int8.onnx` is onnxruntime's dynamic int8 quantization" in card
+    assert f"{int8['top1_agreement']:.1%}" in card
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

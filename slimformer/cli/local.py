@@ -144,6 +144,7 @@ def _common(args: argparse.Namespace, method: str) -> dict[str, Any]:
             "max_samples": args.eval_samples,
             "latency": not args.no_latency,
             "onnx": args.onnx,
+            "onnx_int8": args.onnx_int8,
         },
         "seed": args.seed,
     }

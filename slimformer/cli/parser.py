@@ -126,6 +126,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onnx", action="store_true", help="also export model.onnx, checked with onnxruntime"
     )
+    parser.add_argument(
+        "--onnx-int8",
+        action="store_true",
+        help="also write model.int8.onnx (onnxruntime dynamic int8; implies --onnx)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument(
@@ -349,6 +354,9 @@ def _add_submit_command(
     submit.add_argument("--eval-samples", type=int, help="evaluate on at most this many rows")
     submit.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     submit.add_argument("--onnx", action="store_true", help="also export model.onnx")
+    submit.add_argument(
+        "--onnx-int8", action="store_true", help="also write model.int8.onnx (dynamic int8)"
+    )
     submit.add_argument(
         "--publish", metavar="REPO", help="publish the result to this Hub repo (org/name)"
     )

@@ -240,6 +240,8 @@ def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
         section("evaluation")["latency"] = False
     if args.onnx:
         section("evaluation")["onnx"] = True
+    if args.onnx_int8:
+        section("evaluation")["onnx_int8"] = True
     if args.publish:
         data["publish"] = {"repo_id": args.publish, "private": not args.public}
     if args.seed is not None:
