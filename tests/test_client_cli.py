@@ -121,11 +121,24 @@ def test_submit_from_flags_prints_the_id_and_json(cli, service, tmp_path):
         "--heads",
         "0.5",
         "--no-latency",
+        "--keep-first-layers",
+        "2",
+        "--reconstruction",
+        "on",
+        "--bias-compensation",
+        "off",
+        "--layers",
+        "1",
+        "--onnx-int8",
         "--json",
     )
     assert code == 0, err
     view = json.loads(out)
     assert view["spec"]["prune"]["heads"] == 0.5 and view["spec"]["evaluation"]["latency"] is False
+    prune = view["spec"]["prune"]
+    assert (prune["keep_first_layers"], prune["reconstruction"]) == (2, True)
+    assert (prune["bias_compensation"], prune["layers"]) == (False, 1)
+    assert prune["keep_last_layers"] is None and view["spec"]["evaluation"]["onnx_int8"]
     assert view["spec"]["dataset"]["upload_id"] and view["status"] in ("queued", "running")
     code, out, err = cli(
         "cancel", view["id"]

@@ -344,6 +344,12 @@ def _add_submit_command(
     submit.add_argument("--step", type=_fraction)
     submit.add_argument("--metric-floor", type=_budget)
     submit.add_argument("--calibration-samples", type=int)
+    submit.add_argument("--keep-first-layers", type=int)
+    submit.add_argument("--keep-last-layers", type=int)
+    submit.add_argument("--layers", type=float, help="whole layers to drop: a fraction or a count")
+    submit.add_argument("--depth-importance", choices=["block_influence", "metric_drop"])
+    submit.add_argument("--bias-compensation", choices=["on", "off"])
+    submit.add_argument("--reconstruction", choices=["on", "off"])
     student = submit.add_mutually_exclusive_group()
     student.add_argument(
         "--student-layers", type=int, help="distil into this many of the teacher's layers"

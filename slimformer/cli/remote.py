@@ -168,7 +168,12 @@ _PRUNE_FLAGS = (
     "step",
     "metric_floor",
     "calibration_samples",
+    "keep_first_layers",
+    "keep_last_layers",
+    "layers",
+    "depth_importance",
 )
+_SWITCHES = ("bias_compensation", "reconstruction")  # on|off flags
 
 
 def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
@@ -223,6 +228,7 @@ def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
     elif not args.spec:
         data["method"] = "distill" if wants_student else "prune"
     prune = {k: getattr(args, k) for k in _PRUNE_FLAGS}
+    prune |= {k: None if getattr(args, k) is None else getattr(args, k) == "on" for k in _SWITCHES}
     if any(v is not None for v in prune.values()):
         section("prune").update({k: v for k, v in prune.items() if v is not None})
     if wants_student:
