@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test lint bench engines clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,13 @@ test: venv
 lint: venv
 	$(BIN)/ruff check slimformer service workers tests bench
 	$(BIN)/ruff format --check slimformer service workers tests bench
+
+# The serving engines (llama.cpp with its GGUF converter; vLLM's CPU build), each in its own venv
+# under $${SLIMFORMER_ENGINES:-~/.cache/slimformer/engines}; built once (llama.cpp compiles for
+# 15-20 minutes on 2 cores), then instant. The engine tests skip, saying why, without them.
+engines:
+	PYTHON=$(PYTHON) deploy/engines/llama-cpp.sh
+	PYTHON=$(PYTHON) deploy/engines/vllm.sh
 
 bench: venv
 	$(BIN)/python bench/pruning_sweep.py

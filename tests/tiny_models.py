@@ -194,6 +194,41 @@ def char_tokenizer():
     )
 
 
+def llama_style_tokenizer():
+    """A Llama-2-style character tokenizer (BPE without merges, ``▁`` for spaces, byte fallback)
+    with exactly VOCAB ids: <unk> 0, <s> 1, </s> 2, ``▁``, printable ASCII, then byte tokens.
+    llama.cpp's converter reads it as a Llama vocabulary (no pre-tokenizer hash to match)."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    chars = ["▁"] + [c for c in string.printable if c not in " \t\n\r\x0b\x0c"]
+    pieces = ["<unk>", "<s>", "</s>", "<0x0A>"] + chars
+    pieces += [f"<0x{b:02X}>" for b in range(0x80, 0x100)][: VOCAB - len(pieces)]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    bpe = models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    backend = Tokenizer(bpe)
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    backend.add_special_tokens(["<unk>", "<s>", "</s>"])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<unk>",
+    )
+
+
 def save_tiny_causal_lm(folder, family: str = "llama", **overrides) -> str:
     """A tiny random causal LM of ``family`` saved with :func:`char_tokenizer`: seconds per job."""
     model = tiny_model(family, "causal-lm", **{"pad_token_id": 0, "eos_token_id": 2, **overrides})

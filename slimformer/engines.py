@@ -1,0 +1,220 @@
+"""Serving engines outside PyTorch: GGUF export with llama.cpp's own tools, and measurements in
+llama.cpp and vLLM.
+
+Each engine lives in a virtual environment of its own (vLLM pins its own transformers; llama.cpp is
+compiled from source), built by ``deploy/engines/<name>.sh`` (``make engines``) under
+``$SLIMFORMER_ENGINES`` (default ``~/.cache/slimformer/engines``). slimformer never imports an
+engine: it runs the engine's Python in a subprocess with a short script of ours and reads JSON back.
+
+GGUF files are written by llama.cpp's converter (``convert_hf_to_gguf.py``, which ships with the
+llama.cpp source inside llama-cpp-python's source distribution): F16 and Q8_0 directly, Q4_K_M by
+llama.cpp's quantizer (``llama_model_quantize``) from the F16 file. The converter reads stock
+configs: the ``uniform`` layout and depth-pruned models of the Llama, Mistral and Qwen2/3 families.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from slimformer.errors import ExportError
+
+ENGINES = ("llama-cpp", "vllm")
+GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
+GGUF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+class EngineMissing(ExportError):
+    """An engine's environment is not built on this machine."""
+
+
+def engines_home() -> Path:
+    base = os.environ.get("SLIMFORMER_ENGINES")
+    if base:
+        return Path(base)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "slimformer" / "engines"
+
+
+def engine_python(name: str) -> Path:
+    """The Python of a built engine environment.
+
+    Raises:
+        EngineMissing: the environment is not built (the message says how to build it).
+    """
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose {', '.join(ENGINES)}")
+    env = engines_home() / name
+    python = env / "bin" / "python"
+    if not (env / ".complete").is_file() or not python.exists():
+        raise EngineMissing(
+            f"the {name} engine is not installed at {env}: build it with `make engines` "
+            f"(deploy/engines/{name}.sh; set SLIMFORMER_ENGINES to keep engines elsewhere)",
+            details={"engine": name, "path": str(env)},
+        )
+    return python
+
+
+def _run(name: str, args: list[str], *, timeout: float, what: str) -> str:
+    python = engine_python(name)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [str(python), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if done.returncode:
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise ExportError(f"{what} failed in the {name} engine:\n{tail}")
+    return done.stdout
+
+
+def check_gguf_convertible(folder: Path) -> None:
+    """Refuse, before any work, a folder llama.cpp's converter cannot read as its family.
+
+    Raises:
+        ExportError: a per-layer folder (``auto_map``) or a family the export does not cover.
+    """
+    config = json.loads((Path(folder) / "config.json").read_text())
+    if config.get("auto_map") or config.get("per_layer_config"):
+        raise ExportError(
+            "GGUF export needs a stock config: the per_layer layout gives layers different shapes, "
+            "which llama.cpp reads only for Nemotron-NAS models. Prune with layout 'uniform' (or "
+            "drop whole layers only) for a GGUF file.",
+            details={"field": "layout"},
+        )
+    family = config.get("model_type")
+    if family not in GGUF_FAMILIES:
+        raise ExportError(
+            f"GGUF export covers {', '.join(GGUF_FAMILIES)}; this model is {family!r}",
+            details={"model_type": family},
+        )
+
+
+_QUANTIZE = """
+import sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
+params.nthread = 0
+code = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params)
+sys.exit(code)
+"""
+
+
+def export_gguf(
+    folder: str | Path, out_dir: str | Path, types: tuple[str, ...] = ("f16", "q8_0")
+) -> list[dict]:
+    """Write ``model-<TYPE>.gguf`` files for ``folder`` (a saved Hugging Face folder) into
+    ``out_dir`` with llama.cpp's converter and quantizer.
+
+    Returns:
+        One ``{"type", "file", "size_bytes", "seconds"}`` per type, in the order given.
+
+    Raises:
+        ExportError: an unknown type, a folder the converter cannot read, a converter failure.
+        EngineMissing: the llama.cpp engine is not built.
+    """
+    folder, out_dir = Path(folder), Path(out_dir)
+    unknown = [t for t in types if t not in GGUF_TYPES]
+    if unknown:
+        raise ExportError(f"unknown GGUF type(s) {unknown}; choose from {', '.join(GGUF_TYPES)}")
+    check_gguf_convertible(folder)
+    converter = _converter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for kind in types:
+        target = out_dir / f"model-{kind.upper()}.gguf"
+        start = time.perf_counter()
+        if kind == "q4_k_m":
+            f16 = out_dir / "model-F16.gguf"
+            made_f16 = not f16.exists()
+            if made_f16:
+                _convert(converter, folder, f16, "f16")
+            _run(
+                "llama-cpp",
+                ["-c", _QUANTIZE, str(f16), str(target), "Q4_K_M"],
+                timeout=3600,
+                what="Q4_K_M quantization",
+            )
+            if made_f16 and "f16" not in types:
+                f16.unlink()
+        else:
+            _convert(converter, folder, target, kind)
+        results.append(
+            {
+                "type": kind.upper(),
+                "file": target.name,
+                "size_bytes": target.stat().st_size,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    return results
+
+
+def _converter() -> Path:
+    engine_python("llama-cpp")
+    found = sorted(
+        (engines_home() / "llama-cpp" / "src").glob("*/vendor/llama.cpp/convert_hf_to_gguf.py")
+    )
+    if not found:
+        raise EngineMissing(
+            "llama.cpp's converter (convert_hf_to_gguf.py) is missing from the llama-cpp engine; "
+            "rebuild it with `make engines`"
+        )
+    return found[-1]
+
+
+def _convert(converter: Path, folder: Path, target: Path, outtype: str) -> None:
+    _run(
+        "llama-cpp",
+        [str(converter), str(folder), "--outtype", outtype, "--outfile", str(target)],
+        timeout=3600,
+        what=f"GGUF conversion ({outtype})",
+    )
+
+
+_LLAMA_CPP_SCORE = """
+import json, sys, numpy as np
+from llama_cpp import Llama
+path, windows = sys.argv[1], json.load(open(sys.argv[2]))
+seq = max(len(w) for w in windows)
+llm = Llama(model_path=path, logits_all=True, n_ctx=max(seq, 64), n_batch=seq, n_ubatch=seq,
+            n_threads=int(sys.argv[3]), verbose=False, seed=0)
+nll, hits, count, logits_out = 0.0, 0, 0, []
+for ids in windows:
+    llm.reset()
+    llm.eval(ids)
+    logits = np.array(llm.scores[: len(ids)], dtype=np.float64)[:-1]
+    target = np.array(ids[1:])
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    nll -= float(logp[np.arange(len(target)), target].sum())
+    hits += int((logits.argmax(-1) == target).sum())
+    count += len(target)
+    if len(logits_out) < int(sys.argv[4]):
+        logits_out.append(np.array(llm.scores[: len(ids)]).tolist())
+print(json.dumps({"nll_sum": nll, "hits": hits, "tokens": count, "logits": logits_out}))
+"""
+
+
+def llama_cpp_scores(
+    gguf: str | Path, windows: list[list[int]], *, threads: int = 2, keep_logits: int = 0
+) -> dict:
+    """Next-token NLL, greedy hits and token count of a GGUF model over token windows, measured by
+    llama.cpp (through llama-cpp-python) in its engine environment. ``keep_logits``: also return
+    the full logits of the first N windows (to compare with PyTorch)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(windows, handle)
+    try:
+        out = _run(
+            "llama-cpp",
+            ["-c", _LLAMA_CPP_SCORE, str(gguf), handle.name, str(threads), str(keep_logits)],
+            timeout=3600,
+            what=f"scoring {Path(gguf).name}",
+        )
+    finally:
+        os.unlink(handle.name)
+    return json.loads(out.strip().splitlines()[-1])
