@@ -120,6 +120,16 @@ same model without any Python modelling code (onnxruntime).{% endif %}
 largest output difference from the float graph {{ onnx_int8.diff }}, same top-1 prediction at
 {{ onnx_int8.agreement }} of the evaluated positions on the first evaluation batch):
 `onnxruntime.InferenceSession("model.int8.onnx", providers=["CPUExecutionProvider"])`.
+{% endif %}{% if serving %}
+### Files to serve
+
+| file | engine | size | perplexity | next-token accuracy |
+|---|---|---:|---:|---:|
+{% for line in serving %}{{ line }}
+{% endfor %}
+Perplexities are measured on the same evaluation windows as the table above, each file in its own
+engine. To serve a GGUF file with llama.cpp: `llama-server -m gguf/model-Q8_0.gguf` (or
+`llama_cpp.Llama(model_path="gguf/model-Q8_0.gguf")` in Python).
 {% endif %}
 
 ## Reproducibility
@@ -148,6 +158,38 @@ that data
 - The base model's own limitations and biases carry over to this model.
 {% if new_head %}- The {{ new_head }} was never trained: fine-tune it before using the predictions.
 {% endif %}"""
+
+
+def _serving_rows(report: dict) -> list[str]:
+    """The files an engine other than PyTorch serves, with what was measured on each (GGUF)."""
+    gguf = (report.get("artifacts") or {}).get("gguf") or []
+    if not gguf:
+        return []
+    compressed = report["evaluation"]["compressed"]["metrics"]
+    size = (report.get("artifacts") or {}).get("size_bytes")
+    rows = [
+        {
+            "file": "model.safetensors",
+            "engine": "transformers (PyTorch, float32)",
+            "size": f"{size / 1e6:,.1f} MB" if size else "—",
+            "perplexity": _fmt(compressed.get("perplexity"), "perplexity"),
+            "accuracy": _fmt(compressed.get("next_token_accuracy"), "next_token_accuracy"),
+        }
+    ]
+    for entry in gguf:
+        rows.append(
+            {
+                "file": entry["file"],
+                "engine": f"llama.cpp ({entry['type']})",
+                "size": f"{entry['size_bytes'] / 1e6:,.1f} MB",
+                "perplexity": _fmt(entry.get("perplexity"), "perplexity"),
+                "accuracy": _fmt(entry.get("next_token_accuracy"), "next_token_accuracy"),
+            }
+        )
+    keys = ("size", "perplexity", "accuracy")
+    return [
+        f"| `{r['file']}` | {r['engine']} | " + " | ".join(r[k] for k in keys) + " |" for r in rows
+    ]
 
 
 def _int8_facts(int8: dict | None) -> dict | None:
@@ -525,6 +567,7 @@ def build_card(report: dict, folder: Path) -> ModelCard:
         per_layer=per_layer,
         onnx=bool(artifacts.get("onnx")),
         onnx_int8=_int8_facts((artifacts.get("onnx") or {}).get("int8")),
+        serving=_serving_rows(report),
         origin=_origin_text(base),
         new_head=f"{PIPELINE_TAG.get(base['task'], base['task'])} head" if new_head else None,
         new_head_weights=", ".join(new_head),

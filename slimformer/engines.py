@@ -58,9 +58,9 @@ def engine_python(name: str) -> Path:
     return python
 
 
-def _run(name: str, args: list[str], *, timeout: float, what: str) -> str:
+def _run(name: str, args: list[str], *, timeout: float, what: str, env: dict | None = None) -> str:
     python = engine_python(name)
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"} | (env or {})
     done = subprocess.run(
         [str(python), *args], capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -218,3 +218,87 @@ def llama_cpp_scores(
     finally:
         os.unlink(handle.name)
     return json.loads(out.strip().splitlines()[-1])
+
+
+_VLLM_SCORE = """
+import json, os, sys, time
+request = json.load(open(sys.argv[1]))
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+windows = request["windows"]
+seq = max(len(w) for w in windows)
+start = time.perf_counter()
+llm = LLM(model=request["model"], tokenizer=request["model"], dtype="float32",
+          max_model_len=seq + 1, enforce_eager=True,
+          kv_cache_memory_bytes=request["kv_cache_mb"] << 20, max_logprobs=-1, seed=0,
+          generation_config="vllm")
+load = time.perf_counter() - start
+params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False)
+outs = llm.generate([TokensPrompt(prompt_token_ids=w) for w in windows], params, use_tqdm=False)
+nll, hits, count, logprobs = 0.0, 0, 0, []
+for ids, out in zip(windows, outs):
+    row = []
+    for pos in range(1, len(ids)):
+        entry = out.prompt_logprobs[pos][ids[pos]]
+        nll -= entry.logprob
+        hits += int(entry.rank == 1)
+        count += 1
+        row.append(entry.logprob)
+    logprobs.append(row)
+result = {"nll_sum": nll, "hits": hits, "tokens": count, "logprobs": logprobs, "load_s": load}
+bench = request.get("bench")
+if bench:
+    heads = [w[: bench["prompt"]] for w in windows[: bench["batch"]]]
+    prompts = [TokensPrompt(prompt_token_ids=h) for h in heads]
+    greedy = SamplingParams(temperature=0.0, max_tokens=bench["new_tokens"], ignore_eos=True,
+                            detokenize=False)
+    llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=2), use_tqdm=False)
+    start = time.perf_counter()
+    made = llm.generate(prompts, greedy, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    new = sum(len(o.outputs[0].token_ids) for o in made)
+    result["bench"] = {"new_tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
+print("SLIMFORMER_RESULT " + json.dumps(result))
+"""
+
+
+def vllm_scores(
+    folder: str | Path,
+    windows: list[list[int]],
+    *,
+    kv_cache_mb: int = 256,
+    bench: dict | None = None,
+) -> dict:
+    """Next-token NLL, greedy hits (the real token ranked first) and token count of a saved folder
+    over token windows, measured by vLLM's CPU build in its engine environment, plus the log
+    probability of every real next token (``logprobs``, to compare with PyTorch).
+
+    vLLM runs in one process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with one OpenMP thread: on 2
+    cores its multiprocess mode takes 25-40 s to start and two threads oversubscribe them.
+    ``bench={"batch": 8, "prompt": 32, "new_tokens": 64}`` also times greedy generation.
+
+    Raises:
+        EngineMissing: the vllm engine is not built.
+        ExportError: vLLM could not load or run the folder.
+    """
+    import tempfile
+
+    request = {"model": str(Path(folder).resolve()), "windows": windows, "kv_cache_mb": kv_cache_mb}
+    if bench:
+        request["bench"] = bench
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(request, handle)
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "OMP_NUM_THREADS": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    try:
+        out = _run(
+            "vllm", ["-c", _VLLM_SCORE, handle.name], timeout=3600, what="vLLM scoring", env=env
+        )
+    finally:
+        os.unlink(handle.name)
+    line = next(x for x in reversed(out.splitlines()) if x.startswith("SLIMFORMER_RESULT "))
+    return json.loads(line.removeprefix("SLIMFORMER_RESULT "))

@@ -15,6 +15,7 @@ import copy
 import datetime as dt
 import json
 import logging
+import math
 import platform
 import random
 import time
@@ -29,6 +30,7 @@ from slimformer.architectures import family_of
 from slimformer.artifacts import atomic_folder, save_model_folder
 from slimformer.card import build_card
 from slimformer.data import TextData, load_hub_dataset, load_text_file, make_batches
+from slimformer.engines import export_gguf, llama_cpp_scores
 from slimformer.errors import Cancelled, InvalidSpec, Unauthorized
 from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
 from slimformer.export import export_onnx, quantize_onnx_int8
@@ -421,7 +423,7 @@ def run(
             source=evaluation_data.source,
             text_column=evaluation_data.text_column,
         )
-    protocol = cal_batches = None
+    protocol = cal_batches = lm_windows = None
     if packed:
         window = window_length(model.config)
         eval_text = pack_texts(
@@ -443,6 +445,8 @@ def run(
             cal_text.batches(LM_BATCH_WINDOWS),
         )
         protocol = eval_text.protocol()
+        if eval_text.stride == eval_text.seq_len:  # every token predicted: engines score the same
+            lm_windows = eval_text.input_ids.tolist()
         data.description |= {
             "calibration_rows": len(cal_text),
             "eval_rows": len(eval_text),
@@ -622,12 +626,26 @@ def run(
                 folder / "model.onnx", folder / "model.int8.onnx", eval_batches[0]
             )
             onnx["int8"] = int8 | {"path": "model.int8.onnx"}
+        gguf = None
+        if spec.export.gguf:
+            check()
+            stage("writing_card", 0.2, "writing GGUF files with llama.cpp")
+            gguf = export_gguf(folder, folder / "gguf", tuple(spec.export.gguf))
+            for entry in gguf:
+                entry["file"] = f"gguf/{entry['file']}"
+                if lm_windows:
+                    check()
+                    scores = llama_cpp_scores(folder / entry["file"], lm_windows)
+                    entry["perplexity"] = math.exp(scores["nll_sum"] / max(1, scores["tokens"]))
+                    entry["next_token_accuracy"] = scores["hits"] / max(1, scores["tokens"])
+                    entry["measured_by"] = "llama.cpp (llama-cpp-python), the evaluation windows"
         report["artifacts"] = {
             "layout": spec.prune.layout if "prune" in spec.method else "uniform",
             "per_layer": bool(getattr(compressed.config, "auto_map", None)),
             "size_bytes": _folder_size(folder),
             "original_size_bytes": _original_size(loaded),
             "onnx": onnx,
+            "gguf": gguf,
         }
         timings["writing_card"] = time.perf_counter() - t0
         report["seconds"] = {k: round(v, 2) for k, v in timings.items()} | {

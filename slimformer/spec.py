@@ -430,6 +430,18 @@ class PublishSpec(_Strict):
         return value
 
 
+class ExportSpec(_Strict):
+    """Files for serving engines, written beside the model folder."""
+
+    gguf: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(
+        default_factory=list,
+        description="GGUF files for llama.cpp, written by llama.cpp's own converter and quantizer "
+        "(the llama-cpp engine, `make engines`): needs a stock config (layout uniform, or layers "
+        "dropped only) of the Llama, Mistral or Qwen2/3 family. Causal LMs: each file's "
+        "perplexity is measured by llama.cpp on the evaluation windows.",
+    )
+
+
 class JobSpec(_Strict):
     """A compression job."""
 
@@ -439,6 +451,7 @@ class JobSpec(_Strict):
     prune: PruneSpec = Field(default_factory=PruneSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
     publish: PublishSpec | None = None
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="Seeds python, numpy and torch (0 to 2**32 - 1)."
@@ -456,6 +469,13 @@ class JobSpec(_Strict):
         if self.method == "prune_distill" and self.distill.student is not None:
             raise ValueError(
                 "method prune_distill distils into the pruned model; leave distill.student unset"
+            )
+        p = self.prune
+        width = p.heads or p.ffn or p.whole_mlps or p.macs_budget is not None
+        if self.export.gguf and self.method != "distill" and width and p.layout == "per_layer":
+            raise ValueError(
+                "export.gguf needs a stock config, and the per_layer layout gives layers different "
+                "shapes: set prune.layout to uniform (or drop whole layers only)"
             )
         return self
 

@@ -84,3 +84,73 @@ def test_uniform_and_depth_pruned_llamas_give_pytorchs_logits_in_llama_cpp(tmp_p
             assert agreement >= (0.95 if entry["type"] == "F16" else 0.85), agreement
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(folder)  # and stock transformers
     assert reloaded.config.num_hidden_layers == config["num_hidden_layers"]
+
+
+@pytest.mark.integration
+def test_a_job_with_export_gguf_measures_each_file_in_llama_cpp_on_the_card(tmp_path):
+    _llama_cpp()
+    from tiny_models import write_story_txt
+
+    from slimformer.pipeline import run
+    from slimformer.spec import JobSpec
+
+    model = tiny_model("llama", "causal-lm", num_hidden_layers=3, bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(tmp_path / "lm")
+    llama_style_tokenizer().save_pretrained(tmp_path / "lm")
+    data = write_story_txt(tmp_path / "stories.txt", stories=60)
+    spec = {
+        "model": {"id": str(tmp_path / "lm")},
+        "dataset": {"path": str(data), "eval_path": str(data)},
+        "prune": {"heads": 0.5, "ffn": 0.25, "layout": "uniform"},
+        "evaluation": {"latency": False, "max_samples": 4},
+        "export": {"gguf": ["f16", "q8_0"]},
+    }
+    result = run(JobSpec.model_validate(spec, context={"local_files": True}), tmp_path / "work")
+    gguf = result.report["artifacts"]["gguf"]
+    pytorch = result.report["evaluation"]["compressed"]["metrics"]["perplexity"]
+    assert [g["file"] for g in gguf] == ["gguf/model-F16.gguf", "gguf/model-Q8_0.gguf"]
+    assert all((result.folder / g["file"]).is_file() for g in gguf)
+    assert gguf[0]["perplexity"] == pytest.approx(pytorch, rel=0.01)
+    assert gguf[1]["perplexity"] == pytest.approx(pytorch, rel=0.05)
+    card = (result.folder / "README.md").read_text()
+    assert "### Files to serve" in card and "| `gguf/model-Q8_0.gguf` | llama.cpp (Q8_0) |" in card
+    per_layer = spec | {"prune": {"heads": 0.5, "layout": "per_layer"}}
+    with pytest.raises(ValueError, match="set prune.layout to uniform"):
+        JobSpec.model_validate(per_layer, context={"local_files": True})
+
+
+def _vllm():
+    try:
+        engine_python("vllm")
+    except EngineMissing as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("depth", [False, True])
+def test_uniform_and_depth_pruned_llamas_give_pytorchs_log_probabilities_in_vllm(tmp_path, depth):
+    _vllm()
+    from slimformer.engines import vllm_scores
+
+    # vLLM's CPU attention needs a head size it has kernels for (32 and up)
+    model = tiny_model(
+        "llama", "causal-lm", num_hidden_layers=4, head_dim=32, bos_token_id=1, eos_token_id=2
+    )
+    windows = _windows(3, 24)
+    batches = [
+        {"input_ids": torch.tensor([w]), "attention_mask": torch.ones(1, 24)} for w in windows
+    ]
+    if depth:
+        drop_layers(model, [1])
+    scores = score_importance(model, batches, method="obs")
+    target = PruningTarget(heads=0.5, ffn=0.25, ranking="per_layer")
+    prune_model(model, plan_pruning(model, scores, target, layout="uniform"), layout="uniform")
+    save_model_folder(model, llama_style_tokenizer(), tmp_path / "m")
+    got = vllm_scores(tmp_path / "m", windows, kv_cache_mb=64)
+    assert got["tokens"] == 3 * 23
+    with torch.no_grad():
+        for ids, logprobs in zip(windows, got["logprobs"], strict=True):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+            want = torch.log_softmax(logits, -1)[torch.arange(23), torch.tensor(ids[1:])]
+            # float32 in both engines: the same numbers up to rounding
+            assert float((torch.tensor(logprobs) - want).abs().max()) < 1e-4

@@ -22,6 +22,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _gguf_types(text: str) -> list[str]:
+    types = [t.strip().lower() for t in text.split(",") if t.strip()]
+    wrong = [t for t in types if t not in ("f16", "q8_0", "q4_k_m")]
+    if wrong or not types:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give GGUF types from f16, q8_0, q4_k_m, separated by commas"
+        )
+    return types
+
+
 def _budget(text: str) -> float:
     try:
         value = float(text)
@@ -130,6 +140,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--onnx-int8",
         action="store_true",
         help="also write model.int8.onnx (onnxruntime dynamic int8; implies --onnx)",
+    )
+    parser.add_argument(
+        "--gguf",
+        type=_gguf_types,
+        help="also write GGUF files for llama.cpp, e.g. f16,q8_0,q4_k_m (needs `make engines`)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
@@ -360,6 +375,7 @@ def _add_submit_command(
     submit.add_argument("--eval-samples", type=int, help="evaluate on at most this many rows")
     submit.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     submit.add_argument("--onnx", action="store_true", help="also export model.onnx")
+    submit.add_argument("--gguf", type=_gguf_types, help="also write GGUF files: f16,q8_0,q4_k_m")
     submit.add_argument(
         "--onnx-int8", action="store_true", help="also write model.int8.onnx (dynamic int8)"
     )

@@ -248,6 +248,8 @@ def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
         section("evaluation")["onnx"] = True
     if args.onnx_int8:
         section("evaluation")["onnx_int8"] = True
+    if args.gguf:
+        section("export")["gguf"] = args.gguf
     if args.publish:
         data["publish"] = {"repo_id": args.publish, "private": not args.public}
     if args.seed is not None:
