@@ -194,16 +194,32 @@ for ids in windows:
     count += len(target)
     if len(logits_out) < int(sys.argv[4]):
         logits_out.append(np.array(llm.scores[: len(ids)]).tolist())
-print(json.dumps({"nll_sum": nll, "hits": hits, "tokens": count, "logits": logits_out}))
+result = {"nll_sum": nll, "hits": hits, "tokens": count, "logits": logits_out}
+new_tokens = int(sys.argv[5])
+if new_tokens:  # one stream, greedy, from the first window's first 32 tokens
+    import time
+    llm.reset()
+    start = time.perf_counter()
+    made = llm.create_completion(prompt=windows[0][:32], max_tokens=new_tokens, temperature=0.0)
+    seconds = time.perf_counter() - start
+    new = made["usage"]["completion_tokens"]
+    result["bench"] = {"new_tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
+print(json.dumps(result))
 """
 
 
 def llama_cpp_scores(
-    gguf: str | Path, windows: list[list[int]], *, threads: int = 2, keep_logits: int = 0
+    gguf: str | Path,
+    windows: list[list[int]],
+    *,
+    threads: int = 2,
+    keep_logits: int = 0,
+    bench_tokens: int = 0,
 ) -> dict:
     """Next-token NLL, greedy hits and token count of a GGUF model over token windows, measured by
     llama.cpp (through llama-cpp-python) in its engine environment. ``keep_logits``: also return
-    the full logits of the first N windows (to compare with PyTorch)."""
+    the full logits of the first N windows (to compare with PyTorch); ``bench_tokens``: also time
+    greedy generation of that many tokens, one stream."""
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
@@ -211,7 +227,15 @@ def llama_cpp_scores(
     try:
         out = _run(
             "llama-cpp",
-            ["-c", _LLAMA_CPP_SCORE, str(gguf), handle.name, str(threads), str(keep_logits)],
+            [
+                "-c",
+                _LLAMA_CPP_SCORE,
+                str(gguf),
+                handle.name,
+                str(threads),
+                str(keep_logits),
+                str(bench_tokens),
+            ],
             timeout=3600,
             what=f"scoring {Path(gguf).name}",
         )

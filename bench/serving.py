@@ -1,0 +1,177 @@
+"""Serving SmolLM2-135M, original and pruned 30%, in transformers, vLLM (CPU) and llama.cpp.
+
+The pruned model is the job a user runs for serving engines: ``method: prune`` with 30% of the KV
+groups and FFN neurons removed in the ``uniform`` layout (a stock config; the causal-LM defaults
+otherwise: OBS with reconstruction) and ``export.gguf: [f16, q8_0]``, through
+``slimformer.pipeline.run``. The original is converted with the same llama.cpp tools. Each model is
+then measured in each engine, one after another on the same cores:
+
+* perplexity and next-token accuracy on the first ``--eval-windows`` 512-token windows of
+  WikiText-2 test (float32 in transformers and vLLM; the GGUF type in llama.cpp);
+* greedy generation speed: transformers ``generate`` and vLLM on a batch of 8 prompts of 32 tokens,
+  64 new tokens each; llama.cpp one stream of 64 new tokens (llama-cpp-python generates one sequence
+  at a time).
+
+Needs the engines (``make engines``). Prints the table and writes ``serving.json`` and
+``serving.md`` under ``--out``.
+
+    python bench/serving.py [--eval-windows 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tables import ROOT, SHARED, Table, environment, render_markdown, render_text
+
+WIKITEXT = SHARED / "data" / "wikitext2"
+MAKE_SMOLLM2 = SHARED / "models" / "make-smollm2"
+BATCH, PROMPT, NEW = 8, 32, 64
+
+
+def transformers_row(folder: Path, windows: list[list[int]]) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from slimformer.evaluation import score_next_tokens
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    batches = [
+        {"input_ids": torch.tensor([w]), "attention_mask": torch.ones(1, len(w), dtype=torch.long)}
+        for w in windows
+    ]
+    scores = score_next_tokens(model, batches)
+    prompts = torch.tensor([w[:PROMPT] for w in windows[:BATCH]])
+    with torch.no_grad():
+        model.generate(prompts[:1], max_new_tokens=2, do_sample=False)
+        start = time.perf_counter()
+        out = model.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            max_new_tokens=NEW,
+            do_sample=False,
+            min_new_tokens=NEW,
+        )
+        seconds = time.perf_counter() - start
+    new = int((out.shape[1] - PROMPT) * out.shape[0])
+    return {
+        "perplexity": scores.perplexity,
+        "accuracy": scores.accuracy,
+        "tokens_per_s": new / seconds,
+        "batch": BATCH,
+    }
+
+
+def engine_row(scores: dict, batch: int) -> dict:
+    return {
+        "perplexity": math.exp(scores["nll_sum"] / scores["tokens"]),
+        "accuracy": scores["hits"] / scores["tokens"],
+        "tokens_per_s": scores["bench"]["tokens_per_s"],
+        "batch": batch,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    from slimformer.engines import export_gguf, llama_cpp_scores, vllm_scores
+    from slimformer.pipeline import run
+    from slimformer.spec import JobSpec
+    from slimformer.text import pack_texts, read_documents
+
+    if not MAKE_SMOLLM2.exists() or not (WIKITEXT / "test.txt").exists():
+        sys.exit(f"serving: needs {MAKE_SMOLLM2} and {WIKITEXT} (../shared next to the repo)")
+    original = Path(
+        subprocess.run(
+            [str(MAKE_SMOLLM2), sys.executable], check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    torch.set_num_threads(2)
+    results = {"environment": environment(), "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        spec = {
+            "model": {"id": str(original)},
+            "dataset": {
+                "path": str(WIKITEXT / "validation.txt"),
+                "eval_path": str(WIKITEXT / "test.txt"),
+            },
+            "prune": {"heads": 0.3, "ffn": 0.3, "layout": "uniform"},
+            "evaluation": {"latency": False, "max_samples": args.eval_windows},
+            "export": {"gguf": ["f16", "q8_0"]},
+        }
+        start = time.perf_counter()
+        job = run(JobSpec.model_validate(spec, context={"local_files": True}), work / "job")
+        results["job_seconds"] = time.perf_counter() - start
+        results["job_artifacts"] = job.report["artifacts"]
+        pruned = job.folder
+        export_gguf(original, work / "original-gguf", ("f16", "q8_0"))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(original)
+        docs = read_documents(WIKITEXT / "test.txt")
+        windows = pack_texts(tokenizer, docs, max_windows=args.eval_windows).input_ids.tolist()
+        bench = {"batch": BATCH, "prompt": PROMPT, "new_tokens": NEW}
+        for name, folder, gguf_dir in (
+            ("original", original, work / "original-gguf"),
+            ("pruned 30%", pruned, pruned / "gguf"),
+        ):
+            rows = {"transformers fp32": transformers_row(folder, windows)}
+            print(name, "transformers", rows["transformers fp32"], flush=True)
+            rows["vLLM fp32"] = engine_row(vllm_scores(folder, windows, bench=bench), BATCH)
+            print(name, "vLLM", rows["vLLM fp32"], flush=True)
+            for kind in ("F16", "Q8_0"):
+                path = gguf_dir / f"model-{kind}.gguf"
+                scores = llama_cpp_scores(path, windows, bench_tokens=NEW)
+                rows[f"llama.cpp {kind}"] = engine_row(scores, 1) | {
+                    "size_mb": path.stat().st_size / 1e6
+                }
+                print(name, kind, rows[f"llama.cpp {kind}"], flush=True)
+            size = (Path(folder) / "model.safetensors").stat().st_size / 1e6
+            for key in ("transformers fp32", "vLLM fp32"):
+                rows[key]["size_mb"] = size
+            results["models"][name] = rows
+    table_rows = []
+    for name, rows in results["models"].items():
+        for engine, row in rows.items():
+            table_rows.append(
+                [
+                    name,
+                    engine,
+                    f"{row['size_mb']:,.0f}",
+                    f"{row['perplexity']:.2f}",
+                    f"{100 * row['accuracy']:.1f}%",
+                    f"{row['tokens_per_s']:.1f}",
+                    str(row["batch"]),
+                ]
+            )
+    table = Table(
+        title="SmolLM2-135M served: original and pruned 30% (uniform layout), WikiText-2 test",
+        headers=["model", "engine", "MB", "perplexity", "next-token acc", "tokens/s", "batch"],
+        rows=table_rows,
+        notes=[
+            f"perplexity on the first {args.eval_windows} windows of 512 tokens; generation: "
+            f"greedy, {PROMPT}-token prompts, {NEW} new tokens, 2 CPU cores",
+            "vLLM runs in one process with one OpenMP thread (its fastest setting on 2 cores)",
+        ],
+    )
+    print(render_text(table))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serving.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "serving.md").write_text(render_markdown(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
