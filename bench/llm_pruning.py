@@ -470,9 +470,13 @@ def tables(results: dict) -> list[Table]:
                     f"{100 * base['accuracy']:.1f}%, {protocol['windows']} windows of "
                     f"{protocol['seq_len']} tokens ({protocol['predicted_tokens']:,} predicted "
                     "tokens)",
-                    "column: share of the non-embedding parameters asked for; [share removed]: "
-                    "the same-share-per-layer baselines round each layer's KV groups (3 per layer) "
-                    "and remove more",
+                    "column: share of the non-embedding parameters asked for; [share removed]"
+                    + (
+                        ": the same-share-per-layer baselines round each layer's 3 KV groups, so "
+                        "they remove more or less than asked"
+                        if kind == "width"
+                        else ""
+                    ),
                     "bold: the best perplexity at that ratio",
                     "wall s: the whole child process (load, scoring, every ratio pruned and "
                     "evaluated); peak RSS of that process",
@@ -523,9 +527,10 @@ def plot(results: dict, path: Path) -> None:
             ys = [row["perplexity"] / ppl0 for row in r["rows"]]
             ax.plot(xs, ys, marker="o", linestyle="-" if ours else "--", label=r["method"])
         ax.set_yscale("log")
+        ax.set_ylim(0.9, 30)  # magnitude pruning (x250 and worse) is off the top
         ax.axhline(1.4, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlabel("non-embedding parameters removed (%)")
-        ax.set_title(f"SmolLM2-135M, {kind}")
+        ax.set_title(f"SmolLM2-135M, {kind} (solid: ours; dashed: papers' baselines)")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("perplexity / original (log)")
     fig.tight_layout()

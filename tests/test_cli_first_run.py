@@ -935,7 +935,7 @@ def test_every_flag_of_the_readme_synopsis_exists():
     actions = parser._subparsers._group_actions[0].choices
     for block in re.split(r"\n(?=slimformer )", synopsis):
         command = block.split()[1]
-        flags = set(re.findall(r"(--[a-z][a-z-]*)", block.split("#")[0]))
+        flags = set(re.findall(r"(--[a-z][a-z0-9-]*)", block.split("#")[0]))
         known = {flag for action in actions[command]._actions for flag in action.option_strings}
         assert flags <= known, (command, flags - known)
 
