@@ -580,9 +580,10 @@ def test_pipeline_drops_layers_before_pruning_width(tmp_path):
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 SMOLLM2 = CACHE / "slimformer-fixtures" / "smollm2-135m"
-# measured (docs/pruning.md): x2.10 with these defaults on the first 64 test windows, x2.10-2.11
-# on the first 16 with 16 or 64 calibration windows; the bound keeps a margin
-SMOLLM2_RATIO_BOUND = 2.5
+# measured (docs/pruning.md): x1.38 with these defaults (OBS + reconstruction) on the first 64 test
+# windows, x1.26 / x1.62 at 20% / 30% on the first 8 (bench/llm_pruning.py); the bound keeps a margin
+# (the activation default it replaced measured x2.10)
+SMOLLM2_RATIO_BOUND = 1.6
 
 
 @pytest.mark.slow
