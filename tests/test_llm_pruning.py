@@ -580,9 +580,9 @@ def test_pipeline_drops_layers_before_pruning_width(tmp_path):
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 SMOLLM2 = CACHE / "slimformer-fixtures" / "smollm2-135m"
-# measured (docs/pruning.md): x1.38 with these defaults (OBS + reconstruction) on the first 64 test
-# windows, x1.26 / x1.62 at 20% / 30% on the first 8 (bench/llm_pruning.py); the bound keeps a margin
-# (the activation default it replaced measured x2.10)
+# measured (docs/pruning.md): x1.38 with these defaults (OBS + reconstruction) on the first 64
+# test windows, x1.26 / x1.62 at 20% / 30% on the first 8 (bench/llm_pruning.py); the bound keeps
+# a margin (the activation default it replaced measured x2.10)
 SMOLLM2_RATIO_BOUND = 1.6
 
 
