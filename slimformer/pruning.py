@@ -944,7 +944,8 @@ def iterative_prune(
         plan = plan_pruning(model, importance, step_target, layout=layout)
         if plan.is_empty():
             break
-        candidate = _pruned_copy(model, plan)
+        candidate = copy.deepcopy(model)
+        remove_units(candidate, plan)  # with the refit, when the plan carries Gram matrices
         metric = evaluate(candidate)
         new_sizes = ModelAdapter(candidate).all_sizes()
         point = {

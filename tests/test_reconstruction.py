@@ -142,3 +142,25 @@ def test_budget_plans_with_reconstruction_meet_the_budget_they_measured():
     plan = plan_pruning(model, scores, PruningTarget(params_budget=0.8, ranking="adaptive"))
     prune_model(model, plan)
     assert count_parameters(model) <= 0.8 * full
+
+
+def test_the_iterative_schedule_refits_every_step_with_obs():
+    from slimformer.pruning import iterative_prune
+
+    model = _lm()
+    batches = _windows(3)
+    seen = []
+
+    def score(m):
+        importance = score_importance(m, batches, method="obs")
+        seen.append(importance.grams is not None)
+        return importance
+
+    result = iterative_prune(
+        model, score, lambda m: 1.0, PruningTarget(ffn=0.3), step=0.15, metric_floor=0.5
+    )
+    assert len(seen) >= 2 and all(seen)
+    # refitted down projections carry the (non-zero) bias the refit sets
+    adapter = ModelAdapter(result.model)
+    biases = [adapter.mlp_down(i).bias for i in range(adapter.num_layers)]
+    assert all(b is not None and bool(b.abs().max() > 0) for b in biases)
