@@ -131,7 +131,7 @@ def _load_data(
 
         train = split(ds.split, ds.max_samples)
         # packed text (causal LMs) is cut by windows later, in the split's own order
-        eval_rows = None if packed else spec.evaluation.max_samples
+        eval_rows = None if packed else spec.evaluation.rows(None)
         evaluation = split(ds.eval_split, eval_rows) if ds.eval_split else None
         source, eval_source = (
             f"{ds.hub_id} ({ds.split})",
@@ -150,7 +150,7 @@ def _load_data(
         )
         eval_source = f"{source} (held-out {cut} rows)"
     if not packed:
-        evaluation = evaluation.head(spec.evaluation.max_samples)
+        evaluation = evaluation.head(spec.evaluation.rows(None))
     return _Data(
         train,
         evaluation,
@@ -430,7 +430,7 @@ def run(
             tokenizer,
             data.evaluation.texts,
             seq_len=window,
-            max_windows=spec.evaluation.max_samples,
+            max_windows=spec.evaluation.rows("text-generation"),
             source=data.description["eval_source"],
         )
         cal_text = pack_texts(

@@ -127,7 +127,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-column", help="column with labels (default: label, when present)")
     parser.add_argument("--max-samples", type=int, help="use at most this many training rows")
     parser.add_argument(
-        "--eval-samples", type=int, default=2000, help="evaluate on at most this many rows"
+        "--eval-samples",
+        type=int,
+        help="evaluate on at most this many rows (default 2000; causal LMs: 64 windows)",
     )
     parser.add_argument(
         "--task", choices=["text-classification", "text-generation", "feature-extraction"]
