@@ -111,7 +111,7 @@ def run_job(folder: Path, windows: int, method: str, work: Path) -> dict:
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
-    report = json.loads((work / "out" / "pruning_report.json").read_text())
+    report = json.loads((work / "out" / "compression_report.json").read_text())
     shutil.rmtree(work / "out")
     return {
         "peak_rss_gb": peak_kb / 1024**2,

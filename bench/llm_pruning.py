@@ -344,7 +344,7 @@ def run_recovery(folder: Path, args) -> dict:
         "seed": SEED,
     }
     results = {}
-    for method in ("prune", "prune_distill"):
+    for method in args.recovery_runs.split(","):
         job = JobSpec.model_validate(spec | {"method": method}, context={"local_files": True})
         start = time.perf_counter()
         result = run_pipeline(job, work / method)
@@ -368,7 +368,7 @@ def run_recovery(folder: Path, args) -> dict:
             "card": evaluation["compressed"]["metrics"],
             "card_original": evaluation["original"]["metrics"],
             "fresh_process": json.loads(fresh.stdout.strip().splitlines()[-1]),
-            "distillation": result.report.get("distillation", {}).get("summary"),
+            "distillation": (result.report.get("distillation") or {}).get("summary"),
         }
         logger.info("recovery %s: %s", method, results[method])
     return {"method": "recovery", "kind": "recovery", "runs": results, "peak_mb": round(peak_mb())}
@@ -417,6 +417,7 @@ def child(kind: str, method: str, folder: Path, args, work: Path) -> dict:
         ",".join(map(str, args.depth)),
     ]
     command += ["--recovery-minutes", str(args.recovery_minutes)]
+    command += ["--recovery-runs", args.recovery_runs]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     result = json.loads(out.read_text())
@@ -544,6 +545,11 @@ def main() -> None:
     parser.add_argument("--calibration-windows", type=int, default=32)
     parser.add_argument("--recovery-minutes", type=float, default=30.0)
     parser.add_argument("--no-recovery", action="store_true")
+    parser.add_argument(
+        "--recovery-runs",
+        default="prune,prune_distill",
+        help="recovery jobs to run (prune alone repeats the width table's 30%% row)",
+    )
     parser.add_argument("--methods", default=",".join(OURS + BASELINES + DEPTH_METHODS))
     parser.add_argument("--width", default=",".join(map(str, WIDTH)))
     parser.add_argument("--depth", default=",".join(map(str, DEPTH)))
