@@ -116,7 +116,7 @@ def run_job(folder: Path, windows: int, method: str, work: Path) -> dict:
     return {
         "peak_rss_gb": peak_kb / 1024**2,
         "seconds": seconds,
-        "timings": report.get("timings"),
+        "timings": report.get("seconds"),
         "perplexity": report["evaluation"]["compressed"]["metrics"].get("perplexity"),
     }
 
