@@ -383,11 +383,17 @@ def reload_and_measure(folder: Path, eval_windows: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32, trust_remote_code=True
     ).eval()
-    ids = []
-    for line in (WIKITEXT / "test.txt").read_text(encoding="utf-8").split("\n\n"):
+    # the card's protocol: documents are blocks of lines separated by lines that are empty or only
+    # whitespace, tokenised without special tokens and joined with EOS
+    blocks, current, ids = [], [], []
+    for line in (WIKITEXT / "test.txt").read_text(encoding="utf-8").split("\n"):
         if line.strip():
-            ids += tokenizer(line.strip(), add_special_tokens=False)["input_ids"]
-            ids.append(tokenizer.eos_token_id)
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current).strip())
+            current = []
+    for block in blocks + (["\n".join(current).strip()] if current else []):
+        ids += tokenizer(block, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         if len(ids) >= 512 * eval_windows + 1:
             break
     nll, hits, count = 0.0, 0, 0
