@@ -204,6 +204,12 @@ def _int8_facts(int8: dict | None) -> dict | None:
     }
 
 
+def _calibration_unit(data: dict) -> str:
+    """Rows, or for packed text the windows and their length."""
+    protocol = data.get("calibration_protocol")
+    return f"windows of {protocol['seq_len']} tokens" if protocol else "rows"
+
+
 RANKING_TEXT = {
     "global": "across layers on raw scores",
     "per_layer": "within each layer (every layer loses the same share)",
@@ -704,7 +710,7 @@ def _method_text(report: dict) -> str:
     )
     return (
         f"Importance was scored with {how}, using {loss} on {data.get('calibration_rows', '?')} "
-        f"calibration rows of {data.get('source', 'the given data')} "
+        f"calibration {_calibration_unit(data)} of {data.get('source', 'the given data')} "
         f"({imp.get('seconds', 0):.1f} s). The target was {target}, "
         f"ranked {RANKING_TEXT.get(p['ranking'], p['ranking'])}, "
         f"removed {schedule}. "
