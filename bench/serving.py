@@ -1,10 +1,12 @@
 """Serving SmolLM2-135M, original and pruned 30%, in transformers, vLLM (CPU) and llama.cpp.
 
-The pruned model is the job a user runs for serving engines: ``method: prune`` with 30% of the KV
-groups and FFN neurons removed in the ``uniform`` layout (a stock config; the causal-LM defaults
-otherwise: OBS with reconstruction) and ``export.gguf: [f16, q8_0]``, through
-``slimformer.pipeline.run``. The original is converted with the same llama.cpp tools. Each model is
-then measured in each engine, one after another on the same cores:
+The pruned models are the jobs a user runs for serving engines, through ``slimformer.pipeline.run``
+with the causal-LM defaults (OBS with reconstruction): ``prune: {heads: 0.3, ffn: 0.3}`` and
+``export: {targets: [transformers, vllm, llama.cpp], gguf: [f16, q8_0]}``, which gives the
+``nemotron_nas`` layout (attention removed whole in 30% of the layers, FFN widths in chunks of 256),
+and the same job with ``layout: uniform`` (a stock config: every layer loses the same KV groups and
+neurons). The original is converted with the same llama.cpp tools. Each model is then measured in
+each engine, one after another on the same cores:
 
 * perplexity and next-token accuracy on the first ``--eval-windows`` 512-token windows of
   WikiText-2 test (float32 in transformers and vLLM; the GGUF type in llama.cpp);
@@ -42,7 +44,10 @@ def transformers_row(folder: Path, windows: list[list[int]]) -> dict:
 
     from slimformer.evaluation import score_next_tokens
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    remote = "auto_map" in json.loads((Path(folder) / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, trust_remote_code=remote
+    ).eval()
     batches = [
         {"input_ids": torch.tensor([w]), "attention_mask": torch.ones(1, len(w), dtype=torch.long)}
         for w in windows
@@ -101,21 +106,36 @@ def main() -> None:
     results = {"environment": environment(), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        spec = {
-            "model": {"id": str(original)},
-            "dataset": {
-                "path": str(WIKITEXT / "validation.txt"),
-                "eval_path": str(WIKITEXT / "test.txt"),
-            },
-            "prune": {"heads": 0.3, "ffn": 0.3, "layout": "uniform"},
-            "evaluation": {"latency": False, "max_samples": args.eval_windows},
-            "export": {"gguf": ["f16", "q8_0"]},
-        }
-        start = time.perf_counter()
-        job = run(JobSpec.model_validate(spec, context={"local_files": True}), work / "job")
-        results["job_seconds"] = time.perf_counter() - start
-        results["job_artifacts"] = job.report["artifacts"]
-        pruned = job.folder
+        models = [("original", original, work / "original-gguf")]
+        for name, layout in (
+            ("pruned 30%, nemotron_nas", None),
+            ("pruned 30%, uniform", "uniform"),
+        ):
+            spec = {
+                "model": {"id": str(original)},
+                "dataset": {
+                    "path": str(WIKITEXT / "validation.txt"),
+                    "eval_path": str(WIKITEXT / "test.txt"),
+                },
+                "prune": {"heads": 0.3, "ffn": 0.3} | ({"layout": layout} if layout else {}),
+                "evaluation": {"latency": False, "max_samples": args.eval_windows},
+                "export": {
+                    "targets": ["transformers", "vllm", "llama.cpp"],
+                    "gguf": ["f16", "q8_0"],
+                },
+            }
+            start = time.perf_counter()
+            job = run(
+                JobSpec.model_validate(spec, context={"local_files": True}), work / name.split()[-1]
+            )
+            results.setdefault("jobs", {})[name] = {
+                "seconds": time.perf_counter() - start,
+                "artifacts": job.report["artifacts"],
+                "parameters": job.report["evaluation"]["compressed"].get("parameters"),
+                "perplexity": job.report["evaluation"]["compressed"]["metrics"]["perplexity"],
+            }
+            print(name, "job", results["jobs"][name], flush=True)
+            models.append((name, job.folder, job.folder / "gguf"))
         export_gguf(original, work / "original-gguf", ("f16", "q8_0"))
         from transformers import AutoTokenizer
 
@@ -123,10 +143,7 @@ def main() -> None:
         docs = read_documents(WIKITEXT / "test.txt")
         windows = pack_texts(tokenizer, docs, max_windows=args.eval_windows).input_ids.tolist()
         bench = {"batch": BATCH, "prompt": PROMPT, "new_tokens": NEW}
-        for name, folder, gguf_dir in (
-            ("original", original, work / "original-gguf"),
-            ("pruned 30%", pruned, pruned / "gguf"),
-        ):
+        for name, folder, gguf_dir in models:
             rows = {"transformers fp32": transformers_row(folder, windows)}
             print(name, "transformers", rows["transformers fp32"], flush=True)
             rows["vLLM fp32"] = engine_row(vllm_scores(folder, windows, bench=bench), BATCH)
@@ -157,7 +174,8 @@ def main() -> None:
                 ]
             )
     table = Table(
-        title="SmolLM2-135M served: original and pruned 30% (uniform layout), WikiText-2 test",
+        title="SmolLM2-135M served: original and pruned 30% (nemotron_nas and uniform), "
+        "WikiText-2 test",
         headers=["model", "engine", "MB", "perplexity", "next-token acc", "tokens/s", "batch"],
         rows=table_rows,
         notes=[

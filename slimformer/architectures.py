@@ -17,6 +17,7 @@ from torch import nn
 from slimformer.errors import UnsupportedArchitecture
 from slimformer.modeling.modeling_slimformer import (
     FAMILIES,
+    NoAttention,
     NoUnits,
     head_dim_of,
     layers_of,
@@ -91,7 +92,7 @@ def _llama_like(name: str) -> Family:
 
 _REGISTRY: dict[str, Family] = {
     **{name: _bert_like(name) for name in ("bert", "roberta", "xlm-roberta")},
-    **{name: _llama_like(name) for name in ("llama", "mistral", "qwen2", "qwen3")},
+    **{name: _llama_like(name) for name in ("llama", "mistral", "qwen2", "qwen3", "nemotron-nas")},
     "distilbert": Family(
         name="distilbert",
         attention_output="attention.out_lin",
@@ -169,6 +170,7 @@ class LayerSizes:
     kv_heads: int
     intermediate: int
     mlp_removed: bool
+    attention_removed: bool = False
 
 
 class ModelAdapter:
@@ -198,7 +200,13 @@ class ModelAdapter:
         if self.grouped:
             kv_heads = _submodule(layer, "self_attn.k_proj").out_features // self.head_dim
         down = self.mlp_down(layer_idx)
-        return LayerSizes(heads, kv_heads, _in_width(down), isinstance(down, NoUnits))
+        return LayerSizes(
+            heads,
+            kv_heads,
+            _in_width(down),
+            isinstance(down, NoUnits),
+            attention_removed=isinstance(getattr(layer, "self_attn", None), NoAttention),
+        )
 
     def all_sizes(self) -> list[LayerSizes]:
         return [self.sizes(i) for i in range(self.num_layers)]
@@ -207,7 +215,7 @@ class ModelAdapter:
         """Query heads that share one key/value head in this layer (1 without grouped-query
         attention)."""
         sizes = self.sizes(layer_idx)
-        return sizes.heads // sizes.kv_heads
+        return sizes.heads // sizes.kv_heads if sizes.kv_heads else 1
 
     def output_projection(self, layer_idx: int, part: str) -> nn.Module:
         """The projection whose input is the heads' outputs (``part="attention"``) or the FFN
@@ -296,8 +304,10 @@ class ModelAdapter:
         remove_heads: list[int] = (),
         remove_neurons: list[int] = (),
         remove_mlp: bool = False,
+        remove_attention: bool = False,
     ) -> None:
-        """Physically remove query heads, FFN neurons or the whole MLP of one layer.
+        """Physically remove query heads, FFN neurons, the whole MLP or (llama-like families) the
+        whole attention of one layer.
 
         Indices refer to the layer as it is now. With grouped-query attention, a KV head goes
         when all its query heads go, and the kept groups must keep equal numbers of query heads.
@@ -306,9 +316,13 @@ class ModelAdapter:
         sizes = self.sizes(layer_idx)
         group = self.group_size(layer_idx)
         drop_heads = set(remove_heads)
-        keep_q = [h for h in range(sizes.heads) if h not in drop_heads]
-        if not keep_q:
-            raise ValueError(f"layer {layer_idx}: removing every attention head is not supported")
+        skip_attention = remove_attention or sizes.attention_removed
+        keep_q = [] if skip_attention else [h for h in range(sizes.heads) if h not in drop_heads]
+        if not keep_q and not skip_attention:
+            raise ValueError(
+                f"layer {layer_idx}: removing every attention head is not supported (remove the "
+                "attention whole)"
+            )
         keep_kv = sorted({h // group for h in keep_q})
         per_group = {g: sum(1 for h in keep_q if h // group == g) for g in keep_kv}
         if len(set(per_group.values())) > 1:
@@ -337,6 +351,8 @@ class ModelAdapter:
         for key, value in layer.state_dict().items():
             if skip_mlp and key.startswith(self.family.mlp_prefixes):
                 continue
+            if skip_attention and key.startswith(("self_attn.", "input_layernorm.")):
+                continue
             rule = self.family.slices.get(key)
             state[key] = value.index_select(rule[0], index[rule[1]]).clone() if rule else value
         shape_layer(
@@ -347,5 +363,6 @@ class ModelAdapter:
             head_dim=self.head_dim,
             intermediate=len(keep_ffn),
             skip_mlp=skip_mlp,
+            skip_attention=skip_attention,
         )
         layer.load_state_dict(state, strict=True)

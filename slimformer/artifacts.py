@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ KNOWN_MODELING_DIGESTS: dict[str, str] = {
     "e2d8ce71efad77bdcdeaf46ed66bdd3f7e05e05c333a393f4b7d0bc531767022": "0.1.0",
     # config.projection_bias: zero biases for FLAP's bias compensation
     "67a69a634a300a2a99d08cbf2e3f5ea0825e7ba7a7eb169ca41da852f548b075": "0.1.0+bias",
+    # the nemotron_nas layout: attention removed whole, DeciLM config and model classes
+    "f0a858393aba65135a01ce19d27a4d3e77b9551a8bdb7755cb39b188d94deebe": "0.1.0+nemotron",
 }
 
 _umask_lock = threading.Lock()
@@ -126,6 +129,12 @@ def save_model_folder(model: nn.Module, tokenizer, folder: str | Path) -> None:
     model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    if isinstance(model, modeling_slimformer.SlimformerDeciLMForCausalLM):
+        # the name vLLM and llama.cpp know Nemotron-NAS by (transformers goes by auto_map)
+        path = folder / "config.json"
+        config = json.loads(path.read_text())
+        config["architectures"] = ["DeciLMForCausalLM"]
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if getattr(model.config, "auto_map", None):
         target = folder / BUNDLED_MODELING_FILE.name
         # copyfile, not copy2: the installed file's mode (often read-only) is not the folder's

@@ -128,8 +128,11 @@ largest output difference from the float graph {{ onnx_int8.diff }}, same top-1 
 {% for line in serving %}{{ line }}
 {% endfor %}
 Perplexities are measured on the same evaluation windows as the table above, each file in its own
-engine. To serve a GGUF file with llama.cpp: `llama-server -m gguf/model-Q8_0.gguf` (or
-`llama_cpp.Llama(model_path="gguf/model-Q8_0.gguf")` in Python).
+engine.{% if nemotron %} The config is in NVIDIA's Nemotron-NAS format (`DeciLMForCausalLM`,
+per-layer shapes in `block_configs`), which vLLM and llama.cpp serve natively; transformers loads it
+through `modeling_slimformer.py` as above.{% endif %}
+{% for line in serve_commands %}
+- {{ line }}{% endfor %}
 {% endif %}
 
 ## Reproducibility
@@ -160,10 +163,28 @@ that data
 {% endif %}"""
 
 
+def _serve_commands(report: dict, repo: str) -> list[str]:
+    """How to serve each artefact an engine was checked with."""
+    artifacts = report.get("artifacts") or {}
+    lines = []
+    if artifacts.get("vllm"):
+        trust = " --trust-remote-code" if artifacts.get("per_layer") else ""
+        lines.append(f"vLLM: `vllm serve {repo}{trust}`")
+    for entry in artifacts.get("gguf") or []:
+        lines.append(
+            f"llama.cpp ({entry['type']}): `llama-server -m {entry['file']}` "
+            f'(Python: `llama_cpp.Llama(model_path="{entry["file"]}")`)'
+        )
+    return lines
+
+
 def _serving_rows(report: dict) -> list[str]:
-    """The files an engine other than PyTorch serves, with what was measured on each (GGUF)."""
-    gguf = (report.get("artifacts") or {}).get("gguf") or []
-    if not gguf:
+    """The files an engine other than PyTorch serves, with what was measured on each (GGUF, the
+    folder in vLLM)."""
+    artifacts = report.get("artifacts") or {}
+    gguf = artifacts.get("gguf") or []
+    served = artifacts.get("vllm")
+    if not gguf and not served:
         return []
     compressed = report["evaluation"]["compressed"]["metrics"]
     size = (report.get("artifacts") or {}).get("size_bytes")
@@ -176,6 +197,16 @@ def _serving_rows(report: dict) -> list[str]:
             "accuracy": _fmt(compressed.get("next_token_accuracy"), "next_token_accuracy"),
         }
     ]
+    if served:
+        rows.append(
+            {
+                "file": "model.safetensors",
+                "engine": "vLLM (CPU build, float32)",
+                "size": rows[0]["size"],
+                "perplexity": _fmt(served.get("perplexity"), "perplexity"),
+                "accuracy": _fmt(served.get("next_token_accuracy"), "next_token_accuracy"),
+            }
+        )
     for entry in gguf:
         rows.append(
             {
@@ -364,14 +395,16 @@ def _removed_rows(pruning: dict | None) -> list[dict]:
         return []
     rows = []
     removed_mlps = set(pruning.get("removed_mlps", []))
+    whole = set(pruning.get("removed_attention", []))
     for layer, total in enumerate(pruning["original_heads_per_layer"]):
         removed = pruning["removed_heads"].get(str(layer), [])
+        listed = ", ".join(map(str, removed)) or "none"
         rows.append(
             {
                 "layer": layer,
                 "heads_kept": pruning["heads_per_layer"][layer],
                 "heads_total": total,
-                "heads_removed": ", ".join(map(str, removed)) or "none",
+                "heads_removed": "attention removed whole" if layer in whole else listed,
                 "neurons_kept": pruning["neurons_per_layer"][layer],
                 "neurons_total": pruning["original_neurons_per_layer"][layer],
                 "mlp": "removed" if layer in removed_mlps else "kept",
@@ -574,6 +607,8 @@ def build_card(report: dict, folder: Path) -> ModelCard:
         onnx=bool(artifacts.get("onnx")),
         onnx_int8=_int8_facts((artifacts.get("onnx") or {}).get("int8")),
         serving=_serving_rows(report),
+        serve_commands=_serve_commands(report, repo),
+        nemotron=artifacts.get("layout") == "nemotron_nas",
         origin=_origin_text(base),
         new_head=f"{PIPELINE_TAG.get(base['task'], base['task'])} head" if new_head else None,
         new_head_weights=", ".join(new_head),

@@ -9,7 +9,9 @@ engine: it runs the engine's Python in a subprocess with a short script of ours 
 GGUF files are written by llama.cpp's converter (``convert_hf_to_gguf.py``, which ships with the
 llama.cpp source inside llama-cpp-python's source distribution): F16 and Q8_0 directly, Q4_K_M by
 llama.cpp's quantizer (``llama_model_quantize``) from the F16 file. The converter reads stock
-configs: the ``uniform`` layout and depth-pruned models of the Llama, Mistral and Qwen2/3 families.
+configs (the ``uniform`` layout and depth-pruned models of the Llama, Mistral and Qwen2/3 families)
+and the ``nemotron_nas`` layout (``DeciLMForCausalLM``, per-layer shapes in ``block_configs``),
+which vLLM also serves.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from slimformer.errors import ExportError
 
 ENGINES = ("llama-cpp", "vllm")
 GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
-GGUF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+GGUF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "nemotron-nas")
 
 
 class EngineMissing(ExportError):
@@ -77,14 +79,22 @@ def check_gguf_convertible(folder: Path) -> None:
         ExportError: a per-layer folder (``auto_map``) or a family the export does not cover.
     """
     config = json.loads((Path(folder) / "config.json").read_text())
-    if config.get("auto_map") or config.get("per_layer_config"):
+    nemotron = config.get("architectures") == ["DeciLMForCausalLM"] and config.get("block_configs")
+    if not nemotron and (config.get("auto_map") or config.get("per_layer_config")):
         raise ExportError(
             "GGUF export needs a stock config: the per_layer layout gives layers different shapes, "
-            "which llama.cpp reads only for Nemotron-NAS models. Prune with layout 'uniform' (or "
-            "drop whole layers only) for a GGUF file.",
+            "which llama.cpp reads only for Nemotron-NAS models. Prune with layout 'nemotron_nas' "
+            "(Llama) or 'uniform' (or drop whole layers only) for a GGUF file.",
             details={"field": "layout"},
         )
     family = config.get("model_type")
+    heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
+    if nemotron and config.get("head_dim") not in (None, hidden // heads):
+        raise ExportError(
+            f"llama.cpp's Nemotron-NAS converter takes the head size as hidden_size / heads "
+            f"({hidden // heads}); this model's heads have {config['head_dim']} dimensions",
+            details={"head_dim": config["head_dim"]},
+        )
     if family not in GGUF_FAMILIES:
         raise ExportError(
             f"GGUF export covers {', '.join(GGUF_FAMILIES)}; this model is {family!r}",
@@ -165,10 +175,41 @@ def _converter() -> Path:
     return found[-1]
 
 
+# llama.cpp's converter, run as its own ``main()``. One step is adjusted: its Nemotron-NAS class
+# reads every vocabulary but Llama 3's as a sentencepiece-style Llama vocabulary, so a byte-level
+# BPE tokenizer (SmolLM2's, GPT-2's) fails there; it then takes the converter's own GPT-2 path, as
+# the converter's Llama class does. Tensors, metadata and file format stay the converter's.
+_CONVERT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+sys.argv = sys.argv[2:]
+import convert_hf_to_gguf as convert
+from conversion.deci import DeciModel
+llama_vocab = DeciModel.set_vocab
+def set_vocab(self):
+    try:
+        llama_vocab(self)
+    except (FileNotFoundError, TypeError):
+        self._set_vocab_gpt2()
+DeciModel.set_vocab = set_vocab
+convert.main()
+"""
+
+
 def _convert(converter: Path, folder: Path, target: Path, outtype: str) -> None:
     _run(
         "llama-cpp",
-        [str(converter), str(folder), "--outtype", outtype, "--outfile", str(target)],
+        [
+            "-c",
+            _CONVERT,
+            str(converter.parent),
+            str(converter),
+            str(folder),
+            "--outtype",
+            outtype,
+            "--outfile",
+            str(target),
+        ],
         timeout=3600,
         what=f"GGUF conversion ({outtype})",
     )
@@ -253,17 +294,23 @@ windows = request["windows"]
 seq = max(len(w) for w in windows)
 start = time.perf_counter()
 llm = LLM(model=request["model"], tokenizer=request["model"], dtype="float32",
-          max_model_len=seq + 1, enforce_eager=True,
+          trust_remote_code=request["trust_remote_code"],
+          max_model_len=seq, enforce_eager=True,
           kv_cache_memory_bytes=request["kv_cache_mb"] << 20, max_logprobs=-1, seed=0,
           generation_config="vllm")
 load = time.perf_counter() - start
-params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False)
-outs = llm.generate([TokensPrompt(prompt_token_ids=w) for w in windows], params, use_tqdm=False)
+# All but the last token are the prompt; the last token's log probability is read from the one
+# generated position (every token's), so a window as long as the model's position limit fits.
+params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, logprobs=-1,
+                        detokenize=False)
+outs = llm.generate([TokensPrompt(prompt_token_ids=w[:-1]) for w in windows], params,
+                    use_tqdm=False)
 nll, hits, count, logprobs = 0.0, 0, 0, []
 for ids, out in zip(windows, outs):
     row = []
-    for pos in range(1, len(ids)):
-        entry = out.prompt_logprobs[pos][ids[pos]]
+    entries = [out.prompt_logprobs[pos][ids[pos]] for pos in range(1, len(ids) - 1)]
+    entries.append(out.outputs[0].logprobs[0][ids[-1]])
+    for entry in entries:
         nll -= entry.logprob
         hits += int(entry.rank == 1)
         count += 1
@@ -295,7 +342,9 @@ def vllm_scores(
 ) -> dict:
     """Next-token NLL, greedy hits (the real token ranked first) and token count of a saved folder
     over token windows, measured by vLLM's CPU build in its engine environment, plus the log
-    probability of every real next token (``logprobs``, to compare with PyTorch).
+    probability of every real next token (``logprobs``, to compare with PyTorch). A folder in the
+    nemotron_nas layout is loaded with ``trust_remote_code`` (its config class is in the folder's
+    ``modeling_slimformer.py``; vLLM runs its own Nemotron-NAS model code).
 
     vLLM runs in one process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with one OpenMP thread: on 2
     cores its multiprocess mode takes 25-40 s to start and two threads oversubscribe them.
@@ -307,7 +356,14 @@ def vllm_scores(
     """
     import tempfile
 
-    request = {"model": str(Path(folder).resolve()), "windows": windows, "kv_cache_mb": kv_cache_mb}
+    config = json.loads((Path(folder) / "config.json").read_text())
+    request = {
+        "model": str(Path(folder).resolve()),
+        "windows": windows,
+        "kv_cache_mb": kv_cache_mb,
+        # the nemotron_nas layout's config class is slimformer's (vLLM reads the shapes itself)
+        "trust_remote_code": bool(config.get("auto_map")),
+    }
     if bench:
         request["bench"] = bench
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:

@@ -30,12 +30,13 @@ from slimformer.architectures import family_of
 from slimformer.artifacts import atomic_folder, save_model_folder
 from slimformer.card import build_card
 from slimformer.data import TextData, load_hub_dataset, load_text_file, make_batches
-from slimformer.engines import export_gguf, llama_cpp_scores
+from slimformer.engines import engine_python, export_gguf, llama_cpp_scores, vllm_scores
 from slimformer.errors import Cancelled, InvalidSpec, Unauthorized
 from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
 from slimformer.export import export_onnx, quantize_onnx_int8
 from slimformer.hub import HubPolicy, LoadedModel, load_model, publish_folder
 from slimformer.importance import input_grams, score_depth, score_importance
+from slimformer.importance.depth import attention_influence
 from slimformer.models import set_seed
 from slimformer.pruning import (
     PruningPlan,
@@ -336,6 +337,11 @@ def run(
             f"publishing to {spec.publish.repo_id} needs a Hub token with write access",
             details={"repo_id": spec.publish.repo_id},
         )
+    # a serving engine the spec needs must be there before any work (EngineMissing names the fix)
+    if spec.export.gguf:
+        engine_python("llama-cpp")
+    if "vllm" in spec.export.targets:
+        engine_python("vllm")
     set_seed(spec.seed)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -367,6 +373,11 @@ def run(
     )
     model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
     family = family_of(model.config).name
+    if "vllm" in spec.export.targets and task != "text-generation":
+        raise InvalidSpec(
+            f"export target vllm serves causal LMs; {spec.model.id} is a {task} model",
+            details={"field": "export.targets"},
+        )
     if loaded.new_head:
         architectures = getattr(model.config, "architectures", None)
         saved_as = ", ".join(architectures or ["a model without a head"])
@@ -387,6 +398,9 @@ def run(
     use_labels = task in ("text-classification", "feature-extraction")
     stage("downloading", 0.6, "loading data")
     spec = spec.model_copy(update={"prune": spec.prune.resolved(task)})  # null defaults by task
+    if spec.prune.layers and not spec.prune.removes_width():
+        # depth only: every layer keeps its shape, a stock config that loads anywhere
+        spec.prune = spec.prune.model_copy(update={"layout": "uniform"})
     packed = task == "text-generation"  # causal LMs read text packed into windows (slimformer.text)
     data = _load_data(
         spec,
@@ -495,7 +509,7 @@ def run(
 
         stage("scoring", 0.0, "scoring heads, neurons and MLPs")
         if depth is not None and not (p.heads or p.ffn or p.whole_mlps or p.macs_budget):
-            result = one_shot_prune(compressed, None, PruningPlan(), layout=p.layout)  # depth only
+            result = one_shot_prune(compressed, None, PruningPlan(), layout="uniform")
         elif p.schedule == "iterative":
             result = iterative_prune(
                 compressed,
@@ -515,7 +529,20 @@ def run(
             importance = score(compressed)
             timings["scoring"] = time.perf_counter() - t0
             stage("pruning", 0.0, "removing units")
-            plan = plan_pruning(compressed, importance, target, layout=p.layout, seq_len=max_length)
+            attention_scores = None
+            if p.layout == "nemotron_nas" and (p.heads or p.macs_budget):
+                stage("pruning", 0.0, "measuring each attention block's influence")
+                attention_scores = attention_influence(
+                    compressed, cal_batches, should_cancel=should_cancel
+                )
+            plan = plan_pruning(
+                compressed,
+                importance,
+                target,
+                layout=p.layout,
+                seq_len=max_length,
+                attention_scores=attention_scores,
+            )
             if (
                 target.wants_reconstruction(importance.method)
                 and plan.grams is None
@@ -639,7 +666,20 @@ def run(
                     entry["perplexity"] = math.exp(scores["nll_sum"] / max(1, scores["tokens"]))
                     entry["next_token_accuracy"] = scores["hits"] / max(1, scores["tokens"])
                     entry["measured_by"] = "llama.cpp (llama-cpp-python), the evaluation windows"
+        served = None
+        if "vllm" in spec.export.targets and lm_windows:
+            check()
+            stage("writing_card", 0.6, "loading the result in vLLM")
+            scores = vllm_scores(folder, lm_windows)
+            served = {
+                "perplexity": math.exp(scores["nll_sum"] / max(1, scores["tokens"])),
+                "next_token_accuracy": scores["hits"] / max(1, scores["tokens"]),
+                "load_seconds": round(scores["load_s"], 1),
+                "measured_by": "vLLM (CPU build, float32), the evaluation windows",
+            }
         report["artifacts"] = {
+            "targets": list(spec.export.targets),
+            "vllm": served,
             "layout": spec.prune.layout if "prune" in spec.method else "uniform",
             "per_layer": bool(getattr(compressed.config, "auto_map", None)),
             "size_bytes": _folder_size(folder),

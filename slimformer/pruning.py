@@ -3,7 +3,7 @@ true.
 
 A :class:`PruningPlan` names the heads, FFN neurons and whole MLPs to remove (indices of the model
 as it is). :func:`plan_pruning` builds one from importance scores and a target; :func:`prune_model`
-carries it out and rewrites the config in the same call, in one of two layouts:
+carries it out and rewrites the config in the same call, in one of three layouts:
 
 * ``uniform``: every layer keeps the same sizes, written as the stock global attributes, so the
   folder loads with stock ``AutoModel...from_pretrained``. FFN sizes work for every family; head
@@ -12,6 +12,9 @@ carries it out and rewrites the config in the same call, in one of two layouts:
 * ``per_layer``: each layer keeps what its scores say; sizes go to ``config.per_layer_config``
   (transformers' heterogeneous format) and the folder ships ``modeling_slimformer.py`` through
   ``auto_map``, loaded with ``trust_remote_code=True``.
+* ``nemotron_nas`` (Llama): per-layer shapes in NVIDIA's Nemotron-NAS format, which vLLM and
+  llama.cpp serve; the plan is constrained to what that format states (whole attention blocks, FFN
+  widths in multiples of 256: :mod:`slimformer.nemotron`).
 
 :func:`iterative_prune` is Michel's and Prasanna's schedule: remove a step of what remains,
 re-score, evaluate, and stop at the target or when the metric falls below a floor.
@@ -35,11 +38,17 @@ from slimformer.errors import InvalidSpec, UnsupportedArchitecture
 from slimformer.importance import Importance
 from slimformer.modeling import modeling_slimformer as bundled
 from slimformer.models import count_macs, count_parameters
+from slimformer.nemotron import (
+    apply_nemotron_layout,
+    check_nemotron,
+    plan_attention,
+    round_to_chunks,
+)
 from slimformer.reconstruction import kept_channels, refit, set_output
 
 logger = logging.getLogger(__name__)
 
-Layout = Literal["uniform", "per_layer"]
+Layout = Literal["uniform", "per_layer", "nemotron_nas"]
 Ranking = Literal["global", "per_layer", "adaptive"]
 GqaUnit = Literal["groups", "query_heads"]
 UNIFORM_HEAD_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -65,6 +74,7 @@ class PruningPlan:
     heads: dict[int, list[int]] = field(default_factory=dict)
     neurons: dict[int, list[int]] = field(default_factory=dict)
     mlps: list[int] = field(default_factory=list)
+    attention: list[int] = field(default_factory=list)  # layers whose attention goes whole
     # FLAP's bias compensation: per layer, the mean of every input channel of the attention output
     # projection / the MLP's down projection; None: no compensation
     attention_means: list[torch.Tensor] | None = None
@@ -75,7 +85,12 @@ class PruningPlan:
     reconstruct_bias: bool = True  # the refit may set an output bias (False: through the origin)
 
     def is_empty(self) -> bool:
-        return not any(self.heads.values()) and not any(self.neurons.values()) and not self.mlps
+        return (
+            not any(self.heads.values())
+            and not any(self.neurons.values())
+            and not self.mlps
+            and not self.attention
+        )
 
     @property
     def compensates(self) -> bool:
@@ -86,6 +101,7 @@ class PruningPlan:
             "heads": {str(k): v for k, v in sorted(self.heads.items()) if v},
             "neurons": {str(k): len(v) for k, v in sorted(self.neurons.items()) if v},
             "mlps": sorted(self.mlps),
+            "attention": sorted(self.attention),
             "bias_compensation": self.compensates,
             "reconstruction": self.grams is not None,
         }
@@ -165,6 +181,7 @@ class PruningRecord:
     original_neurons: list[int]
     kept_neurons: list[int]
     removed_mlps: list[int] = field(default_factory=list)
+    removed_attention: list[int] = field(default_factory=list)  # attention removed whole
     curve: list[dict] = field(default_factory=list)
     removed_layers: list[int] = field(default_factory=list)  # depth pruning, original numbering
     original_layers: int | None = None
@@ -187,6 +204,9 @@ class PruningRecord:
             ]
         for layer in plan.mlps:
             self.removed_mlps.append(layer)
+        for layer in plan.attention:
+            self.removed_attention.append(layer)
+            self.kept_heads[layer] = []
         self.kept_neurons = [0 if s.mlp_removed else s.intermediate for s in adapter.all_sizes()]
 
     def removed_heads(self) -> dict[int, list[int]]:
@@ -203,6 +223,7 @@ class PruningRecord:
             "neurons_per_layer": self.kept_neurons,
             "original_neurons_per_layer": self.original_neurons,
             "removed_mlps": sorted(self.removed_mlps),
+            "removed_attention": sorted(self.removed_attention),
             "curve": self.curve,
             "removed_layers": sorted(self.removed_layers),
             "original_layers": self.original_layers or len(self.original_heads),
@@ -390,8 +411,13 @@ def plan_pruning(
     *,
     layout: Layout = "per_layer",
     seq_len: int = 128,
+    attention_scores: torch.Tensor | None = None,
 ) -> PruningPlan:
     """Choose the units to remove so that ``target`` is met.
+
+    ``attention_scores`` (the nemotron_nas layout, which removes attention blocks whole): one score
+    per layer, lowest removed first (:func:`slimformer.importance.depth.attention_influence`);
+    without them, the sum of the layer's head scores.
 
     Raises:
         InvalidSpec: fractions out of range, a target that empties every layer's attention, a
@@ -400,10 +426,14 @@ def plan_pruning(
     target.validate()
     adapter = ModelAdapter(model)
     uniform = layout == "uniform"
-    if layout not in ("uniform", "per_layer"):
+    nemotron = layout == "nemotron_nas"
+    if layout not in Layout.__args__:
         raise InvalidSpec(
-            f"layout must be 'uniform' or 'per_layer', got {layout!r}", details={"field": "layout"}
+            f"layout must be one of {', '.join(Layout.__args__)}, got {layout!r}",
+            details={"field": "layout"},
         )
+    if nemotron:
+        check_nemotron(adapter, target)
     wants_heads = (
         target.heads > 0 or target.macs_budget is not None or target.params_budget is not None
     )
@@ -440,19 +470,36 @@ def plan_pruning(
         else target.bias_compensation
     )
     compensate = wanted and importance.attention_means is not None
+    if compensate and nemotron:
+        raise InvalidSpec(
+            f"{importance.method} folds removed units into output biases, which the nemotron_nas "
+            "layout cannot state; set bias_compensation to false",
+            details={"field": "bias_compensation"},
+        )
     if compensate and uniform:
         _check_uniform_bias(adapter, target)
     reconstruct = target.wants_reconstruction(importance.method)
     # the refit sets an output bias where the layout can hold one, else goes through the origin
-    refit_bias = not uniform or _uniform_bias_ok(adapter, target)
+    refit_bias = not nemotron and (not uniform or _uniform_bias_ok(adapter, target))
+    if nemotron and attention_scores is None:
+        attention_scores = torch.stack([h.double().sum() for h in importance.heads])
 
     def build(head_fraction: float, ffn_fraction: float) -> PruningPlan:
-        heads = _plan_heads(adapter, importance, head_fraction, target, uniform)
-        neurons = _plan_neurons(adapter, importance, ffn_fraction, target, uniform, set(mlps))
+        attention: list[int] = []
+        if nemotron:
+            protected = target.protected(adapter.num_layers)
+            attention = plan_attention(adapter, head_fraction, protected, attention_scores)
+            heads = {}
+            wanted = _plan_neurons(adapter, importance, ffn_fraction, target, False, set())
+            neurons = round_to_chunks(adapter, importance.neurons, ffn_fraction, wanted)
+        else:
+            heads = _plan_heads(adapter, importance, head_fraction, target, uniform)
+            neurons = _plan_neurons(adapter, importance, ffn_fraction, target, uniform, set(mlps))
         return PruningPlan(
             heads=heads,
             neurons=neurons,
             mlps=mlps,
+            attention=attention,
             attention_means=importance.attention_means if compensate and heads else None,
             mlp_means=importance.mlp_means if compensate and neurons else None,
             grams=importance.grams if reconstruct else None,
@@ -574,9 +621,14 @@ def remove_units(model: nn.Module, plan: PruningPlan, *, refit: bool = True) -> 
     compensation = _compensation(adapter, plan) if plan.compensates and not refits else {}
     for layer in range(adapter.num_layers):
         heads, neurons = plan.heads.get(layer, []), plan.neurons.get(layer, [])
-        if heads or neurons or layer in plan.mlps:
+        whole = layer in plan.attention
+        if heads or neurons or layer in plan.mlps or whole:
             adapter.prune_layer(
-                layer, remove_heads=heads, remove_neurons=neurons, remove_mlp=layer in plan.mlps
+                layer,
+                remove_heads=heads,
+                remove_neurons=neurons,
+                remove_mlp=layer in plan.mlps,
+                remove_attention=whole,
             )
     for (layer, part), vector in compensation.items():
         adapter.add_output_bias(layer, part, vector)
@@ -638,8 +690,12 @@ def predicted_parameters(model: nn.Module, plan: PruningPlan) -> int:
             "ffn": len(plan.neurons.get(layer_idx, [])),
         }
         drop_mlp = layer_idx in plan.mlps
+        drop_attention = layer_idx in plan.attention
         for name, param in layer.named_parameters():
             if drop_mlp and name.startswith(family.mlp_prefixes):
+                removed += param.numel()
+                continue
+            if drop_attention and name.startswith(("self_attn.", "input_layernorm.")):
                 removed += param.numel()
                 continue
             rule = family.slices.get(name)
@@ -725,6 +781,9 @@ def apply_layout(model: nn.Module, layout: Layout) -> None:
     names = bundled.FAMILIES[family]
     sizes = adapter.all_sizes()
     config = model.config
+    if layout == "nemotron_nas":
+        apply_nemotron_layout(model)
+        return
     if layout == "uniform":
         distinct = {(s.heads, s.kv_heads, s.intermediate, s.mlp_removed) for s in sizes}
         if len(distinct) != 1:

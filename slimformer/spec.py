@@ -205,10 +205,13 @@ class PruneSpec(_Strict):
     macs_budget: float | None = Field(
         None, gt=0.0, le=1.0, description="Keep at most this fraction of the MACs."
     )
-    layout: Literal["per_layer", "uniform"] = Field(
-        "per_layer",
-        description="per_layer: best quality, loads "
-        "with trust_remote_code=True; uniform: stock transformers.",
+    layout: Literal["per_layer", "uniform", "nemotron_nas"] | None = Field(
+        None,
+        description="per_layer: best quality, loads in transformers with trust_remote_code=True; "
+        "uniform: every layer the same shape, a stock config that loads anywhere; nemotron_nas "
+        "(Llama): per-layer shapes in NVIDIA's Nemotron-NAS format, which vLLM and llama.cpp "
+        "serve (attention removed whole per layer, FFN widths in multiples of 256). Null: "
+        "per_layer, or nemotron_nas when export.targets names vllm or llama.cpp.",
     )
     schedule: Literal["one_shot", "iterative"] = "one_shot"
     step: float = Field(
@@ -302,6 +305,10 @@ class PruneSpec(_Strict):
             raise ValueError("prune.layers is a fraction below 1 or a whole number of layers")
         return self
 
+    def removes_width(self) -> bool:
+        """Heads, neurons or MLPs go (not only whole layers)."""
+        return bool(self.heads or self.ffn or self.whole_mlps or self.macs_budget is not None)
+
     def removes_something(self) -> bool:
         return bool(
             self.heads or self.ffn or self.whole_mlps or self.macs_budget is not None or self.layers
@@ -312,6 +319,7 @@ class PruneSpec(_Strict):
         :data:`CAUSAL_LM_DEFAULTS`, every other task :data:`PRUNE_DEFAULTS`; the uniform layout
         keeps no layer's own shape)."""
         defaults = CAUSAL_LM_DEFAULTS if task == "text-generation" else PRUNE_DEFAULTS
+        defaults = defaults | {"layout": "per_layer"}
         if self.layout == "uniform":  # every layer has the same shape: none can keep its own
             defaults = defaults | {"keep_first_layers": 0, "keep_last_layers": 0}
         values = self.model_dump()
@@ -448,14 +456,29 @@ class PublishSpec(_Strict):
         return value
 
 
+SERVING_TARGETS = ("vllm", "llama.cpp")
+
+
 class ExportSpec(_Strict):
-    """Files for serving engines, written beside the model folder."""
+    """Where the result must load, and files for serving engines, written beside the model
+    folder."""
+
+    targets: list[Literal["transformers", "vllm", "llama.cpp", "onnx"]] = Field(
+        default_factory=lambda: ["transformers"],
+        description="Where the result must load; each target is checked by loading it there. "
+        "transformers: the model folder (always written). vllm: vLLM's CPU build loads the folder "
+        "and its perplexity is measured on the evaluation windows (causal LMs; `make engines`). "
+        "llama.cpp: GGUF files (export.gguf, q8_0 when empty), each measured by llama.cpp. onnx: "
+        "model.onnx checked with onnxruntime. vllm and llama.cpp read per-layer shapes only in the "
+        "nemotron_nas layout, which an unset prune.layout then becomes.",
+    )
 
     gguf: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(
         default_factory=list,
         description="GGUF files for llama.cpp, written by llama.cpp's own converter and quantizer "
-        "(the llama-cpp engine, `make engines`): needs a stock config (layout uniform, or layers "
-        "dropped only) of the Llama, Mistral or Qwen2/3 family. Causal LMs: each file's "
+        "(the llama-cpp engine, `make engines`): a stock config (layout uniform, or layers "
+        "dropped only) of the Llama, Mistral or Qwen2/3 family, or the nemotron_nas layout of a "
+        "Llama; implies target llama.cpp. Causal LMs: each file's "
         "perplexity is measured by llama.cpp on the evaluation windows.",
     )
 
@@ -489,11 +512,26 @@ class JobSpec(_Strict):
                 "method prune_distill distils into the pruned model; leave distill.student unset"
             )
         p = self.prune
-        width = p.heads or p.ffn or p.whole_mlps or p.macs_budget is not None
-        if self.export.gguf and self.method != "distill" and width and p.layout == "per_layer":
+        width = self.method != "distill" and bool(
+            p.heads or p.ffn or p.whole_mlps or p.macs_budget is not None
+        )
+        serving = [t for t in self.export.targets if t in SERVING_TARGETS]
+        if "llama.cpp" in self.export.targets and not self.export.gguf:
+            self.export.gguf = ["q8_0"]
+        if self.export.gguf and "llama.cpp" not in self.export.targets:
+            self.export.targets = [*self.export.targets, "llama.cpp"]
+            serving = [*serving, "llama.cpp"]
+        if "onnx" in self.export.targets:
+            self.evaluation.onnx = True
+        elif self.evaluation.onnx or self.evaluation.onnx_int8:
+            self.export.targets = [*self.export.targets, "onnx"]
+        if p.layout is None:
+            p.layout = "nemotron_nas" if serving and width else "per_layer"
+        if width and p.layout == "per_layer" and serving:
             raise ValueError(
-                "export.gguf needs a stock config, and the per_layer layout gives layers different "
-                "shapes: set prune.layout to uniform (or drop whole layers only)"
+                f"export.targets names {' and '.join(serving)}, which cannot read the per_layer "
+                "layout's per-layer shapes: set prune.layout to nemotron_nas (Llama) or uniform, "
+                "or leave it unset"
             )
         return self
 

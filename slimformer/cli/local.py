@@ -147,7 +147,8 @@ def _common(args: argparse.Namespace, method: str) -> dict[str, Any]:
             "onnx_int8": args.onnx_int8,
         },
         "seed": args.seed,
-        "export": {"gguf": getattr(args, "gguf", None) or []},
+        "export": {"gguf": getattr(args, "gguf", None) or []}
+        | ({"targets": args.targets} if getattr(args, "targets", None) else {}),
     }
 
 

@@ -32,6 +32,26 @@ def _gguf_types(text: str) -> list[str]:
     return types
 
 
+TARGETS = ("transformers", "vllm", "llama.cpp", "onnx")
+
+
+def _targets(text: str) -> list[str]:
+    targets = [t.strip().lower() for t in text.split(",") if t.strip()]
+    wrong = [t for t in targets if t not in TARGETS]
+    if wrong or not targets:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give targets from {', '.join(TARGETS)}, separated by commas"
+        )
+    return targets
+
+
+LAYOUT_HELP = (
+    "per_layer (transformers, trust_remote_code), uniform (stock config, loads anywhere) or "
+    "nemotron_nas (Llama: per-layer shapes vLLM and llama.cpp serve). Default: per_layer, or "
+    "nemotron_nas when --targets names vllm or llama.cpp"
+)
+
+
 def _budget(text: str) -> float:
     try:
         value = float(text)
@@ -148,6 +168,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         type=_gguf_types,
         help="also write GGUF files for llama.cpp, e.g. f16,q8_0,q4_k_m (needs `make engines`)",
     )
+    parser.add_argument(
+        "--targets",
+        type=_targets,
+        help="where the result must load, checked there: transformers,vllm,llama.cpp,onnx "
+        "(default transformers; vllm and llama.cpp need `make engines`)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument(
@@ -166,7 +192,9 @@ def _add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--macs-budget", type=_budget, help="keep at most this fraction of the MACs"
     )
-    parser.add_argument("--layout", choices=["per_layer", "uniform"], default="per_layer")
+    parser.add_argument(
+        "--layout", choices=["per_layer", "uniform", "nemotron_nas"], help=LAYOUT_HELP
+    )
     parser.add_argument(
         "--ranking",
         choices=["global", "per_layer", "adaptive"],
@@ -352,7 +380,9 @@ def _add_submit_command(
     submit.add_argument(
         "--macs-budget", type=_budget, help="keep at most this fraction of the MACs"
     )
-    submit.add_argument("--layout", choices=["per_layer", "uniform"])
+    submit.add_argument(
+        "--layout", choices=["per_layer", "uniform", "nemotron_nas"], help=LAYOUT_HELP
+    )
     submit.add_argument("--ranking", choices=["global", "per_layer", "adaptive"])
     submit.add_argument(
         "--importance", choices=["michel", "activations", "flap", "obs", "magnitude", "random"]
@@ -378,6 +408,11 @@ def _add_submit_command(
     submit.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     submit.add_argument("--onnx", action="store_true", help="also export model.onnx")
     submit.add_argument("--gguf", type=_gguf_types, help="also write GGUF files: f16,q8_0,q4_k_m")
+    submit.add_argument(
+        "--targets",
+        type=_targets,
+        help="where the result must load: transformers,vllm,llama.cpp,onnx",
+    )
     submit.add_argument(
         "--onnx-int8", action="store_true", help="also write model.int8.onnx (dynamic int8)"
     )

@@ -250,6 +250,8 @@ def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
         section("evaluation")["onnx_int8"] = True
     if args.gguf:
         section("export")["gguf"] = args.gguf
+    if args.targets:
+        section("export")["targets"] = args.targets
     if args.publish:
         data["publish"] = {"repo_id": args.publish, "private": not args.public}
     if args.seed is not None:

@@ -164,6 +164,33 @@ def calibration_pass(
         model.train(was_training)
 
 
+def hooked_pass(
+    model: nn.Module,
+    batches: Iterable[dict],
+    handles: list,
+    *,
+    what: str,
+    tokens: RealTokens | None = None,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> None:
+    """One :func:`calibration_pass` for the hooks whose ``handles`` are given (they collect the
+    statistics); the hooks are removed afterwards, whatever happens."""
+    try:
+        for _ in calibration_pass(
+            model,
+            batches,
+            what=what,
+            tokens=tokens,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+        ):
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class Timer:
     """Seconds since construction."""
 

@@ -28,7 +28,7 @@ from slimformer.importance.base import (
     DepthImportance,
     ProgressFn,
     RealTokens,
-    calibration_pass,
+    hooked_pass,
 )
 from slimformer.models import mean_pool, model_task
 from slimformer.text import next_token_stats
@@ -65,20 +65,71 @@ def block_influence(
         layer.register_forward_hook(lambda m, a, k, o, i=i: hook(m, a, k, o, i), with_kwargs=True)
         for i, layer in enumerate(adapter.layers)
     ]
-    try:
-        for _ in calibration_pass(
-            model,
-            batches,
-            what="block influence",
-            tokens=tokens,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
-        ):
-            pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooked_pass(
+        model,
+        batches,
+        handles,
+        what="block influence",
+        tokens=tokens,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
     return (total / count.clamp(min=1)).float()
+
+
+def attention_influence(
+    model: nn.Module,
+    batches: Iterable[dict],
+    *,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> torch.Tensor:
+    """Block influence of every layer's attention sub-block alone (He et al. 2024, "What Matters in
+    Transformers? Not All Attention Is Needed"): 1 - E_t cos(x, x + attn(norm(x))), with x the
+    residual stream entering the layer, over real calibration tokens. The attention blocks that
+    change the stream least are the ones to remove whole (the Nemotron-NAS layout). A layer whose
+    attention is already removed scores infinity (nothing left to remove)."""
+    adapter = ModelAdapter(model)
+    tokens = RealTokens()
+    total = torch.zeros(adapter.num_layers, dtype=torch.float64)
+    count = torch.zeros(adapter.num_layers, dtype=torch.float64)
+    entering: dict[int, torch.Tensor] = {}
+
+    def grab(module, args, kwargs, i):
+        entering[i] = args[0] if args else kwargs["hidden_states"]
+
+    def hook(module, args, kwargs, output, i):
+        x = tokens.select(entering.pop(i)).float()
+        attended = output[0] if isinstance(output, tuple) else output
+        y = x + tokens.select(attended).float()
+        cosine = F.cosine_similarity(x, y, dim=-1)
+        total[i] += float((1 - cosine).double().sum())
+        count[i] += cosine.numel()
+
+    handles = []
+    for i, layer in enumerate(adapter.layers):
+        handles.append(
+            layer.register_forward_pre_hook(lambda m, a, k, i=i: grab(m, a, k, i), with_kwargs=True)
+        )
+        handles.append(
+            layer.self_attn.register_forward_hook(
+                lambda m, a, k, o, i=i: hook(m, a, k, o, i), with_kwargs=True
+            )
+        )
+    hooked_pass(
+        model,
+        batches,
+        handles,
+        what="attention influence",
+        tokens=tokens,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    scores = (total / count.clamp(min=1)).float()
+    for i, sizes in enumerate(adapter.all_sizes()):
+        if sizes.attention_removed:
+            scores[i] = float("inf")
+    return scores
 
 
 def _first_tokens(batches: list[dict], budget: int) -> list[dict]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from slimformer.architectures import ModelAdapter
-from slimformer.importance.base import CancelFn, ProgressFn, RealTokens, calibration_pass
+from slimformer.importance.base import CancelFn, ProgressFn, RealTokens, hooked_pass
 
 Key = tuple[int, str]  # (layer, "attention" | "mlp")
 
@@ -54,24 +54,20 @@ def input_grams(
     tokens = RealTokens()
     grams: dict[Key, _Gram] = {}
     handles = []
-    try:
-        for layer, part in sorted(set(keys)):
-            module = adapter.output_projection(layer, part)
-            width = adapter.output_weight(layer, part).shape[1]
-            grams[(layer, part)] = gram = _Gram(width)
-            handles.append(
-                module.register_forward_pre_hook(lambda m, a, g=gram: g.add(tokens.select(a[0])))
-            )
-        for _ in calibration_pass(
-            model,
-            batches,
-            what="reconstruction statistics",
-            tokens=tokens,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
-        ):
-            pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    for layer, part in sorted(set(keys)):
+        module = adapter.output_projection(layer, part)
+        width = adapter.output_weight(layer, part).shape[1]
+        grams[(layer, part)] = gram = _Gram(width)
+        handles.append(
+            module.register_forward_pre_hook(lambda m, a, g=gram: g.add(tokens.select(a[0])))
+        )
+    hooked_pass(
+        model,
+        batches,
+        handles,
+        what="reconstruction statistics",
+        tokens=tokens,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
     return {key: gram.mean() for key, gram in grams.items()}

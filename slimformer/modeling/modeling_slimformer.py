@@ -65,6 +65,13 @@ FAMILIES: dict[str, dict] = {
         "ffn": "intermediate_size",
         "layers": "layers",
     },
+    # slimformer's Nemotron-NAS layout of a Llama (sizes in block_configs, see below)
+    "nemotron-nas": {
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "layers": "layers",
+    },
 }
 
 
@@ -80,6 +87,20 @@ class NoUnits(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states.new_zeros(*hidden_states.shape[:-1], self.out_features)
+
+
+class NoAttention(nn.Module):
+    """A decoder layer's attention removed whole (the Nemotron-NAS ``attention.no_op``): it adds
+    nothing to the residual stream and holds no weights. Its projections are :class:`NoUnits`, so
+    code that reads a layer's sizes sees zero heads."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = NoUnits(0), NoUnits(0), NoUnits(0)
+        self.o_proj = NoUnits(hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return hidden_states.new_zeros(hidden_states.shape), None
 
 
 def _linear(old: nn.Module, in_features: int, out_features: int) -> nn.Module:
@@ -139,9 +160,10 @@ def shape_layer(
     head_dim: int,
     intermediate: int,
     skip_mlp: bool = False,
+    skip_attention: bool = False,
 ) -> None:
     """Give one layer these sizes, replacing projections whose shape changes with uninitialised
-    ones.
+    ones. ``skip_attention`` (llama-like families) removes the attention and its input norm whole.
 
     Weights are loaded afterwards (``from_pretrained``, or slimformer's pruning loading sliced
     tensors).
@@ -164,6 +186,10 @@ def shape_layer(
         _resize(attn, "c_attn", out_features=3 * width)
         _resize(attn, "c_proj", in_features=width)
         attn.num_heads, attn.split_size = heads, width
+    elif skip_attention:
+        if not isinstance(layer.self_attn, NoAttention):
+            layer.self_attn = NoAttention(layer.self_attn.o_proj.out_features)
+            layer.input_layernorm = nn.Identity()
     else:  # llama-like, grouped-query attention
         attn = layer.self_attn
         kv_width = kv_heads * head_dim
@@ -338,3 +364,101 @@ def class_names(model_type: str, stock_model_class: str) -> tuple[str, str]:
     if model_type not in _CLASSES or stock_model_class not in _CLASSES[model_type][1]:
         raise KeyError(f"no per-layer class for {stock_model_class} ({model_type})")
     return f"Slimformer{_CLASSES[model_type][0]}", f"Slimformer{stock_model_class}"
+
+
+# -- Nemotron-NAS (DeciLM) layout: per-layer shapes in the form vLLM and llama.cpp serve natively.
+# ``config.block_configs[i]`` says, for layer i, whether its attention is removed (``no_op``) or
+# how many query heads share a KV head (``n_heads_in_group``; every layer keeps all query heads),
+# and its FFN width as ``ffn_mult``, from which both engines compute int(2 * mult * hidden / 3)
+# rounded up to a multiple of 256. The weights keep Llama's names; removed sub-blocks have none.
+DECILM_FFN_STEP = 256
+
+
+def decilm_ffn_width(ffn_mult: float, hidden_size: int) -> int:
+    """The FFN width a Nemotron-NAS block with this ``ffn_mult`` has (as vLLM and llama.cpp compute
+    it)."""
+    width = int(2 * ffn_mult * hidden_size / 3)
+    return -(-width // DECILM_FFN_STEP) * DECILM_FFN_STEP
+
+
+def decilm_ffn_mult(width: int, hidden_size: int) -> float:
+    """The ``ffn_mult`` that gives exactly ``width`` (a multiple of 256)."""
+    mult = 1.5 * width / hidden_size
+    if width % DECILM_FFN_STEP or decilm_ffn_width(mult, hidden_size) != width:
+        raise ValueError(f"an FFN width of {width} is not a multiple of {DECILM_FFN_STEP}")
+    return mult
+
+
+def decilm_layer_sizes(config, layer_idx: int) -> dict:
+    """Sizes of one layer of a Nemotron-NAS config, in :func:`shape_layer`'s terms."""
+    block = config.block_configs[layer_idx]
+    attention, ffn = block["attention"], block["ffn"]
+    heads = int(config.num_attention_heads)
+    skip_attention = bool(attention.get("no_op"))
+    kv_heads = heads if skip_attention else heads // int(attention["n_heads_in_group"])
+    skip_mlp = bool(ffn.get("no_op"))
+    intermediate = 0 if skip_mlp else decilm_ffn_width(ffn["ffn_mult"], config.hidden_size)
+    return {
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "intermediate": intermediate,
+        "skip_mlp": skip_mlp,
+        "skip_attention": skip_attention,
+    }
+
+
+class DeciLMModelMixin:
+    """Builds the stock Llama model at the global sizes, then gives each layer the sizes of
+    ``block_configs``."""
+
+    def __init__(self, config, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        head_dim = head_dim_of(config, "llama")
+        for idx, layer in enumerate(layers_of(self, "llama")):
+            shape_layer("llama", layer, head_dim=head_dim, **decilm_layer_sizes(config, idx))
+        self.post_init()
+
+
+class DeciLMBlock(dict):
+    """One ``block_configs`` entry: stored (and written to ``config.json``) as a plain dict, read
+    as attributes too (``block.attention.no_op``), as vLLM's Nemotron-NAS code reads it. A key that
+    is absent is an absent attribute."""
+
+    def __init__(self, entry: dict) -> None:
+        super().__init__(
+            {k: DeciLMBlock(v) if isinstance(v, dict) else v for k, v in dict(entry).items()}
+        )
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def decilm_blocks(entries) -> list[DeciLMBlock]:
+    return [DeciLMBlock(entry) for entry in entries]
+
+
+class SlimformerDeciLMConfig(transformers.LlamaConfig):
+    """A Llama config whose layers' shapes are in ``block_configs`` (Nemotron-NAS)."""
+
+    model_type = "nemotron-nas"
+
+    def __post_init__(self, **kwargs):
+        blocks = kwargs.pop("block_configs", None)
+        super().__post_init__(**kwargs)
+        if blocks is not None:
+            self.block_configs = decilm_blocks(blocks)
+
+
+SlimformerDeciLMModel = type(
+    "SlimformerDeciLMModel",
+    (DeciLMModelMixin, transformers.LlamaModel),
+    {"config_class": SlimformerDeciLMConfig},
+)
+SlimformerDeciLMForCausalLM = type(
+    "SlimformerDeciLMForCausalLM",
+    (DeciLMModelMixin, transformers.LlamaForCausalLM),
+    {"config_class": SlimformerDeciLMConfig},
+)
