@@ -523,7 +523,8 @@ def _own_classes(raw_config: dict, task: str | None) -> tuple[type, type | None]
     config_cls = getattr(installed, raw_config["auto_map"]["AutoConfig"].partition(".")[2])
     if task is None:
         return config_cls, None
-    stock_config = transformers.CONFIG_MAPPING[config_cls.model_type]
+    nemotron = config_cls is installed.SlimformerDeciLMConfig  # a Llama in block_configs form
+    stock_config = transformers.CONFIG_MAPPING["llama" if nemotron else config_cls.model_type]
     auto = getattr(transformers, AUTO_CLASS_FOR_TASK[task])
     return config_cls, auto._model_mapping[stock_config]
 
@@ -542,6 +543,17 @@ def _load_own(folder: Path, model_id: str, raw_config: dict, task: str | None):
 
     def load(task: str):
         _, stock_cls = _own_classes(raw_config, task)
+        if isinstance(config, installed.SlimformerDeciLMConfig):  # the nemotron_nas layout
+            if task != "text-generation":
+                raise ModelLoadError(
+                    f"{model_id} is a causal LM in the nemotron_nas layout; it has no {task} head",
+                    details={"model": model_id},
+                )
+            model, info = installed.SlimformerDeciLMForCausalLM.from_pretrained(
+                folder, config=config, output_loading_info=True
+            )
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, config=config)
+            return model, tokenizer, info["missing_keys"]
         try:
             _, model_name = installed.class_names(config.model_type, stock_cls.__name__)
         except KeyError as err:

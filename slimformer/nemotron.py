@@ -100,6 +100,7 @@ def round_to_chunks(
     importance_neurons: list[torch.Tensor],
     fraction: float,
     wanted: dict[int, list[int]],
+    protected: set[int],
 ) -> dict[int, list[int]]:
     """The neurons to remove, in whole chunks of 256 per layer: ``fraction`` of all neurons rounded
     to chunks, shared out as the unconstrained plan ``wanted`` shares them (each layer's count
@@ -110,7 +111,8 @@ def round_to_chunks(
     sizes = adapter.all_sizes()
     total = sum(s.intermediate for s in sizes)
     chunks = round(fraction * total / STEP)
-    ideal = {layer: len(units) / STEP for layer, units in wanted.items() if units}
+    eligible = [i for i, s in enumerate(sizes) if i not in protected and s.intermediate > STEP]
+    ideal = {layer: len(wanted.get(layer, [])) / STEP for layer in eligible}
     cap = {layer: sizes[layer].intermediate // STEP - 1 for layer in ideal}
     if chunks > sum(cap.values()):
         raise InvalidSpec(

@@ -491,7 +491,7 @@ def plan_pruning(
             attention = plan_attention(adapter, head_fraction, protected, attention_scores)
             heads = {}
             wanted = _plan_neurons(adapter, importance, ffn_fraction, target, False, set())
-            neurons = round_to_chunks(adapter, importance.neurons, ffn_fraction, wanted)
+            neurons = round_to_chunks(adapter, importance.neurons, ffn_fraction, wanted, protected)
         else:
             heads = _plan_heads(adapter, importance, head_fraction, target, uniform)
             neurons = _plan_neurons(adapter, importance, ffn_fraction, target, uniform, set(mlps))

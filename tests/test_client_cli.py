@@ -167,6 +167,20 @@ def test_invalid_specs_are_one_line_from_the_api(cli, tmp_path):
     )
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: ") and "needs something to remove" in err
+    code, out, err = cli(
+        "submit",
+        "--model",
+        "acme/tiny",
+        "--hub-dataset",
+        "glue",
+        "--heads",
+        "0.5",
+        "--layout",
+        "per_layer",
+        "--targets",
+        "transformers,vllm",
+    )
+    assert code == 2 and "vllm, which cannot read the per_layer layout" in err
     code, out, err = cli("submit", "--heads", "0.5")
     assert code == 2 and "give a spec file, or --model and a data source" in err
     code, out, err = cli(

@@ -45,11 +45,13 @@ print(json.dumps({"perplexity": math.exp(nll / count), "accuracy": hits / count}
 """
 
 
-@pytest.mark.parametrize("layout", ["per_layer", "uniform"])
+@pytest.mark.parametrize("layout", ["per_layer", "uniform", "nemotron_nas"])
 def test_card_perplexity_equals_a_fresh_transformers_process_on_the_saved_folder(tmp_path, layout):
     from slimformer.pipeline import run
 
-    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
+    # nemotron_nas states FFN widths in chunks of 256
+    width = {"intermediate_size": 512} if layout == "nemotron_nas" else {}
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4, **width)
     data = write_story_txt(tmp_path / "stories.txt", stories=60)
     prune = {"heads": 0.25, "ffn": 0.3, "layout": layout}
     if layout == "uniform":

@@ -187,3 +187,36 @@ def test_the_serving_targets_choose_the_layout_and_the_files():
         JobSpec.model_validate(explicit)
     with pytest.raises(ValueError, match="targets"):
         JobSpec.model_validate(_spec(targets=["tensorrt"]))
+
+
+def test_a_nemotron_nas_result_is_the_input_of_another_job_without_remote_code(tmp_path):
+    from tiny_models import save_tiny_causal_lm, write_story_txt
+
+    from slimformer.errors import UnsupportedArchitecture
+    from slimformer.pipeline import run
+
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4, intermediate_size=768)
+    data = write_story_txt(tmp_path / "stories.txt", stories=40)
+
+    def job(model: str, prune: dict, name: str):
+        spec = {
+            "model": {"id": model},
+            "dataset": {"path": str(data), "eval_path": str(data)},
+            "prune": prune,
+            "evaluation": {"latency": False, "max_samples": 2},
+        }
+        return run(JobSpec.model_validate(spec, context={"local_files": True}), tmp_path / name)
+
+    first = job(folder, {"ffn": 0.25, "layout": "nemotron_nas"}, "first")
+    widths = first.report["pruning"]["neurons_per_layer"]
+    # 25% of 4 x 768 neurons: 3 chunks of 256, the first and last layer kept (causal-LM default)
+    assert sum(widths) == 3072 - 768 and widths[0] == widths[3] == 768
+    # the two unprotected layers keep 256 and 512 neurons: one more chunk can go (10%: 0.9 chunks)
+    second = job(str(first.folder), {"ffn": 0.1, "heads": 0.25, "layout": "nemotron_nas"}, "two")
+    assert second.report["base_model"]["own_code"]  # slimformer's installed code, not the copy
+    assert sum(second.report["pruning"]["neurons_per_layer"]) == 2304 - 256
+    with pytest.raises(InvalidSpec, match="in chunks of 256 would empty an MLP"):
+        job(str(first.folder), {"ffn": 0.2, "layout": "nemotron_nas"}, "too-much")
+    assert len(second.report["pruning"]["removed_attention"]) == 1
+    with pytest.raises(UnsupportedArchitecture, match="per_layer layout has no bundled class"):
+        job(str(first.folder), {"ffn": 0.2, "layout": "per_layer"}, "three")
