@@ -123,14 +123,15 @@ largest output difference from the float graph {{ onnx_int8.diff }}, same top-1 
 {% endif %}{% if serving %}
 ### Files to serve
 
-| file | engine | size | perplexity | next-token accuracy |
-|---|---|---:|---:|---:|
+| model | file | engine | size | perplexity | next-token accuracy | tokens/s |
+|---|---|---|---:|---:|---:|---:|
 {% for line in serving %}{{ line }}
 {% endfor %}
 Perplexities are measured on the same evaluation windows as the table above, each file in its own
-engine.{% if nemotron %} The config is in NVIDIA's Nemotron-NAS format (`DeciLMForCausalLM`,
-per-layer shapes in `block_configs`), which vLLM and llama.cpp serve natively; transformers loads it
-through `modeling_slimformer.py` as above.{% endif %}
+engine; tokens/s is greedy generation of one stream ({{ generation }}) on this job's machine.
+{% if nemotron %}The config is in NVIDIA's Nemotron-NAS format (`DeciLMForCausalLM`, per-layer
+shapes in `block_configs`), which vLLM and llama.cpp serve natively; transformers loads it through
+`modeling_slimformer.py` as above.{% endif %}
 {% for line in serve_commands %}
 - {{ line }}{% endfor %}
 {% endif %}
@@ -186,41 +187,70 @@ def _serving_rows(report: dict) -> list[str]:
     served = artifacts.get("vllm")
     if not gguf and not served:
         return []
-    compressed = report["evaluation"]["compressed"]["metrics"]
-    size = (report.get("artifacts") or {}).get("size_bytes")
+    evaluation = report["evaluation"]
+    speeds = evaluation.get("generation") or {}
+    size = artifacts.get("size_bytes")
+    original_size = artifacts.get("original_size_bytes")
     rows = [
         {
+            "model": name,
             "file": "model.safetensors",
             "engine": "transformers (PyTorch, float32)",
-            "size": f"{size / 1e6:,.1f} MB" if size else "—",
-            "perplexity": _fmt(compressed.get("perplexity"), "perplexity"),
-            "accuracy": _fmt(compressed.get("next_token_accuracy"), "next_token_accuracy"),
+            "size": f"{bytes_ / 1e6:,.1f} MB" if bytes_ else "—",
+            "perplexity": _fmt(evaluation[side]["metrics"].get("perplexity"), "perplexity"),
+            "accuracy": _fmt(
+                evaluation[side]["metrics"].get("next_token_accuracy"), "next_token_accuracy"
+            ),
+            "speed": _speed(speeds.get(f"{side}_tokens_per_s")),
         }
+        for name, side, bytes_ in (
+            ("original", "original", original_size),
+            ("compressed", "compressed", size),
+        )
     ]
     if served:
         rows.append(
             {
+                "model": "compressed",
                 "file": "model.safetensors",
                 "engine": "vLLM (CPU build, float32)",
-                "size": rows[0]["size"],
+                "size": rows[1]["size"],
                 "perplexity": _fmt(served.get("perplexity"), "perplexity"),
                 "accuracy": _fmt(served.get("next_token_accuracy"), "next_token_accuracy"),
+                "speed": _speed(served.get("tokens_per_s")),
             }
         )
     for entry in gguf:
         rows.append(
             {
+                "model": "compressed",
                 "file": entry["file"],
                 "engine": f"llama.cpp ({entry['type']})",
                 "size": f"{entry['size_bytes'] / 1e6:,.1f} MB",
                 "perplexity": _fmt(entry.get("perplexity"), "perplexity"),
                 "accuracy": _fmt(entry.get("next_token_accuracy"), "next_token_accuracy"),
+                "speed": _speed(entry.get("tokens_per_s")),
             }
         )
-    keys = ("size", "perplexity", "accuracy")
+    keys = ("size", "perplexity", "accuracy", "speed")
     return [
-        f"| `{r['file']}` | {r['engine']} | " + " | ".join(r[k] for k in keys) + " |" for r in rows
+        f"| {r['model']} | `{r['file']}` | {r['engine']} | " + " | ".join(r[k] for k in keys) + " |"
+        for r in rows
     ]
+
+
+def _speed(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def _generation_text(report: dict) -> str:
+    generation = report["evaluation"].get("generation")
+    if not generation:
+        return "not measured: latency was off"
+    return (
+        f"{generation['prompt_tokens']}-token prompt from the first evaluation window, "
+        f"{generation['new_tokens']} new tokens"
+    )
 
 
 def _int8_facts(int8: dict | None) -> dict | None:
@@ -608,6 +638,7 @@ def build_card(report: dict, folder: Path) -> ModelCard:
         onnx_int8=_int8_facts((artifacts.get("onnx") or {}).get("int8")),
         serving=_serving_rows(report),
         serve_commands=_serve_commands(report, repo),
+        generation=_generation_text(report),
         nemotron=artifacts.get("layout") == "nemotron_nas",
         origin=_origin_text(base),
         new_head=f"{PIPELINE_TAG.get(base['task'], base['task'])} head" if new_head else None,

@@ -237,13 +237,16 @@ for ids in windows:
         logits_out.append(np.array(llm.scores[: len(ids)]).tolist())
 result = {"nll_sum": nll, "hits": hits, "tokens": count, "logits": logits_out}
 new_tokens = int(sys.argv[5])
-if new_tokens:  # one stream, greedy, from the first window's first 32 tokens
+if new_tokens:  # one stream, greedy, from the first window's first 32 tokens, exactly N new
     import time
     llm.reset()
+    new = 0
     start = time.perf_counter()
-    made = llm.create_completion(prompt=windows[0][:32], max_tokens=new_tokens, temperature=0.0)
+    for _ in llm.generate(windows[0][:32], temp=0.0, top_k=1, reset=True):  # never stops at EOS
+        new += 1
+        if new == new_tokens:
+            break
     seconds = time.perf_counter() - start
-    new = made["usage"]["completion_tokens"]
     result["bench"] = {"new_tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
 print(json.dumps(result))
 """

@@ -516,6 +516,24 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return _finite(numerator / denominator)
 
 
+@torch.no_grad()
+def generation_speed(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
+    """Tokens per second of greedy generation of exactly ``new_tokens`` tokens after ``prompt``
+    ([1, T] token ids), one stream, after a two-token warm-up."""
+    device = next(model.parameters()).device
+    prompt = prompt.to(device)
+    kwargs = {"attention_mask": torch.ones_like(prompt), "do_sample": False}
+    was_training = model.training
+    model.eval()
+    try:
+        model.generate(prompt, max_new_tokens=2, min_new_tokens=2, **kwargs)
+        start = time.perf_counter()
+        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+        return new_tokens / (time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+
+
 def evaluate_side_by_side(
     original: nn.Module,
     compressed: nn.Module,

@@ -32,7 +32,12 @@ from slimformer.card import build_card
 from slimformer.data import TextData, load_hub_dataset, load_text_file, make_batches
 from slimformer.engines import engine_python, export_gguf, llama_cpp_scores, vllm_scores
 from slimformer.errors import Cancelled, InvalidSpec, Unauthorized
-from slimformer.evaluation import evaluate_side_by_side, predict, task_metric
+from slimformer.evaluation import (
+    evaluate_side_by_side,
+    generation_speed,
+    predict,
+    task_metric,
+)
 from slimformer.export import export_onnx, quantize_onnx_int8
 from slimformer.hub import HubPolicy, LoadedModel, load_model, publish_folder
 from slimformer.importance import input_grams, score_depth, score_importance
@@ -55,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float, str], None]
 LM_BATCH_WINDOWS = 4  # windows per batch of causal-LM calibration and evaluation
+GEN_PROMPT, GEN_TOKENS = 32, 64  # generation speed of served artefacts: prompt and new tokens
 REPORT_FILE = "compression_report.json"
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "compression_report.schema.json"
 
@@ -653,6 +659,11 @@ def run(
                 folder / "model.onnx", folder / "model.int8.onnx", eval_batches[0]
             )
             onnx["int8"] = int8 | {"path": "model.int8.onnx"}
+        # generation speed of every served artefact, one stream: greedy from the first evaluation
+        # window's first GEN_PROMPT tokens, GEN_TOKENS new tokens (fewer if the window is shorter)
+        speed = bool(spec.evaluation.latency and lm_windows)
+        new_tokens = min(GEN_TOKENS, len(lm_windows[0]) - GEN_PROMPT) if speed else 0
+        bench = {"batch": 1, "prompt": GEN_PROMPT, "new_tokens": new_tokens} if speed else None
         gguf = None
         if spec.export.gguf:
             check()
@@ -662,20 +673,34 @@ def run(
                 entry["file"] = f"gguf/{entry['file']}"
                 if lm_windows:
                     check()
-                    scores = llama_cpp_scores(folder / entry["file"], lm_windows)
+                    scores = llama_cpp_scores(
+                        folder / entry["file"], lm_windows, bench_tokens=new_tokens
+                    )
                     entry["perplexity"] = math.exp(scores["nll_sum"] / max(1, scores["tokens"]))
                     entry["next_token_accuracy"] = scores["hits"] / max(1, scores["tokens"])
                     entry["measured_by"] = "llama.cpp (llama-cpp-python), the evaluation windows"
+                    if "bench" in scores:
+                        entry["tokens_per_s"] = scores["bench"]["tokens_per_s"]
         served = None
         if "vllm" in spec.export.targets and lm_windows:
             check()
             stage("writing_card", 0.6, "loading the result in vLLM")
-            scores = vllm_scores(folder, lm_windows)
+            scores = vllm_scores(folder, lm_windows, bench=bench)
             served = {
                 "perplexity": math.exp(scores["nll_sum"] / max(1, scores["tokens"])),
                 "next_token_accuracy": scores["hits"] / max(1, scores["tokens"]),
                 "load_seconds": round(scores["load_s"], 1),
                 "measured_by": "vLLM (CPU build, float32), the evaluation windows",
+            }
+            if "bench" in scores:
+                served["tokens_per_s"] = scores["bench"]["tokens_per_s"]
+        if speed and (gguf or served):  # the PyTorch rows of the same table
+            prompt = torch.tensor([lm_windows[0][:GEN_PROMPT]])
+            evaluation["generation"] = {
+                "prompt_tokens": GEN_PROMPT,
+                "new_tokens": new_tokens,
+                "original_tokens_per_s": generation_speed(original, prompt, new_tokens),
+                "compressed_tokens_per_s": generation_speed(compressed, prompt, new_tokens),
             }
         report["artifacts"] = {
             "targets": list(spec.export.targets),

@@ -256,7 +256,7 @@ def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_say
         "model": {"id": str(tmp_path / "lm")},
         "dataset": {"path": str(data), "eval_path": str(data)},
         "prune": {"heads": 0.25, "ffn": 0.25},
-        "evaluation": {"latency": False, "max_samples": 4},
+        "evaluation": {"latency": True, "max_samples": 4},
         "export": {"targets": ["transformers", "vllm", "llama.cpp"]},
     }
     result = run(JobSpec.model_validate(spec, context={"local_files": True}), tmp_path / "work")
@@ -267,8 +267,15 @@ def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_say
     assert artifacts["vllm"]["perplexity"] == pytest.approx(pytorch, rel=1e-4)
     assert artifacts["gguf"][0]["file"] == "gguf/model-Q8_0.gguf"
     assert artifacts["gguf"][0]["perplexity"] == pytest.approx(pytorch, rel=0.05)
+    # every served artefact's generation speed, one stream, beside PyTorch's for both models
+    generation = result.report["evaluation"]["generation"]
+    assert generation["original_tokens_per_s"] > 0 and generation["compressed_tokens_per_s"] > 0
+    assert artifacts["vllm"]["tokens_per_s"] > 0 and artifacts["gguf"][0]["tokens_per_s"] > 0
     card = (result.folder / "README.md").read_text()
-    assert "| `model.safetensors` | vLLM (CPU build, float32) |" in card
+    assert "| original | `model.safetensors` | transformers (PyTorch, float32) |" in card
+    assert "| compressed | `model.safetensors` | vLLM (CPU build, float32) |" in card
+    # 64-token windows (the model's position limit): 32 prompt tokens, 32 new ones
+    assert "32-token prompt from the first evaluation window, 32 new tokens" in card
     assert "vllm serve" in card and "--trust-remote-code" in card
     assert "llama-server -m gguf/model-Q8_0.gguf" in card
     assert "Nemotron-NAS format" in card

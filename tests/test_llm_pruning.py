@@ -552,10 +552,12 @@ def test_pipeline_depth_only_run_reloads_with_stock_transformers(tmp_path):
 
     folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
     data = write_story_txt(tmp_path / "stories.txt")
-    spec = _spec(folder, data, {"layers": 1, "layout": "uniform"}, max_samples=2)
+    # the default layout too: a job that only drops layers writes a stock config
+    spec = _spec(folder, data, {"layers": 1}, max_samples=2)
     report = run(spec, tmp_path / "work").report
     assert report["pruning"]["removed_layers"] and report["pruning"]["original_layers"] == 4
     assert len(report["importance"]["layers"]) == 4
+    assert report["spec"]["prune"]["layout"] == report["artifacts"]["layout"] == "uniform"
     config = json.loads((tmp_path / "work" / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 3 and "auto_map" not in config
 
