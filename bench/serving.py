@@ -3,10 +3,10 @@
 The pruned models are the jobs a user runs for serving engines, through ``slimformer.pipeline.run``
 with the causal-LM defaults (OBS with reconstruction): ``prune: {heads: 0.3, ffn: 0.3}`` and
 ``export: {targets: [transformers, vllm, llama.cpp], gguf: [f16, q8_0]}``, which gives the
-``nemotron_nas`` layout (attention removed whole in 30% of the layers, FFN widths in chunks of 256),
-and the same job with ``layout: uniform`` (a stock config: every layer loses the same KV groups and
-neurons). The original is converted with the same llama.cpp tools. Each model is then measured in
-each engine, one after another on the same cores:
+``uniform`` layout (a stock config: every layer loses the same KV groups and neurons), and the same
+job with ``layout: nemotron_nas`` (attention removed whole in 30% of the layers, FFN widths in
+chunks of 256). The original is converted with the same llama.cpp tools. Each model is then
+measured in each engine, one after another on the same cores:
 
 * perplexity and next-token accuracy on the first ``--eval-windows`` 512-token windows of
   WikiText-2 test (float32 in transformers and vLLM; the GGUF type in llama.cpp);
@@ -14,8 +14,8 @@ each engine, one after another on the same cores:
   64 new tokens each; llama.cpp one stream of 64 new tokens (llama-cpp-python generates one sequence
   at a time).
 
-Needs the engines (``make engines``). Prints the table and writes ``serving.json`` and
-``serving.md`` under ``--out``.
+Needs the engines (``make engines``). Prints the table and writes ``serving.json``, ``serving.md``
+and ``serving.png`` under ``--out``.
 
     python bench/serving.py [--eval-windows 16]
 """
@@ -83,11 +83,55 @@ def engine_row(scores: dict, batch: int) -> dict:
     }
 
 
+def plot(results: dict, path: Path) -> None:
+    """Two panels: generation speed and perplexity of every model in every engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(results["models"])
+    engines = list(results["models"][models[0]])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / len(models)
+    x = np.arange(len(engines))
+    for i, name in enumerate(models):
+        rows = results["models"][name]
+        for ax, key in zip(axes, ("tokens_per_s", "perplexity"), strict=True):
+            values = [rows[e][key] for e in engines]
+            bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=name)
+            ax.bar_label(bars, fmt="%.0f" if key == "tokens_per_s" else "%.1f", fontsize=7)
+    for ax, title in zip(
+        axes,
+        ("greedy generation, tokens/s (higher is better)", "perplexity (lower is better)"),
+        strict=True,
+    ):
+        ax.set_xticks(
+            x, [f"{e}\n(batch {results['models'][models[0]][e]['batch']})" for e in engines]
+        )
+        ax.set_title(title, fontsize=10)
+    for ax in axes:  # room above the bars for the legend
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
+    axes[0].legend(fontsize=8, loc="upper left", ncol=3)
+    fig.suptitle("SmolLM2-135M served, WikiText-2 test, 2 CPU cores", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw serving.png from serving.json in --out"
+    )
     args = parser.parse_args()
+    if args.plot_only:
+        out = Path(args.out)
+        plot(json.loads((out / "serving.json").read_text()), out / "serving.png")
+        return
     from slimformer.engines import export_gguf, llama_cpp_scores, vllm_scores
     from slimformer.pipeline import run
     from slimformer.spec import JobSpec
@@ -108,8 +152,8 @@ def main() -> None:
         work = Path(tmp)
         models = [("original", original, work / "original-gguf")]
         for name, layout in (
-            ("pruned 30%, nemotron_nas", None),
-            ("pruned 30%, uniform", "uniform"),
+            ("pruned 30%, nemotron_nas", "nemotron_nas"),
+            ("pruned 30%, uniform", None),  # the default layout for these targets
         ):
             spec = {
                 "model": {"id": str(original)},
@@ -189,6 +233,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "serving.md").write_text(render_markdown(table) + "\n")
+    plot(results, out / "serving.png")
 
 
 if __name__ == "__main__":

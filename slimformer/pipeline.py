@@ -53,7 +53,7 @@ from slimformer.pruning import (
     plan_pruning,
     refit_keys,
 )
-from slimformer.spec import STAGES, JobSpec, PruneSpec
+from slimformer.spec import STAGES, JobSpec, PruneSpec, default_layout
 from slimformer.text import pack_texts, window_length
 
 logger = logging.getLogger(__name__)
@@ -403,10 +403,11 @@ def run(
     # (STS)
     use_labels = task in ("text-classification", "feature-extraction")
     stage("downloading", 0.6, "loading data")
-    spec = spec.model_copy(update={"prune": spec.prune.resolved(task)})  # null defaults by task
+    layout = default_layout(spec, family)  # the serving targets' layout when none is given
     if spec.prune.layers and not spec.prune.removes_width():
-        # depth only: every layer keeps its shape, a stock config that loads anywhere
-        spec.prune = spec.prune.model_copy(update={"layout": "uniform"})
+        layout = "uniform"  # depth only: every layer keeps its shape, a stock config
+    prune = spec.prune.model_copy(update={"layout": layout}).resolved(task)  # null defaults by task
+    spec = spec.model_copy(update={"prune": prune})
     packed = task == "text-generation"  # causal LMs read text packed into windows (slimformer.text)
     data = _load_data(
         spec,

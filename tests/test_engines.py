@@ -255,7 +255,8 @@ def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_say
     spec = {
         "model": {"id": str(tmp_path / "lm")},
         "dataset": {"path": str(data), "eval_path": str(data)},
-        "prune": {"heads": 0.25, "ffn": 0.25},
+        # heads go as whole attention blocks (the default layout with heads would be uniform)
+        "prune": {"heads": 0.25, "ffn": 0.25, "layout": "nemotron_nas"},
         "evaluation": {"latency": True, "max_samples": 4},
         "export": {"targets": ["transformers", "vllm", "llama.cpp"]},
     }
@@ -279,3 +280,14 @@ def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_say
     assert "vllm serve" in card and "--trust-remote-code" in card
     assert "llama-server -m gguf/model-Q8_0.gguf" in card
     assert "Nemotron-NAS format" in card
+    # FFN-only pruning for llama.cpp with no layout given: nemotron_nas, the measured best for it
+    ffn_only = spec | {
+        "prune": {"ffn": 0.25},
+        "evaluation": {"latency": False, "max_samples": 4},
+        "export": {"targets": ["llama.cpp"]},
+    }
+    result = run(JobSpec.model_validate(ffn_only, context={"local_files": True}), tmp_path / "ffn")
+    assert result.report["artifacts"]["layout"] == "nemotron_nas"
+    assert result.report["spec"]["prune"]["layout"] == "nemotron_nas"
+    pytorch = result.report["evaluation"]["compressed"]["metrics"]["perplexity"]
+    assert result.report["artifacts"]["gguf"][0]["perplexity"] == pytest.approx(pytorch, rel=0.05)

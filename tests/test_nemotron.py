@@ -169,18 +169,29 @@ def _spec(**export):
 
 
 def test_the_serving_targets_choose_the_layout_and_the_files():
+    from slimformer.spec import default_layout
+
     plain = JobSpec.model_validate(_spec())
-    assert plain.prune.layout == "per_layer" and plain.export.targets == ["transformers"]
+    assert plain.prune.layout is None and plain.export.targets == ["transformers"]
+    assert default_layout(plain, "llama") == "per_layer"
     served = JobSpec.model_validate(_spec(targets=["transformers", "vllm", "llama.cpp"]))
-    assert served.prune.layout == "nemotron_nas"
     assert served.export.gguf == ["q8_0"]  # llama.cpp gets a GGUF file to load
+    # heads and FFN: uniform (x1.87 against nemotron_nas's x2.16 on SmolLM2 at 30/30)
+    assert default_layout(served, "llama") == "uniform"
+    ffn_only = _spec(targets=["vllm"])
+    ffn_only["prune"] = {"ffn": 0.3}
+    ffn_only = JobSpec.model_validate(ffn_only)
+    # FFN only: per-layer widths in chunks of 256 (x1.31 against uniform's x1.45), Llamas only
+    assert default_layout(ffn_only, "llama") == "nemotron_nas"
+    assert default_layout(ffn_only, "qwen2") == "uniform"
     gguf_only = JobSpec.model_validate(_spec(gguf=["f16"]))
-    assert gguf_only.prune.layout == "nemotron_nas" and "llama.cpp" in gguf_only.export.targets
+    assert "llama.cpp" in gguf_only.export.targets
+    assert default_layout(gguf_only, "llama") == "uniform"
     onnx = JobSpec.model_validate(_spec(targets=["onnx"]))
-    assert onnx.evaluation.onnx and onnx.prune.layout == "per_layer"
-    uniform = _spec(targets=["vllm"])
-    uniform["prune"]["layout"] = "uniform"
-    assert JobSpec.model_validate(uniform).prune.layout == "uniform"
+    assert onnx.evaluation.onnx and default_layout(onnx, "llama") == "per_layer"
+    chosen = _spec(targets=["vllm"])
+    chosen["prune"]["layout"] = "nemotron_nas"
+    assert default_layout(JobSpec.model_validate(chosen), "llama") == "nemotron_nas"
     explicit = _spec(targets=["vllm"])
     explicit["prune"]["layout"] = "per_layer"
     with pytest.raises(ValueError, match="cannot read the per_layer layout"):
