@@ -131,7 +131,8 @@ _REGISTRY: dict[str, Family] = {
     ),
 }
 
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(_REGISTRY)
+# the families a model may come in; "nemotron-nas" is only slimformer's own layout of a Llama
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(name for name in _REGISTRY if name != "nemotron-nas")
 
 
 def family_of(config) -> Family:
