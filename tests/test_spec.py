@@ -18,15 +18,14 @@ def _errors(data, **context):
 
 def test_defaults_fill_a_minimal_spec():
     spec = JobSpec.model_validate(MINIMAL)
-    assert (
-        spec.method == "prune"
-        and spec.model.revision == "main"
-        and spec.prune.layout == "per_layer"
-    )
-    # null prune settings take the task's defaults (PruneSpec.resolved): Michel's for classifiers
+    assert spec.method == "prune" and spec.model.revision == "main"
+    # null prune settings take the task's defaults (PruneSpec.resolved): Michel's for classifiers,
+    # and the per_layer layout (no serving target names another)
     assert spec.prune.importance is None and spec.prune.calibration_samples is None
+    assert spec.prune.layout is None
     resolved = spec.prune.resolved("text-classification")
     assert resolved.importance == "michel" and resolved.calibration_samples == 512
+    assert resolved.layout == "per_layer"
     assert (
         spec.evaluation.latency is True and spec.evaluation.onnx is False and spec.publish is None
     )
