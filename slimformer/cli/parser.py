@@ -47,8 +47,8 @@ def _targets(text: str) -> list[str]:
 
 LAYOUT_HELP = (
     "per_layer (transformers, trust_remote_code), uniform (stock config, loads anywhere) or "
-    "nemotron_nas (Llama: per-layer shapes vLLM and llama.cpp serve). Default: per_layer, or "
-    "nemotron_nas when --targets names vllm or llama.cpp"
+    "nemotron_nas (Llama: per-layer shapes vLLM and llama.cpp serve). Default: per_layer; when "
+    "--targets names vllm or llama.cpp, nemotron_nas for FFN-only pruning of a Llama, else uniform"
 )
 
 
