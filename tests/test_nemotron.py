@@ -231,3 +231,23 @@ def test_a_nemotron_nas_result_is_the_input_of_another_job_without_remote_code(t
     assert len(second.report["pruning"]["removed_attention"]) == 1
     with pytest.raises(UnsupportedArchitecture, match="per_layer layout has no bundled class"):
         job(str(first.folder), {"ffn": 0.2, "layout": "per_layer"}, "three")
+
+
+def test_a_nemotron_nas_job_exports_onnx_that_onnxruntime_runs(tmp_path):
+    from tiny_models import save_tiny_causal_lm, write_story_txt
+
+    from slimformer.pipeline import run
+
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4, intermediate_size=512)
+    data = write_story_txt(tmp_path / "stories.txt", stories=40)
+    spec = {
+        "model": {"id": folder},
+        "dataset": {"path": str(data), "eval_path": str(data)},
+        "prune": {"heads": 0.25, "ffn": 0.25, "layout": "nemotron_nas"},
+        "evaluation": {"latency": False, "max_samples": 2},
+        "export": {"targets": ["transformers", "onnx"]},
+    }
+    result = run(JobSpec.model_validate(spec, context={"local_files": True}), tmp_path / "work")
+    assert result.report["pruning"]["removed_attention"]  # a layer without attention, exported
+    onnx = result.report["artifacts"]["onnx"]
+    assert (result.folder / onnx["path"]).is_file() and onnx["max_abs_diff"] < 1e-4
