@@ -51,6 +51,16 @@ def _pruned_folder(tmp_path, layout: str, depth: bool):
     return model.eval(), folder
 
 
+def _lm_job_inputs(tmp_path, **overrides) -> tuple[str, str]:
+    """A tiny Llama saved with the converter-accepted tokenizer, and a story file: (model, data)."""
+    from tiny_models import write_story_txt
+
+    model = tiny_model("llama", "causal-lm", bos_token_id=1, eos_token_id=2, **overrides)
+    model.save_pretrained(tmp_path / "lm")
+    llama_style_tokenizer().save_pretrained(tmp_path / "lm")
+    return str(tmp_path / "lm"), str(write_story_txt(tmp_path / "stories.txt", stories=60))
+
+
 def test_a_per_layer_folder_is_refused_before_any_engine_runs(tmp_path):
     _, folder = _pruned_folder(tmp_path, "per_layer", depth=False)
     with pytest.raises(ExportError, match="layout 'nemotron_nas'"):
@@ -89,18 +99,13 @@ def test_uniform_and_depth_pruned_llamas_give_pytorchs_logits_in_llama_cpp(tmp_p
 @pytest.mark.integration
 def test_a_job_with_export_gguf_measures_each_file_in_llama_cpp_on_the_card(tmp_path):
     _llama_cpp()
-    from tiny_models import write_story_txt
-
     from slimformer.pipeline import run
     from slimformer.spec import JobSpec
 
-    model = tiny_model("llama", "causal-lm", num_hidden_layers=3, bos_token_id=1, eos_token_id=2)
-    model.save_pretrained(tmp_path / "lm")
-    llama_style_tokenizer().save_pretrained(tmp_path / "lm")
-    data = write_story_txt(tmp_path / "stories.txt", stories=60)
+    model, data = _lm_job_inputs(tmp_path, num_hidden_layers=3)
     spec = {
-        "model": {"id": str(tmp_path / "lm")},
-        "dataset": {"path": str(data), "eval_path": str(data)},
+        "model": {"id": model},
+        "dataset": {"path": data, "eval_path": data},
         "prune": {"heads": 0.5, "ffn": 0.25, "layout": "uniform"},
         "evaluation": {"latency": False, "max_samples": 4},
         "export": {"gguf": ["f16", "q8_0"]},
@@ -234,27 +239,15 @@ def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_say
 ):
     _llama_cpp()
     _vllm()
-    from tiny_models import write_story_txt
-
     from slimformer.pipeline import run
     from slimformer.spec import JobSpec
 
-    model = tiny_model(
-        "llama",
-        "causal-lm",
-        num_hidden_layers=4,
-        hidden_size=128,
-        head_dim=32,
-        intermediate_size=512,
-        bos_token_id=1,
-        eos_token_id=2,
+    model, data = _lm_job_inputs(
+        tmp_path, num_hidden_layers=4, hidden_size=128, head_dim=32, intermediate_size=512
     )
-    model.save_pretrained(tmp_path / "lm")
-    llama_style_tokenizer().save_pretrained(tmp_path / "lm")
-    data = write_story_txt(tmp_path / "stories.txt", stories=60)
     spec = {
-        "model": {"id": str(tmp_path / "lm")},
-        "dataset": {"path": str(data), "eval_path": str(data)},
+        "model": {"id": model},
+        "dataset": {"path": data, "eval_path": data},
         # heads go as whole attention blocks (the default layout with heads would be uniform)
         "prune": {"heads": 0.25, "ffn": 0.25, "layout": "nemotron_nas"},
         "evaluation": {"latency": True, "max_samples": 4},
