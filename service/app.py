@@ -21,6 +21,7 @@ from service.metrics import ApiMetrics
 from service.queue import make_celery, queue_depths, send_job
 from service.reaper import Reaper
 from service.routes import router
+from service.security_headers import install_security_headers
 from service.settings import Settings
 from service.store import JobStore
 
@@ -167,6 +168,10 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_tags=[{"name": tag} for tag in TAGS],
+        # a trailing slash is a 404: Starlette's redirect would copy the Host header into Location
+        redirect_slashes=False,
+        docs_url=None,  # /docs comes with its own Content-Security-Policy, below
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.shutdown_hooks = []
@@ -210,6 +215,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.add_middleware(
         BodyLimit, default=settings.max_request_bytes, uploads=settings.max_upload_bytes
     )
+    install_security_headers(app)  # last: its middleware wraps every response
     return app
 
 

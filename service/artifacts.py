@@ -37,7 +37,7 @@ __all__ = [
     "make_artifact_store",
 ]
 
-VERSION_NAME = re.compile(r"^\..+\.(v|link)-[0-9a-f]+$")
+VERSION_NAME = re.compile(r"\..+\.(v|link)-[0-9a-f]+")  # matched whole (fullmatch)
 PATH_MAX = 4096  # Linux's limit on a whole path
 
 
@@ -115,10 +115,10 @@ class LocalArtifactStore(TarballMixin):
         for folder, dirs, names in os.walk(base, followlinks=True, onerror=vanished):
             # version folders and link staging are internal; published folders show through
             # their links
-            dirs[:] = sorted(d for d in dirs if not VERSION_NAME.match(d))
+            dirs[:] = sorted(d for d in dirs if not VERSION_NAME.fullmatch(d))
             for name in names:
                 path = Path(folder) / name
-                if VERSION_NAME.match(name):
+                if VERSION_NAME.fullmatch(name):
                     continue
                 try:
                     size = path.stat().st_size

@@ -4,6 +4,7 @@ status."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,8 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
+# no 400 here: the only 400s the framework raises are bodies it cannot parse, answered as
+# malformed_json (JSON) or invalid_request (forms) by _unparsable_body below
 _STATUS_CODES = {
-    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -110,16 +112,49 @@ def store_error(exc: Exception) -> ApiError:
     )
 
 
-def _not_json_reason(exc: StarletteHTTPException) -> str | None:
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _not_json_reason(exc: StarletteHTTPException) -> str:
     """Why FastAPI could not parse a JSON body, for the cases it answers with a bare 400."""
     cause = exc.__cause__
-    if exc.status_code != 400:
-        return None
     if isinstance(cause, UnicodeDecodeError):
         return "it is not UTF-8"
     if isinstance(cause, RecursionError):
         return "it nests too deeply"
-    return None
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return "it cannot be parsed"
+
+
+def _not_form_reason(exc: StarletteHTTPException) -> str:
+    """Why Starlette could not parse a form body: the parser's own words where it has them
+    (``Maximum header size exceeded`` for a part header, such as a file name, over its limit)."""
+    seen, reason = exc.__context__ or exc.__cause__, str(exc.detail)
+    while seen is not None:
+        text = str(getattr(seen, "message", None) or seen).strip()
+        if text:
+            reason = text
+        seen = seen.__cause__
+    return reason.rstrip(".")
+
+
+def _unparsable_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """A body the framework could not parse, with a documented code: 400 ``malformed_json``, or
+    422 ``invalid_request`` naming the form's ``file`` field for a multipart or urlencoded body."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in FORM_TYPES:
+        reason = _not_json_reason(exc)
+        return error_response(
+            400, "malformed_json", f"the request body is not valid JSON: {reason}"
+        )
+    reason = f"the form body cannot be read: {_not_form_reason(exc)}"
+    return error_response(
+        422,
+        "invalid_request",
+        f"the request is invalid: {reason}",
+        {"fields": [{"field": "file", "message": reason, "type": "form_invalid"}]},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -162,11 +197,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):  # noqa: ANN202
-        reason = _not_json_reason(exc)
-        if reason is not None:
-            return error_response(
-                400, "malformed_json", f"the request body is not valid JSON: {reason}"
-            )
+        if exc.status_code == 400:
+            return _unparsable_body(request, exc)
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":

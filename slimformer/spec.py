@@ -40,7 +40,8 @@ UPLOAD_FORMATS: dict[str, str] = {
     ".txt": "text",  # one document per blank-line-separated block (causal LMs; slimformer/text.py)
 }
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+# matched whole (fullmatch): a "$" would also match before a final newline
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?", re.ASCII)
 
 
 class _Strict(BaseModel):
@@ -55,7 +56,7 @@ def is_hub_id(value: str) -> bool:
     """``name`` or ``org/name`` as the Hub spells repo ids: no path segments (``.``, ``..``), no
     leading or trailing ``.``/``-`` in a part, no ``--``/``..`` inside one, nothing that a file
     system would read as a path."""
-    if not HUB_ID.match(value):
+    if not HUB_ID.fullmatch(value):
         return False
     return all(
         not part.startswith((".", "-"))

@@ -22,7 +22,10 @@ from service.schemas import ArtifactFile, ArtifactList, ErrorBody
 
 router = APIRouter()
 
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# at most 18 ASCII digits a number (below 2**63, far beyond any file): a longer number is an
+# invalid range, never an int() that raises
+RANGE_DIGITS = 18
+RANGE = re.compile(rf"bytes=([0-9]{{0,{RANGE_DIGITS}}})-([0-9]{{0,{RANGE_DIGITS}}})")
 GONE = {
     410: {
         "model": ErrorBody,
@@ -131,12 +134,14 @@ async def get_artifact(
     headers = {"Accept-Ranges": "bytes"}
     start, end, status = 0, size - 1, 200
     if range_header:
-        match = RANGE.match(range_header.strip())
+        match = RANGE.fullmatch(range_header.strip())
         if not match or (not match[1] and not match[2]):
+            shown = range_header if len(range_header) <= 60 else range_header[:57] + "..."
             raise ApiError(
                 416,
                 "invalid_range",
-                f"unsupported Range {range_header!r}; use bytes=START-END",
+                f"unsupported Range {shown!r}; use bytes=START-END, numbers of at most "
+                f"{RANGE_DIGITS} digits",
                 headers={"Content-Range": f"bytes */{size}"},
             )
         if match[1]:
