@@ -16,12 +16,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from slimformer.errors import DatasetError
 from slimformer.spec import UPLOAD_FORMATS, is_hub_id
 from slimformer.text import read_documents
+
+if TYPE_CHECKING:
+    from slimformer.hub import HubPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -337,21 +341,8 @@ def load_text_file(
     )
 
 
-def _dataset_bytes(dataset_id: str, token: str | None) -> int | None:
-    """Size of a Hub dataset's files from its metadata; None when unknown (no network, a local
-    folder)."""
-    local = Path(dataset_id)
-    if local.is_dir():
-        return sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
-    try:
-        from huggingface_hub import HfApi
-
-        info = HfApi().dataset_info(dataset_id, files_metadata=True, token=token)
-    except Exception as err:  # the size only decides streaming; load_dataset reports real problems
-        logger.debug("no size for dataset %s: %s", dataset_id, type(err).__name__)
-        return None
-    sizes = [s.size for s in info.siblings or [] if s.size is not None]
-    return sum(sizes) if sizes else None
+def _local_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def load_hub_dataset(
@@ -369,8 +360,15 @@ def load_hub_dataset(
     label_column: str | None = None,
     labels: bool = True,
     local_files: bool = True,
+    policy: HubPolicy | None = None,
 ) -> TextData:
     """Read one split of a Hub dataset with ``datasets.load_dataset`` and map its columns.
+
+    A Hub dataset is read only after the Hub said, for this token, that it may be (its info at
+    the current commit), and then at that commit, with a ``datasets`` cache of this call's own:
+    ``datasets`` falls back to any cached copy when the Hub refuses a repo, which would hand one
+    tenant's private rows to another. A refused dataset is answered exactly like one that does not
+    exist, whatever any cache holds.
 
     With ``local_files=False`` (a service) the id is a Hub id and nothing else: ``datasets`` would
     read an existing local folder of that name instead, so such a name is answered exactly as a
@@ -381,18 +379,22 @@ def load_hub_dataset(
     smaller one is loaded whole, shuffled with ``seed`` and cut to ``max_samples``.
 
     Raises:
-        DatasetError: unknown dataset, config or split, a missing column, empty rows, labels the
-            model lacks.
+        DatasetError: unknown dataset (or one the token cannot read), config or split, a missing
+            column, empty rows, labels the model lacks.
         HubUnavailable: the Hub could not be reached (worth retrying later).
+        GatedRepo, Unauthorized: the Hub refused the token (gated dataset, invalid token).
 
     Example:
         >>> data = load_hub_dataset("stanfordnlp/sst2", split="validation", max_samples=500)
     """
+    import tempfile
+
     import datasets
 
-    from slimformer.errors import HubUnavailable
-    from slimformer.hub import is_transient
+    from slimformer.errors import HubUnavailable, RepoNotFound
+    from slimformer.hub import HubPolicy, authorize_dataset, is_transient
 
+    policy = policy or HubPolicy(allow_local_files=local_files)
     where = f"{dataset_id}" + (f" ({config})" if config else "") + f" split {split!r}"
     details = {"dataset": dataset_id, "config": config, "split": split}
     not_found = DatasetError(
@@ -400,42 +402,69 @@ def load_hub_dataset(
         "read it)",
         details=details,
     )
+    local = local_files and Path(dataset_id).is_dir()
     if not local_files and (not is_hub_id(dataset_id) or os.path.lexists(dataset_id)):
         raise not_found
+    if not local and not is_hub_id(dataset_id):
+        raise DatasetError(
+            f"cannot load {where}: no folder of that name here, and not a Hub id (org/name)",
+            details=details,
+        )
+    revision, size, sent = None, None, token
+    if local:
+        size = _local_bytes(Path(dataset_id))
+    else:
+        try:
+            info = authorize_dataset(dataset_id, token=token, policy=policy)
+        except RepoNotFound:
+            raise not_found from None
+        revision, sent = info.sha, policy.request_token(token)
+        sizes = [f.size for f in info.siblings or [] if f.size is not None]
+        size = sum(sizes) if sizes else None
     if streaming is None:
-        size = _dataset_bytes(dataset_id, token)
         streaming = size is not None and size > stream_above_bytes
     datasets.disable_progress_bars()
-    try:
-        table = datasets.load_dataset(
-            dataset_id, config, split=split, token=token, streaming=streaming
+    cache_root = Path(policy.cache_dir) if policy.cache_dir is not None else None
+    if cache_root is not None:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="datasets-", dir=cache_root) as own_cache:
+        try:
+            table = datasets.load_dataset(
+                dataset_id,
+                config,
+                split=split,
+                revision=revision,
+                token=sent,
+                streaming=streaming,
+                cache_dir=None if local else own_cache,
+            )
+            if streaming:
+                rows = max_samples or STREAMING_ROW_CAP
+                if max_samples is None:
+                    logger.info("streaming %s: reading at most %d rows", where, rows)
+                stream = table.shuffle(seed=seed, buffer_size=10_000).take(rows)
+                table = datasets.Dataset.from_list(list(stream), features=table.features)
+            elif max_samples is not None and max_samples < len(table):
+                table = table.shuffle(seed=seed).select(range(max_samples))
+        except Exception as err:  # datasets raises many types; the message names the problem
+            if is_transient(err):
+                raise HubUnavailable(
+                    f"the Hub could not be reached to load {where}", details=details
+                ) from err
+            if type(err).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
+                raise not_found from err
+            raise DatasetError(f"cannot load {where}: {err}", details=details) from err
+        if len(table) == 0:
+            raise DatasetError(f"{where} has no rows", details=details)
+        # read into memory while this call's cache (the table's files) still exists
+        return table_to_text_data(
+            table,
+            source=f"{dataset_id}:{split}",
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            label_column=label_column,
+            labels=labels,
         )
-        if streaming:
-            rows = max_samples or STREAMING_ROW_CAP
-            if max_samples is None:
-                logger.info("streaming %s: reading at most %d rows", where, rows)
-            stream = table.shuffle(seed=seed, buffer_size=10_000).take(rows)
-            table = datasets.Dataset.from_list(list(stream), features=table.features)
-        elif max_samples is not None and max_samples < len(table):
-            table = table.shuffle(seed=seed).select(range(max_samples))
-    except Exception as err:  # datasets raises many types; the message names the problem
-        if is_transient(err):
-            raise HubUnavailable(
-                f"the Hub could not be reached to load {where}", details=details
-            ) from err
-        if type(err).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
-            raise not_found from err
-        raise DatasetError(f"cannot load {where}: {err}", details=details) from err
-    if len(table) == 0:
-        raise DatasetError(f"{where} has no rows", details=details)
-    return table_to_text_data(
-        table,
-        source=f"{dataset_id}:{split}",
-        text_column=text_column,
-        text_pair_column=text_pair_column,
-        label_column=label_column,
-        labels=labels,
-    )
 
 
 def encode_labels(data: TextData, config) -> list:

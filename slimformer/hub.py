@@ -110,6 +110,9 @@ class HubPolicy:
         allow_local_files: a model id may name a local folder (the command line). A service passes
             False: every id is then a Hub id, never looked up on the local disk, whatever folders
             exist there.
+        ambient_token: a call without a token uses the machine's own Hub login (``HF_TOKEN``, a
+            saved login), as the command line does. A service passes False: a job without a
+            token reads public repos only, whatever login the worker machine has.
     """
 
     allow_pickle: bool = False
@@ -120,6 +123,11 @@ class HubPolicy:
     retries: int = 3
     backoff_seconds: float = 1.0
     allow_local_files: bool = True
+    ambient_token: bool = True
+
+    def request_token(self, token: str | None) -> str | bool | None:
+        """The token to send: the job's own, else the machine's login (None) or none (False)."""
+        return token or (None if self.ambient_token else False)
 
     def resolved_endpoint(self) -> str:
         from huggingface_hub import constants
@@ -363,9 +371,12 @@ def download_model(
     api = HfApi(endpoint=endpoint, library_name="slimformer")
     cache_dir = str(policy.cache_dir) if policy.cache_dir is not None else None
     where = {"repo_id": model_id, "revision": revision, "token": token}
+    sent = policy.request_token(token)
 
+    # the Hub's answer to this token decides access: the files below are read at the commit it
+    # names, so a cached snapshot is only ever reached after the Hub said this job may read it
     info = _with_retries(
-        lambda: api.model_info(model_id, revision=revision, files_metadata=True, token=token),
+        lambda: api.model_info(model_id, revision=revision, files_metadata=True, token=sent),
         policy,
         "read",
         **where,
@@ -410,7 +421,7 @@ def download_model(
                     model_id,
                     name,
                     revision=commit,
-                    token=token,
+                    token=sent,
                     cache_dir=cache_dir,
                     endpoint=endpoint,
                 ),
@@ -456,7 +467,7 @@ def download_model(
         lambda: snapshot_download(
             model_id,
             revision=commit,
-            token=token,
+            token=sent,
             cache_dir=cache_dir,
             endpoint=endpoint,
             allow_patterns=patterns,
@@ -467,6 +478,38 @@ def download_model(
     )
     logger.info("downloaded %s at %s (%d files)", model_id, commit, len(wanted))
     return DownloadedModel(path=Path(folder), commit=commit, revision=revision)
+
+
+def authorize_dataset(
+    dataset_id: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    policy: HubPolicy | None = None,
+):
+    """Ask the Hub, with this token, whether the dataset may be read; its info at the commit.
+
+    Callers read the dataset's files at ``info.sha`` only after this answered, so no cache can
+    hand them files the Hub refused this token.
+
+    Raises:
+        RepoNotFound: no such dataset, or the token cannot see it (the Hub answers both alike).
+        GatedRepo, Unauthorized, RevisionNotFound: the Hub said no (never retried).
+        HubUnavailable: network errors or 5xx answers outlasted the retries.
+    """
+    from huggingface_hub import HfApi
+
+    policy = policy or HubPolicy()
+    api = HfApi(endpoint=policy.resolved_endpoint(), library_name="slimformer")
+    sent = policy.request_token(token)
+    return _with_retries(
+        lambda: api.dataset_info(dataset_id, revision=revision, files_metadata=True, token=sent),
+        policy,
+        "read",
+        repo_id=dataset_id,
+        revision=revision,
+        token=token,
+    )
 
 
 # -- loading

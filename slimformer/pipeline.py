@@ -90,10 +90,11 @@ def _load_data(
     use_labels: bool,
     resolve_upload: Callable[[str], Path] | None,
     token: str | None = None,
-    local_files: bool = True,
+    policy: HubPolicy | None = None,
     packed: bool = False,
 ) -> _Data:
     ds = spec.dataset
+    local_files = policy.allow_local_files if policy is not None else True
     if (ds.path or ds.eval_path) and not local_files:
         raise InvalidSpec(
             "local data files are not allowed here; use an upload or a Hub dataset",
@@ -133,6 +134,7 @@ def _load_data(
                 max_samples=max_samples,
                 seed=spec.seed,
                 local_files=local_files,
+                policy=policy,
                 **columns,
             )
 
@@ -414,7 +416,7 @@ def run(
         use_labels,
         resolve_upload,
         token,
-        local_files=hub_policy.allow_local_files if hub_policy is not None else True,
+        policy=hub_policy,
         packed=packed,
     )
     unused_labels = _unused_label_column(spec, task, data)

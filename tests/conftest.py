@@ -88,6 +88,10 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    import datasets  # reads HF_ENDPOINT at import time too
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", server.url)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     server.add_user("alice", ALICE_TOKEN, orgs=("acme",))
     server.add_user("bob", BOB_TOKEN)
     yield server

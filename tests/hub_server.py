@@ -8,6 +8,10 @@ commits, each a full snapshot of the files.
 
 Knobs for tests: ``fail_next(n, status)`` answers the next ``n`` requests with an error status, and
 ``requests`` records every request line (method, path) so a test can say what the client asked for.
+
+Dataset repos (``add_dataset``) answer the same routes under ``/api/datasets/...`` and
+``/datasets/{repo}/resolve/...``, plus ``paths-info``, which ``datasets.load_dataset`` uses through
+``HfFileSystem``; private and gated datasets follow the models' access rules.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class HubServer:
 
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
+        self.datasets: dict[str, Repo] = {}
         self.tokens: dict[str, str] = {}  # token -> user name
         self.namespaces: dict[str, set[str]] = {}  # user -> namespaces they may write to
         self.gated_access: dict[str, set[str]] = {}  # repo id -> users allowed in
@@ -141,6 +146,24 @@ class HubServer:
         self.repos[repo_id] = repo
         return repo
 
+    def add_dataset(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        *,
+        private: bool = False,
+        gated: bool = False,
+    ) -> Repo:
+        """A dataset repo whose first commit holds ``files`` (data files and an optional README
+        with ``configs`` in its YAML header, as on the Hub)."""
+        repo = Repo(repo_id, private=private, gated=gated)
+        repo.commit(
+            {".gitattributes": b"*.parquet filter=lfs diff=lfs merge=lfs -text\n", **files},
+            "initial commit",
+        )
+        self.datasets[repo_id] = repo
+        return repo
+
     def fail_next(self, count: int, status: int = 503) -> None:
         """Answer the next ``count`` requests with ``status`` (a Hub having a bad minute)."""
         with self._lock:
@@ -170,11 +193,17 @@ class _HttpError(Exception):
         self.status, self.message, self.code, self.body = status, message, code, body
 
 
-_API_INFO = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
-_API_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
+_KIND = r"(?P<kind>models|datasets)"
+_API_INFO = re.compile(rf"^/api/{_KIND}/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
+_API_TREE = re.compile(
+    rf"^/api/{_KIND}/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"
+)
+_API_PATHS_INFO = re.compile(rf"^/api/{_KIND}/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$")
 _API_PREUPLOAD = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$")
 _API_COMMIT = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$")
-_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_RESOLVE = re.compile(
+    r"^/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+)
 
 
 def _groups(pattern: re.Pattern, path: str) -> dict | None:
@@ -251,9 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(401, "Invalid credentials in Authorization header")
         return user
 
-    def _readable(self, repo_id: str, *, files: bool) -> Repo:
+    def _readable(self, repo_id: str, *, files: bool, kind: str | None = "models") -> Repo:
         user = self._user()
-        repo = self.hub.repos.get(repo_id)
+        repo = (self.hub.datasets if kind == "datasets" else self.hub.repos).get(repo_id)
         not_found = _HttpError(401 if user is None else 404, "Repository not found", "RepoNotFound")
         if repo is None:
             raise not_found
@@ -302,21 +331,32 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._commit(
                     m["repo"], m["rev"], body, create_pr=query.get("create_pr") == ["1"]
                 )
+            if m := _groups(_API_PATHS_INFO, path):
+                return self._paths_info(m["kind"], m["repo"], m["rev"], body)
             raise _HttpError(404, f"no route for POST {path}")
         if m := _groups(_API_TREE, path):
-            return self._tree(m["repo"], m["rev"], m["path"] or "")
+            return self._tree(
+                m["kind"],
+                m["repo"],
+                m["rev"],
+                m["path"] or "",
+                recursive=query.get("recursive", ["false"])[0].lower() == "true",
+            )
         if m := _groups(_API_INFO, path):
             return self._info(
+                m["kind"],
                 m["repo"],
                 m["rev"] or "main",
                 blobs=query.get("blobs") == ["True"] or query.get("blobs") == ["true"],
             )
         if m := _groups(_RESOLVE, path):
-            return self._resolve(m["repo"], m["rev"], m["path"], head=method == "HEAD")
+            return self._resolve(
+                m["kind"] or "models", m["repo"], m["rev"], m["path"], head=method == "HEAD"
+            )
         raise _HttpError(404, f"no route for {method} {path}")
 
-    def _info(self, repo_id: str, revision: str, *, blobs: bool) -> None:
-        repo = self._readable(repo_id, files=False)
+    def _info(self, kind: str, repo_id: str, revision: str, *, blobs: bool) -> None:
+        repo = self._readable(repo_id, files=False, kind=kind)
         commit = self._commit_of(repo, revision)
         siblings = []
         for name, content in sorted(commit.files.items()):
@@ -327,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {
             "_id": repo_id,
             "id": repo_id,
-            "modelId": repo_id,
+            **({"modelId": repo_id} if kind == "models" else {}),
             "sha": commit.sha,
             "private": repo.private,
             "gated": "auto" if repo.gated else False,
@@ -335,7 +375,7 @@ class _Handler(BaseHTTPRequestHandler):
             "tags": [],
             "siblings": siblings,
         }
-        if "config.json" in commit.files:
+        if kind == "models" and "config.json" in commit.files:
             try:
                 config = json.loads(commit.files["config.json"])
                 payload["config"] = {
@@ -345,19 +385,60 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
         self._send(200, payload)
 
-    def _tree(self, repo_id: str, revision: str, prefix: str) -> None:
-        repo = self._readable(repo_id, files=False)
+    def _tree(
+        self, kind: str, repo_id: str, revision: str, prefix: str, *, recursive: bool
+    ) -> None:
+        """Files and folders under ``prefix``: every level when ``recursive``, else its children."""
+        repo = self._readable(repo_id, files=False, kind=kind)
         commit = self._commit_of(repo, revision)
         prefix = prefix.strip("/")
-        entries = [
-            {"type": "file", "path": name, "size": len(content), "oid": git_blob_sha(content)}
-            for name, content in sorted(commit.files.items())
-            if not prefix or name.startswith(prefix + "/")
+        base = prefix + "/" if prefix else ""
+        files, folders = [], set()
+        for name, content in sorted(commit.files.items()):
+            if not name.startswith(base):
+                continue
+            parts = name[len(base) :].split("/")
+            for depth in range(1, len(parts) if recursive else min(2, len(parts))):
+                folders.add(base + "/".join(parts[:depth]))
+            if recursive or len(parts) == 1:
+                files.append(
+                    {
+                        "type": "file",
+                        "path": name,
+                        "size": len(content),
+                        "oid": git_blob_sha(content),
+                    }
+                )
+        entries = files + [
+            {"type": "directory", "path": f, "oid": "0" * 40} for f in sorted(folders)
         ]
         self._send(200, entries)
 
-    def _resolve(self, repo_id: str, revision: str, path: str, *, head: bool) -> None:
-        repo = self._readable(repo_id, files=True)
+    def _paths_info(self, kind: str, repo_id: str, revision: str, body: bytes) -> None:
+        """What ``HfFileSystem.info`` asks: an entry for each existing file or folder named."""
+        repo = self._readable(repo_id, files=False, kind=kind)
+        commit = self._commit_of(repo, revision)
+        form = parse_qs(body.decode()) if body and not body.startswith(b"{") else {}
+        paths = form.get("paths") or (json.loads(body).get("paths", []) if body else [])
+        entries = []
+        for path in paths:
+            path = path.strip("/")
+            if path in commit.files:
+                content = commit.files[path]
+                entries.append(
+                    {
+                        "type": "file",
+                        "path": path,
+                        "size": len(content),
+                        "oid": git_blob_sha(content),
+                    }
+                )
+            elif any(name.startswith(path + "/") for name in commit.files) or path == "":
+                entries.append({"type": "directory", "path": path, "oid": "0" * 40})
+        self._send(200, entries)
+
+    def _resolve(self, kind: str, repo_id: str, revision: str, path: str, *, head: bool) -> None:
+        repo = self._readable(repo_id, files=True, kind=kind)
         commit = self._commit_of(repo, revision)
         if path not in commit.files:
             raise _HttpError(404, "Entry not found", "EntryNotFound")

@@ -388,6 +388,7 @@ class JobRunner:
             endpoint=settings.hf_endpoint,
             cache_dir=settings.hf_cache_dir or settings.data_dir / "hf-cache",
             allow_local_files=False,  # every id in a job is a Hub id, never a path on this machine
+            ambient_token=False,  # a job without a token reads public repos, never as the worker
         )
 
         def resolve_upload(upload_id: str) -> Path:
