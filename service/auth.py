@@ -74,7 +74,10 @@ def current_caller(request: Request) -> Caller:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         secret = secret.strip()
-        caller = state.limits.keys.get(secret) or authenticate(request, secret)
+        # a cached key costs one read of the revocation generation, so a key revoked anywhere
+        # is refused here on the next request
+        cached = state.limits.keys.get(secret, state.store.revocation_generation)
+        caller = cached or authenticate(request, secret)
     wait = state.limits.hit(caller.owner)
     if wait is not None:
         raise too_many(f"too many requests for this key; retry in {math.ceil(wait)} s", wait)
@@ -92,24 +95,39 @@ def too_many(message: str, wait: float, code: str = "rate_limited") -> ApiError:
     )
 
 
+def too_many_failures(wait: float) -> ApiError:
+    return too_many(
+        f"too many failed authentications; retry in {math.ceil(wait)} s",
+        wait,
+        "too_many_auth_failures",
+    )
+
+
 def authenticate(request: Request, secret: str) -> Caller:
-    """Look the key up in the store, unless its key id or the client address failed too often
-    lately: then 429 without a query. A failure counts against both; a success is cached."""
+    """Look the key up in the store and cache it; a failure counts against its key id and the
+    client address.
+
+    A key id that failed too often lately gets 429 without a query. An address that did is still
+    allowed its valid keys (tenants behind one NAT must not lock each other out): a well-formed
+    key from it costs the one primary-key read a key check always costs, and a bad one gets the
+    same 429 as before the look-up, so the answer says nothing more than a 200 would. A malformed
+    key from it gets 429 without a query.
+    """
     state = request.app.state
     limits: Limits = state.limits
     parts = secret.split("_")
-    key_id = parts[1] if len(parts) >= 3 and parts[0] == "sf" else None
+    key_id = parts[1] if len(parts) >= 3 and parts[0] == "sf" and parts[1] else None
     address = request.client.host if request.client else None
-    wait = limits.login_blocked(key_id, address)
-    if wait is not None:
-        raise too_many(
-            f"too many failed authentications; retry in {math.ceil(wait)} s",
-            wait,
-            "too_many_auth_failures",
-        )
-    key = state.store.authenticate(secret)
+    key_wait, address_wait = limits.login_waits(key_id, address)
+    if key_wait is not None:
+        raise too_many_failures(key_wait)
+    if address_wait is not None and key_id is None:
+        raise too_many_failures(address_wait)
+    key, generation = state.store.check_key(secret)
     if key is None:
         limits.login_failed(key_id, address)
+        if address_wait is not None:
+            raise too_many_failures(address_wait)
         raise ApiError(
             401,
             "unauthorized",
@@ -117,7 +135,7 @@ def authenticate(request: Request, secret: str) -> Caller:
             headers={"WWW-Authenticate": "Bearer"},
         )
     caller = Caller(key.id, key.name, key.admin)
-    limits.keys.put(secret, caller)
+    limits.keys.put(secret, caller, generation or 0)
     return caller
 
 

@@ -1,8 +1,8 @@
 """Limits that hold across API processes, and a short per-process cache of checked API keys.
 
 - requests per minute per key (a sliding one-minute window),
-- failed authentications per minute per key id and per client address (then 429 before any
-  store query),
+- failed authentications per minute per key id (then 429 before any store query) and per client
+  address (then a bad key gets 429, while a valid key from that address still works),
 - concurrent event streams per key (leases that a crashed process's streams let expire).
 
 With Redis (``REDIS_URL``; always in production) the windows and leases live there and each
@@ -276,36 +276,59 @@ class Fallback:
 
 
 class KeyCache:
-    """Keys this process checked recently, by a digest of the secret: most requests need no store
-    query. A revoked key keeps working here for at most ``ttl`` seconds."""
+    """Keys this process checked recently, by a digest of the secret, each with the revocation
+    generation (see ``JobStore.revoke_key``) it was checked under. A hit costs one read of the
+    current generation instead of the key's row, its hash and the failed-login throttle; when the
+    generation moved (a key was revoked anywhere), every entry checked before is dropped, so a
+    revoked key is refused on the next request. ``ttl`` only bounds how long an entry is kept."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl, self.max_entries = ttl, max_entries
-        self._entries: OrderedDict[bytes, tuple[float, Any]] = OrderedDict()
+        self.generation = 0  # the newest revocation generation this process has seen
+        self._entries: OrderedDict[bytes, tuple[float, int, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
     def digest(secret: str) -> bytes:
         return hashlib.sha256(secret.encode()).digest()
 
-    def get(self, secret: str) -> Any | None:
+    def _see(self, generation: int) -> None:
+        """Under the lock: a newer generation drops every entry (all were checked before it)."""
+        if generation > self.generation:
+            self.generation = generation
+            self._entries.clear()
+
+    def get(self, secret: str, generation: Callable[[], int]) -> Any | None:
+        """The cached value, if any and still valid. ``generation`` (the store's current one) is
+        called only when there is an entry to confirm."""
         if self.ttl <= 0:
             return None
         digest = self.digest(secret)
         with self._lock:
             entry = self._entries.get(digest)
-            if entry is None:
-                return None
-            if entry[0] <= time.monotonic():
+            if entry is not None and entry[0] <= time.monotonic():
                 del self._entries[digest]
+                entry = None
+        if entry is None:
+            return None
+        current = generation()
+        with self._lock:
+            self._see(current)
+            if entry[1] != current:  # checked under an older generation (or a read raced one)
+                if self._entries.get(digest) is entry:
+                    del self._entries[digest]
                 return None
-            return entry[1]
+        return entry[2]
 
-    def put(self, secret: str, value: Any) -> None:
+    def put(self, secret: str, value: Any, generation: int) -> None:
+        """Cache ``value``, checked in the same store snapshot as ``generation`` was read."""
         if self.ttl <= 0:
             return
         with self._lock:
-            self._entries[self.digest(secret)] = (time.monotonic() + self.ttl, value)
+            self._see(generation)
+            if generation < self.generation:  # a revocation came since: do not trust it
+                return
+            self._entries[self.digest(secret)] = (time.monotonic() + self.ttl, generation, value)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
@@ -346,6 +369,23 @@ class Limits:
         """Seconds to wait when the key id or the address failed too often lately, else None."""
         subjects = self._subjects(key_id, address)
         return self.windows.blocked(subjects, self.failures_per_minute) if subjects else None
+
+    def login_waits(
+        self, key_id: str | None, address: str | None
+    ) -> tuple[float | None, float | None]:
+        """``(key id wait, address wait)``: the seconds until the key id, and the address, are
+        under their failure budgets again (None: under it now). One check while neither is over
+        (the usual case), a second one to tell them apart when one is (the key id's wait then
+        comes alone: the caller refuses without looking further)."""
+        wait = self.login_blocked(key_id, address)
+        if wait is None:
+            return None, None
+        if not key_id:
+            return None, wait
+        if not address:
+            return wait, None
+        key_wait = self.login_blocked(key_id, None)
+        return (key_wait, None) if key_wait is not None else (None, wait)
 
     def login_failed(self, key_id: str | None, address: str | None) -> None:
         subjects = self._subjects(key_id, address)

@@ -122,6 +122,29 @@ class UploadView(BaseModel):
     created_at: str
 
 
+class DatasetView(BaseModel):
+    """An upload as its owner sees it (never where the server keeps the file)."""
+
+    id: str = Field(..., description="The upload id: `dataset.upload_id` in a job spec.")
+    filename: str = Field(..., description="The name it was stored under (made safe).")
+    format: str = Field(..., description="From the name: csv, tsv, json, parquet or text.")
+    bytes: int = Field(..., ge=0, description="The size of the uploaded file.")
+    rows: int = Field(..., ge=0)
+    columns: list[str]
+    created_at: str
+    expires_at: str | None = Field(
+        None,
+        description="When `SLIMFORMER_UPLOAD_RETENTION_DAYS` deletes it; null: kept until deleted.",
+    )
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetView]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` to get the next page; null on the last page."
+    )
+
+
 class Me(BaseModel):
     key_id: str = Field(..., description="`local` while auth is off.")
     name: str

@@ -138,14 +138,15 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         10,
         ge=1,
-        description="Failed authentications per minute per key id and per client address; "
-        "beyond, 429 before the key is looked up.",
+        description="Failed authentications per minute per key id (beyond: 429 before the key "
+        "is looked up) and per client address (beyond: 429 for a wrong key; a valid key from "
+        "it still works).",
     )
     auth_cache_seconds: float = Field(
         10.0,
         ge=0,
-        description="How long an API process trusts a key it checked (0: never); a revoked "
-        "key stops working within this.",
+        description="How long an API process trusts a key it checked without checking it "
+        "again (0: never); a revoked key is refused on the next request regardless.",
     )
     max_event_streams_per_key: int = Field(
         20, ge=1, description="Concurrent event streams (GET /v1/jobs/{id}/events) per API key."

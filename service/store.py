@@ -96,6 +96,17 @@ api_keys = Table(
     Column("revoked_at", Float),
 )
 
+# One row (id 1): how many revocations there ever were. A revocation bumps it in its own
+# transaction; an API process reads it on each request its key cache answers and forgets the
+# cache when it moved, so a revoked key is refused by every process on its next request.
+key_revocations = Table(
+    "key_revocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("generation", BigInteger, nullable=False),
+)
+REVOCATIONS_ROW = 1
+
 uploads = Table(
     "uploads",
     metadata,
@@ -106,7 +117,7 @@ uploads = Table(
     Column("rows", Integer, nullable=False),
     Column("columns", JSON, nullable=False),
     Column("path", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
 )
 
 LOCAL_OWNER = "local"  # owner of everything while auth is off (embedded mode without keys)
@@ -286,16 +297,39 @@ class JobStore:
         return ApiKey(key_id, name, admin, created), secret
 
     def authenticate(self, secret: str) -> ApiKey | None:
+        return self.check_key(secret)[0]
+
+    def check_key(self, secret: str) -> tuple[ApiKey | None, int | None]:
+        """The key of ``secret`` (None: malformed, unknown, revoked or wrong), and the revocation
+        generation read in the same statement (None when the key id is unknown): a key found
+        valid stays valid while the generation has not moved. One primary-key read; a malformed
+        secret costs no query."""
         parts = secret.split("_")
-        if len(parts) < 3 or parts[0] != "sf":
-            return None
-        with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.id == parts[1])).mappings().first()
-        if row is None or row["revoked_at"] is not None:
-            return None
+        if len(parts) < 3 or parts[0] != "sf" or not parts[1]:
+            return None, None
+        generation = (
+            select(key_revocations.c.generation)
+            .where(key_revocations.c.id == REVOCATIONS_ROW)
+            .scalar_subquery()
+            .label("revocation_generation")
+        )
+        query = select(api_keys, generation).where(api_keys.c.id == parts[1])
+        with self.reader.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None, None
+        seen = row["revocation_generation"] or 0
+        if row["revoked_at"] is not None:
+            return None, seen
         if not hmac.compare_digest(row["key_hash"], self._hash_key(secret)):
-            return None
-        return ApiKey(row["id"], row["name"], row["admin"], row["created_at"])
+            return None, seen
+        return ApiKey(row["id"], row["name"], row["admin"], row["created_at"]), seen
+
+    def revocation_generation(self) -> int:
+        """How many keys were ever revoked (one single-row primary-key read)."""
+        query = select(key_revocations.c.generation).where(key_revocations.c.id == REVOCATIONS_ROW)
+        with self.reader.connect() as conn:
+            return conn.execute(query).scalar() or 0
 
     def list_keys(self) -> list[dict]:
         with self.engine.connect() as conn:
@@ -315,13 +349,24 @@ class JobStore:
         return [dict(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
+        """Revoke an active key and, in the same transaction, bump the revocation generation, so
+        every API process refuses the key on its next request. False if no such active key."""
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now())
             )
-        return done.rowcount == 1
+            if done.rowcount != 1:
+                return False
+            bumped = conn.execute(
+                update(key_revocations)
+                .where(key_revocations.c.id == REVOCATIONS_ROW)
+                .values(generation=key_revocations.c.generation + 1)
+            )
+            if bumped.rowcount != 1:  # the migration inserts the row; this is a safety net
+                conn.execute(key_revocations.insert().values(id=REVOCATIONS_ROW, generation=1))
+        return True
 
     def active_key_count(self) -> int:
         with self.engine.connect() as conn:
@@ -789,6 +834,23 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(uploads.insert().values(**values))
         return values
+
+    def list_uploads(
+        self, *, owner: str | None, limit: int = 20, before: tuple[float, str] | None = None
+    ) -> list[dict]:
+        """Newest first, like :meth:`list_jobs`; ``owner`` None: everybody's (an admin)."""
+        query = select(uploads)
+        if owner is not None:
+            query = query.where(uploads.c.owner == owner)
+        if before is not None:
+            created, upload_id = before
+            query = query.where(
+                (uploads.c.created_at < created)
+                | ((uploads.c.created_at == created) & (uploads.c.id < upload_id))
+            )
+        query = query.order_by(uploads.c.created_at.desc(), uploads.c.id.desc()).limit(limit)
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
 
     def get_upload(self, upload_id: str, *, owner: str | None = None) -> dict:
         query = select(uploads).where(uploads.c.id == upload_id)

@@ -53,7 +53,7 @@ def age_heartbeat(store: JobStore, job_id: str, seconds: float) -> None:
 
 
 def test_migrations_reach_head(store):
-    assert current(store.url) == "0001"
+    assert current(store.url) == "0002"
     store.create_schema()  # idempotent
 
 

@@ -1,8 +1,11 @@
-"""What the v1 route modules share: the documented error responses, timestamps, job lookup."""
+"""What the v1 route modules share: the documented error responses, timestamps, paging cursors,
+job lookup."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 
 from fastapi import Request
 
@@ -40,6 +43,27 @@ def iso(value: float | None) -> str | None:
     if value is None:
         return None
     return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def page_cursor(row: dict) -> str:
+    """The ``next_cursor`` after ``row``, the last item of a page sorted newest first."""
+    return base64.urlsafe_b64encode(json.dumps([row["created_at"], row["id"]]).encode()).decode()
+
+
+def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """The ``(created_at, id)`` a ``next_cursor`` holds (None for none), else the 422 error."""
+    if not cursor:
+        return None
+    try:
+        created, item_id = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())
+        return float(created), str(item_id)
+    except Exception:
+        raise ApiError(
+            422,
+            "invalid_cursor",
+            "cursor is not one returned by this API",
+            {"fields": [{"field": "cursor", "message": "invalid cursor"}]},
+        ) from None
 
 
 def owned_job(request: Request, job_id: str, caller: Caller) -> dict:

@@ -1,5 +1,5 @@
 """The dataset routes: upload a CSV, TSV, JSON lines or Parquet file for jobs to train and
-evaluate on, and delete it again."""
+evaluate on, list and inspect your uploads, and delete one again."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, Response, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from service.auth import CallerDep
 from service.errors import ApiError
-from service.routes.common import errors, iso
-from service.schemas import ErrorBody, UploadView
+from service.routes.common import errors, iso, page_cursor, parse_cursor
+from service.schemas import DatasetList, DatasetView, ErrorBody, UploadView
 from service.store import NotFound
 from service.uploads import (
     UploadLimits,
@@ -41,6 +41,24 @@ UPLOAD_413 = {
 UPLOAD_404 = {
     404: {"model": ErrorBody, "description": "No such upload, or it belongs to another key."}
 }
+
+
+DAY = 86_400.0
+
+
+def dataset_view(upload: dict, retention_days: float | None) -> DatasetView:
+    """What an upload's owner may see of its record (not its owner or its storage key)."""
+    expires = upload["created_at"] + retention_days * DAY if retention_days else None
+    return DatasetView(
+        id=upload["id"],
+        filename=upload["filename"],
+        format=upload_format(upload["filename"]) or "unknown",
+        bytes=upload["size"],
+        rows=upload["rows"],
+        columns=upload["columns"],
+        created_at=iso(upload["created_at"]),
+        expires_at=iso(expires),
+    )
 
 
 def file_field() -> dict:
@@ -134,6 +152,55 @@ async def upload_dataset(
         columns=columns,
         created_at=iso(row["created_at"]),
     )
+
+
+@router.get(
+    "/v1/datasets",
+    response_model=DatasetList,
+    tags=["datasets"],
+    responses=errors(401, 422, 429),
+    summary="List your uploads",
+    description="Newest first, paged like `GET /v1/jobs`: at most `limit` per page, and "
+    "`next_cursor` to pass as `cursor` for the next page. Only the calling key's "
+    "uploads; an admin key sees every key's.",
+)
+async def list_datasets(
+    request: Request,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> DatasetList:
+    state = request.app.state
+    rows = await run_in_threadpool(
+        state.store.list_uploads, owner=caller.scope, limit=limit + 1, before=parse_cursor(cursor)
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = page_cursor(rows[-1])
+    days = state.settings.upload_retention_days
+    return DatasetList(items=[dataset_view(r, days) for r in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/v1/datasets/{upload_id}",
+    response_model=DatasetView,
+    tags=["datasets"],
+    responses=errors(401, 429) | UPLOAD_404,
+    summary="Get one of your uploads",
+    description="Its name, format, size, rows, columns, when it was uploaded and when "
+    "retention deletes it. Another key's upload gets the same 404 as one that "
+    "does not exist (an admin key sees every key's).",
+)
+async def get_dataset(upload_id: str, request: Request, caller: CallerDep) -> DatasetView:
+    state = request.app.state
+    try:
+        upload = await run_in_threadpool(state.store.get_upload, upload_id, owner=caller.scope)
+    except NotFound:
+        raise ApiError(404, "upload_not_found", f"no upload {upload_id}") from None
+    return dataset_view(upload, state.settings.upload_retention_days)
 
 
 def delete_upload_now(request: Request, upload_id: str, owner: str) -> None:

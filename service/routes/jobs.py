@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 
 from service.auth import CallerDep, too_many
 from service.errors import ApiError, invalid_spec
-from service.routes.common import errors, iso, owned_job
+from service.routes.common import errors, iso, owned_job, page_cursor, parse_cursor
 from service.schemas import JobCreate, JobList, JobView
 from service.store import TERMINAL, Conflict, NotFound
 from slimformer.spec import JobSpec
@@ -156,31 +155,17 @@ async def list_jobs(
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
     ] = None,
 ) -> JobList:
-    before = None
-    if cursor:
-        try:
-            created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())
-            before = (float(created), str(job_id))
-        except Exception:
-            raise ApiError(
-                422,
-                "invalid_cursor",
-                "cursor is not one returned by this API",
-                {"fields": [{"field": "cursor", "message": "invalid cursor"}]},
-            ) from None
     rows = await run_in_threadpool(
         request.app.state.store.list_jobs,
         owner=caller.scope,
         status=status,
         limit=limit + 1,
-        before=before,
+        before=parse_cursor(cursor),
     )
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        last = rows[-1]
-        page_end = json.dumps([last["created_at"], last["id"]]).encode()
-        next_cursor = base64.urlsafe_b64encode(page_end).decode()
+        next_cursor = page_cursor(rows[-1])
     return JobList(items=[job_view(r) for r in rows], next_cursor=next_cursor)
 
 
