@@ -4,17 +4,19 @@ One :class:`Family` per architecture says which parameters of a layer are sliced
 dimension when heads or FFN neurons go. :class:`ModelAdapter` reads the current sizes of a
 model's layers from its modules (so it stays right while a model is pruned step by step) and
 removes units physically, giving the layer the same shapes the bundled per-layer modelling
-code builds at load time.
+code builds at load time. :func:`keep_layers` removes whole layers (depth pruning and
+layer-dropped students both use it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from slimformer.errors import UnsupportedArchitecture
+from slimformer.errors import InvalidSpec, UnsupportedArchitecture
 from slimformer.modeling.modeling_slimformer import (
     FAMILIES,
     NoAttention,
@@ -367,3 +369,53 @@ class ModelAdapter:
             skip_attention=skip_attention,
         )
         layer.load_state_dict(state, strict=True)
+
+
+def keep_layers(model: nn.Module, kept: Sequence[int]) -> None:
+    """Keep only the layers ``kept`` (indices in the model as it is), and rewrite the config to
+    match.
+
+    The attention modules' ``layer_idx`` (the key/value cache slot), ``layer_types`` and, for
+    per-layer pruned models, ``per_layer_config`` are renumbered with the layers, so generation with
+    a cache and a save/reload round trip see the model as it is.
+
+    Raises:
+        InvalidSpec: indices out of range or repeated, or a GPT-2 config whose attention scaling
+            depends on the layer's position (``scale_attn_by_inverse_layer_idx``).
+    """
+    adapter = ModelAdapter(model)
+    family = adapter.family.name
+    n = adapter.num_layers
+    kept = list(kept)
+    if not kept or sorted(set(kept)) != kept or kept[0] < 0 or kept[-1] >= n:
+        raise InvalidSpec(
+            f"layers to keep must be increasing distinct indices in [0, {n}), got {kept}"
+        )
+    config = model.config
+    if family == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise InvalidSpec(
+            "this GPT-2 scales attention by 1 / (layer index + 1) "
+            "(scale_attn_by_inverse_layer_idx), so a kept layer would compute something else at "
+            "its new position; layer dropping is not supported for it"
+        )
+    path = FAMILIES[family]["layers"]
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+    old_layers = getattr(parent, attr)
+    new_layers = nn.ModuleList([old_layers[i] for i in kept])
+    for new_idx, layer in enumerate(new_layers):
+        for module in layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_idx
+    setattr(parent, attr, new_layers)
+    if hasattr(parent, "n_layers"):  # DistilBERT's Transformer keeps its own count
+        parent.n_layers = len(kept)
+    per_layer = None
+    if getattr(config, "is_heterogeneous", False):
+        per_layer = config.to_dict().get("per_layer_config")
+    config.num_hidden_layers = len(kept)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        config.layer_types = [layer_types[i] for i in kept]
+    if per_layer is not None:
+        config.per_layer_config = {new: per_layer[str(old)] for new, old in enumerate(kept)}

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from slimformer.architectures import ModelAdapter
+from slimformer.architectures import ModelAdapter, keep_layers
 from slimformer.errors import InvalidSpec, UnsupportedArchitecture
 from slimformer.importance import Importance
 from slimformer.modeling import modeling_slimformer as bundled
@@ -889,8 +889,6 @@ def drop_layers(model: nn.Module, layers: list[int]) -> list[int]:
     """Remove whole layers (ShortGPT-style depth pruning) and rewrite the config to match: fewer
     ``num_hidden_layers`` (so the uniform layout reloads with stock transformers), ``layer_types``
     and the attention modules' ``layer_idx`` renumbered. Returns the kept layers' old indices."""
-    from slimformer.distill.students import keep_layers
-
     n = ModelAdapter(model).num_layers
     drop = set(layers)
     kept = [i for i in range(n) if i not in drop]

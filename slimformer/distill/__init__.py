@@ -42,6 +42,7 @@ step, or an LM that never beat its start or is still worse than a uniform guess,
 of the student's kind (:mod:`~slimformer.distill.recipes`: layer-dropped, pruned, named).
 """
 
+from slimformer.architectures import keep_layers
 from slimformer.distill.api import distill, finetune
 from slimformer.distill.batches import _prompt_completion_batch as _prompt_completion_batch
 from slimformer.distill.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT
@@ -63,7 +64,6 @@ from slimformer.distill.recipes import RECIPES, Recipe, ResolvedRecipe, StudentK
 from slimformer.distill.students import (
     LayerStrategy,
     check_student_compatible,
-    keep_layers,
     make_layer_dropped_student,
     score_layers,
 )

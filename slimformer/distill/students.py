@@ -19,12 +19,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from slimformer.architectures import ModelAdapter
+from slimformer.architectures import ModelAdapter, keep_layers
 from slimformer.distill.config import CancelFn, DistillConfig
 from slimformer.distill.losses.hidden import _num_layers
 from slimformer.errors import Cancelled, InvalidSpec
 from slimformer.importance import compute_loss
-from slimformer.modeling.modeling_slimformer import FAMILIES
 from slimformer.models import model_task
 
 logger = logging.getLogger(__name__)
@@ -110,56 +109,6 @@ def _evenly_spaced(num_layers: int, keep: int) -> list[int]:
     kept 79.2% validation accuracy before any training, [0, 3, 5] 76.2% and [0, 2, 4] 51.0%.
     """
     return [math.floor((i + 1) * num_layers / keep + 0.5) - 1 for i in range(keep)]
-
-
-def keep_layers(model: nn.Module, kept: Sequence[int]) -> None:
-    """Keep only the layers ``kept`` (indices in the model as it is), and rewrite the config to
-    match.
-
-    The attention modules' ``layer_idx`` (the key/value cache slot), ``layer_types`` and, for
-    per-layer pruned models, ``per_layer_config`` are renumbered with the layers, so generation with
-    a cache and a save/reload round trip see the model as it is.
-
-    Raises:
-        InvalidSpec: indices out of range or repeated, or a GPT-2 config whose attention scaling
-            depends on the layer's position (``scale_attn_by_inverse_layer_idx``).
-    """
-    adapter = ModelAdapter(model)
-    family = adapter.family.name
-    n = adapter.num_layers
-    kept = list(kept)
-    if not kept or sorted(set(kept)) != kept or kept[0] < 0 or kept[-1] >= n:
-        raise InvalidSpec(
-            f"layers to keep must be increasing distinct indices in [0, {n}), got {kept}"
-        )
-    config = model.config
-    if family == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
-        raise InvalidSpec(
-            "this GPT-2 scales attention by 1 / (layer index + 1) "
-            "(scale_attn_by_inverse_layer_idx), so a kept layer would compute something else at "
-            "its new position; layer dropping is not supported for it"
-        )
-    path = FAMILIES[family]["layers"]
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
-    old_layers = getattr(parent, attr)
-    new_layers = nn.ModuleList([old_layers[i] for i in kept])
-    for new_idx, layer in enumerate(new_layers):
-        for module in layer.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_idx
-    setattr(parent, attr, new_layers)
-    if hasattr(parent, "n_layers"):  # DistilBERT's Transformer keeps its own count
-        parent.n_layers = len(kept)
-    per_layer = None
-    if getattr(config, "is_heterogeneous", False):
-        per_layer = config.to_dict().get("per_layer_config")
-    config.num_hidden_layers = len(kept)
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        config.layer_types = [layer_types[i] for i in kept]
-    if per_layer is not None:
-        config.per_layer_config = {new: per_layer[str(old)] for new, old in enumerate(kept)}
 
 
 def make_layer_dropped_student(
