@@ -62,10 +62,11 @@ from slimformer.cli.parser import build_parser
 from slimformer.data import load_text_file, make_batches
 from slimformer.distill import finetune, make_layer_dropped_student
 from slimformer.evaluation import measure_latency, task_metric
-from slimformer.hub import load_model
+from slimformer.loading import load_model
 from slimformer.models import count_parameters
-from slimformer.pipeline import distill_recipe, held_out_split, seeded_order
 from slimformer.pipeline import run as run_pipeline
+from slimformer.recipe.distilling import distill_recipe, held_out_split
+from slimformer.recipe.job_data import seeded_order
 from slimformer.spec import JobSpec
 
 logger = logging.getLogger("distillation_bench")

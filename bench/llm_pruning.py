@@ -94,7 +94,7 @@ def load(folder: Path):
 def windows(tokenizer, split: str, count: int, shuffled: bool):
     """Packed 512-token windows of a WikiText-2 split: the job's calibration (documents in the
     seeded order) or the first windows of the test text."""
-    from slimformer.pipeline import seeded_order
+    from slimformer.recipe.job_data import seeded_order
     from slimformer.text import pack_texts, read_documents
 
     docs = read_documents(WIKITEXT / f"{split}.txt")

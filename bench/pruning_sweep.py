@@ -14,7 +14,7 @@ Measures, on the fine-tuned MiniLM (6 layers x 12 heads, FFN 1536) and SST-2:
    --ffn 0.5`` run through ``slimformer.pipeline.run`` with its defaults, whose accuracy must equal
    the sweep's 50% + 50%.
 
-The calibration rows are the job's (``slimformer.pipeline.seeded_order`` and
+The calibration rows are the job's (``slimformer.recipe.job_data.seeded_order`` and
 ``calibration_sample``): the first 512 training sentences in the ``random.Random(0)`` order,
 exactly the rows the command scores on.
 
@@ -54,12 +54,12 @@ from tables import (
 
 from slimformer.data import load_text_file, make_batches
 from slimformer.evaluation import measure_latency, task_metric
-from slimformer.hub import load_model
 from slimformer.importance import Importance, gated, score_importance
+from slimformer.loading import load_model
 from slimformer.models import count_macs, count_parameters
-from slimformer.pipeline import calibration_sample, seeded_order
 from slimformer.pipeline import run as run_pipeline
 from slimformer.pruning import PruningTarget, iterative_prune, plan_pruning, prune_model
+from slimformer.recipe.job_data import calibration_sample, seeded_order
 from slimformer.spec import JobSpec
 
 logger = logging.getLogger("pruning_sweep")

@@ -17,17 +17,45 @@ Task = Literal[
 ]
 TASKS: tuple[str, ...] = Task.__args__
 
-# The pipeline's stages in order, with each stage's share of a job's progress bar (the service and
-# the runner read this one table; weights are relative, only the stages a job runs count).
-STAGE_WEIGHTS: dict[str, float] = {
-    "downloading": 0.1,
-    "scoring": 0.2,
-    "pruning": 0.1,
-    "distilling": 0.6,
-    "evaluating": 0.2,
-    "writing_card": 0.05,
-    "publishing": 0.05,
-}
+Method = Literal["prune", "distill", "prune_distill"]
+PRUNES: tuple[str, ...] = ("prune", "prune_distill")
+DISTILS: tuple[str, ...] = ("distill", "prune_distill")
+
+
+class StageInfo(BaseModel):
+    """One stage of the recipe: its name (a job's ``stage``), its share of the progress bar
+    (relative; only the stages a job runs count), what it does, and which jobs run it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    weight: float
+    does: str
+    methods: tuple[str, ...] = ("prune", "distill", "prune_distill")
+    when_publishing: bool = False  # run only when the job publishes
+
+    def runs(self, method: str, publishes: bool) -> bool:
+        return method in self.methods and (publishes or not self.when_publishing)
+
+
+# The recipe's stages in order: slimformer.pipeline runs exactly these, the runner and the service
+# read them from here (the one table of stages).
+STAGE_TABLE: tuple[StageInfo, ...] = (
+    StageInfo(name="downloading", weight=0.1, does="pull the model and the data"),
+    StageInfo(
+        name="scoring", weight=0.2, does="score layers, heads, neurons and MLPs", methods=PRUNES
+    ),
+    StageInfo(name="pruning", weight=0.1, does="remove the least important units", methods=PRUNES),
+    StageInfo(
+        name="distilling", weight=0.6, does="distil the original into the student", methods=DISTILS
+    ),
+    StageInfo(name="evaluating", weight=0.2, does="measure the original and the result"),
+    StageInfo(name="writing_card", weight=0.05, does="write the model, served files and card"),
+    StageInfo(
+        name="publishing", weight=0.05, does="upload the folder to the Hub", when_publishing=True
+    ),
+)
+STAGE_WEIGHTS: dict[str, float] = {stage.name: stage.weight for stage in STAGE_TABLE}
 STAGES: tuple[str, ...] = tuple(STAGE_WEIGHTS)
 
 # Data files slimformer reads (local files and uploads): suffix -> reader.
@@ -490,7 +518,7 @@ class JobSpec(_Strict):
 
     model: ModelSpec
     dataset: DatasetSpec
-    method: Literal["prune", "distill", "prune_distill"] = "prune"
+    method: Method = "prune"
     prune: PruneSpec = Field(default_factory=PruneSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -554,16 +582,8 @@ def default_layout(spec: JobSpec, family: str) -> str:
 def stages_for(spec: JobSpec | dict) -> list[str]:
     """The stages a job runs, in order, from its method and whether it publishes."""
     data = spec.model_dump() if isinstance(spec, JobSpec) else spec
-    method = data.get("method", "prune")
-    names = ["downloading"]
-    if method in ("prune", "prune_distill"):
-        names += ["scoring", "pruning"]
-    if method in ("distill", "prune_distill"):
-        names += ["distilling"]
-    names += ["evaluating", "writing_card"]
-    if data.get("publish"):
-        names += ["publishing"]
-    return names
+    method, publishes = data.get("method", "prune"), bool(data.get("publish"))
+    return [stage.name for stage in STAGE_TABLE if stage.runs(method, publishes)]
 
 
 def overall_progress(stages: list[str], stage: str, fraction: float) -> float:

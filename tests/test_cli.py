@@ -184,13 +184,13 @@ def test_existing_output_folder_is_not_overwritten(
 def test_a_failure_while_writing_leaves_no_folder(
     tiny_classifier_folder, labelled_csv, tmp_path, capsys, monkeypatch
 ):
-    from slimformer import pipeline
     from slimformer.errors import ExportError
+    from slimformer.recipe import serving
 
     def broken_export(*args, **kwargs):
         raise ExportError("ONNX export failed: simulated")
 
-    monkeypatch.setattr(pipeline, "export_onnx", broken_export)
+    monkeypatch.setattr(serving, "export_onnx", broken_export)
     code = _prune(
         tiny_classifier_folder, labelled_csv, tmp_path / "out", "--heads", "0.5", "--onnx"
     )

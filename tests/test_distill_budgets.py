@@ -295,7 +295,7 @@ def _spec(**distill_fields):
 
 
 def test_each_student_kind_gets_its_recipe_and_given_values_win():
-    from slimformer.pipeline import distill_recipe
+    from slimformer.recipe.distilling import distill_recipe
 
     dropped = distill_recipe(_spec(student={"layers": 3}), "text-classification")
     assert dropped.student_kind == "layer_dropped"

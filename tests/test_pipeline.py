@@ -142,12 +142,12 @@ def test_cancellation_at_any_stage_leaves_no_folder(
 def test_a_failing_run_leaves_no_folder(
     tiny_classifier_folder, labelled_csv, tmp_path, monkeypatch
 ):
-    from slimformer import pipeline
+    from slimformer.recipe import writing
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "build_card", broken)
+    monkeypatch.setattr(writing, "build_card", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         run(
             _spec(tiny_classifier_folder, labelled_csv, evaluation={"latency": False}),
@@ -239,3 +239,19 @@ def test_prune_then_distill_trains_the_pruned_model(tiny_classifier_folder, labe
     transformers.AutoModelForSequenceClassification.from_pretrained(
         result.folder, trust_remote_code=True
     )
+
+
+def test_the_recipe_runs_exactly_the_stage_table():
+    """The stage table the service and the runner read is the list the recipe runs: every stage
+    has a step, every step a stage, and a job's stages come in the table's order."""
+    from slimformer.pipeline import STEPS
+    from slimformer.spec import STAGE_TABLE, stages_for
+
+    assert list(STEPS) == [stage.name for stage in STAGE_TABLE] == list(STAGES)
+    assert stages_for({"method": "prune_distill", "publish": {"repo_id": "a/b"}}) == list(STAGES)
+    assert stages_for({"method": "distill"}) == [
+        "downloading",
+        "distilling",
+        "evaluating",
+        "writing_card",
+    ]
