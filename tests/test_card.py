@@ -189,3 +189,15 @@ def test_a_snippet_for_a_published_model_names_the_repo():
 def test_a_slower_model_is_called_slower_not_a_fraction_faster():
     assert format_speedup(1.98) == "×1.98 faster"
     assert format_speedup(1 / 1.05) == "×1.05 slower"
+
+
+def test_formatting_imports_neither_torch_nor_the_card():
+    """The command line and the API format metrics with ``slimformer.formatting``: importing it
+    must stay cheap and torch-free."""
+    code = (
+        "import sys, slimformer.formatting; "
+        "heavy = [m for m in ('torch', 'transformers', 'huggingface_hub', 'slimformer.card') "
+        "if m in sys.modules]; print(heavy); sys.exit(bool(heavy))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -1,0 +1,106 @@
+"""Writing the card: the template (``template.md.j2`` next to this module) rendered with the
+metadata, plots, tables and sentences of the other modules of ``slimformer.card``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import ModelCard
+
+from slimformer.card.metadata import PIPELINE_TAG, card_data
+from slimformer.card.plots import draw_plots
+from slimformer.card.prose import (
+    LOAD_PLACEHOLDER,
+    _distill_text,
+    _generation_text,
+    _int8_facts,
+    _method_text,
+    _origin_text,
+    _serve_commands,
+    _summary,
+    load_snippet,
+)
+from slimformer.card.tables import _removed_rows, _serving_rows, _table
+from slimformer.formatting import format_agreement
+
+TEMPLATE = Path(__file__).with_name("template.md.j2")
+VERSIONS = ("python", "torch", "transformers", "huggingface_hub", "slimformer")
+
+
+def build_card(report: dict, folder: Path) -> ModelCard:
+    """Write ``README.md`` (and the PNGs it shows) into ``folder`` from a compression report."""
+    folder = Path(folder)
+    heatmap, curve = draw_plots(report, folder)
+    data = card_data(report)
+    card = ModelCard.from_template(
+        data,
+        template_path=TEMPLATE,
+        title=f"{data.model_name}",
+        summary=_summary(report),
+        heatmap=heatmap,
+        curve=curve,
+        **_results(report),
+        **_files(report),
+        **_provenance(report),
+    )
+    card.save(folder / "README.md")
+    return card
+
+
+def _results(report: dict) -> dict:
+    """What the template says of the measurement: the side-by-side table, the agreement, the data
+    and hardware, and what was removed."""
+    evaluation = report["evaluation"]
+    agreement = evaluation.get("agreement")
+    return {
+        "table": _table(evaluation, report.get("artifacts", {})),
+        "agreement": None if agreement is None else format_agreement(agreement, evaluation["task"]),
+        "rows": evaluation["rows"],
+        "eval_source": report["data"].get("eval_source", "the evaluation data"),
+        "device": evaluation["device"],
+        "threads": evaluation["threads"],
+        "seq_len": evaluation["seq_len"],
+        "protocol": evaluation.get("protocol"),
+        "removed": _removed_rows(report.get("pruning")),
+    }
+
+
+def _files(report: dict) -> dict:
+    """What the template says of the folder: how to load it, its ONNX graphs, the files to serve."""
+    base = report["base_model"]
+    artifacts = report.get("artifacts", {})
+    per_layer = bool(artifacts.get("per_layer"))
+    repo = (report["spec"].get("publish") or {}).get("repo_id") or LOAD_PLACEHOLDER
+    pairs = bool(report["data"].get("text_pair_column"))
+    return {
+        "load_code": load_snippet(base["task"], repo, per_layer=per_layer, pairs=pairs),
+        "per_layer": per_layer,
+        "onnx": bool(artifacts.get("onnx")),
+        "onnx_int8": _int8_facts((artifacts.get("onnx") or {}).get("int8")),
+        "serving": _serving_rows(report),
+        "serve_commands": _serve_commands(report, repo),
+        "generation": _generation_text(report),
+        "nemotron": artifacts.get("layout") == "nemotron_nas",
+    }
+
+
+def _provenance(report: dict) -> dict:
+    """What the template says of how the model was made and how to reproduce it."""
+    base = report["base_model"]
+    new_head = base.get("new_head") or []
+    data = report["data"]
+    return {
+        "method_text": _method_text(report),
+        "distill_text": _distill_text(report),
+        "health": (report.get("distillation") or {}).get("health", []),
+        "origin": _origin_text(base),
+        "new_head": f"{PIPELINE_TAG.get(base['task'], base['task'])} head" if new_head else None,
+        "new_head_weights": ", ".join(new_head),
+        "seed": report["spec"].get("seed", 0),
+        "versions": ", ".join(
+            f"{k} {v}" for k, v in report.get("environment", {}).items() if k in VERSIONS
+        ),
+        "spec_json": json.dumps(report["spec"], indent=2),
+        "calibration": data.get("calibration_source") or data.get("source", "the given data"),
+    }

@@ -1,0 +1,66 @@
+"""The card's YAML header: what the Hub reads (``base_model``, tags, ``pipeline_tag``, ``license``,
+``model-index``), built with huggingface_hub's ``ModelCardData`` and ``EvalResult``."""
+
+from __future__ import annotations
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from slimformer.formatting import METRIC_LABELS
+
+PIPELINE_TAG = {
+    "text-classification": "text-classification",
+    "text-generation": "text-generation",
+    "feature-extraction": "feature-extraction",
+    "sentence-similarity": "sentence-similarity",
+}
+HUB_URL = "https://huggingface.co"
+
+
+def base_hub_id(base: dict) -> str | None:
+    """The base model's Hub id when it is known, else None (reports before ``hub_id`` existed: a Hub
+    model had a commit)."""
+    if "hub_id" in base:
+        return base["hub_id"]
+    return base["id"] if base.get("commit") else None
+
+
+def eval_results(report: dict) -> list[EvalResult]:
+    """``model-index`` entries: the compressed model's task metrics on the evaluation data."""
+    evaluation = report["evaluation"]
+    data = report["data"]
+    task = report["base_model"]["task"]
+    return [
+        EvalResult(
+            task_type=PIPELINE_TAG.get(task, task),
+            dataset_type=data.get("eval_dataset_type") or "custom",
+            dataset_name=data.get("eval_source") or "evaluation data",
+            dataset_split=data.get("eval_split"),
+            metric_type=name,
+            metric_name=METRIC_LABELS.get(name, name),
+            metric_value=round(float(value), 6),
+        )
+        for name, value in evaluation["compressed"]["metrics"].items()
+    ]
+
+
+def card_data(report: dict) -> ModelCardData:
+    """The card's metadata for a compression report."""
+    base = report["base_model"]
+    method = report["spec"]["method"]
+    tags = (
+        ["slimformer"]
+        + (["pruned"] if "prune" in method else [])
+        + (["distilled"] if "distill" in method else [])
+    )
+    # the metadata names only what the Hub can resolve: never a local folder
+    hub_id = base_hub_id(base)
+    return ModelCardData(
+        base_model=hub_id,
+        base_model_revision=base.get("commit") if hub_id else None,
+        tags=tags,
+        pipeline_tag=PIPELINE_TAG.get(base["task"], base["task"]),
+        library_name="transformers",
+        license=base.get("license"),
+        model_name=report.get("name") or f"{base['id'].split('/')[-1]}-slim",
+        eval_results=eval_results(report),
+    )
