@@ -25,7 +25,14 @@ re-score, evaluate, and stop at the target or when the metric falls below a floo
 """
 
 from slimformer.pruning.depth import drop_layers, layers_to_drop, plan_depth
-from slimformer.pruning.layouts import DEFAULT_LAYOUT, LAYOUTS, Layout, apply_layout, layout_for
+from slimformer.pruning.layouts import (
+    DEFAULT_LAYOUT,
+    LAYOUTS,
+    STOCK_LAYOUT,
+    Layout,
+    apply_layout,
+    layout_for,
+)
 from slimformer.pruning.layouts.biases import BIAS_FLAGS, LLAMA_LIKE
 from slimformer.pruning.layouts.uniform import UNIFORM_HEAD_FAMILIES
 from slimformer.pruning.plan import plan_pruning
@@ -69,6 +76,7 @@ __all__ = [
     "iterative_prune",
     "layers_to_drop",
     "layout_for",
+    "STOCK_LAYOUT",
     "one_shot_prune",
     "plan_depth",
     "plan_pruning",

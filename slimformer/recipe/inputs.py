@@ -13,6 +13,7 @@ from slimformer.data import TextData, make_batches
 from slimformer.errors import InvalidSpec
 from slimformer.evaluation import predict
 from slimformer.hub import HubPolicy, LoadedModel, load_model
+from slimformer.pruning import STOCK_LAYOUT
 from slimformer.recipe.job import Job
 from slimformer.recipe.job_data import (
     calibration_sample,
@@ -83,7 +84,7 @@ def resolve_spec(spec: JobSpec, task: str, family: str) -> JobSpec:
     """The spec with the layout and the prune settings a null leaves to the model decided."""
     layout = default_layout(spec, family)  # the serving targets' layout when none is given
     if spec.prune.layers and not spec.prune.removes_width():
-        layout = "uniform"  # depth only: every layer keeps its shape, a stock config
+        layout = STOCK_LAYOUT  # depth only: every layer keeps its shape, a stock config
     prune = spec.prune.model_copy(update={"layout": layout}).resolved(task)
     return spec.model_copy(update={"prune": prune})
 

@@ -8,9 +8,11 @@ from slimformer.evaluation import task_metric
 from slimformer.importance import input_grams
 from slimformer.importance.depth import attention_influence
 from slimformer.pruning import (
+    STOCK_LAYOUT,
     PruneResult,
     PruningPlan,
     iterative_prune,
+    layout_for,
     one_shot_prune,
     plan_pruning,
     refit_keys,
@@ -26,7 +28,7 @@ def _one_shot(job: Job) -> PruneResult:
     p, model, batches = inputs.spec.prune, inputs.model, inputs.calibration_batches()
     job.stage("pruning", 0.0, "removing units")
     attention_scores = None
-    if p.layout == "nemotron_nas" and (p.heads or p.macs_budget):
+    if layout_for(p.layout).removes_attention_blocks and (p.heads or p.macs_budget):
         job.stage("pruning", 0.0, "measuring each attention block's influence")
         attention_scores = attention_influence(model, batches, should_cancel=job.should_cancel)
     plan = plan_pruning(
@@ -83,7 +85,7 @@ def run(job: Job) -> Pruned:
     inputs, scores = job.inputs, job.scores
     p = inputs.spec.prune
     if scores.depth is not None and scoring.removes_only_layers(p):
-        result = one_shot_prune(inputs.model, None, PruningPlan(), layout="uniform")
+        result = one_shot_prune(inputs.model, None, PruningPlan(), layout=STOCK_LAYOUT)
     elif p.schedule == "iterative":
         result = _iterative(job)
     else:

@@ -16,6 +16,7 @@ from slimformer.artifacts import atomic_folder, save_model_folder
 from slimformer.card import build_card
 from slimformer.errors import InvalidSpec
 from slimformer.hub import LoadedModel, folder_origin
+from slimformer.pruning import STOCK_LAYOUT
 from slimformer.recipe import serving
 from slimformer.recipe.job import Job
 from slimformer.spec import JobSpec
@@ -159,7 +160,7 @@ def _artifacts(job: Job, folder: Path, served: serving.Served) -> dict:
     return {
         "targets": list(spec.export.targets),
         "vllm": served.vllm,
-        "layout": spec.prune.layout if "prune" in spec.method else "uniform",
+        "layout": spec.prune.layout if "prune" in spec.method else STOCK_LAYOUT,
         "per_layer": bool(getattr(compressed.config, "auto_map", None)),
         "size_bytes": _folder_size(folder),
         "original_size_bytes": _original_size(job.inputs.loaded),

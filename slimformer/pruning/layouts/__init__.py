@@ -28,6 +28,8 @@ class Layout(Protocol):
     """What a layout lets a plan remove, and how it writes the config."""
 
     name: str
+    # heads go as whole attention blocks, chosen by each block's measured influence
+    removes_attention_blocks: bool
 
     def check(self, adapter: ModelAdapter, target: PruningTarget) -> None:
         """Refuse, before anything is scored or removed, a target the layout cannot express."""
@@ -63,6 +65,8 @@ LAYOUTS: dict[str, Layout] = {
 }
 # what plans, prune_model and the schedules write unless told otherwise
 DEFAULT_LAYOUT: LayoutName = "per_layer"
+# the layout of a model whose layers all keep one shape (depth pruning, distillation): stock config
+STOCK_LAYOUT: LayoutName = "uniform"
 
 
 def layout_for(name: str) -> Layout:

@@ -114,6 +114,7 @@ class NemotronNas:
     """Per-layer shapes as Nemotron-NAS block configs (Llama)."""
 
     name = "nemotron_nas"
+    removes_attention_blocks = True
 
     def check(self, adapter: ModelAdapter, target: PruningTarget | None = None) -> None:
         """Refuse, before anything is scored or removed, what the layout cannot express.

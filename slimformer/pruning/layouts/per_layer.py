@@ -23,6 +23,7 @@ class PerLayer:
     """Every layer its own shape, in slimformer's bundled modelling code."""
 
     name = "per_layer"
+    removes_attention_blocks = False
 
     def check(self, adapter: ModelAdapter, target: PruningTarget) -> None:
         """Every target can be stated layer by layer."""

@@ -30,6 +30,7 @@ class Uniform:
     """Every layer one shape, in the family's stock config."""
 
     name = "uniform"
+    removes_attention_blocks = False
 
     def check(self, adapter: ModelAdapter, target: PruningTarget) -> None:
         """Refuse head pruning the family's config cannot state, whole MLPs and protected layers."""
