@@ -37,6 +37,7 @@ from slimformer.client import (
     write_config,
 )
 from slimformer.errors import InvalidSpec
+from slimformer.formatting import format_metric, format_speedup
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -67,20 +68,19 @@ def _eta(view: dict, prefix: str) -> str:
 
 
 def _metrics_line(view: dict) -> str:
+    """The job's primary metric, share of parameters and speed-up, written as the card writes
+    them."""
     metrics = view.get("metrics") or {}
     parts = []
     metric = metrics.get("metric")
     if metric and metrics.get("original") is not None and metrics.get("compressed") is not None:
-        parts.append(f"{metric} {metrics['original']:.4f} -> {metrics['compressed']:.4f}")
+        before = format_metric(metrics["original"], metric)
+        parts.append(f"{metric} {before} -> {format_metric(metrics['compressed'], metric)}")
     ratios = metrics.get("ratios") or {}
     if ratios.get("parameters") is not None:
         parts.append(f"parameters {ratios['parameters']:.1%} of the original")
     if ratios.get("latency_speedup"):
-        speedup = ratios["latency_speedup"]
-        if speedup >= 1:
-            parts.append(f"{speedup:.2f}x faster at batch 1")
-        else:
-            parts.append(f"{1 / speedup:.2f}x slower at batch 1")
+        parts.append(f"{format_speedup(ratios['latency_speedup'])} at batch 1")
     return "; ".join(parts)
 
 
