@@ -8,7 +8,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-from service.store import metadata
+from service.store.schema import metadata
 
 config = context.config
 url = (
