@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
+from sqlalchemy import Engine, Select, Table, select
 
 from service.store.crypto import TokenCipher
 from service.store.engine import forget_wiped_tokens, make_engine
@@ -58,6 +58,36 @@ class StoreBase:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def _owned_row(self, table: Table, row_id: str, owner: str | None, *, via: Engine) -> dict:
+        """The row ``row_id`` of ``table``, read through ``via``.
+
+        Raises:
+            NotFound: no such row, or ``owner`` is given and it is another's.
+        """
+        query = select(table).where(table.c.id == row_id)
+        if owner is not None:
+            query = query.where(table.c.owner == owner)
+        with via.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            raise NotFound(row_id)
+        return dict(row)
+
+    def _newest_first(
+        self, query: Select, table: Table, *, limit: int, before: tuple[float, str] | None
+    ) -> list[dict]:
+        """One page of ``query``'s rows of ``table``, newest first; ``before`` is the
+        ``(created_at, id)`` of the last row of the previous page."""
+        if before is not None:
+            created, row_id = before
+            query = query.where(
+                (table.c.created_at < created)
+                | ((table.c.created_at == created) & (table.c.id < row_id))
+            )
+        query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
 
     def _forget_wiped_tokens(self) -> None:
         """See :func:`~service.store.engine.forget_wiped_tokens`."""

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from service.store.base import TERMINAL, Conflict, NotFound, StoreBase, now
+from service.store.base import TERMINAL, Conflict, StoreBase, now
 from service.store.schema import jobs
 
 
@@ -144,14 +144,7 @@ class JobsMixin(StoreBase):
     def get_job(self, job_id: str, *, owner: str | None = None) -> dict:
         """The job; ``owner`` given and different -> NotFound (another tenant's job does not exist
         for you)."""
-        query = select(jobs).where(jobs.c.id == job_id)
-        if owner is not None:
-            query = query.where(jobs.c.owner == owner)
-        with self.reader.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        if row is None:
-            raise NotFound(job_id)
-        return dict(row)
+        return self._owned_row(jobs, job_id, owner, via=self.reader)
 
     def job_change_keys(self, job_ids: list[str]) -> dict[str, tuple]:
         """``(status, stage, progress, message)`` of each job, in one narrow query per 500 ids
@@ -189,15 +182,7 @@ class JobsMixin(StoreBase):
             query = query.where(jobs.c.owner == owner)
         if status:
             query = query.where(jobs.c.status == status)
-        if before is not None:
-            created, job_id = before
-            query = query.where(
-                (jobs.c.created_at < created)
-                | ((jobs.c.created_at == created) & (jobs.c.id < job_id))
-            )
-        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
-        with self.reader.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings().all()]
+        return self._newest_first(query, jobs, limit=limit, before=before)
 
     def request_cancel(self, job_id: str, *, owner: str | None) -> dict:
         """A queued job is cancelled at once; a running one is flagged and its worker stops at the

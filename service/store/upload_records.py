@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from service.store.base import NotFound, StoreBase, now
+from service.store.base import StoreBase, now
 from service.store.schema import uploads
 
 
@@ -42,25 +42,10 @@ class UploadsMixin(StoreBase):
         query = select(uploads)
         if owner is not None:
             query = query.where(uploads.c.owner == owner)
-        if before is not None:
-            created, upload_id = before
-            query = query.where(
-                (uploads.c.created_at < created)
-                | ((uploads.c.created_at == created) & (uploads.c.id < upload_id))
-            )
-        query = query.order_by(uploads.c.created_at.desc(), uploads.c.id.desc()).limit(limit)
-        with self.reader.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings().all()]
+        return self._newest_first(query, uploads, limit=limit, before=before)
 
     def get_upload(self, upload_id: str, *, owner: str | None = None) -> dict:
-        query = select(uploads).where(uploads.c.id == upload_id)
-        if owner is not None:
-            query = query.where(uploads.c.owner == owner)
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        if row is None:
-            raise NotFound(upload_id)
-        return dict(row)
+        return self._owned_row(uploads, upload_id, owner, via=self.engine)
 
     def delete_upload(self, upload_id: str, *, owner: str | None) -> dict:
         """Remove an upload's record and return it (its file is the caller's to delete).
