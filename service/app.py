@@ -39,7 +39,7 @@ DESCRIPTION = (
     "the body\n"
     '`{"error": {"code", "message", "details"}}`.\n'
 )
-TAGS = ("jobs", "artifacts", "datasets", "health")
+TAGS = ("jobs", "artifacts", "datasets", "spec", "health")
 ERROR_BODY_422 = {
     "description": "Invalid request; `details.fields` lists each bad field.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from slimformer.spec import STAGES, JobSpec
+from slimformer.spec import STAGES, FieldFacts, JobSpec, Method
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -83,6 +83,11 @@ class JobView(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    stages: list[str] = Field(
+        default_factory=list,
+        description="The stages this job runs, in order (from its method and whether it "
+        "publishes; `GET /v1/spec/facts` says what each does).",
+    )
     spec: dict[str, Any]
     metrics: dict[str, Any] | None = Field(
         None, description="Primary metric before/after, ratios, agreement."
@@ -155,3 +160,37 @@ class Me(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class StageFacts(BaseModel):
+    """One stage of a job, as ``slimformer.spec.STAGE_TABLE`` has it."""
+
+    name: str = Field(..., description="A job's `stage` while it runs this one.")
+    weight: float = Field(
+        ...,
+        description="Its share of the progress bar, relative: only the stages a job runs count.",
+    )
+    does: str = Field(..., description="What the stage does.")
+    methods: list[Method] = Field(..., description="The methods whose jobs run it.")
+    when_publishing: bool = Field(..., description="Run only by jobs that publish.")
+
+
+class UploadFormat(BaseModel):
+    suffix: str = Field(..., description="A file name's suffix, e.g. `.csv`.", examples=[".csv"])
+    format: str = Field(
+        ..., description="How it is read: the `format` of the upload.", examples=["csv"]
+    )
+
+
+class SpecFacts(BaseModel):
+    """What a client needs to offer the job spec's choices without a copy of them: the stages,
+    the data files accepted and every field's type, choices, range and default (the same facts
+    the JSON schema of `POST /v1/jobs` holds, in the shape a form reads)."""
+
+    stages: list[StageFacts] = Field(..., description="Every stage in the order jobs run them.")
+    upload_formats: list[UploadFormat] = Field(
+        ..., description="The files `POST /v1/datasets` and `dataset.path` accept."
+    )
+    fields: dict[str, FieldFacts] = Field(
+        ..., description="Every field of the job spec by its dotted path, e.g. `prune.heads`."
+    )

@@ -321,12 +321,40 @@ class Settings(BaseSettings):
         }
 
 
+def _env_name(name: str) -> str:
+    alias = Settings.model_fields[name].validation_alias
+    return alias.choices[0] if isinstance(alias, AliasChoices) else f"SLIMFORMER_{name.upper()}"
+
+
 def env_variables() -> dict[str, str]:
     """Every environment variable the settings read, with its description (for the README and deploy
     checks)."""
-    names = {}
+    return {
+        _env_name(name): field.description or "" for name, field in Settings.model_fields.items()
+    }
+
+
+def settings_table() -> str:
+    """The README's table of settings (under "### Settings"), made from :class:`Settings`: each
+    environment variable, its default and its description. ``python -m service.settings
+    --markdown`` prints it; a test checks that the README holds exactly this."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        env = alias.choices[0] if isinstance(alias, AliasChoices) else f"SLIMFORMER_{name.upper()}"
-        names[env] = field.description or ""
-    return names
+        default = field.get_default(call_default_factory=True)
+        shown = "—" if default is None else f"`{default}`"
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{_env_name(name)}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m service.settings", description="Print the service's settings."
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="the README's settings table (Markdown)"
+    )
+    parser.parse_args()
+    print(settings_table(), end="")

@@ -177,12 +177,6 @@ def _inspect_plain_text(path: Path, limits: UploadLimits) -> tuple[int, list[str
     return documents, ["text"]
 
 
-def supported_suffixes() -> str:
-    """The accepted suffixes as a sentence fragment: ``.csv, .tsv, ... or .txt``."""
-    names = list(UPLOAD_FORMATS)
-    return ", ".join(names[:-1]) + " or " + names[-1]
-
-
 def _inspect_text(path: Path, kind: str, limits: UploadLimits) -> tuple[int, list[str]]:
     import pyarrow as pa
     import pyarrow.csv as pacsv

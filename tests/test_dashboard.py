@@ -276,3 +276,55 @@ def test_no_page_or_asset_shows_another_keys_jobs(service, page):
     expect(page.locator("#banner")).to_have_text(f"no job {alice_job['id']}")
     assert "no-such-model" not in page.content()
     page.screenshot(path=SHOTS / "7-other-key.png", full_page=True)
+
+
+def test_the_form_and_the_timeline_come_from_the_spec_facts(service, page):
+    """No copy of the spec in the pages: the choices, ranges, accepted files and stages are the
+    ones GET /v1/spec/facts reads from slimformer/spec.py."""
+    from playwright.sync_api import expect
+
+    from slimformer.spec import STAGE_TABLE, UPLOAD_FORMATS, spec_fields, stages_for
+
+    fields = spec_fields()
+    page.add_init_script(
+        f"sessionStorage.setItem('slimformer.apiKey', {json.dumps(service.keys['alice'])})"
+    )
+    page.goto(service.url + "/submit")
+    methods = page.locator("input[name='method']")
+    expect(methods).to_have_count(len(fields["method"].choices))
+    assert [m.get_attribute("value") for m in methods.all()] == fields["method"].choices
+    expect(
+        page.locator(f"input[name='method'][value='{fields['method'].default}']")
+    ).to_be_checked()
+    for name in ("model.task", "prune.layout", "prune.importance", "prune.schedule"):
+        values = page.locator(f"select[name='{name}'] option").evaluate_all(
+            "options => options.map(o => o.value).filter(Boolean)"
+        )
+        assert values == fields[name].choices, name
+    assert page.locator("select[name='prune.schedule']").input_value() == "one_shot"
+    assert page.get_attribute("#train-file", "accept") == ",".join(UPLOAD_FORMATS)
+    expect(page.locator(".upload-formats")).to_contain_text(".txt")
+    heads = page.locator("input[name='prune.heads']")
+    assert (heads.get_attribute("min"), heads.get_attribute("max")) == ("0", "1")
+    assert heads.get_attribute("title") == fields["prune.heads"].description
+    page.check("input[name='method'][value='distill']")  # the stage table: distill prunes nothing
+    expect(page.locator("#prune-section")).to_be_hidden()
+    expect(page.locator("#distill-section")).to_be_visible()
+    page.check("input[name='method'][value='prune_distill']")
+    expect(page.locator("#prune-section")).to_be_visible()
+    expect(page.locator("#distill-section")).to_be_visible()
+
+    spec = {
+        "model": {"id": "acme/no-such-model"},
+        "dataset": {"hub_id": "glue"},
+        "method": "distill",
+        "distill": {"student": {"layers": 1}},
+    }
+    job = service.submit(spec)
+    page.goto(f"{service.url}/jobs/{job['id']}")
+    items = page.locator("#timeline li")
+    expect(items).to_have_count(len(stages_for(spec)))
+    assert [i.get_attribute("data-stage") for i in items.all()] == stages_for(spec)
+    does = {stage.name: stage.does for stage in STAGE_TABLE}
+    expect(items.first).to_have_attribute("title", does["downloading"])
+    assert not page.problems, "\n".join(page.problems)

@@ -484,3 +484,97 @@ def test_readme_lists_every_setting_and_docs_list_every_route(app):
                 method,
                 path,
             )
+
+
+# -- the spec's facts: what the dashboard offers comes from the spec -------------------------------
+def _schema_leaves(schema: dict, node: dict, prefix: str = "") -> dict[str, dict]:
+    """Every leaf property of the JSON schema of the job spec, by dotted path."""
+    leaves = {}
+    for name, prop in node["properties"].items():
+        options = [o for o in prop.get("anyOf", [prop]) if o.get("type") != "null"]
+        inner = options[0] if len(options) == 1 else prop
+        if "$ref" in inner:
+            target = schema["$defs"][inner["$ref"].rsplit("/", 1)[1]]
+            leaves |= _schema_leaves(schema, target, f"{prefix}{name}.")
+        else:
+            leaves[prefix + name] = inner | {"description": prop.get("description")}
+    return leaves
+
+
+def test_spec_facts_are_the_spec_that_post_v1_jobs_takes(client, keys):
+    from slimformer.spec import STAGE_TABLE, UPLOAD_FORMATS, JobSpec
+
+    assert client.get("/v1/spec/facts").status_code == 401  # keyed, like every /v1 route
+    r = client.get("/v1/spec/facts", headers=auth(keys["bob"]))
+    assert r.status_code == 200
+    facts = r.json()
+    assert facts["stages"] == [stage.model_dump(mode="json") for stage in STAGE_TABLE]
+    assert {f["suffix"]: f["format"] for f in facts["upload_formats"]} == UPLOAD_FORMATS
+    schema = JobSpec.model_json_schema()
+    leaves = _schema_leaves(schema, schema)
+    assert set(facts["fields"]) == set(leaves)
+    bounds = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+    for path, leaf in leaves.items():
+        field = facts["fields"][path]
+        enum = leaf.get("enum") or leaf.get("items", {}).get("enum")
+        assert field["choices"] == enum, path
+        for ours, theirs in bounds.items():
+            assert field[ours] == leaf.get(theirs), (path, ours)
+        assert field["description"] == leaf.get("description"), path
+    assert facts["fields"]["prune.heads"] | {"description": None} == {
+        "path": "prune.heads", "type": "number", "many": False, "nullable": False,
+        "required": False, "choices": None, "default": 0.0, "ge": 0.0, "gt": None, "le": None,
+        "lt": 1.0, "description": None,
+    }  # fmt: skip
+
+
+def test_a_job_view_names_the_stages_it_runs(client):
+    from slimformer.spec import stages_for
+
+    spec = SPEC | {"method": "prune_distill", "publish": {"repo_id": "acme/small"}}
+    view = client.post("/v1/jobs", json=spec).json()
+    assert view["stages"] == stages_for(spec)
+    assert view["stages"][0] == "downloading" and view["stages"][-1] == "publishing"
+    assert client.get(f"/v1/jobs/{view['id']}").json()["stages"] == view["stages"]
+    assert "publishing" not in client.post("/v1/jobs", json=SPEC).json()["stages"]
+
+
+def test_the_dashboard_keeps_no_copy_of_the_spec_facts():
+    """The stage list, the form's choices and the accepted files come from GET /v1/spec/facts."""
+    from slimformer.spec import STAGE_TABLE, spec_fields
+
+    static = Path(__file__).resolve().parents[1] / "service" / "dashboard"
+    scripts = {p.name: p.read_text() for p in (static / "static").glob("*.js")}
+    assert "/v1/spec/facts" in scripts["common.js"] and "SF.facts()" in scripts["submit.js"]
+    assert "SF.facts()" in scripts["job.js"] and "view.stages" in scripts["job.js"]
+    for name, text in scripts.items():
+        listed = [s.name for s in STAGE_TABLE if f'"{s.name}"' in text]
+        assert len(listed) <= 2, (name, listed)  # no stage list of its own
+    form = (static / "templates" / "submit.html").read_text()
+    assert "accept=" not in form and "data-upload" in form
+    for field in spec_fields().values():
+        for choice in field.choices or []:
+            assert f'value="{choice}"' not in form and f">{choice}<" not in form, choice
+
+
+def test_the_readme_settings_table_is_generated_from_the_settings():
+    from service.settings import settings_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Settings\n", 1)[1]
+    start = section.index("| variable | default | meaning |")
+    table = section[start : section.index("\n\n", start) + 1]
+    assert table == settings_table(), (
+        "README's settings table is not the generated one: replace it with the output of "
+        "`python -m service.settings --markdown`"
+    )
+
+
+def test_docs_name_every_upload_format():
+    from slimformer.spec import UPLOAD_FORMATS
+
+    api_doc = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    uploads = api_doc.split("## Uploads\n", 1)[1].split("\n## ", 1)[0]
+    routes = api_doc.split("## Routes\n", 1)[1].split("\n## ", 1)[0]
+    for suffix in UPLOAD_FORMATS:
+        assert f"`{suffix}`" in uploads and f"`{suffix}`" in routes, suffix

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import artifacts, datasets, health, jobs
+from service.routes import artifacts, datasets, health, jobs, spec
 
 router = APIRouter()
 # the order is the OpenAPI document's order of operations
-for module in (jobs, artifacts, datasets, health):
+for module in (jobs, artifacts, datasets, spec, health):
     router.include_router(module.router)
 
 __all__ = ["router"]

@@ -1,5 +1,5 @@
-"""The dataset routes: upload a CSV, TSV, JSON lines or Parquet file for jobs to train and
-evaluate on, list and inspect your uploads, and delete one again."""
+"""The dataset routes: upload a data file (``slimformer.spec.UPLOAD_FORMATS``) for jobs to train
+and evaluate on, list and inspect your uploads, and delete one again."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from service.uploads import (
     UploadRefused,
     inspect_table,
     safe_name,
-    supported_suffixes,
     upload_format,
 )
+from slimformer.spec import upload_suffixes
 
 router = APIRouter()
 
@@ -73,8 +73,8 @@ def file_field() -> dict:
     tags=["datasets"],
     responses=errors(401, 422, 429) | UPLOAD_413,
     summary="Upload a dataset file",
-    description="Multipart upload of a CSV, TSV, JSON lines or Parquet file, or plain "
-    "text (`.txt`: one document per blank-line-separated block, one column "
+    description=f"Multipart upload of a {upload_suffixes()} file (`.txt` is plain "
+    "text: one document per blank-line-separated block, one column "
     "`text`, for causal LMs); not "
     "compressed: `.gz` and `.zip` are refused. Returns an `upload_id` to use "
     "as `dataset.upload_id` in a job, with the columns and row count found. "
@@ -95,7 +95,7 @@ async def upload_dataset(
         raise ApiError(
             422,
             "unsupported_file_type",
-            f"{shown!r}: upload a {supported_suffixes()} file (not compressed)",
+            f"{shown!r}: upload a {upload_suffixes()} file (not compressed)",
             file_field(),
         )
     limit = settings.max_upload_bytes

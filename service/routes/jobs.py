@@ -19,7 +19,7 @@ from service.errors import ApiError, invalid_spec
 from service.routes.common import errors, iso, owned_job, page_cursor, parse_cursor
 from service.schemas import JobCreate, JobList, JobView
 from service.store import TERMINAL, Conflict, NotFound
-from slimformer.spec import JobSpec
+from slimformer.spec import JobSpec, stages_for
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def job_view(job: dict) -> JobView:
         started_at=iso(job.get("started_at")),
         finished_at=iso(job.get("finished_at")),
         stage_seconds=job.get("stage_seconds") or {},
+        stages=stages_for(job["spec"]),
         spec=job["spec"],
         metrics=metrics,
         published=result.get("published"),

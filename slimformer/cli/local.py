@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from slimformer.cli import flags
 from slimformer.cli.parser import Handler
 from slimformer.cli.progress import duration, progress_for
 from slimformer.cli.specfile import load_spec_file
@@ -125,45 +126,34 @@ def _print_summary(report: dict) -> None:
     Console().print(table)
 
 
-def _dataset(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "path": args.data,
-        "eval_path": args.eval_data,
-        "text_column": args.text_column,
-        "text_pair_column": args.text_pair_column,
-        "label_column": args.label_column,
-        "max_samples": args.max_samples,
-    }
+# the spec flags of the local commands (slimformer/cli/flags.py)
+COMMON_FLAGS = (
+    *flags.MODEL_ORIGIN,
+    flags.TASK,
+    *flags.data_flags(uploaded=False),
+    *flags.COLUMNS,
+    *flags.EVALUATION,
+    *flags.EXPORT,
+    flags.SEED,
+)
+PRUNE_FLAGS = (*COMMON_FLAGS, *flags.PRUNE)
+DISTILL_FLAGS = (*COMMON_FLAGS, *flags.STUDENT, flags.LAYER_SELECTION, *flags.DISTILL)
 
 
-def _common(args: argparse.Namespace, method: str) -> dict[str, Any]:
-    return {
-        "model": {
-            "id": args.model,
-            "task": args.task,
-            "base_model": getattr(args, "base_model", None),
-            "allow_new_head": getattr(args, "allow_new_head", False),
-        },
-        "dataset": _dataset(args),
-        "method": method,
-        "evaluation": {
-            "max_samples": args.eval_samples,
-            "latency": not args.no_latency,
-            "onnx": args.onnx,
-            "onnx_int8": args.onnx_int8,
-        },
-        "seed": args.seed,
-        "export": {"gguf": getattr(args, "gguf", None) or []}
-        | ({"targets": args.targets} if getattr(args, "targets", None) else {}),
-    }
+def _spec_data(args: argparse.Namespace, method: str, spec_flags: tuple) -> dict[str, Any]:
+    data = {"model": {"id": args.model}, "method": method}
+    return flags.merge(data, flags.spec_values(args, spec_flags))
 
 
-def _validated(data: dict) -> JobSpec:
+def _validated(data: dict, spec_flags: tuple = ()) -> JobSpec:
+    """The job spec, or one clear error: the first problem, named by its flag where a flag set
+    it (``--heads: ...``), else by its path in the spec."""
     try:
         return JobSpec.model_validate(data, context={"local_files": True})
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        path = ".".join(str(p) for p in first["loc"])
+        where = flags.flag_for(path, spec_flags) or path or "spec"
         more = err.error_count() - 1
         raise InvalidSpec(
             f"{where}: {first['msg']}" + (f" (and {more} more problems)" if more else "")
@@ -243,34 +233,7 @@ def _run_with_token(spec: JobSpec, args: argparse.Namespace, token: str | None) 
 
 def prune(args: argparse.Namespace) -> int:
     """``slimformer prune``."""
-    spec = _validated(
-        _common(args, "prune")
-        | {
-            "prune": {
-                "heads": args.heads,
-                "ffn": args.ffn,
-                "whole_mlps": args.whole_mlps,
-                "macs_budget": args.macs_budget,
-                "layout": args.layout,
-                "ranking": args.ranking,
-                "importance": args.importance,
-                "schedule": args.schedule,
-                "step": args.step,
-                "metric_floor": args.metric_floor,
-                "calibration_samples": args.calibration_samples,
-                "layers": args.layers,
-                "depth_importance": args.depth_importance,
-                "keep_first_layers": args.keep_first_layers,
-                "keep_last_layers": args.keep_last_layers,
-                "bias_compensation": None
-                if args.bias_compensation is None
-                else args.bias_compensation == "on",
-                "reconstruction": None
-                if args.reconstruction is None
-                else args.reconstruction == "on",
-            }
-        }
-    )
+    spec = _validated(_spec_data(args, "prune", PRUNE_FLAGS), PRUNE_FLAGS)
     return _run_spec(spec, args)
 
 
@@ -278,25 +241,11 @@ def distill_spec(args: argparse.Namespace) -> JobSpec:
     """The job spec of ``slimformer distill``: settings not given stay null, so the student's
     recipe fills them (``bench/distillation.py`` builds its specs here too).
     """
-    if args.student_layers:
-        student = {"layers": args.student_layers, "layer_selection": args.layer_selection}
-    else:
-        student = {"id": args.student}
-    return _validated(
-        _common(args, "distill")
-        | {
-            "distill": {
-                "student": student,
-                "temperature": args.temperature,
-                "alpha": args.alpha,
-                "hidden_loss": args.hidden_loss,
-                "epochs": args.epochs,
-                "max_steps": args.max_steps,
-                "max_minutes": args.max_minutes,
-                "learning_rate": args.learning_rate,
-            }
-        }
-    )
+    data = _spec_data(args, "distill", DISTILL_FLAGS)
+    student = data["distill"]["student"]
+    if "id" in student:  # the layer selection is a layer-dropped student's
+        student.pop("layer_selection", None)
+    return _validated(data, DISTILL_FLAGS)
 
 
 def distill(args: argparse.Namespace) -> int:

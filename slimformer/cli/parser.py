@@ -6,60 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable, Mapping
 
-from slimformer.cli import server
+from slimformer.cli import flags, server
 from slimformer.errors import SlimformerError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a fraction in [0, 1)")
-    return value
-
-
-def _gguf_types(text: str) -> list[str]:
-    types = [t.strip().lower() for t in text.split(",") if t.strip()]
-    wrong = [t for t in types if t not in ("f16", "q8_0", "q4_k_m")]
-    if wrong or not types:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give GGUF types from f16, q8_0, q4_k_m, separated by commas"
-        )
-    return types
-
-
-TARGETS = ("transformers", "vllm", "llama.cpp", "onnx")
-
-
-def _targets(text: str) -> list[str]:
-    targets = [t.strip().lower() for t in text.split(",") if t.strip()]
-    wrong = [t for t in targets if t not in TARGETS]
-    if wrong or not targets:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give targets from {', '.join(TARGETS)}, separated by commas"
-        )
-    return targets
-
-
-LAYOUT_HELP = (
-    "per_layer (transformers, trust_remote_code), uniform (stock config, loads anywhere) or "
-    "nemotron_nas (Llama: per-layer shapes vLLM and llama.cpp serve). Default: per_layer; when "
-    "--targets names vllm or llama.cpp, nemotron_nas for FFN-only pruning of a Llama, else uniform"
-)
-
-
-def _budget(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a budget in (0, 1]")
-    return value
 
 
 def run_guarded(handler: Handler, args: argparse.Namespace) -> int:
@@ -121,60 +71,16 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--base-model",
-        metavar="HUB_ID",
-        help="the Hub id a local model folder came from, for the card (found by "
-        "itself for a Hugging Face cache folder)",
-    )
-    parser.add_argument(
-        "--allow-new-head",
-        action="store_true",
-        help="go ahead when the checkpoint has no head for --task (the head is "
-        "then random and untrained; the card says so)",
-    )
+    flags.add_flags(parser, flags.MODEL_ORIGIN)
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data", required=True, help="CSV, TSV, JSON lines, Parquet or plain text (.txt) file"
-    )
-    parser.add_argument(
-        "--eval-data", help="file to evaluate on (default: a held-out fifth of --data)"
-    )
-    parser.add_argument("--text-column", help="column with the text (default: text, sentence, ...)")
-    parser.add_argument("--text-pair-column", help="column with the second text of sentence pairs")
-    parser.add_argument("--label-column", help="column with labels (default: label, when present)")
-    parser.add_argument("--max-samples", type=int, help="use at most this many training rows")
-    parser.add_argument(
-        "--eval-samples",
-        type=int,
-        help="evaluate on at most this many rows (default 2000; causal LMs: 64 windows)",
-    )
-    parser.add_argument(
-        "--task", choices=["text-classification", "text-generation", "feature-extraction"]
-    )
-    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    parser.add_argument(
-        "--onnx", action="store_true", help="also export model.onnx, checked with onnxruntime"
-    )
-    parser.add_argument(
-        "--onnx-int8",
-        action="store_true",
-        help="also write model.int8.onnx (onnxruntime dynamic int8; implies --onnx)",
-    )
-    parser.add_argument(
-        "--gguf",
-        type=_gguf_types,
-        help="also write GGUF files for llama.cpp, e.g. f16,q8_0,q4_k_m (needs `make engines`)",
-    )
-    parser.add_argument(
-        "--targets",
-        type=_targets,
-        help="where the result must load, checked there: transformers,vllm,llama.cpp,onnx "
-        "(default transformers; vllm and llama.cpp need `make engines`)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    data, eval_data = flags.data_flags(uploaded=False)
+    flags.add_flag(parser, data, required=True)
+    flags.add_flag(parser, eval_data)
+    flags.add_flags(parser, (*flags.COLUMNS, flags.EVALUATION[0], flags.TASK))
+    flags.add_flags(parser, (*flags.EVALUATION[1:], *flags.EXPORT))
+    flags.add_flag(parser, flags.SEED)
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty output folder"
@@ -182,99 +88,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_prune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--heads", type=_fraction, default=0.0, help="fraction of attention heads to remove"
-    )
-    parser.add_argument(
-        "--ffn", type=_fraction, default=0.0, help="fraction of FFN neurons to remove"
-    )
-    parser.add_argument("--whole-mlps", type=int, default=0, help="number of whole MLPs to remove")
-    parser.add_argument(
-        "--macs-budget", type=_budget, help="keep at most this fraction of the MACs"
-    )
-    parser.add_argument(
-        "--layout", choices=["per_layer", "uniform", "nemotron_nas"], help=LAYOUT_HELP
-    )
-    parser.add_argument(
-        "--ranking",
-        choices=["global", "per_layer", "adaptive"],
-        help="default: global; adaptive for causal LMs (docs/pruning.md)",
-    )
-    parser.add_argument(
-        "--importance",
-        choices=["michel", "activations", "flap", "obs", "magnitude", "random"],
-        help="default: michel; obs for causal LMs (docs/pruning.md)",
-    )
-    parser.add_argument(
-        "--layers",
-        type=float,
-        default=0.0,
-        help="whole layers to drop: a fraction (< 1) or a count",
-    )
-    parser.add_argument(
-        "--depth-importance", choices=["block_influence", "metric_drop"], default="block_influence"
-    )
-    parser.add_argument(
-        "--keep-first-layers",
-        type=int,
-        help="the first N layers keep their shape (default: 0; causal LMs: 1)",
-    )
-    parser.add_argument(
-        "--keep-last-layers",
-        type=int,
-        help="the last N layers keep their shape (default: 0; causal LMs: 1)",
-    )
-    parser.add_argument(
-        "--bias-compensation",
-        choices=["on", "off"],
-        help="fold removed units' mean output into a bias (default: flap only)",
-    )
-    parser.add_argument(
-        "--reconstruction",
-        choices=["on", "off"],
-        help="refit pruned layers' output projections by least squares (default: obs only)",
-    )
-    parser.add_argument("--schedule", choices=["one_shot", "iterative"], default="one_shot")
-    parser.add_argument(
-        "--step", type=_fraction, default=0.1, help="iterative: fraction of what remains per step"
-    )
-    parser.add_argument(
-        "--metric-floor",
-        type=_budget,
-        default=0.9,
-        help="iterative: stop before the metric falls below this fraction of the original",
-    )
-    parser.add_argument(
-        "--calibration-samples",
-        type=int,
-        help="calibration rows (default 512); causal LMs: windows of packed text",
-    )
+    flags.add_flags(parser, flags.PRUNE)
 
 
 def _add_distill_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--student-layers", type=int, help="keep this many of the teacher's layers")
-    group.add_argument(
-        "--student", help="a smaller model (folder or Hub id) with the teacher's tokenizer"
-    )
-    parser.add_argument("--layer-selection", choices=["even", "importance"], default="even")
-    recipe = " (default: the student's recipe, docs/distillation.md)"
-    parser.add_argument("--temperature", type=float, help="soft-target temperature" + recipe)
-    parser.add_argument("--alpha", type=float, help="weight of the gold-label loss" + recipe)
-    parser.add_argument(
-        "--hidden-loss",
-        choices=["cosine", "mse", "none"],
-        help="alignment of the student's layers with the teacher's" + recipe,
-    )
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument(
-        "--max-minutes",
-        type=float,
-        help="wall-clock budget of the distilling stage, its evaluations included "
-        "(the final side-by-side evaluation comes after it)",
-    )
-    parser.add_argument("--learning-rate", type=float, help="peak learning rate" + recipe)
+    flags.add_flags(parser.add_mutually_exclusive_group(required=True), flags.STUDENT)
+    flags.add_flags(parser, (flags.LAYER_SELECTION, *flags.DISTILL))
 
 
 # -- client commands: talk to a running service ----------------------------------------------------
@@ -346,81 +165,20 @@ def _add_submit_command(
     )
     submit.add_argument("spec", nargs="?", help="job spec file (YAML or JSON)")
     submit.add_argument("--model", help="Hub model id")
-    submit.add_argument("--revision", help="branch, tag or commit of the model")
-    submit.add_argument(
-        "--task",
-        choices=[
-            "text-classification",
-            "sentence-similarity",
-            "feature-extraction",
-            "text-generation",
-        ],
-    )
+    flags.add_flags(submit, (flags.REVISION, flags.TASK))
+    data, eval_data = flags.data_flags(uploaded=True)
     source = submit.add_mutually_exclusive_group()
-    source.add_argument("--data", help="local CSV, TSV, JSON lines or Parquet file (uploaded)")
-    source.add_argument("--hub-dataset", help="Hub dataset id")
-    submit.add_argument("--eval-data", help="local evaluation file (uploaded; with --data)")
-    submit.add_argument("--hub-config", help="dataset configuration (with --hub-dataset)")
-    submit.add_argument("--split", help="training split (with --hub-dataset; default train)")
-    submit.add_argument(
-        "--eval-split", help="evaluation split (with --hub-dataset; default validation)"
+    flags.add_flags(source, (data, flags.HUB_DATASET))
+    flags.add_flags(submit, (eval_data, *flags.HUB_SPLITS, *flags.COLUMNS))
+    flags.add_flag(
+        submit,
+        flags.METHOD,
+        help="Default: distill with --student-layers/--student, else prune.",
     )
-    submit.add_argument("--text-column")
-    submit.add_argument("--text-pair-column")
-    submit.add_argument("--label-column")
-    submit.add_argument("--max-samples", type=int, help="use at most this many training rows")
-    submit.add_argument(
-        "--method",
-        choices=["prune", "distill", "prune_distill"],
-        help="default: distill with --student-layers/--student, else prune",
-    )
-    submit.add_argument("--heads", type=_fraction, help="fraction of attention heads to remove")
-    submit.add_argument("--ffn", type=_fraction, help="fraction of FFN neurons to remove")
-    submit.add_argument("--whole-mlps", type=int, help="number of whole MLPs to remove")
-    submit.add_argument(
-        "--macs-budget", type=_budget, help="keep at most this fraction of the MACs"
-    )
-    submit.add_argument(
-        "--layout", choices=["per_layer", "uniform", "nemotron_nas"], help=LAYOUT_HELP
-    )
-    submit.add_argument("--ranking", choices=["global", "per_layer", "adaptive"])
-    submit.add_argument(
-        "--importance", choices=["michel", "activations", "flap", "obs", "magnitude", "random"]
-    )
-    submit.add_argument("--schedule", choices=["one_shot", "iterative"])
-    submit.add_argument("--step", type=_fraction)
-    submit.add_argument("--metric-floor", type=_budget)
-    submit.add_argument("--calibration-samples", type=int)
-    submit.add_argument("--keep-first-layers", type=int)
-    submit.add_argument("--keep-last-layers", type=int)
-    submit.add_argument("--layers", type=float, help="whole layers to drop: a fraction or a count")
-    submit.add_argument("--depth-importance", choices=["block_influence", "metric_drop"])
-    submit.add_argument("--bias-compensation", choices=["on", "off"])
-    submit.add_argument("--reconstruction", choices=["on", "off"])
-    student = submit.add_mutually_exclusive_group()
-    student.add_argument(
-        "--student-layers", type=int, help="distil into this many of the teacher's layers"
-    )
-    student.add_argument("--student", help="distil into this smaller Hub model")
-    submit.add_argument("--max-minutes", type=float, help="stop distilling after this many minutes")
-    submit.add_argument("--epochs", type=float)
-    submit.add_argument("--eval-samples", type=int, help="evaluate on at most this many rows")
-    submit.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    submit.add_argument("--onnx", action="store_true", help="also export model.onnx")
-    submit.add_argument("--gguf", type=_gguf_types, help="also write GGUF files: f16,q8_0,q4_k_m")
-    submit.add_argument(
-        "--targets",
-        type=_targets,
-        help="where the result must load: transformers,vllm,llama.cpp,onnx",
-    )
-    submit.add_argument(
-        "--onnx-int8", action="store_true", help="also write model.int8.onnx (dynamic int8)"
-    )
-    submit.add_argument(
-        "--publish", metavar="REPO", help="publish the result to this Hub repo (org/name)"
-    )
-    submit.add_argument("--public", action="store_true", help="make the published repo public")
-    submit.add_argument("--seed", type=int)
+    flags.add_flags(submit, flags.PRUNE)
+    flags.add_flags(submit.add_mutually_exclusive_group(), flags.STUDENT)
+    flags.add_flags(submit, (flags.LAYER_SELECTION, *flags.DISTILL))
+    flags.add_flags(submit, (*flags.EVALUATION, *flags.EXPORT, *flags.PUBLISH, flags.SEED))
     submit.add_argument(
         "--hub-token-env",
         metavar="VAR",

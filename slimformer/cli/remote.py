@@ -24,6 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from slimformer.cli import flags
 from slimformer.cli.parser import Handler
 from slimformer.cli.progress import duration as _duration
 from slimformer.cli.specfile import load_spec_file
@@ -156,24 +157,24 @@ def _follow(client: Client, job_id: str, *, as_json: bool) -> int:
     return _finish(last)
 
 
-_PRUNE_FLAGS = (
-    "heads",
-    "ffn",
-    "whole_mlps",
-    "macs_budget",
-    "layout",
-    "ranking",
-    "importance",
-    "schedule",
-    "step",
-    "metric_floor",
-    "calibration_samples",
-    "keep_first_layers",
-    "keep_last_layers",
-    "layers",
-    "depth_importance",
+# the spec flags of ``submit`` (slimformer/cli/flags.py): laid over the spec file, if any
+SUBMIT_FLAGS = (
+    flags.REVISION,
+    flags.TASK,
+    *flags.data_flags(uploaded=True),
+    flags.HUB_DATASET,
+    *flags.HUB_SPLITS,
+    *flags.COLUMNS,
+    flags.METHOD,
+    *flags.PRUNE,
+    *flags.STUDENT,
+    flags.LAYER_SELECTION,
+    *flags.DISTILL,
+    *flags.EVALUATION,
+    *flags.EXPORT,
+    *flags.PUBLISH,
+    flags.SEED,
 )
-_SWITCHES = ("bias_compensation", "reconstruction")  # on|off flags
 
 
 def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
@@ -184,78 +185,30 @@ def _submit_spec(args: argparse.Namespace) -> tuple[dict, Path]:
         base = path.resolve().parent
     else:
         data, base = {}, Path.cwd()
-
-    def section(name: str) -> dict:
-        value = data.get(name)
-        if not isinstance(value, dict):
-            value = data[name] = {}
-        return value
-
-    def put(target: dict, key: str, value: Any) -> None:
-        if value is not None:
-            target[key] = value
-
+    given = flags.spec_values(args, SUBMIT_FLAGS)
     if args.model:
-        section("model")["id"] = args.model
-    put(section("model"), "revision", args.revision)
-    put(section("model"), "task", args.task)
-    if not data["model"]:
-        del data["model"]
-    dataset = section("dataset")
-    if args.data or args.hub_dataset:
+        given.setdefault("model", {})["id"] = args.model
+    dataset = given.get("dataset", {})
+    for key in ("path", "eval_path"):
+        if key in dataset:
+            dataset[key] = str(Path(dataset[key]).resolve())
+    if ("path" in dataset or "hub_id" in dataset) and isinstance(data.get("dataset"), dict):
         for key in ("path", "eval_path", "hub_id", "upload_id", "eval_upload_id", "config"):
-            dataset.pop(key, None)
-    if args.data:
-        dataset["path"] = str(Path(args.data).resolve())
-    if args.eval_data:
-        dataset["eval_path"] = str(Path(args.eval_data).resolve())
-    put(dataset, "hub_id", args.hub_dataset)
-    put(dataset, "config", args.hub_config)
-    put(dataset, "split", args.split)
-    put(dataset, "eval_split", args.eval_split)
-    for key in ("text_column", "text_pair_column", "label_column", "max_samples"):
-        put(dataset, key, getattr(args, key))
-    if not dataset:
-        del data["dataset"]
-    if "model" not in data or "dataset" not in data:
+            data["dataset"].pop(key, None)  # another data source replaces the file's
+    student = given.get("distill", {}).get("student")
+    if student and isinstance(data.get("distill"), dict):
+        data["distill"].pop("student", None)  # a student on the command line replaces the file's
+    if not args.method and not args.spec:
+        given["method"] = (
+            "distill" if student and ("layers" in student or "id" in student) else "prune"
+        )
+    if "repo_id" not in given.get("publish", {}) and not isinstance(data.get("publish"), dict):
+        given.pop("publish", None)  # --public says how to publish; --publish (or the file) where
+    flags.merge(data, given)
+    if not data.get("model") or not data.get("dataset"):
         raise InvalidSpec(
             "give a spec file, or --model and a data source (--data FILE or --hub-dataset ID)"
         )
-
-    wants_student = args.student_layers is not None or args.student is not None
-    if args.method:
-        data["method"] = args.method
-    elif not args.spec:
-        data["method"] = "distill" if wants_student else "prune"
-    prune = {k: getattr(args, k) for k in _PRUNE_FLAGS}
-    prune |= {k: None if getattr(args, k) is None else getattr(args, k) == "on" for k in _SWITCHES}
-    if any(v is not None for v in prune.values()):
-        section("prune").update({k: v for k, v in prune.items() if v is not None})
-    if wants_student:
-        if args.student_layers is not None:
-            section("distill")["student"] = {"layers": args.student_layers}
-        else:
-            section("distill")["student"] = {"id": args.student}
-    if args.max_minutes is not None:
-        section("distill")["max_minutes"] = args.max_minutes
-    if args.epochs is not None:
-        section("distill")["epochs"] = args.epochs
-    if args.eval_samples is not None:
-        section("evaluation")["max_samples"] = args.eval_samples
-    if args.no_latency:
-        section("evaluation")["latency"] = False
-    if args.onnx:
-        section("evaluation")["onnx"] = True
-    if args.onnx_int8:
-        section("evaluation")["onnx_int8"] = True
-    if args.gguf:
-        section("export")["gguf"] = args.gguf
-    if args.targets:
-        section("export")["targets"] = args.targets
-    if args.publish:
-        data["publish"] = {"repo_id": args.publish, "private": not args.public}
-    if args.seed is not None:
-        data["seed"] = args.seed
     return data, base
 
 

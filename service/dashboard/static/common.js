@@ -4,7 +4,6 @@
 const SF = (() => {
   const KEY_NAME = "slimformer.apiKey";
   const TERMINAL = ["succeeded", "failed", "cancelled"];
-  const STAGES = ["downloading", "scoring", "pruning", "distilling", "evaluating", "writing_card", "publishing"];
 
   const apiKey = () => sessionStorage.getItem(KEY_NAME) || "";
 
@@ -45,6 +44,17 @@ const SF = (() => {
   }
 
   const getJSON = async (path, options) => (await api(path, options)).json();
+
+  // The job spec's facts from the API (GET /v1/spec/facts): the stage table, the upload formats, every field's
+  // choices, range and default. The pages keep no copy of them; fetched once per page.
+  let factsPromise = null;
+  function facts() {
+    factsPromise ??= getJSON("/v1/spec/facts").catch((err) => {
+      factsPromise = null;
+      throw err;
+    });
+    return factsPromise;
+  }
 
   async function blobURL(path) {
     const response = await api(path);
@@ -211,7 +221,7 @@ const SF = (() => {
   document.addEventListener("DOMContentLoaded", setupKeyForm);
 
   return {
-    TERMINAL, STAGES, ApiError, api, getJSON, blobURL, saveAs, follow, el, duration, percent, when, badge, setBadge,
+    TERMINAL, ApiError, api, getJSON, facts, blobURL, saveAs, follow, el, duration, percent, when, badge, setBadge,
     setProgress, progressText, progressBar, showBanner, sleep,
   };
 })();

@@ -14,19 +14,11 @@
   let resultsShown = false;
   let current = null;
 
-  function stagesFor(spec) {
-    const method = spec.method || "prune";
-    const names = ["downloading"];
-    if (method !== "distill") names.push("scoring", "pruning");
-    if (method !== "prune") names.push("distilling");
-    names.push("evaluating", "writing_card");
-    if (spec.publish) names.push("publishing");
-    return names;
-  }
+  let stageInfo = {}; // name -> the stage table's row (GET /v1/spec/facts), for what each stage does
 
   function renderTimeline(view) {
     const seconds = view.stage_seconds || {};
-    const names = stagesFor(view.spec || {});
+    const names = [...(view.stages || [])];
     for (const name of Object.keys(seconds)) if (!names.includes(name)) names.push(name);
     const total = Object.values(seconds).reduce((a, b) => a + b, 0) || 1;
     const running = view.status === "running" ? view.stage : null;
@@ -43,7 +35,7 @@
       }
       const span = el("span", { class: "span" });
       span.style.width = name in seconds ? `${Math.max(2, (100 * seconds[name]) / total).toFixed(1)}%` : "0";
-      return el("li", { class: state, "data-stage": name },
+      return el("li", { class: state, "data-stage": name, title: (stageInfo[name] || {}).does },
         el("span", { class: "name", text: name.replace("_", " ") }), el("span", { class: "track" }, span),
         el("span", { class: "time muted", text }));
     });
@@ -232,6 +224,10 @@
   }
 
   async function start() {
+    SF.facts().then((facts) => {
+      stageInfo = Object.fromEntries(facts.stages.map((stage) => [stage.name, stage]));
+      if (current) renderTimeline(current);
+    }).catch(() => {}); // the timeline works without it: the job view names its stages
     try {
       render(await SF.getJSON(base));
     } catch (err) {

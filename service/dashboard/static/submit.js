@@ -7,7 +7,9 @@
   const formError = document.getElementById("form-error");
   const state = document.getElementById("submit-state");
   const uploads = new Map(); // <input type=file> -> {file, upload}: a resubmit does not upload the same file again
+  const METHOD_LABELS = { prune: "Prune", distill: "Distil", prune_distill: "Prune, then distil" };
   let idempotencyKey = null;
+  let stages = []; // the stage table (GET /v1/spec/facts): which methods prune, which distil
 
   function uuid() {
     if (crypto.randomUUID) return crypto.randomUUID();
@@ -27,10 +29,14 @@
     node[keys.at(-1)] = v;
   }
 
+  const runs = (stage, method) => stages.some((s) => s.name === stage && s.methods.includes(method));
+
   function syncSections() {
     const method = value("method");
-    document.getElementById("prune-section").hidden = method === "distill";
-    document.getElementById("distill-section").hidden = method === "prune";
+    if (method && stages.length) {
+      document.getElementById("prune-section").hidden = !runs("pruning", method);
+      document.getElementById("distill-section").hidden = !runs("distilling", method);
+    }
     for (const id of ["student-layers-label", "student-id-label"]) {
       document.getElementById(id).hidden = method !== "distill";
     }
@@ -39,26 +45,57 @@
     document.getElementById("source-upload").hidden = hub;
   }
 
-  // The spec: only what the person filled in (the API fills in the defaults), in the sections that apply.
+  // The form from the spec's facts: each select's choices, the method's choices, the number fields' ranges, the
+  // files the upload accepts, each field's description as its tooltip.
+  function applyFacts(facts) {
+    stages = facts.stages;
+    const fields = facts.fields;
+    for (const select of form.querySelectorAll("select[data-choices]")) {
+      const field = fields[select.name];
+      if (!field) continue;
+      for (const choice of field.choices || []) {
+        select.append(el("option", { value: choice, text: choice, selected: choice === field.default }));
+      }
+    }
+    const method = fields.method;
+    document.getElementById("method-choices").replaceChildren(...method.choices.map((choice) =>
+      el("label", { class: "inline" },
+        el("input", { type: "radio", name: "method", value: choice, checked: choice === method.default,
+          onchange: syncSections }),
+        ` ${METHOD_LABELS[choice] || choice}`)));
+    for (const input of form.querySelectorAll("input[type=number]")) {
+      const field = fields[input.name];
+      if (!field) continue;
+      const low = field.ge ?? field.gt;
+      const high = field.le ?? field.lt;
+      if (low !== null && low !== undefined) input.min = String(low);
+      if (high !== null && high !== undefined) input.max = String(high);
+    }
+    for (const control of form.querySelectorAll("[name]")) {
+      const field = fields[control.name];
+      if (field && field.description) control.title = field.description;
+    }
+    const suffixes = facts.upload_formats.map((f) => f.suffix);
+    for (const input of form.querySelectorAll("input[data-upload]")) input.accept = suffixes.join(",");
+    for (const span of form.querySelectorAll(".upload-formats")) span.textContent = `(${suffixes.join(", ")})`;
+    syncSections();
+  }
+
+  // The spec: only what the person filled in (the API fills in the defaults), in the sections shown (those that
+  // apply to the method and the data source).
   function buildSpec() {
     const method = value("method");
-    const spec = { method };
-    const skip = (name) => (name.startsWith("prune.") && method === "distill")
-      || (name.startsWith("distill.") && method === "prune")
-      || (name.startsWith("distill.student.") && method !== "distill")
-      || (name.startsWith("dataset.") && ["hub_id", "config", "split", "eval_split"].includes(name.slice(8))
-          && value("source") !== "hub");
+    const spec = method ? { method } : {};
     for (const input of form.querySelectorAll("input[name*='.'], select[name*='.']")) {
       const name = input.name;
-      if (skip(name)) continue;
-      const type = input.dataset.type;
-      if (type === "bool") {
+      if (input.closest("[hidden]")) continue;
+      if (input.type === "checkbox") {
         if (!name.startsWith("publish.")) setPath(spec, name, input.checked);
         continue;
       }
       const raw = input.value.trim();
       if (raw === "") continue;
-      setPath(spec, name, type === "int" ? Number.parseInt(raw, 10) : type === "number" ? Number(raw) : raw);
+      setPath(spec, name, input.type === "number" ? Number(raw) : raw);
     }
     if (spec.publish && spec.publish.repo_id) {
       spec.publish.private = form.querySelector("input[name='publish.private']").checked;
@@ -181,10 +218,13 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    for (const input of form.querySelectorAll("input[name='method'], input[name='source']")) {
+    for (const input of form.querySelectorAll("input[name='source']")) {
       input.addEventListener("change", syncSections);
     }
     form.addEventListener("submit", submit);
     syncSections();
+    SF.facts().then(applyFacts).catch((err) => {
+      if (err.status !== 401) SF.showBanner(`could not load the form's choices: ${err.message}`);
+    });
   });
 })();
