@@ -25,7 +25,7 @@ from slimformer.spec import UPLOAD_FORMATS, is_hub_id
 from slimformer.text import read_documents
 
 if TYPE_CHECKING:
-    from slimformer.hub import HubPolicy
+    from slimformer.hub.policy import HubPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +392,9 @@ def load_hub_dataset(
     import datasets
 
     from slimformer.errors import HubUnavailable, RepoNotFound
-    from slimformer.hub import HubPolicy, authorize_dataset, is_transient
+    from slimformer.hub.download import authorize_dataset
+    from slimformer.hub.policy import HubPolicy
+    from slimformer.hub.retries import is_transient
 
     policy = policy or HubPolicy(allow_local_files=local_files)
     where = f"{dataset_id}" + (f" ({config})" if config else "") + f" split {split!r}"

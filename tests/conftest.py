@@ -101,6 +101,6 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture
 def policy(tmp_path):
     """A download policy with its own cache and quick retries."""
-    from slimformer.hub import HubPolicy
+    from slimformer.hub.policy import HubPolicy
 
     return HubPolicy(cache_dir=tmp_path / "cache", backoff_seconds=0.01)

@@ -27,7 +27,7 @@ from tiny_models import save_tiny_classifier
 
 from slimformer.artifacts import BUNDLED_MODELING_FILE, KNOWN_MODELING_DIGESTS, file_sha256
 from slimformer.errors import RemoteCode
-from slimformer.hub import load_model
+from slimformer.loading import load_model
 from slimformer.spec import UPLOAD_FORMATS
 
 ROOT = Path(__file__).resolve().parents[1]

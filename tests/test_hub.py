@@ -3,6 +3,8 @@ driven by the real huggingface_hub and transformers clients."""
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ from hub_server import ALICE_TOKEN as TOKEN
 from hub_server import BOB_TOKEN as OTHER_TOKEN
 
 from slimformer.errors import HubAccessError, HubUnavailable, PickleOnly, RemoteCode
-from slimformer.hub import download_model, load_model, publish_folder
+from slimformer.hub.download import download_model
+from slimformer.hub.publish import publish_folder
+from slimformer.loading import load_model
 from slimformer.pipeline import run
 from slimformer.spec import JobSpec
 
@@ -431,3 +435,19 @@ def test_service_validation_accepts_a_hub_id_with_publish(hub):
         context={"local_files": False},
     )
     assert spec.publish.private
+
+
+def test_the_retry_rules_and_the_policy_load_no_model_stack():
+    """slimformer.data asks is_transient of dataset errors: the hub package's __init__ runs first
+    and must not drag in torch or transformers, while the old names still resolve from it."""
+    code = (
+        "import sys; import slimformer.hub.retries, slimformer.hub.policy; "
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+        "from slimformer.hub import load_model, download_model; "
+        "import slimformer.loading, slimformer.hub.download; "
+        "assert load_model is slimformer.loading.load_model; "
+        "assert download_model is slimformer.hub.download.download_model; "
+        "print(heavy); sys.exit(bool(heavy))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

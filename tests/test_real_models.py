@@ -11,8 +11,8 @@ import torch
 from slimformer.cli import main
 from slimformer.data import load_text_file, make_batches
 from slimformer.evaluation import task_metric
-from slimformer.hub import load_model
 from slimformer.importance import gated, score_importance
+from slimformer.loading import load_model
 from slimformer.pruning import PruningTarget, plan_pruning, prune_model
 
 pytestmark = pytest.mark.slow

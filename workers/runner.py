@@ -378,7 +378,7 @@ class JobRunner:
     def _pipeline(self, spec, job, workdir, hub_token, on_progress, should_cancel):
         from slimformer import pipeline
         from slimformer.data import file_row_limits
-        from slimformer.hub import HubPolicy
+        from slimformer.hub.policy import HubPolicy
 
         settings = self.settings
         policy = HubPolicy(

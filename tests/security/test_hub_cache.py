@@ -16,7 +16,8 @@ import pytest
 from hub_server import ALICE_TOKEN
 
 from slimformer.errors import DatasetError, RepoNotFound, SlimformerError, Unauthorized
-from slimformer.hub import HubPolicy, download_model
+from slimformer.hub.download import download_model
+from slimformer.hub.policy import HubPolicy
 
 SECRET_ROWS = [f"secret row {i} of acme" for i in range(24)]
 README = b"""---

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from slimformer.errors import DatasetError, RepoNotFound
-from slimformer.hub import HubPolicy, load_model
+from slimformer.hub.policy import HubPolicy
+from slimformer.loading import load_model
 from slimformer.spec import JobSpec
 
 BASE = {
