@@ -45,10 +45,12 @@ def _status(err: BaseException) -> int | None:
 def is_transient(err: BaseException) -> bool:
     """A network error or a 5xx answer anywhere in the chain of causes (huggingface_hub wraps
     some)."""
-    import httpx2
+    # the HTTP library huggingface_hub raises from, as huggingface_hub re-exports it: naming the
+    # library itself would tie us to a package we do not declare, and to huggingface_hub's choice
+    from huggingface_hub.utils import httpx
 
     for cause in _causes(err):
-        if isinstance(cause, httpx2.TransportError):
+        if isinstance(cause, httpx.TransportError):
             return True
         status = _status(cause)
         if status is not None:
