@@ -122,6 +122,16 @@ class DistillationFailed(SlimformerError, RuntimeError):
     code = "distillation_failed"
 
 
+class InsufficientMemory(SlimformerError, MemoryError):
+    """The job would need more memory than this machine gives it (estimated from the model's
+    config before any weight is downloaded, :mod:`slimformer.memory`). The message names both in
+    GiB and what would fit; ``details`` holds ``needed_bytes``, ``available_bytes`` and the
+    ``breakdown``. Never retried: the same machine has the same memory."""
+
+    code = "insufficient_memory"
+    transient = False
+
+
 class Cancelled(SlimformerError):
     """The caller asked to stop; raised between batches and steps."""
 

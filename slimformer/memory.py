@@ -1,0 +1,639 @@
+"""How much memory a job needs, from the model's ``config.json`` alone, before any weight moves.
+
+:func:`estimate_job_memory` adds up what a job holds at its peak; :func:`available_memory_bytes`
+says what this process may use; :func:`check_fits` compares the two and raises
+:class:`~slimformer.errors.InsufficientMemory` with what would fit instead. Pure arithmetic on the
+config (no torch import), so a worker can refuse a job before downloading it.
+
+Two paths (``B`` = bytes per weight on disk, ``W`` = parameters, ``V`` = vocabulary, ``h`` =
+hidden size, ``f`` = FFN width, ``q`` = query heads x head_dim, ``T`` = window tokens):
+
+Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of what stays):
+
+- ``resident``: embeddings, the untied LM head and the final norm, in the checkpoint's dtype
+  (``(V h (2 if untied) + h) B``). Assumed: the head stays in that dtype and each chunk's logits
+  are upcast to float32 (``head_in_float32=True`` adds a float32 copy of the head: ``4 V h``).
+- ``layer_float32``: the largest decoder layer, read from its shard and computed in float32, and
+  its pruned copy while refitting: ``2 x 4 x layer parameters``.
+- ``grams``: the Gram matrices of one layer's output projections' inputs, float32:
+  ``4 ((f + 1)^2 + (q + 1)^2)`` (OBS, or any method with reconstruction; 0 otherwise).
+- ``solve``: the float64 copies of the largest of them alive while OBS inverts it:
+  ``copies x 8 (f + 1)^2``, with :data:`SOLVE_FLOAT64_COPIES` = 5 as measured for
+  ``slimformer.importance.obs._inverse`` (its float64 copy, the identity, ``G + lambda I``, the
+  inverse and ``torch.linalg.inv``'s workspace: 4.9 copies of a 4,865-wide Gram). An in-place
+  factorisation would hold one (``solve_copies=1``); for an 8B that is 6.1 GiB less.
+- ``calibration_states``: the calibration hidden states flowing layer to layer, float32:
+  ``4 windows T h``.
+- ``eval_states``: the side-by-side evaluation's two sets (original and compressed):
+  ``2 x 4 x eval_windows T h``.
+- ``head_chunk``: the float32 logits of one chunk of :data:`HEAD_CHUNK_TOKENS` tokens:
+  ``4 x 1024 V``. A layer's own activations over such a chunk are smaller and never live at the
+  same time (the head runs after the layers), so this term bounds both.
+- ``runtime``: :data:`RUNTIME_BYTES` (1 GiB): Python, torch, tokenizers, the data.
+
+In memory (encoders, distillation, Michel importance; today's path for every job):
+
+- ``weights``: :data:`IN_MEMORY_WEIGHT_COPIES` (2.25) x the float32 weights: the model, the
+  original's copy for the side-by-side evaluation, and transient copies while loading and pruning.
+  Fitted to ``bench/llm_memory.py`` (``--heads .25 --ffn .25``, OBS, 4 windows, float32; peak RSS
+  of the command): 1.1B (TinyLlama shape) measured 14.97 GiB, estimated 15.12 (+1%); 0.5B (402M)
+  measured 6.91, estimated 7.63 (+10%); SmolLM2-135M measured 2.20, estimated 2.70 (+23%: the
+  fixed runtime dominates).
+- ``grams``: every layer's Gram matrices (they are kept for the refit); ``solve``, ``head_chunk``
+  and ``runtime`` as above. The number of windows does not change the peak (losses and statistics
+  are summed per batch).
+- ``backward`` (Michel, distillation): activations kept for a backward pass over a micro-batch of
+  :data:`HEAD_CHUNK_TOKENS` tokens, ``4 x 1024 x layers (2 h + f)``, plus, when distilling, the
+  teacher's and the gradient's logits (2 more head chunks).
+- ``optimizer`` (distillation): AdamW's gradients and two moments, ``3 x 4 W`` (the student is at
+  most the original).
+
+What the models need (real configs; OBS; checkpoint dtype as published; 32 calibration and 64
+evaluation windows of 512 tokens, the causal-LM defaults; in brackets 16 and 16), GiB:
+
+| model        | checkpoint             | params | streamed    | 1 solve copy | in memory |
+|--------------|------------------------|-------:|------------:|-------------:|----------:|
+| SmolLM2-135M | float32, V 49152, tied |   135M |   1.6 (1.5) |    1.5 (1.4) |       2.7 |
+| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M |   3.2 (3.0) |    2.5 (2.3) |       8.8 |
+| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B |   5.8 (5.4) |    3.8 (3.4) |      18.6 |
+| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B |   6.7 (6.0) |    4.7 (4.0) |      38.9 |
+| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 14.8 (13.9) |    8.7 (7.8) |     103.0 |
+
+The 8B's streamed peak is resident 1.96 + layer 1.63 + Grams 0.83 + solve 7.66 + calibration
+0.25 + evaluation 1.00 + head chunk 0.49 + runtime 1.00: the inversion of the FFN's Gram matrix
+(14,337 wide) is half of it, and with one float64 copy (1.53) the job fits in 8 GiB with 16 and 16
+windows.
+
+Available memory: ``SLIMFORMER_MEMORY_LIMIT_BYTES`` when set (the operator's word: the bytes a job
+may use); else the smaller of the cgroup's limit less what the cgroup already uses (its working
+set, page cache excluded) and the machine's ``MemAvailable``, plus this process's own resident
+memory (the estimate counts the runtime this process already holds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from slimformer.errors import InsufficientMemory
+
+GIB = 1024**3
+HEAD_CHUNK_TOKENS = 1024  # tokens whose logits are computed at once (LM head, backward batches)
+RUNTIME_BYTES = GIB  # Python, torch, tokenizers, the data: fixed
+IN_MEMORY_WEIGHT_COPIES = 2.25  # float32 copies of the weights at the in-memory peak (fitted)
+# float64 copies of the largest Gram matrix alive while OBS inverts it: 4.9 measured for
+# slimformer.importance.obs._inverse (its copy, the identity, G + lambda I, torch.linalg.inv's
+# result and workspace) on a 4,865-wide Gram; the least-squares refit needs fewer
+SOLVE_FLOAT64_COPIES = 5.0
+GRAM_METHODS = frozenset({"obs"})  # importance methods that measure Gram matrices
+BACKWARD_METHODS = frozenset({"michel"})  # importance methods with a backward pass
+MEMORY_LIMIT_ENV = "SLIMFORMER_MEMORY_LIMIT_BYTES"
+
+Path_ = Literal["streamed", "in_memory"]
+
+# bytes per weight by dtype name: safetensors' (model_info().safetensors.parameters) and torch's
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+}
+
+# families whose MLP has one up projection (no gate), biases everywhere, no LM head of their own
+_UNGATED = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "gpt2"})
+_ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "distilbert"})
+# config key aliases (DistilBERT, GPT-2)
+_KEYS = {
+    "hidden": ("hidden_size", "dim", "n_embd"),
+    "ffn": ("intermediate_size", "hidden_dim", "n_inner"),
+    "layers": ("num_hidden_layers", "n_layers", "n_layer"),
+    "heads": ("num_attention_heads", "n_heads", "n_head"),
+}
+
+
+def _get(config: Mapping, name: str):
+    for key in _KEYS[name]:
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs from a config: sizes of the largest layer, the vocabulary, the
+    head. Per-layer configs (a pruned ``per_layer`` or Nemotron-NAS model) are read at their
+    top-level sizes, an upper bound."""
+
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    gated: bool = True  # SwiGLU MLP: gate, up and down projections
+    biases: bool = False  # every projection has a bias (BERT-like, GPT-2)
+    causal: bool = True  # a causal LM: its evaluation computes logits over the vocabulary
+    positions: int = 0  # learned position (and token type) embeddings (BERT-like, GPT-2)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> ModelShape:
+        """Read a ``config.json`` dict (a multimodal one's ``text_config``)."""
+        if _get(config, "hidden") is None and isinstance(config.get("text_config"), Mapping):
+            config = {**config["text_config"], "architectures": config.get("architectures")}
+        model_type = config.get("model_type", "")
+        sizes = {name: _get(config, name) for name in ("hidden", "layers", "heads")}
+        if missing := [name for name, value in sizes.items() if not value]:
+            raise ValueError(f"config.json gives no {', '.join(missing)} size")
+        hidden, layers, heads = sizes["hidden"], sizes["layers"], sizes["heads"]
+        ffn = _get(config, "ffn") or 4 * hidden
+        architectures = config.get("architectures") or []
+        causal = model_type not in _ENCODERS and (
+            not architectures or any("CausalLM" in a or "LMHead" in a for a in architectures)
+        )
+        positions = 0
+        if model_type in _UNGATED:
+            positions = config.get("max_position_embeddings") or config.get("n_positions") or 0
+            positions += config.get("type_vocab_size") or 0
+        return cls(
+            hidden=hidden,
+            ffn=ffn,
+            layers=layers,
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or hidden // heads,
+            vocab=config.get("vocab_size") or 0,
+            tied=bool(config.get("tie_word_embeddings", True)),
+            gated=model_type not in _UNGATED,
+            biases=model_type in _UNGATED,
+            causal=causal,
+            positions=positions,
+        )
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
+
+    def layer_parameters(self) -> int:
+        """Weights of one decoder layer: q, k, v, o, the MLP's projections and the norms."""
+        kv = self.kv_heads * self.head_dim
+        attention = self.hidden * (2 * self.q_width + 2 * kv)
+        mlp = (3 if self.gated else 2) * self.hidden * self.ffn
+        norms = 2 * self.hidden * (2 if self.biases else 1)
+        biases = (self.q_width + 2 * kv + 2 * self.hidden + self.ffn) if self.biases else 0
+        return attention + mlp + norms + biases
+
+    def embedding_parameters(self) -> int:
+        """Token (and position) embeddings and the final norm."""
+        return (self.vocab + self.positions) * self.hidden + self.hidden
+
+    def head_parameters(self) -> int:
+        """The LM head's own weights: none when tied to the embeddings or not a causal LM."""
+        return 0 if self.tied or not self.causal else self.vocab * self.hidden
+
+    def parameters(self) -> int:
+        return (
+            self.layers * self.layer_parameters()
+            + self.embedding_parameters()
+            + self.head_parameters()
+        )
+
+    def gram_bytes(self) -> int:
+        """One layer's Gram matrices, float32: the inputs of o_proj and down_proj, with a 1."""
+        return 4 * ((self.ffn + 1) ** 2 + (self.q_width + 1) ** 2)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A job's estimated peak memory: ``total_bytes`` and what makes it up (``breakdown``, bytes
+    by part), with the inputs it was computed from (so :func:`check_fits` can say what fits)."""
+
+    total_bytes: int
+    breakdown: dict[str, int]
+    path: Path_
+    shape: ModelShape
+    job: dict = field(default_factory=dict)  # dtype_bytes, windows, method, distill
+
+    def to_dict(self) -> dict:
+        """For reports and cards: bytes, GiB and the assumptions behind them."""
+        return {
+            "path": self.path,
+            "total_bytes": self.total_bytes,
+            "total_gib": round(self.total_bytes / GIB, 2),
+            "breakdown": dict(self.breakdown),
+            "parameters": self.shape.parameters(),
+            **self.job,
+        }
+
+
+def estimate_job_memory(
+    config: Mapping | ModelShape,
+    *,
+    dtype_bytes: int,
+    calibration_windows: int,
+    eval_windows: int,
+    window_tokens: int,
+    path: Path_,
+    method: str,
+    distill: bool = False,
+    reconstruction: bool | None = None,
+    head_in_float32: bool = False,
+    solve_copies: float = SOLVE_FLOAT64_COPIES,
+) -> MemoryEstimate:
+    """The peak memory of a job on ``config`` (a ``config.json`` dict, or its :class:`ModelShape`);
+    see the module's docstring for each part and the numbers of common models.
+
+    Args:
+        dtype_bytes: bytes per weight in the checkpoint (2 for bfloat16; see :func:`dtype_bytes`).
+        calibration_windows, eval_windows, window_tokens: the job's data (windows of packed text).
+        path: ``streamed`` (layer by layer) or ``in_memory``.
+        method: the importance method (``obs`` measures Gram matrices; ``michel`` needs a backward
+            pass, so the in-memory path).
+        distill: the job distils (in memory: teacher, student and AdamW's state).
+        reconstruction: the refit measures Gram matrices; None: for ``obs`` only (the spec's
+            default).
+        head_in_float32: the streamed path keeps a float32 copy of the LM head.
+        solve_copies: float64 copies of the largest Gram matrix alive while it is inverted
+            (:data:`SOLVE_FLOAT64_COPIES`, today's code; 1 for an in-place factorisation).
+
+    Raises:
+        ValueError: a streamed job that distils or uses Michel importance (both need the whole
+            model), or a config without the sizes.
+
+    Example::
+
+        estimate_job_memory(config, dtype_bytes=2, calibration_windows=32, eval_windows=64,
+                            window_tokens=512, path="streamed", method="obs").total_bytes / GIB
+    """
+    shape = config if isinstance(config, ModelShape) else ModelShape.from_config(config)
+    if path not in ("streamed", "in_memory"):
+        raise ValueError(f"path is 'streamed' or 'in_memory', not {path!r}")
+    if path == "streamed" and (distill or method in BACKWARD_METHODS or not shape.causal):
+        raise ValueError(
+            "only the pruning of a causal LM without michel importance streams: distillation, "
+            "michel and encoders need the whole model (estimate them with path='in_memory')"
+        )
+    grams_needed = method in GRAM_METHODS or bool(reconstruction)
+    largest_gram = max(shape.ffn + 1, shape.q_width + 1) ** 2
+    solve = math.ceil(solve_copies * 8 * largest_gram) if grams_needed else 0
+    head_chunk = 4 * HEAD_CHUNK_TOKENS * shape.vocab if shape.causal else 0
+    state = 4 * window_tokens * shape.hidden  # one window's hidden states, float32
+    if path == "streamed":
+        head32 = 4 * shape.vocab * shape.hidden if head_in_float32 else 0
+        resident = shape.embedding_parameters() + shape.head_parameters()
+        breakdown = {
+            "resident": resident * dtype_bytes + head32,
+            "layer_float32": 2 * 4 * shape.layer_parameters(),
+            "grams": shape.gram_bytes() if grams_needed else 0,
+            "solve": solve,
+            "calibration_states": calibration_windows * state,
+            "eval_states": 2 * eval_windows * state,
+            "head_chunk": head_chunk,
+            "runtime": RUNTIME_BYTES,
+        }
+    else:
+        weights32 = 4 * shape.parameters()
+        backward = 0
+        if distill or method in BACKWARD_METHODS:
+            backward = 4 * HEAD_CHUNK_TOKENS * shape.layers * (2 * shape.hidden + shape.ffn)
+            backward += 2 * head_chunk if distill else 0
+        breakdown = {
+            "weights": math.ceil(IN_MEMORY_WEIGHT_COPIES * weights32),
+            "grams": shape.layers * shape.gram_bytes() if grams_needed else 0,
+            "solve": solve,
+            "head_chunk": head_chunk,
+            "backward": backward,
+            "optimizer": 3 * weights32 if distill else 0,
+            "runtime": RUNTIME_BYTES,
+        }
+    job = {
+        "dtype_bytes": dtype_bytes,
+        "calibration_windows": calibration_windows,
+        "eval_windows": eval_windows,
+        "window_tokens": window_tokens,
+        "method": method,
+        "distill": distill,
+        "reconstruction": grams_needed,
+        "head_in_float32": head_in_float32,
+        "solve_copies": solve_copies,
+    }
+    return MemoryEstimate(sum(breakdown.values()), breakdown, path, shape, job)
+
+
+def _variant(estimate: MemoryEstimate, **changes) -> MemoryEstimate | None:
+    """The same job with some inputs changed; None when that job cannot run."""
+    job = {"path": estimate.path, **estimate.job, **changes}
+    try:
+        return estimate_job_memory(estimate.shape, **job)
+    except ValueError:
+        return None
+
+
+# --- what this process may use ---------------------------------------------------------------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_UNLIMITED_V1 = 1 << 60  # cgroup v1 writes "no limit" as a page-rounded 2^63 - 1
+
+
+def _read_int(file: Path) -> int | None:
+    try:
+        text = file.read_text().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _stat(file: Path, key: str) -> int:
+    try:
+        for line in file.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _own_cgroup(proc_cgroup: Path, controller: str) -> str:
+    """This process's cgroup: the v2 line (``0::/path``) for ``""``, else the v1 line naming
+    ``controller`` (``4:memory:/path``); "/" when unknown."""
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers.split(",") == [controller] or (not controller and not controllers):
+                return path or "/"
+    except (OSError, ValueError):
+        pass
+    return "/"
+
+
+def _tightest_room(base: Path, own: str, names: tuple[str, str, str, str]) -> int | None:
+    """The least room under a limit over the cgroup ``own`` (below ``base``) and its parents.
+    ``names``: the files of limit, usage and stat, and the stat's inactive page cache."""
+    limit_file, usage_file, stat_file, inactive = names
+    folder = base / own.strip("/")
+    if not folder.is_dir():  # a cgroup namespace shows its own cgroup as the root
+        folder = base
+    rooms = []
+    while True:
+        limit = _read_int(folder / limit_file)
+        if limit is not None and limit < _UNLIMITED_V1:
+            usage = (_read_int(folder / usage_file) or 0) - _stat(folder / stat_file, inactive)
+            rooms.append(limit - max(usage, 0))
+        if folder == base or base not in folder.parents:
+            break
+        folder = folder.parent
+    return max(min(rooms), 0) if rooms else None
+
+
+def cgroup_memory_room(
+    root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Bytes the cgroup limits still leave: ``limit - (usage - inactive page cache)``, the tightest
+    over this process's cgroup and its parents; None without a limit (``max``, or no cgroup).
+
+    cgroup v1 (a ``memory`` hierarchy under ``root``): ``memory.limit_in_bytes`` (no limit is a
+    number near 2^63), ``memory.usage_in_bytes``, ``memory.stat``'s ``total_inactive_file``.
+    cgroup v2: ``memory.max`` (``max``: no limit), ``memory.current``, ``inactive_file``.
+    """
+    if (root / "memory" / "memory.limit_in_bytes").exists():
+        names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat")
+        own = _own_cgroup(proc_cgroup, "memory")
+        return _tightest_room(root / "memory", own, (*names, "total_inactive_file"))
+    names = ("memory.max", "memory.current", "memory.stat", "inactive_file")
+    return _tightest_room(root, _own_cgroup(proc_cgroup, ""), names)
+
+
+def _meminfo(key: str, meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """A /proc/meminfo line in bytes (it writes kB)."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == key:
+                return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _own_rss() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def available_memory() -> tuple[int | None, str]:
+    """``(bytes, where the number comes from)``: what this process may hold at its peak.
+
+    ``SLIMFORMER_MEMORY_LIMIT_BYTES`` (a number of bytes, ``8e9`` works) when set: the operator's
+    word, taken as is. Else the smaller of the cgroup's room (:func:`cgroup_memory_room`) and the
+    machine's ``MemAvailable``, plus this process's own resident memory: an estimate is a whole
+    process's peak, runtime included, and the process already holds part of it. ``(None, ...)``
+    where none of these can be read (not Linux).
+    """
+    override = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if override:
+        try:
+            value = int(float(override))
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ValueError(f"{MEMORY_LIMIT_ENV} is a number of bytes, not {override!r}")
+        return value, MEMORY_LIMIT_ENV
+    free = [
+        (room, source)
+        for room, source in (
+            (cgroup_memory_room(), "the cgroup's memory limit"),
+            (_meminfo("MemAvailable"), "MemAvailable"),
+        )
+        if room is not None
+    ]
+    if not free:
+        return None, "unknown"
+    room, source = min(free)
+    return room + _own_rss(), source
+
+
+def available_memory_bytes() -> int | None:
+    """The bytes this process may use (:func:`available_memory`); None where unknown."""
+    return available_memory()[0]
+
+
+# --- the check --------------------------------------------------------------------------------
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _what_fits(estimate: MemoryEstimate, available: int) -> list[str]:
+    """Changes to the job that would bring it under ``available`` bytes."""
+    fits = []
+    job = estimate.job
+    if estimate.path == "streamed" and estimate.breakdown["eval_states"]:
+        per_window = estimate.breakdown["eval_states"] // job["eval_windows"]
+        room = available - (estimate.total_bytes - estimate.breakdown["eval_states"])
+        windows = room // per_window if per_window else 0
+        if 1 <= windows < job["eval_windows"]:
+            fits.append(f"{windows} evaluation windows instead of {job['eval_windows']}")
+    if estimate.path == "in_memory":
+        streamed = _variant(estimate, path="streamed")
+        if streamed is not None and streamed.total_bytes <= available:
+            fits.append(f"the streamed path ({_gib(streamed.total_bytes)})")
+    if job["reconstruction"]:
+        plain = _variant(estimate, method="activations", reconstruction=False)
+        if plain is not None and plain.total_bytes <= available:
+            fits.append(
+                f"importance activations without reconstruction ({_gib(plain.total_bytes)}, "
+                "no Gram matrices)"
+            )
+    return fits
+
+
+def check_fits(estimate: MemoryEstimate, available: int | None = None) -> None:
+    """Raise :class:`~slimformer.errors.InsufficientMemory` when ``estimate`` needs more than
+    ``available`` bytes (default: :func:`available_memory`; unknown memory passes).
+
+    The message names both in GiB (one decimal), the largest parts, and what would fit: fewer
+    evaluation windows, the streamed path, a method without Gram matrices, a machine with N GiB.
+    """
+    source = "given"
+    if available is None:
+        available, source = available_memory()
+        if available is None:
+            return
+    needed = estimate.total_bytes
+    if needed <= available:
+        return
+    largest = sorted(estimate.breakdown.items(), key=lambda kv: -kv[1])[:3]
+    parts = ", ".join(f"{name} {_gib(n)}" for name, n in largest)
+    options = [
+        *_what_fits(estimate, available),
+        f"a machine with {math.ceil(needed / GIB)} GiB free",
+    ]
+    where = "" if source == "given" else f" ({source})"
+    path = estimate.path.replace("_", "-")
+    raise InsufficientMemory(
+        f"this job needs about {_gib(needed)} of memory at its peak ({path} path; {parts}), but "
+        f"{_gib(available)} is available{where}; it would fit with " + "; or ".join(options),
+        details={
+            "needed_bytes": needed,
+            "available_bytes": available,
+            "breakdown": dict(estimate.breakdown),
+            "path": estimate.path,
+            "available_from": source,
+        },
+    )
+
+
+# --- from a repo's metadata -------------------------------------------------------------------
+
+
+def _dtype_name(name: str) -> str:
+    return str(name).removeprefix("torch.")
+
+
+def checkpoint_dtype(dtype: str | Mapping[str, int] | None, config: Mapping | None = None) -> str:
+    """The dtype most weights are stored in: ``dtype`` itself when a name; the dtype holding most
+    parameters when a count by dtype (the Hub's ``model_info(...).safetensors.parameters``, or
+    :func:`safetensors_parameters`); else the config's ``dtype`` / ``torch_dtype``; else float32.
+    """
+    if isinstance(dtype, Mapping) and dtype:
+        return _dtype_name(max(dtype, key=lambda name: dtype[name]))
+    if isinstance(dtype, str) and dtype:
+        return _dtype_name(dtype)
+    config = config or {}
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else {}
+    for source in (config, text):
+        for key in ("dtype", "torch_dtype"):
+            if isinstance(source.get(key), str):
+                return _dtype_name(source[key])
+    return "float32"
+
+
+def dtype_bytes(name: str) -> int:
+    """Bytes per weight of a safetensors or torch dtype name; 4 for one not known."""
+    return DTYPE_BYTES.get(_dtype_name(name), 4)
+
+
+def safetensors_parameters(folder: str | os.PathLike) -> dict[str, int]:
+    """Parameters by safetensors dtype (``{"BF16": 1235814400}``) of a local folder's
+    ``*.safetensors`` files, from their headers alone (no weight is read)."""
+    counts: dict[str, int] = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > 100_000_000:
+                raise ValueError(f"{file.name}: not a safetensors file (header of {size} bytes)")
+            header = json.loads(handle.read(size))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + math.prod(entry["shape"])
+    return counts
+
+
+def estimate_for_repo(
+    config: Mapping,
+    dtype: str | Mapping[str, int] | None,
+    *,
+    calibration_windows: int,
+    eval_windows: int,
+    window_tokens: int = 512,
+    path: Path_,
+    method: str,
+    distill: bool = False,
+    reconstruction: bool | None = None,
+) -> MemoryEstimate:
+    """:func:`estimate_job_memory` from what a repo says before its weights are downloaded: its
+    ``config.json`` and the dtype of its weights (a name, the Hub's ``safetensors.parameters`` by
+    dtype, or None for the config's own ``dtype``).
+
+    Example (in the recipe, before the download)::
+
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        config = json.loads(Path(hf_hub_download(repo_id, "config.json", ...)).read_text())
+        stats = info.safetensors.parameters if info.safetensors else None
+        check_fits(estimate_for_repo(config, stats, calibration_windows=32, eval_windows=64,
+                                     path="streamed", method="obs"))
+    """
+    return estimate_job_memory(
+        config,
+        dtype_bytes=dtype_bytes(checkpoint_dtype(dtype, config)),
+        calibration_windows=calibration_windows,
+        eval_windows=eval_windows,
+        window_tokens=window_tokens,
+        path=path,
+        method=method,
+        distill=distill,
+        reconstruction=reconstruction,
+    )
