@@ -1,7 +1,8 @@
-"""Where heads, KV groups and MLPs live in each supported model family, and how to cut them out.
+"""How to cut heads, KV groups, MLPs and layers out of a model of any supported family.
 
-One :class:`Family` per architecture says which parameters of a layer are sliced along which
-dimension when heads or FFN neurons go. :class:`ModelAdapter` reads the current sizes of a
+The facts about each family (where its heads, KV groups and MLPs live, which parameters of a layer
+are sliced along which dimension when heads or FFN neurons go) are in :mod:`slimformer.families`;
+this module holds the behaviour. :class:`ModelAdapter` reads the current sizes of a
 model's layers from its modules (so it stays right while a model is pruned step by step) and
 removes units physically, giving the layer the same shapes the bundled per-layer modelling
 code builds at load time. :func:`keep_layers` removes whole layers (depth pruning and
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 
 from slimformer.errors import InvalidSpec, UnsupportedArchitecture
+from slimformer.families import FAMILIES, SUPPORTED_FAMILIES, Family
 from slimformer.modeling.modeling_slimformer import (
-    FAMILIES,
     NoAttention,
     NoUnits,
     head_dim_of,
@@ -27,127 +28,16 @@ from slimformer.modeling.modeling_slimformer import (
 )
 
 
-@dataclass(frozen=True)
-class Family:
-    """What one architecture family looks like inside a layer."""
-
-    name: str
-    attention_output: str  # projection whose input is the concatenation of the heads' outputs
-    mlp_down: str  # projection whose input is the FFN neurons and whose output is the MLP's output
-    mlp_prefixes: tuple[str, ...]  # parameters that belong to the MLP (dropped when it is removed)
-    # parameter (relative to the layer) -> (dimension, unit): units are "q" (query-head elements),
-    # "kv" (key/value-head elements), "qkv" (GPT-2's fused projection) or "ffn" (intermediate
-    # neurons)
-    slices: dict[str, tuple[int, str]]
-    head_projections: tuple[str, ...]  # q/k/v projections (magnitude importance)
-    up_projections: tuple[str, ...]
-
-
-def _bert_like(name: str) -> Family:
-    return Family(
-        name=name,
-        attention_output="attention.output.dense",
-        mlp_down="output.dense",
-        mlp_prefixes=("intermediate.dense.", "output.dense."),
-        slices={
-            **{
-                f"attention.self.{p}.{w}": (0, "q")
-                for p in ("query", "key", "value")
-                for w in ("weight", "bias")
-            },
-            "attention.output.dense.weight": (1, "q"),
-            "intermediate.dense.weight": (0, "ffn"),
-            "intermediate.dense.bias": (0, "ffn"),
-            "output.dense.weight": (1, "ffn"),
-        },
-        head_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
-        up_projections=("intermediate.dense",),
-    )
-
-
-def _llama_like(name: str) -> Family:
-    return Family(
-        name=name,
-        attention_output="self_attn.o_proj",
-        mlp_down="mlp.down_proj",
-        mlp_prefixes=("mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj."),
-        slices={
-            "self_attn.q_proj.weight": (0, "q"),
-            "self_attn.q_proj.bias": (0, "q"),
-            **{
-                f"self_attn.{p}.{w}": (0, "kv")
-                for p in ("k_proj", "v_proj")
-                for w in ("weight", "bias")
-            },
-            "self_attn.o_proj.weight": (1, "q"),
-            **{
-                f"mlp.{p}.{w}": (0, "ffn")
-                for p in ("gate_proj", "up_proj")
-                for w in ("weight", "bias")
-            },
-            "mlp.down_proj.weight": (1, "ffn"),
-        },
-        head_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        up_projections=("mlp.gate_proj", "mlp.up_proj"),
-    )
-
-
-_REGISTRY: dict[str, Family] = {
-    **{name: _bert_like(name) for name in ("bert", "roberta", "xlm-roberta")},
-    **{name: _llama_like(name) for name in ("llama", "mistral", "qwen2", "qwen3", "nemotron-nas")},
-    "distilbert": Family(
-        name="distilbert",
-        attention_output="attention.out_lin",
-        mlp_down="ffn.lin2",
-        mlp_prefixes=("ffn.lin1.", "ffn.lin2."),
-        slices={
-            **{
-                f"attention.{p}.{w}": (0, "q")
-                for p in ("q_lin", "k_lin", "v_lin")
-                for w in ("weight", "bias")
-            },
-            "attention.out_lin.weight": (1, "q"),
-            "ffn.lin1.weight": (0, "ffn"),
-            "ffn.lin1.bias": (0, "ffn"),
-            "ffn.lin2.weight": (1, "ffn"),
-        },
-        head_projections=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
-        up_projections=("ffn.lin1",),
-    ),
-    # GPT-2's Conv1D stores weights as [in, out], so output units are columns.
-    "gpt2": Family(
-        name="gpt2",
-        attention_output="attn.c_proj",
-        mlp_down="mlp.c_proj",
-        mlp_prefixes=("mlp.c_fc.", "mlp.c_proj."),
-        slices={
-            "attn.c_attn.weight": (1, "qkv"),
-            "attn.c_attn.bias": (0, "qkv"),
-            "attn.c_proj.weight": (0, "q"),
-            "mlp.c_fc.weight": (1, "ffn"),
-            "mlp.c_fc.bias": (0, "ffn"),
-            "mlp.c_proj.weight": (0, "ffn"),
-        },
-        head_projections=("attn.c_attn",),
-        up_projections=("mlp.c_fc",),
-    ),
-}
-
-# the families a model may come in; "nemotron-nas" is only slimformer's own layout of a Llama
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(name for name in _REGISTRY if name != "nemotron-nas")
-
-
 def family_of(config) -> Family:
-    """The family adapter for a config, or :class:`UnsupportedArchitecture` naming what is
-    supported."""
+    """The family of a config, or :class:`UnsupportedArchitecture` naming what is supported."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in _REGISTRY:
+    if model_type not in FAMILIES:
         raise UnsupportedArchitecture(
             f"model type {model_type!r} is not supported; slimformer prunes these families: "
             f"{', '.join(SUPPORTED_FAMILIES)}",
             details={"model_type": model_type, "supported": list(SUPPORTED_FAMILIES)},
         )
-    return _REGISTRY[model_type]
+    return FAMILIES[model_type]
 
 
 def _submodule(layer: nn.Module, path: str) -> nn.Module:
@@ -184,7 +74,7 @@ class ModelAdapter:
         self.family = family_of(model.config)
         self.layers = list(layers_of(model, self.family.name))
         self.head_dim = head_dim_of(model.config, self.family.name)
-        self.grouped = "kv_heads" in FAMILIES[self.family.name]
+        self.grouped = self.family.grouped
 
     @property
     def num_layers(self) -> int:
@@ -201,7 +91,8 @@ class ModelAdapter:
         heads = _in_width(self.attention_output(layer_idx)) // self.head_dim
         kv_heads = heads
         if self.grouped:
-            kv_heads = _submodule(layer, "self_attn.k_proj").out_features // self.head_dim
+            key = _submodule(layer, self.family.head_projections[1])
+            kv_heads = key.out_features // self.head_dim
         down = self.mlp_down(layer_idx)
         return LayerSizes(
             heads,
@@ -262,13 +153,14 @@ class ModelAdapter:
         d, group = self.head_dim, self.group_size(layer_idx)
         sq = torch.zeros(sizes.heads)
         out = self.attention_output(layer_idx).weight.detach().float()
-        out = out if self.family.name == "gpt2" else out.t()  # -> [in (heads), out]
+        conv1d = self.family.conv1d
+        out = out if conv1d else out.t()  # -> [in (heads), out]
         for h in range(sizes.heads):
             sq[h] += out[h * d : (h + 1) * d].pow(2).sum()
         for path in self.family.head_projections:
             weight = _submodule(layer, path).weight.detach().float()
-            weight = weight.t() if self.family.name == "gpt2" else weight  # -> [out, in]
-            if self.family.name == "gpt2":  # fused q, k, v of width heads * d each
+            weight = weight.t() if conv1d else weight  # -> [out, in]
+            if self.family.fused_qkv:  # q, k, v of width heads * d each
                 width = sizes.heads * d
                 for part in range(3):
                     block = weight[part * width : (part + 1) * width]
@@ -289,15 +181,15 @@ class ModelAdapter:
         down = self.mlp_down(layer_idx)
         if isinstance(down, NoUnits):
             return torch.zeros(0)
-        gpt2 = self.family.name == "gpt2"
+        conv1d = self.family.conv1d
         sq = (
-            (down.weight.detach().float() if gpt2 else down.weight.detach().float().t())
+            (down.weight.detach().float() if conv1d else down.weight.detach().float().t())
             .pow(2)
             .sum(1)
         )
         for path in self.family.up_projections:
             weight = _submodule(layer, path).weight.detach().float()
-            sq = sq + (weight.t() if gpt2 else weight).pow(2).sum(1)
+            sq = sq + (weight.t() if conv1d else weight).pow(2).sum(1)
         return sq.sqrt()
 
     def prune_layer(
@@ -384,7 +276,7 @@ def keep_layers(model: nn.Module, kept: Sequence[int]) -> None:
             depends on the layer's position (``scale_attn_by_inverse_layer_idx``).
     """
     adapter = ModelAdapter(model)
-    family = adapter.family.name
+    family = adapter.family
     n = adapter.num_layers
     kept = list(kept)
     if not kept or sorted(set(kept)) != kept or kept[0] < 0 or kept[-1] >= n:
@@ -392,14 +284,14 @@ def keep_layers(model: nn.Module, kept: Sequence[int]) -> None:
             f"layers to keep must be increasing distinct indices in [0, {n}), got {kept}"
         )
     config = model.config
-    if family == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+    flag = family.layer_scaled_attention
+    if flag and getattr(config, flag, False):
         raise InvalidSpec(
-            "this GPT-2 scales attention by 1 / (layer index + 1) "
-            "(scale_attn_by_inverse_layer_idx), so a kept layer would compute something else at "
+            f"this {family.display} scales attention by 1 / (layer index + 1) "
+            f"({flag}), so a kept layer would compute something else at "
             "its new position; layer dropping is not supported for it"
         )
-    path = FAMILIES[family]["layers"]
-    parent_path, _, attr = path.rpartition(".")
+    parent_path, _, attr = family.layers.rpartition(".")
     parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
     old_layers = getattr(parent, attr)
     new_layers = nn.ModuleList([old_layers[i] for i in kept])
@@ -419,3 +311,14 @@ def keep_layers(model: nn.Module, kept: Sequence[int]) -> None:
         config.layer_types = [layer_types[i] for i in kept]
     if per_layer is not None:
         config.per_layer_config = {new: per_layer[str(old)] for new, old in enumerate(kept)}
+
+
+# the family facts, importable from here too
+__all__ = [
+    "SUPPORTED_FAMILIES",
+    "Family",
+    "LayerSizes",
+    "ModelAdapter",
+    "family_of",
+    "keep_layers",
+]

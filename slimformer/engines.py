@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from slimformer.errors import ExportError
+from slimformer.families import GGUF_FAMILIES
 
 ENGINES = ("llama-cpp", "vllm")
 GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
-GGUF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "nemotron-nas")
 
 
 class EngineMissing(ExportError):
@@ -95,7 +95,7 @@ def check_gguf_convertible(folder: Path) -> None:
             f"({hidden // heads}); this model's heads have {config['head_dim']} dimensions",
             details={"head_dim": config["head_dim"]},
         )
-    if family not in GGUF_FAMILIES:
+    if family not in GGUF_FAMILIES:  # the families with a GGUF architecture
         raise ExportError(
             f"GGUF export covers {', '.join(GGUF_FAMILIES)}; this model is {family!r}",
             details={"model_type": family},

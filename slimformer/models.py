@@ -92,10 +92,8 @@ def count_macs(model: nn.Module, seq_len: int) -> int:
     """
     adapter = ModelAdapter(model)
     config = model.config
-    hidden = (
-        getattr(config, "dim", None) if adapter.family.name == "distilbert" else config.hidden_size
-    )
-    glu = adapter.grouped  # llama-like MLPs have gate, up and down projections
+    hidden = getattr(config, adapter.family.hidden_attr)
+    glu = adapter.family.gated_mlp  # llama-like MLPs have gate, up and down projections
     total = sum(
         layer_macs(s, hidden=hidden, head_dim=adapter.head_dim, seq_len=seq_len, glu=glu)
         for s in adapter.all_sizes()
@@ -118,7 +116,7 @@ def count_macs(model: nn.Module, seq_len: int) -> int:
             if isinstance(m, nn.Linear) and id(m) not in inside
         )
         # decoders score every token and pick the last; encoders classify one pooled token
-        total += head * (seq_len if adapter.grouped or adapter.family.name == "gpt2" else 1)
+        total += head * (seq_len if adapter.family.decoder else 1)
     return int(total)
 
 

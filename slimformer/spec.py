@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from slimformer.families import FAMILIES
+
 Task = Literal[
     "text-classification", "sentence-similarity", "feature-extraction", "text-generation"
 ]
@@ -604,7 +606,9 @@ def default_layout(spec: JobSpec, family: str) -> str:
     if not any(t in SERVING_TARGETS for t in spec.export.targets) or not p.removes_width():
         return "per_layer"
     ffn_only = not (p.heads or p.whole_mlps or p.macs_budget is not None)
-    return "nemotron_nas" if ffn_only and family == "llama" else "uniform"
+    facts = FAMILIES.get(family)
+    nemotron = facts is not None and facts.stock and facts.nemotron_nas  # a Llama
+    return "nemotron_nas" if ffn_only and nemotron else "uniform"
 
 
 def stages_for(spec: JobSpec | dict) -> list[str]:

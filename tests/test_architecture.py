@@ -31,7 +31,12 @@ FRAMEWORKS = (
     "boto3",
 )
 # what the API may use of the library: torch-free modules only
-LIBRARY_FOR_SERVICE = {"slimformer", "slimformer.spec", "slimformer.checksum"}
+LIBRARY_FOR_SERVICE = {
+    "slimformer",
+    "slimformer.spec",
+    "slimformer.checksum",
+    "slimformer.families",
+}
 
 
 def module_name(path: Path, root: Path) -> str:

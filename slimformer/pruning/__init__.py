@@ -33,8 +33,6 @@ from slimformer.pruning.layouts import (
     apply_layout,
     layout_for,
 )
-from slimformer.pruning.layouts.biases import BIAS_FLAGS, LLAMA_LIKE
-from slimformer.pruning.layouts.uniform import UNIFORM_HEAD_FAMILIES
 from slimformer.pruning.plan import plan_pruning
 from slimformer.pruning.remove import (
     predicted_parameters,
@@ -56,11 +54,8 @@ from slimformer.pruning.types import (
 )
 
 __all__ = [
-    "BIAS_FLAGS",
     "DEFAULT_LAYOUT",
     "LAYOUTS",
-    "LLAMA_LIKE",
-    "UNIFORM_HEAD_FAMILIES",
     "GqaUnit",
     "Layout",
     "LayoutName",

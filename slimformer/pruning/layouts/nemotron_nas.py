@@ -32,7 +32,6 @@ from slimformer.modeling import modeling_slimformer as bundled
 from slimformer.pruning.ranking import plan_neurons
 from slimformer.pruning.types import PruningPlan, PruningTarget, UnitRequest, Units
 
-NEMOTRON_FAMILIES = ("llama",)
 STEP = bundled.DECILM_FFN_STEP
 SERVED_ARCHITECTURE = "DeciLMForCausalLM"
 
@@ -123,11 +122,12 @@ class NemotronNas:
             InvalidSpec: another family, whole MLPs, bias compensation, FFN widths that are not
                 multiples of 256, a model without a causal LM head.
         """
-        family = adapter.family.name
-        if family not in NEMOTRON_FAMILIES and family != "nemotron-nas":
+        family = adapter.family
+        if not family.nemotron_nas:
             raise InvalidSpec(
-                f"the nemotron_nas layout is a Llama layout; this model is {family!r}. Use layout "
-                "'uniform' (stock config) for vLLM and llama.cpp, or 'per_layer' for transformers",
+                f"the nemotron_nas layout is a Llama layout; this model is {family.name!r}. Use "
+                "layout 'uniform' (stock config) for vLLM and llama.cpp, or 'per_layer' for "
+                "transformers",
                 details={"field": "layout"},
             )
         if target is not None and target.whole_mlps:
@@ -204,7 +204,7 @@ class NemotronNas:
             layer = adapter.layers[i]
             biased = [
                 path
-                for path in ("self_attn.o_proj", "mlp.down_proj")
+                for path in (adapter.family.attention_output, adapter.family.mlp_down)
                 if getattr(layer.get_submodule(path), "bias", None) is not None
             ]
             if biased and not (config.attention_bias or config.mlp_bias):

@@ -14,7 +14,7 @@ from slimformer.architectures import ModelAdapter
 from slimformer.errors import UnsupportedArchitecture
 from slimformer.modeling import modeling_slimformer as bundled
 from slimformer.models import AUTO_CLASS_FOR_TASK, model_task
-from slimformer.pruning.layouts.biases import LLAMA_LIKE, OUTPUT_PROJECTIONS, unstated_biases
+from slimformer.pruning.layouts.biases import unstated_biases
 from slimformer.pruning.ranking import by_scores
 from slimformer.pruning.types import PruningPlan, PruningTarget, UnitRequest, Units
 
@@ -44,19 +44,18 @@ class PerLayer:
         """Write ``per_layer_config`` from the layers' real sizes and point ``auto_map`` at the
         bundled modelling code."""
         adapter = ModelAdapter(model)
-        family = adapter.family.name
-        names = bundled.FAMILIES[family]
+        family = adapter.family
         config = model.config
         per_layer = {}
         for i, s in enumerate(adapter.all_sizes()):
-            entry = {names["heads"]: s.heads, names["ffn"]: s.intermediate}
-            if adapter.grouped:
-                entry[names["kv_heads"]] = s.kv_heads
+            entry = {family.heads_attr: s.heads, family.ffn_attr: s.intermediate}
+            if family.grouped:
+                entry[family.kv_heads_attr] = s.kv_heads
             if s.mlp_removed:
                 entry["skip"] = ["mlp"]
             per_layer[i] = entry
         try:
-            config_name, model_name = bundled.class_names(family, type(model).__name__)
+            config_name, model_name = bundled.class_names(family.name, type(model).__name__)
         except KeyError:
             raise UnsupportedArchitecture(
                 f"the per_layer layout has no bundled class for {type(model).__name__}; it covers "
@@ -81,12 +80,13 @@ def _write_biases(model: nn.Module, adapter: ModelAdapter) -> None:
     """Make ``projection_bias`` name the output projections that carry a bias (FLAP's
     compensation gives some a bias the family's stock config does not build), and give them one in
     every layer, as the bundled code builds them."""
-    if adapter.family.name not in LLAMA_LIKE:
+    family = adapter.family
+    if family.bias_flags is None:
         return
     config = model.config
     needed = unstated_biases(model, adapter)
     extra = set(getattr(config, "projection_bias", None) or ()) | {
-        OUTPUT_PROJECTIONS[p] for p in needed
+        family.output_projection(p) for p in needed
     }
     if not extra:
         return

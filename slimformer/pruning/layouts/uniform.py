@@ -2,8 +2,9 @@
 attributes, so the folder loads with stock ``AutoModel...from_pretrained``.
 
 FFN sizes work for every family; head counts only where the config can say them (Llama, Mistral,
-Qwen2, Qwen3 carry an explicit ``head_dim``). Every layer loses the same share, so no layer can be
-protected and no MLP can go whole; output biases only where a stock flag builds them.
+Qwen2, Qwen3 carry an explicit ``head_dim``: :attr:`~slimformer.families.Family.uniform_heads`).
+Every layer loses the same share, so no layer can be protected and no MLP can go whole; output
+biases only where a stock flag builds them.
 """
 
 from __future__ import annotations
@@ -12,18 +13,11 @@ from torch import nn
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import InvalidSpec
+from slimformer.families import Family
 from slimformer.modeling import modeling_slimformer as bundled
-from slimformer.pruning.layouts.biases import BIAS_FLAGS, LLAMA_LIKE, unstated_biases
+from slimformer.pruning.layouts.biases import unstated_biases
 from slimformer.pruning.ranking import by_scores
 from slimformer.pruning.types import PruningPlan, PruningTarget, UnitRequest, Units
-
-# the families whose config states ``head_dim``, so that fewer heads keep the head size
-UNIFORM_HEAD_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
-# every projection a stock config flag gives a bias (they all get one together)
-FLAG_PROJECTIONS = {
-    "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-    "mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-}
 
 
 class Uniform:
@@ -37,7 +31,7 @@ class Uniform:
         wants_heads = (
             target.heads > 0 or target.macs_budget is not None or target.params_budget is not None
         )
-        if wants_heads and adapter.family.name not in UNIFORM_HEAD_FAMILIES:
+        if wants_heads and not adapter.family.uniform_heads:
             raise InvalidSpec(
                 f"the uniform layout cannot express head pruning for {adapter.family.name}: its "
                 "config derives the head size from hidden_size / num_attention_heads, so fewer "
@@ -79,15 +73,14 @@ class Uniform:
 
     def check_plan(self, model: nn.Module, adapter: ModelAdapter, plan: PruningPlan) -> None:
         """Refuse head counts the family's config cannot state (before anything is removed)."""
-        if plan.heads and adapter.family.name in UNIFORM_HEAD_FAMILIES:
+        if plan.heads and adapter.family.uniform_heads:
             heads_left = adapter.sizes(0).heads - len(plan.heads.get(0, []))
-            _check_heads_divide(adapter.family.name, model.config.hidden_size, heads_left)
+            _check_heads_divide(adapter.family, model.config.hidden_size, heads_left)
 
     def apply(self, model: nn.Module) -> None:
         """Set the stock global attributes from the layers' real sizes (every layer must agree)."""
         adapter = ModelAdapter(model)
-        family = adapter.family.name
-        names = bundled.FAMILIES[family]
+        family = adapter.family
         sizes = adapter.all_sizes()
         config = model.config
         distinct = {(s.heads, s.kv_heads, s.intermediate, s.mlp_removed) for s in sizes}
@@ -100,40 +93,40 @@ class Uniform:
         s = sizes[0]
         if s.mlp_removed:
             raise InvalidSpec("the uniform layout cannot express removed MLPs; use 'per_layer'")
-        if family in UNIFORM_HEAD_FAMILIES:
+        if family.uniform_heads:
             _check_heads_divide(family, config.hidden_size, s.heads)
             config.head_dim = adapter.head_dim
-            setattr(config, names["heads"], s.heads)
-            setattr(config, names["kv_heads"], s.kv_heads)
-        elif s.heads != bundled.layer_sizes(config, family, 0)["heads"]:
+            setattr(config, family.heads_attr, s.heads)
+            setattr(config, family.kv_heads_attr, s.kv_heads)
+        elif s.heads != bundled.layer_sizes(config, family.name, 0)["heads"]:
             raise InvalidSpec(
-                f"the uniform layout cannot express head pruning for {family}; use 'per_layer'"
+                f"the uniform layout cannot express head pruning for {family.name}; use 'per_layer'"
             )
         _write_biases(model, adapter)
-        setattr(config, names["ffn"], s.intermediate)
+        setattr(config, family.ffn_attr, s.intermediate)
 
 
 def _unflagged_parts(adapter: ModelAdapter, target: PruningTarget) -> list[str]:
     """The parts (``attention``, ``mlp``) the target prunes whose output projection no stock flag
     of the family can give a bias."""
-    family = adapter.family.name
-    if family not in LLAMA_LIKE:
+    flags = adapter.family.bias_flags
+    if flags is None:
         return []  # BERT-like, DistilBERT and GPT-2 projections have biases already
     wants = [
         part for part, fraction in (("attention", target.heads), ("mlp", target.ffn)) if fraction
     ]
     if target.macs_budget is not None or target.params_budget is not None:
         wants = ["attention", "mlp"]
-    return [part for part in wants if part not in BIAS_FLAGS[family]]
+    return [part for part in wants if part not in flags]
 
 
-def _check_heads_divide(family: str, hidden: int, heads: int) -> None:
+def _check_heads_divide(family: Family, hidden: int, heads: int) -> None:
     # Qwen3's config takes head_dim as given; the others' configs insist that the head count
     # divides hidden_size even when head_dim is stated
-    if family != "qwen3" and hidden % heads:
+    if family.heads_divide_hidden and hidden % heads:
         raise InvalidSpec(
-            f"{family}'s config requires the head count to divide hidden_size ({hidden}); {heads} "
-            "heads per layer does not. Choose another fraction or layout 'per_layer'.",
+            f"{family.name}'s config requires the head count to divide hidden_size ({hidden}); "
+            f"{heads} heads per layer does not. Choose another fraction or layout 'per_layer'.",
             details={"field": "heads"},
         )
 
@@ -142,16 +135,16 @@ def _write_biases(model: nn.Module, adapter: ModelAdapter) -> None:
     """Make the stock flags (``attention_bias``, ``mlp_bias``) say which output projections carry
     a bias (FLAP's compensation gives some a bias the family's stock config does not build); a
     flag gives every projection of its part a bias, so the others get zero ones."""
-    family = adapter.family.name
+    family = adapter.family
     for part in unstated_biases(model, adapter):
-        flag = BIAS_FLAGS[family].get(part)
+        flag = family.bias_flags.get(part)
         if flag is None:
             raise InvalidSpec(
-                f"{family}'s stock config cannot give the {part} output projection a bias; "
+                f"{family.name}'s stock config cannot give the {part} output projection a bias; "
                 "use layout 'per_layer'",
                 details={"field": "layout"},
             )
         setattr(model.config, flag, True)
         for layer in adapter.layers:
-            for name in FLAG_PROJECTIONS[part]:
+            for name in family.projections(part):  # a flag gives them all a bias together
                 bundled.add_bias(layer.get_submodule(name))
