@@ -25,10 +25,8 @@ from slimformer.hub.publish import PublishResult, publish_folder
 from slimformer.hub.retries import is_transient
 
 _DOWNLOAD = ("DownloadedModel", "authorize_dataset", "download_model")
-# moved to slimformer.loading; re-exported until pipeline.py imports it from there
-_LOADING = ("LoadedModel", "ModelOrigin", "folder_origin", "infer_task", "load_model")
 
-__all__ = ["HubPolicy", "PublishResult", "is_transient", "publish_folder", *_DOWNLOAD, *_LOADING]
+__all__ = ["HubPolicy", "PublishResult", "is_transient", "publish_folder", *_DOWNLOAD]
 
 
 def __getattr__(name: str):
@@ -36,8 +34,4 @@ def __getattr__(name: str):
         from slimformer.hub import download
 
         return getattr(download, name)
-    if name in _LOADING:
-        from slimformer import loading
-
-        return getattr(loading, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

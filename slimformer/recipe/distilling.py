@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from slimformer.data import TextData, make_batches
-from slimformer.hub import load_model
+from slimformer.loading import load_model
 from slimformer.recipe.job import Job
 from slimformer.recipe.job_data import calibration_sample
 from slimformer.recipe.results import Distilled

@@ -12,7 +12,8 @@ from slimformer.architectures import family_of
 from slimformer.data import TextData, make_batches
 from slimformer.errors import InvalidSpec
 from slimformer.evaluation import predict
-from slimformer.hub import HubPolicy, LoadedModel, load_model
+from slimformer.hub import HubPolicy
+from slimformer.loading import LoadedModel, load_model
 from slimformer.pruning import STOCK_LAYOUT
 from slimformer.recipe.job import Job
 from slimformer.recipe.job_data import (

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from slimformer.data import TextData, make_batches
-from slimformer.hub import LoadedModel
+from slimformer.loading import LoadedModel
 from slimformer.pruning import PruningTarget
 from slimformer.recipe.job_data import JobData
 from slimformer.spec import DistillSpec, JobSpec

@@ -15,7 +15,7 @@ from slimformer import __version__
 from slimformer.artifacts import atomic_folder, save_model_folder
 from slimformer.card import build_card
 from slimformer.errors import InvalidSpec
-from slimformer.hub import LoadedModel, folder_origin
+from slimformer.loading import LoadedModel, folder_origin
 from slimformer.pruning import STOCK_LAYOUT
 from slimformer.recipe import serving
 from slimformer.recipe.job import Job
