@@ -122,11 +122,14 @@ def atomic_folder(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[P
     tmp.rename(out)
 
 
-def save_model_folder(model: nn.Module, tokenizer, folder: str | Path) -> None:
+def save_model_folder(
+    model: nn.Module, tokenizer, folder: str | Path, *, weights: bool = True
+) -> None:
     """``save_pretrained`` of model and tokenizer, plus the bundled modelling code for per-layer
-    configs."""
+    configs. ``weights=False`` writes everything but the weights (a model whose layers were
+    written one at a time: :mod:`slimformer.streaming.writer`)."""
     folder = Path(folder)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **({} if weights else {"state_dict": {}}))
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     if isinstance(model, modeling_slimformer.SlimformerDeciLMForCausalLM):

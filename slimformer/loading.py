@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,6 +171,7 @@ def _model_folder(
     token: str | None,
     trust_remote_code: bool,
     policy: HubPolicy | None,
+    before_weights: Callable[[dict, dict | None], None] | None = None,
 ) -> tuple[Path, str | None, bool]:
     """(folder, commit, trust_remote_code): a local model folder as it is, or a Hub id's snapshot
     (downloaded under ``policy``, which may allow remote code) with its commit."""
@@ -186,9 +188,16 @@ def _model_folder(
                 f"{model_id} is not a model folder: it has no config.json",
                 details={"model": model_id},
             )
+        if before_weights is not None:
+            from slimformer.memory import safetensors_parameters
+
+            config = json.loads((local / "config.json").read_text())
+            before_weights(config, safetensors_parameters(local) or None)
         return local, None, trust_remote_code
     policy = policy or HubPolicy(allow_remote_code=trust_remote_code)
-    snapshot = download_model(model_id, revision=revision, token=token, policy=policy)
+    snapshot = download_model(
+        model_id, revision=revision, token=token, policy=policy, before_weights=before_weights
+    )
     return snapshot.path, snapshot.commit, trust_remote_code or policy.allow_remote_code
 
 
@@ -240,6 +249,81 @@ def _load_weights(local: Path, model_id: str, task: str, trust_remote_code: bool
         ) from err
 
 
+@dataclass
+class OpenedModel:
+    """A model folder whose config and task are known and checked, before any weight is read
+    (:func:`open_model`); :meth:`load` reads the weights."""
+
+    model_id: str
+    folder: Path
+    config: object
+    task: str
+    revision: str | None
+    commit: str | None
+    trust_remote_code: bool
+    load_own: Callable | None  # slimformer's own per_layer model's loader, or None
+
+    def load(self) -> LoadedModel:
+        """The model with its weights and the head for the task, and its tokenizer."""
+        model, tokenizer, missing = _load_weights(
+            self.folder, self.model_id, self.task, self.trust_remote_code, self.load_own
+        )
+        return LoadedModel(
+            model=model.eval(),
+            tokenizer=tokenizer,
+            task=self.task,
+            source=self.model_id,
+            revision=self.revision,
+            commit=self.commit,
+            path=self.folder,
+            new_head=_new_head(model, missing),
+            own_code=self.load_own is not None,
+        )
+
+    def load_tokenizer(self):
+        return transformers.AutoTokenizer.from_pretrained(
+            self.folder, trust_remote_code=self.trust_remote_code
+        )
+
+
+def open_model(
+    model_id: str,
+    *,
+    task: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    trust_remote_code: bool = False,
+    policy: HubPolicy | None = None,
+    before_weights: Callable[[dict, dict | None], None] | None = None,
+) -> OpenedModel:
+    """Everything :func:`load_model` checks and fetches before it reads the weights: the folder
+    (a Hub id's snapshot), the config, the family, the tokenizer files and the task. See
+    :func:`load_model` for the arguments and errors.
+
+    ``before_weights(config, parameters_by_dtype)`` sees the raw ``config.json`` (and the
+    safetensors summary) before any weight is downloaded; what it raises stops there."""
+    if task is not None and task not in TASKS:
+        raise InvalidSpec(
+            f"unknown task {task!r}; choose one of {', '.join(TASKS)}",
+            details={"field": "task"},
+        )
+    local, commit, trust_remote_code = _model_folder(
+        model_id, revision, token, trust_remote_code, policy, before_weights
+    )
+    config, load_own = _load_config(local, model_id, task, trust_remote_code)
+    family_of(config)
+    if not _has_tokenizer(local):
+        where = "the repo" if commit else "the folder"
+        raise ModelLoadError(
+            f"{model_id} has no tokenizer ({where} holds no tokenizer.json, tokenizer_config.json "
+            "or vocab file): save the base model's tokenizer next to the weights, e.g. "
+            "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)",
+            details={"model": model_id},
+        )
+    task = task or infer_task(config)
+    return OpenedModel(model_id, local, config, task, revision, commit, trust_remote_code, load_own)
+
+
 def load_model(
     model_id: str,
     *,
@@ -270,37 +354,14 @@ def load_model(
         UnsupportedArchitecture: a family slimformer cannot prune (checked before weights load).
         InvalidSpec: an unknown task.
     """
-    if task is not None and task not in TASKS:
-        raise InvalidSpec(
-            f"unknown task {task!r}; choose one of {', '.join(TASKS)}",
-            details={"field": "task"},
-        )
-    local, commit, trust_remote_code = _model_folder(
-        model_id, revision, token, trust_remote_code, policy
-    )
-    config, load_own = _load_config(local, model_id, task, trust_remote_code)
-    family_of(config)
-    if not _has_tokenizer(local):
-        where = "the repo" if commit else "the folder"
-        raise ModelLoadError(
-            f"{model_id} has no tokenizer ({where} holds no tokenizer.json, tokenizer_config.json "
-            "or vocab file): save the base model's tokenizer next to the weights, e.g. "
-            "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)",
-            details={"model": model_id},
-        )
-    task = task or infer_task(config)
-    model, tokenizer, missing = _load_weights(local, model_id, task, trust_remote_code, load_own)
-    return LoadedModel(
-        model=model.eval(),
-        tokenizer=tokenizer,
+    return open_model(
+        model_id,
         task=task,
-        source=model_id,
         revision=revision,
-        commit=commit,
-        path=local,
-        new_head=_new_head(model, missing),
-        own_code=load_own is not None,
-    )
+        token=token,
+        trust_remote_code=trust_remote_code,
+        policy=policy,
+    ).load()
 
 
 def folder_origin(folder: str | Path) -> ModelOrigin:

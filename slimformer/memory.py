@@ -18,10 +18,10 @@ Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of w
 - ``grams``: the Gram matrices of one layer's output projections' inputs, float32:
   ``4 ((f + 1)^2 + (q + 1)^2)`` (OBS, or any method with reconstruction; 0 otherwise).
 - ``solve``: the float64 copies of the largest of them alive while OBS inverts it:
-  ``copies x 8 (f + 1)^2``, with :data:`SOLVE_FLOAT64_COPIES` = 5 as measured for
-  ``slimformer.importance.obs._inverse`` (its float64 copy, the identity, ``G + lambda I``, the
-  inverse and ``torch.linalg.inv``'s workspace: 4.9 copies of a 4,865-wide Gram). An in-place
-  factorisation would hold one (``solve_copies=1``); for an 8B that is 6.1 GiB less.
+  ``copies x 8 (f + 1)^2``, with :data:`SOLVE_FLOAT64_COPIES` = 2 as measured for
+  ``slimformer.importance.obs._inverse`` (a float64 copy with the damping added in place, and
+  ``torch.linalg.inv``'s result: 2.0 copies of a 6,000-wide Gram). An in-place factorisation would
+  hold one (``solve_copies=1``); for an 8B that is 1.5 GiB less.
 - ``calibration_states``: the calibration hidden states flowing layer to layer, float32:
   ``4 windows T h``.
 - ``eval_states``: the side-by-side evaluation's two sets (original and compressed):
@@ -33,7 +33,7 @@ Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of w
 
 In memory (encoders, distillation, Michel importance; today's path for every job):
 
-- ``weights``: :data:`IN_MEMORY_WEIGHT_COPIES` (2.25) x the float32 weights: the model, the
+- ``weights``: :data:`IN_MEMORY_WEIGHT_COPIES` (2.45) x the float32 weights: the model, the
   original's copy for the side-by-side evaluation, and transient copies while loading and pruning.
   Fitted to ``bench/llm_memory.py`` (``--heads .25 --ffn .25``, OBS, 4 windows, float32; peak RSS
   of the command): 1.1B (TinyLlama shape) measured 14.97 GiB, estimated 15.12 (+1%); 0.5B (402M)
@@ -53,16 +53,16 @@ evaluation windows of 512 tokens, the causal-LM defaults; in brackets 16 and 16)
 
 | model        | checkpoint             | params | streamed    | 1 solve copy | in memory |
 |--------------|------------------------|-------:|------------:|-------------:|----------:|
-| SmolLM2-135M | float32, V 49152, tied |   135M |   1.6 (1.5) |    1.5 (1.4) |       2.7 |
-| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M |   3.2 (3.0) |    2.5 (2.3) |       8.8 |
-| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B |   5.8 (5.4) |    3.8 (3.4) |      18.6 |
-| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B |   6.7 (6.0) |    4.7 (4.0) |      38.9 |
-| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 14.8 (13.9) |    8.7 (7.8) |     103.0 |
+| SmolLM2-135M | float32, V 49152, tied |   135M |   1.5 (1.4) |    1.5 (1.4) |       2.7 |
+| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M |   2.7 (2.5) |    2.5 (2.3) |       8.3 |
+| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B |   4.3 (3.9) |    3.8 (3.4) |      17.1 |
+| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B |   5.2 (4.5) |    4.7 (4.0) |      37.4 |
+| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 10.2 (9.3)  |    8.7 (7.8) |      98.4 |
 
-The 8B's streamed peak is resident 1.96 + layer 1.63 + Grams 0.83 + solve 7.66 + calibration
-0.25 + evaluation 1.00 + head chunk 0.49 + runtime 1.00: the inversion of the FFN's Gram matrix
-(14,337 wide) is half of it, and with one float64 copy (1.53) the job fits in 8 GiB with 16 and 16
-windows.
+The 8B's streamed peak is the resident embeddings and head (1.96), one layer twice in float32
+(1.63), its Gram matrices (0.83) and their inversion (3.06), the calibration and evaluation states,
+a head chunk and the runtime: the inversion of the FFN's Gram matrix (14,337 wide) is the largest
+single part.
 
 Available memory: ``SLIMFORMER_MEMORY_LIMIT_BYTES`` when set (the operator's word: the bytes a job
 may use); else the smaller of the cgroup's limit less what the cgroup already uses (its working
@@ -84,13 +84,13 @@ from typing import Literal
 from slimformer.errors import InsufficientMemory
 
 GIB = 1024**3
-HEAD_CHUNK_TOKENS = 1024  # tokens whose logits are computed at once (LM head, backward batches)
+HEAD_CHUNK_TOKENS = 256  # tokens whose logits are computed at once (LM head, backward batches)
 RUNTIME_BYTES = GIB  # Python, torch, tokenizers, the data: fixed
-IN_MEMORY_WEIGHT_COPIES = 2.25  # float32 copies of the weights at the in-memory peak (fitted)
-# float64 copies of the largest Gram matrix alive while OBS inverts it: 4.9 measured for
-# slimformer.importance.obs._inverse (its copy, the identity, G + lambda I, torch.linalg.inv's
-# result and workspace) on a 4,865-wide Gram; the least-squares refit needs fewer
-SOLVE_FLOAT64_COPIES = 5.0
+IN_MEMORY_WEIGHT_COPIES = 2.45  # float32 copies of the weights at the in-memory peak (fitted)
+# float64 copies of the largest Gram matrix alive while OBS inverts it: 2.0 measured for
+# slimformer.importance.obs._inverse (a float64 copy damped in place, and torch.linalg.inv's
+# result) on a 6,000-wide Gram; the least-squares refit needs fewer
+SOLVE_FLOAT64_COPIES = 2.0
 GRAM_METHODS = frozenset({"obs"})  # importance methods that measure Gram matrices
 BACKWARD_METHODS = frozenset({"michel"})  # importance methods with a backward pass
 MEMORY_LIMIT_ENV = "SLIMFORMER_MEMORY_LIMIT_BYTES"

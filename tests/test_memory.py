@@ -64,10 +64,10 @@ def test_streamed_parts_are_the_hand_computed_numbers():
         "resident": EMBEDDINGS * 4,
         "layer_float32": LAYER * 4 * 2,
         "grams": (1537**2 + 577**2) * 4,
-        "solve": 5 * 1537**2 * 8,
+        "solve": 2 * 1537**2 * 8,
         "calibration_states": 32 * 512 * 576 * 4,
         "eval_states": 2 * 64 * 512 * 576 * 4,
-        "head_chunk": 1024 * 49152 * 4,
+        "head_chunk": 256 * 49152 * 4,
         "runtime": GIB,
     }
     assert estimate.total_bytes == sum(estimate.breakdown.values())
@@ -80,10 +80,11 @@ def test_streamed_parts_are_the_hand_computed_numbers():
 def test_in_memory_parts_and_the_measured_peaks_they_were_fitted_to():
     estimate = estimate_job_memory(SMOLLM2, dtype_bytes=4, path="in_memory", **JOB)
     weights32 = (30 * LAYER + EMBEDDINGS) * 4
-    assert estimate.breakdown["weights"] == 2.25 * weights32
+    assert estimate.breakdown["weights"] == pytest.approx(2.45 * weights32, abs=1)
     assert estimate.breakdown["grams"] == 30 * (1537**2 + 577**2) * 4
     assert estimate.breakdown["optimizer"] == estimate.breakdown["backward"] == 0
-    # bench/llm_memory.py (docs/benchmarks.md): float32 random Llamas, 4 windows, OBS
+    # bench/llm_memory.py (docs/benchmarks.md): float32 random Llamas, 4 windows, OBS (measured
+    # while obs._inverse still held five float64 copies: the estimate stays at or above them)
     measured = {(896, 4864, 24, 14, 2, True): 6.91, (2048, 5632, 22, 32, 4, False): 14.97}
     for (hidden, ffn, layers, heads, kv, tied), peak_gib in measured.items():
         config = dict(
@@ -137,10 +138,10 @@ def test_an_8b_llama_streams_under_8_gib_with_one_float64_copy_in_the_solve():
     assert lean.breakdown["resident"] == (2 * 128256 * 4096 + 4096) * 2  # untied head
     assert lean.breakdown["solve"] == 14337**2 * 8
     assert 7 * GIB < lean.total_bytes < 8 * GIB
-    # obs._inverse as it is: about five float64 copies of the 14,337-wide FFN Gram
+    # obs._inverse as it is: two float64 copies of the 14,337-wide FFN Gram
     estimate = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", **job)
-    assert estimate.total_bytes - lean.total_bytes == 4 * 14337**2 * 8
-    assert 13 * GIB < estimate.total_bytes < 14 * GIB
+    assert estimate.total_bytes - lean.total_bytes == 14337**2 * 8
+    assert 8.5 * GIB < estimate.total_bytes < 9.5 * GIB
     in_memory = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="in_memory", **job)
     assert in_memory.total_bytes > 90 * GIB
 
@@ -149,14 +150,14 @@ def test_insufficient_memory_names_needed_available_and_what_fits():
     estimate = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", **JOB)
     needed = estimate.total_bytes
     with pytest.raises(InsufficientMemory) as caught:
-        check_fits(estimate, available=14 * GIB)
+        check_fits(estimate, available=8 * GIB)
     err = caught.value
     assert isinstance(err, SlimformerError) and isinstance(err, MemoryError)
     assert err.code == "insufficient_memory" and not err.transient
-    assert f"{needed / GIB:.1f} GiB" in err.message and "14.0 GiB is available" in err.message
-    assert "evaluation windows instead of 64" in err.message
+    assert f"{needed / GIB:.1f} GiB" in err.message and "8.0 GiB is available" in err.message
+    assert "would fit with importance activations" in err.message
     assert f"a machine with {-(-needed // GIB)} GiB" in err.message
-    assert err.details["needed_bytes"] == needed and err.details["available_bytes"] == 14 * GIB
+    assert err.details["needed_bytes"] == needed and err.details["available_bytes"] == 8 * GIB
     assert err.details["breakdown"] == estimate.breakdown
     json.dumps(err.details)
     # today's path for a 1B Llama: the streamed path is what fits

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -199,8 +200,13 @@ def download_model(
     revision: str | None = None,
     token: str | None = None,
     policy: HubPolicy | None = None,
+    before_weights: Callable[[dict, dict | None], None] | None = None,
 ) -> DownloadedModel:
     """Download what a model needs from the Hub into the shared cache, after checking the policy.
+
+    ``before_weights(config, parameters_by_dtype)`` is called with the repo's ``config.json`` and
+    the Hub's safetensors summary before any weight is downloaded (a job's memory check): what it
+    raises stops the download.
 
     Args:
         model_id: ``org/name`` on the Hub (or on ``policy.endpoint``).
@@ -253,6 +259,12 @@ def download_model(
     }
     repo = _Repo(model_id, policy, where, hub_args)
     _refuse_remote_code(repo, info, names, details)
+    if before_weights is not None and "config.json" in names:
+        summary = getattr(info, "safetensors", None)
+        before_weights(
+            json.loads(repo.file("config.json").read_text()),
+            dict(summary.parameters) if summary is not None and summary.parameters else None,
+        )
     folder = repo.snapshot(patterns)
     logger.info("downloaded %s at %s (%d files)", model_id, commit, len(wanted))
     return DownloadedModel(path=folder, commit=commit, revision=revision)

@@ -35,10 +35,44 @@ from slimformer.reconstruction import DAMPING
 
 
 def _inverse(gram: torch.Tensor) -> torch.Tensor:
-    g = gram.double()
+    # the damping goes onto the diagonal in place: an identity and a sum the size of the Gram
+    # matrix (1.6 GB each in float64 for an 8B model's FFN) are never made
+    g = gram.to(torch.float64, copy=True)
     width = g.shape[0] - 1
     lam = DAMPING * float(g.diagonal()[:width].mean()) if width else 0.0
-    return torch.linalg.inv(g + lam * torch.eye(len(g), dtype=torch.float64))[:width, :width]
+    g.diagonal().add_(lam)
+    return torch.linalg.inv(g)[:width, :width]
+
+
+def obs_layer_scores(
+    adapter: ModelAdapter,
+    layer: int,
+    attention_gram: torch.Tensor,
+    mlp_gram: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One layer's OBS scores: ``(per query head, per FFN neuron, the whole MLP)`` from the Gram
+    matrices of its output projections' inputs (``mlp_gram`` None: the MLP was removed; its
+    neurons score nothing and the MLP 0). Layers are scored one at a time, so a caller that holds
+    one layer (the streamed path) scores it alone."""
+    s = adapter.sizes(layer)
+    d = adapter.head_dim
+    w = adapter.output_weight(layer, "attention").double()
+    h = _inverse(attention_gram)
+    per_head = []
+    for head in range(s.heads):
+        cols = slice(head * d, (head + 1) * d)
+        block = w[:, cols]
+        per_head.append(torch.trace(block @ torch.linalg.solve(h[cols, cols], block.T)))
+    head_scores = torch.stack(per_head).float()
+    if s.mlp_removed or mlp_gram is None:
+        return head_scores, torch.zeros(0), 0.0
+    w = adapter.output_weight(layer, "mlp").double()
+    gram = mlp_gram.double()
+    h = _inverse(gram)
+    neuron_scores = ((w**2).sum(0) / h.diagonal()).float()
+    # the whole MLP: its output's mean squared norm (nothing is left to refit)
+    width = w.shape[1]
+    return head_scores, neuron_scores, float(torch.trace(w @ gram[:width, :width] @ w.T))
 
 
 def score_obs(
@@ -60,28 +94,14 @@ def score_obs(
     keys = [(i, "attention") for i in range(len(sizes))]
     keys += [(i, "mlp") for i, s in enumerate(sizes) if not s.mlp_removed]
     grams = input_grams(model, batches, keys, on_progress=on_progress, should_cancel=should_cancel)
-    d = adapter.head_dim
     heads, neurons, mlps = [], [], []
-    for i, s in enumerate(sizes):
-        w = adapter.output_weight(i, "attention").double()
-        h = _inverse(grams[(i, "attention")])
-        per_head = []
-        for head in range(s.heads):
-            cols = slice(head * d, (head + 1) * d)
-            block = w[:, cols]
-            per_head.append(torch.trace(block @ torch.linalg.solve(h[cols, cols], block.T)))
-        heads.append(torch.stack(per_head).float())
-        if s.mlp_removed:
-            neurons.append(torch.zeros(0))
-            mlps.append(0.0)
-            continue
-        w = adapter.output_weight(i, "mlp").double()
-        gram = grams[(i, "mlp")].double()
-        h = _inverse(gram)
-        neurons.append(((w**2).sum(0) / h.diagonal()).float())
-        # the whole MLP: its output's mean squared norm (nothing is left to refit)
-        width = w.shape[1]
-        mlps.append(float(torch.trace(w @ gram[:width, :width] @ w.T)))
+    for i in range(len(sizes)):
+        head_scores, neuron_scores, mlp_score = obs_layer_scores(
+            adapter, i, grams[(i, "attention")], grams.get((i, "mlp"))
+        )
+        heads.append(head_scores)
+        neurons.append(neuron_scores)
+        mlps.append(mlp_score)
     means = {key: g[:-1, -1].clone() for key, g in grams.items()}
     return Importance(
         heads=heads,
