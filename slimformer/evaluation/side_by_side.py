@@ -126,7 +126,7 @@ def evaluate_side_by_side(
                 )
             _warn_if_threads_changed(threads, torch.get_num_threads(), "the evaluation")
         progress.check()
-    report = _report(
+    report = side_by_side_report(
         task, primary, sides, agreement, _rows(batches), seq_len, device, threads, protocol
     )
     if on_progress is not None:
@@ -386,7 +386,7 @@ def _warn_if_threads_changed(before: int, after: int, during: str) -> None:
         )
 
 
-def _report(
+def side_by_side_report(
     task: str,
     primary: str,
     sides: dict,

@@ -13,16 +13,18 @@ from slimformer.data import TextData, make_batches
 from slimformer.errors import InvalidSpec
 from slimformer.evaluation import predict
 from slimformer.hub import HubPolicy
-from slimformer.loading import LoadedModel, load_model
+from slimformer.loading import LoadedModel, OpenedModel, open_model
 from slimformer.pruning import STOCK_LAYOUT
+from slimformer.recipe.execution import memory_check, model_task, why_in_memory
 from slimformer.recipe.job import Job
 from slimformer.recipe.job_data import (
     calibration_sample,
     read_job_data,
     unused_label_column,
 )
-from slimformer.recipe.results import Inputs
+from slimformer.recipe.results import IN_MEMORY, LAYER_BY_LAYER, Execution, Inputs
 from slimformer.spec import JobSpec, default_layout
+from slimformer.streaming.model import StreamedModel
 from slimformer.text import pack_texts, window_length
 
 logger = logging.getLogger(__name__)
@@ -48,16 +50,23 @@ def check(job: Job) -> None:
         )
 
 
-def _load(job: Job) -> LoadedModel:
+def _open(job: Job) -> OpenedModel:
+    """The model's folder and config, the memory check done before any weight moved."""
     spec = job.spec
-    loaded = load_model(
+    return open_model(
         spec.model.id,
-        task=spec.model.task if spec.model.task != "sentence-similarity" else "feature-extraction",
+        task=model_task(spec),
         revision=spec.model.revision,
         token=job.token,
         policy=job.hub_policy,
+        before_weights=memory_check(job, resolve_spec),
     )
-    task = loaded.task
+
+
+def _check_loaded(job: Job, loaded: LoadedModel) -> None:
+    """What only the loaded model tells: a vLLM target needs a causal LM; a head the checkpoint
+    lacks is refused unless allowed."""
+    spec, task = job.spec, loaded.task
     if "vllm" in spec.export.targets and task != "text-generation":
         raise InvalidSpec(
             f"export target vllm serves causal LMs; {spec.model.id} is a {task} model",
@@ -78,7 +87,31 @@ def _load(job: Job) -> LoadedModel:
         logger.warning(
             "the %s is new and untrained (the checkpoint is %s); the card says so", head, saved_as
         )
-    return loaded
+
+
+def _load(job: Job) -> tuple[LoadedModel, StreamedModel | None]:
+    """The model, its weights in memory or (layer by layer) on disk until each layer is used."""
+    opened = _open(job)
+    family = family_of(opened.config).name
+    spec = resolve_spec(job.spec, opened.task, family)
+    reason = why_in_memory(spec, opened.task, opened.config)
+    if job.execution is None:  # no estimate could be made: the path is still decided
+        job.execution = Execution(IN_MEMORY if reason else LAYER_BY_LAYER, reason)
+    if reason is not None:
+        loaded = opened.load()
+        _check_loaded(job, loaded)
+        return loaded, None
+    streamed = StreamedModel(opened.folder, opened.config)
+    loaded = LoadedModel(
+        model=streamed.model,
+        tokenizer=opened.load_tokenizer(),
+        task=opened.task,
+        source=opened.model_id,
+        revision=opened.revision,
+        commit=opened.commit,
+        path=opened.folder,
+    )
+    return loaded, streamed
 
 
 def resolve_spec(spec: JobSpec, task: str, family: str) -> JobSpec:
@@ -145,7 +178,7 @@ def _lm_windows(inputs: Inputs) -> list[dict]:
 def run(job: Job) -> Inputs:
     t0 = time.perf_counter()
     job.stage("downloading", 0.0, f"loading {job.spec.model.id}")
-    loaded = _load(job)
+    loaded, streamed = _load(job)
     task, family = loaded.task, family_of(loaded.model.config).name
     # classifiers learn from labels; embedding models compare pair similarities with gold
     # scores (STS)
@@ -161,7 +194,7 @@ def run(job: Job) -> Inputs:
         logger.warning("%s", unused)
         data.description["unused_label_column"] = spec.dataset.label_column
     batch_kwargs = dict(task=task, config=loaded.model.config, batch_size=32, max_length=MAX_LENGTH)
-    inputs = Inputs(loaded, spec, task, family, data, None, [], batch_kwargs)
+    inputs = Inputs(loaded, spec, task, family, data, None, [], batch_kwargs, streamed=streamed)
     if task == "feature-extraction":
         _embedding_inputs(inputs)
     if packed:
@@ -171,7 +204,8 @@ def run(job: Job) -> Inputs:
         inputs.calibration = calibration_sample(data.train, spec.prune.calibration_samples)
         data.description["calibration_rows"] = len(inputs.calibration)
     data.description["calibration_source"] = data.description["source"]
-    inputs.original = copy.deepcopy(loaded.model).eval()
+    if streamed is None:  # layer by layer, the original's layers are read again from disk
+        inputs.original = copy.deepcopy(loaded.model).eval()
     job.timed("downloading", t0)
     if task != "text-generation":
         inputs.reference = predict(inputs.original, inputs.eval_batches)

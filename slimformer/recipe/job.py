@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from slimformer.hub import HubPolicy
-    from slimformer.recipe.results import Distilled, Inputs, Pruned, Scores
+    from slimformer.recipe.results import Distilled, Execution, Inputs, Pruned, Scores
     from slimformer.spec import JobSpec
 
 ProgressFn = Callable[[str, float, str], None]
@@ -44,6 +44,7 @@ class Job:
     should_cancel: Callable[[], bool] = lambda: False
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
+    execution: Execution | None = None  # the path and its memory, decided before the weights
     # each stage's result, in the order the stages run
     inputs: Inputs | None = None
     scores: Scores | None = None

@@ -11,6 +11,8 @@ from slimformer.pruning import (
     STOCK_LAYOUT,
     PruneResult,
     PruningPlan,
+    PruningRecord,
+    apply_layout,
     iterative_prune,
     layout_for,
     one_shot_prune,
@@ -21,6 +23,10 @@ from slimformer.recipe import scoring
 from slimformer.recipe.inputs import MAX_LENGTH
 from slimformer.recipe.job import Job
 from slimformer.recipe.results import Pruned
+from slimformer.streaming.model import footprint
+from slimformer.streaming.prune import SideBySide, prune_layers
+
+STAGING = "staged-layers"  # the work folder's pruned layers, one file each, until written
 
 
 def _one_shot(job: Job) -> PruneResult:
@@ -81,10 +87,41 @@ def _importance_report(job: Job, result: PruneResult) -> dict | None:
     return (report or empty) | depth["report"]
 
 
+def _layer_by_layer(job: Job) -> tuple[PruneResult, SideBySide]:
+    """Plan from every layer's scores, then prune, refit, measure and stage one layer at a time
+    (the folder is written from the staged layers by the writing stage)."""
+    inputs, scores = job.inputs, job.scores
+    p, sm = inputs.spec.prune, inputs.streamed
+    job.stage("pruning", 0.0, "removing units, one layer at a time")
+    plan = plan_pruning(sm.model, scores.importance, scores.target, layout=p.layout)
+    record = PruningRecord.start(sm.adapter)
+    before = footprint(sm.model, MAX_LENGTH)
+    side = prune_layers(
+        sm,
+        plan,
+        inputs.calibration_batches(),
+        inputs.eval_batches,
+        job.workdir / STAGING,
+        reconstruct=scores.target.wants_reconstruction(scores.importance.method),
+        on_progress=job.progress_of("pruning"),
+        should_cancel=job.should_cancel,
+    )
+    record.apply(plan, sm.adapter)
+    apply_layout(sm.model, p.layout)
+    side.original_footprint, side.compressed_footprint = before, footprint(sm.model, MAX_LENGTH)
+    if scores.target.wants_reconstruction(scores.importance.method):
+        plan.grams = {}  # measured layer by layer, then dropped: the record says it refitted
+    result = PruneResult(model=sm.model, record=record, importance=[scores.importance], plan=plan)
+    return result, side
+
+
 def run(job: Job) -> Pruned:
     inputs, scores = job.inputs, job.scores
     p = inputs.spec.prune
-    if scores.depth is not None and scoring.removes_only_layers(p):
+    side = None
+    if inputs.streamed is not None:
+        result, side = _layer_by_layer(job)
+    elif scores.depth is not None and scoring.removes_only_layers(p):
         result = one_shot_prune(inputs.model, None, PruningPlan(), layout=STOCK_LAYOUT)
     elif p.schedule == "iterative":
         result = _iterative(job)
@@ -102,7 +139,7 @@ def run(job: Job) -> Pruned:
     for held in (result.plan, *result.importance):  # the Gram matrices are not needed now
         if held is not None:
             held.grams = None
-    job.pruned = Pruned(result.model, record, _importance_report(job, result))
+    job.pruned = Pruned(result.model, record, _importance_report(job, result), side)
     job.timings["pruning"] = time.perf_counter() - scores.started - job.timings.get("scoring", 0.0)
     job.stage("pruning", 1.0, "pruned")
     return job.pruned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 
 import torch
@@ -9,9 +10,14 @@ from torch import nn
 
 from slimformer.data import TextData, make_batches
 from slimformer.loading import LoadedModel
+from slimformer.memory import MemoryEstimate
 from slimformer.pruning import PruningTarget
 from slimformer.recipe.job_data import JobData
 from slimformer.spec import DistillSpec, JobSpec
+from slimformer.streaming.model import StreamedModel
+from slimformer.streaming.prune import SideBySide
+
+LAYER_BY_LAYER, IN_MEMORY = "layer_by_layer", "in_memory"
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Inputs:
     lm_windows: list[list[int]] | None = None  # token ids engines score the same way
     pair_kwargs: dict = field(default_factory=dict)  # embedding models: pairs and gold scores
     reference: torch.Tensor | None = None  # the original's outputs on the evaluation batches
+    streamed: StreamedModel | None = None  # layer by layer: the model's layers stay on disk
 
     @property
     def model(self) -> nn.Module:
@@ -61,6 +68,7 @@ class Pruned:
     model: nn.Module
     record: dict  # the report's ``pruning``
     importance: dict | None  # the report's ``importance``
+    side_by_side: SideBySide | None = None  # layer by layer: both models measured while pruning
 
 
 @dataclass
@@ -76,3 +84,26 @@ class Served:
     gguf: list[dict] | None = None
     vllm: dict | None = None
     generation: dict | None = None  # the PyTorch rows of the served-files table
+
+
+@dataclass
+class Execution:
+    """The report's ``execution``: the path, why a job did not stream, the estimate beside the
+    measured peak."""
+
+    path: str
+    why_in_memory: str | None = None
+    estimate: MemoryEstimate | None = None
+    available_bytes: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {
+            "path": self.path,
+            "why_in_memory": self.why_in_memory,
+            "estimated_peak_bytes": self.estimate.total_bytes if self.estimate else None,
+            "measured_peak_bytes": peak,
+            "available_bytes": self.available_bytes,
+            "estimate": self.estimate.to_dict() if self.estimate else None,
+        }

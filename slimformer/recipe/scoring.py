@@ -10,6 +10,7 @@ from slimformer.pruning import PruningTarget, drop_layers, plan_depth
 from slimformer.recipe.job import Job
 from slimformer.recipe.results import Scores
 from slimformer.spec import PruneSpec
+from slimformer.streaming.prune import score_layers
 
 
 def target_of(p: PruneSpec) -> PruningTarget:
@@ -75,6 +76,16 @@ def run(job: Job) -> Scores:
     if p.layers:
         scores.depth = prune_depth(job, inputs.model, batches, p)
     job.stage("scoring", 0.0, "scoring heads, neurons and MLPs")
+    if inputs.streamed is not None:  # one layer in memory at a time; only the scores are kept
+        scores.importance = score_layers(
+            inputs.streamed,
+            batches,
+            on_progress=job.progress_of("scoring"),
+            should_cancel=job.should_cancel,
+        )
+        job.timed("scoring", t0)
+        job.scores = scores
+        return scores
     # the iterative schedule scores again after every step: the pruning stage does it there
     if not (scores.depth is not None and removes_only_layers(p)) and p.schedule != "iterative":
         scores.importance = score(job, inputs.model)

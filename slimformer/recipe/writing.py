@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from slimformer.loading import LoadedModel, folder_origin
 from slimformer.pruning import STOCK_LAYOUT
 from slimformer.recipe import serving
 from slimformer.recipe.job import Job
+from slimformer.recipe.pruning import STAGING
 from slimformer.spec import JobSpec
+from slimformer.streaming.writer import write_folder
 
 REPORT_FILE = "compression_report.json"
 SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "compression_report.schema.json"
@@ -152,6 +155,7 @@ def _report(job: Job) -> dict:
         "artifacts": {},
         "environment": _environment(next(job.compressed.parameters()).device),
         "seconds": {},
+        "execution": None,
     }
 
 
@@ -169,12 +173,23 @@ def _artifacts(job: Job, folder: Path, served: serving.Served) -> dict:
     }
 
 
+def _save(job: Job, folder: Path) -> None:
+    """The model folder: saved from memory, or (layer by layer) from the staged layers."""
+    inputs = job.inputs
+    if inputs.streamed is None:
+        save_model_folder(job.compressed, inputs.tokenizer, folder)
+        return
+    staging = job.workdir / STAGING
+    write_folder(inputs.streamed, staging, folder, inputs.tokenizer)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def run(job: Job) -> dict:
     t0 = time.perf_counter()
     job.stage("writing_card", 0.0, "writing the model, report and card")
     report = job.report = _report(job)
     with atomic_folder(job.out, overwrite=job.overwrite) as folder:
-        save_model_folder(job.compressed, job.inputs.tokenizer, folder)
+        _save(job, folder)
         served = serving.measure(job, folder)
         if served.generation is not None:
             job.evaluation["generation"] = served.generation
@@ -183,6 +198,8 @@ def run(job: Job) -> dict:
         report["seconds"] = {k: round(v, 2) for k, v in job.timings.items()} | {
             "total": round(time.perf_counter() - job.started, 2)
         }
+        if job.execution is not None:  # the estimate beside the peak measured so far
+            report["execution"] = job.execution.to_dict()
         build_card(report, folder)
         report["artifacts"]["files"] = sorted([p.name for p in folder.iterdir()] + [REPORT_FILE])
         (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")

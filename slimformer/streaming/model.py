@@ -158,3 +158,13 @@ class StreamedModel:
 def _set_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     owner, _, attr = name.rpartition(".")
     setattr(model.get_submodule(owner), attr, nn.Parameter(tensor, requires_grad=False))
+
+
+def footprint(model: nn.Module, seq_len: int) -> dict:
+    """Parameters, bytes of the weights in float32 (as they are computed, like a model held in
+    memory) and MACs for ``seq_len`` tokens, of a model whose layers may be on the meta device."""
+    from slimformer.models import count_macs
+
+    params = {id(p): p for p in model.parameters()}.values()  # a tied head counts once
+    count = sum(p.numel() for p in params)
+    return {"parameters": count, "weight_bytes": 4 * count, "macs": count_macs(model, seq_len)}

@@ -130,6 +130,9 @@ class SideBySide:
     original: HeadStats = field(default_factory=HeadStats)
     compressed: HeadStats = field(default_factory=HeadStats)
     agreement: float | None = None
+    # parameters, weight bytes and MACs of each model (see :func:`footprint`)
+    original_footprint: dict = field(default_factory=dict)
+    compressed_footprint: dict = field(default_factory=dict)
 
 
 def prune_layers(
