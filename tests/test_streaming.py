@@ -153,3 +153,57 @@ def test_a_bf16_checkpoint_is_pruned_and_written_in_bf16(tiny_llama, tmp_path):
     fresh = score_next_tokens(reloaded, batches)
     assert fresh.nll_sum == pytest.approx(side.compressed.nll_sum, rel=1e-4)
     assert math.isfinite(side.compressed.nll_sum)
+
+
+def _job(model_id: str, data, **extra):
+    from slimformer.spec import JobSpec
+
+    body = {"model": {"id": model_id}, "dataset": {"path": str(data)}, "prune": {"heads": 0.25}}
+    return JobSpec.model_validate(body | extra, context={"local_files": True})
+
+
+@pytest.fixture(scope="module")
+def six_layers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama-6")
+    save_tiny_causal_lm(folder, num_hidden_layers=6)
+    return folder, write_story_txt(folder.parent / "stories6.txt")
+
+
+def test_a_causal_lm_job_runs_layer_by_layer_and_says_so(six_layers, tmp_path):
+    from slimformer.pipeline import run
+
+    folder, data = six_layers
+    report = run(_job(str(folder), data), tmp_path / "work").report
+    execution = report["execution"]
+    assert execution["path"] == "layer_by_layer" and execution["why_in_memory"] is None
+    assert 0 < execution["estimated_peak_bytes"] and 0 < execution["measured_peak_bytes"]
+    assert report["evaluation"]["original"]["latency"] is None
+    assert not (tmp_path / "work" / "staged-layers").exists()  # staged layers are gone
+    # an iterative schedule holds the model in memory, and says why
+    iterative = _job(str(folder), data, prune={"heads": 0.25, "schedule": "iterative"})
+    report = run(iterative, tmp_path / "work2").report
+    assert report["execution"]["path"] == "in_memory"
+    assert "iterative" in report["execution"]["why_in_memory"]
+
+
+def test_a_job_that_cannot_fit_is_refused_before_any_weight_is_read(
+    six_layers, tmp_path, monkeypatch, hub, policy
+):
+    from slimformer.errors import InsufficientMemory
+    from slimformer.pipeline import run
+
+    folder, data = six_layers
+    monkeypatch.setenv("SLIMFORMER_MEMORY_LIMIT_BYTES", str(300 * 2**20))
+    with pytest.raises(InsufficientMemory) as refused:
+        run(_job(str(folder), data), tmp_path / "work", out_dir=tmp_path / "out")
+    message = refused.value.message
+    assert "GiB" in message and "0.3 GiB is available" in message
+    assert refused.value.details["needed_bytes"] > refused.value.details["available_bytes"]
+    assert not (tmp_path / "out").exists()
+    # from the Hub: config.json is read, no weight file is ever asked for
+    hub.add_repo("acme/tiny-llama", folder)
+    with pytest.raises(InsufficientMemory):
+        run(_job("acme/tiny-llama", data), tmp_path / "work2", hub_policy=policy)
+    asked = [path for method, path in hub.requests if "/resolve/" in path]
+    assert any(path.endswith("config.json") for path in asked)
+    assert not any(path.endswith(".safetensors") for path in asked), asked
