@@ -3,6 +3,7 @@ load it" snippet that runs as written for every task and layout."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from slimformer.card import (
+    CURVE,
+    HEATMAP,
     _origin_text,
     base_hub_id,
+    build_card,
     format_change,
     format_metric,
     format_number,
@@ -21,6 +25,7 @@ from slimformer.card import (
     format_speedup,
     load_snippet,
 )
+from slimformer.report import SCHEMA_FILE, BaseModelInfo, CompressionReport
 
 
 @pytest.mark.parametrize(
@@ -63,25 +68,24 @@ def test_sizes_change_by_a_signed_percentage():
     assert format_number(0) == "0"
 
 
+def _base(**fields) -> BaseModelInfo:
+    required = {"revision": None, "task": "text-generation", "family": "llama", "license": None}
+    return BaseModelInfo.model_validate(required | fields)
+
+
 def test_the_origin_line_links_only_hub_ids():
-    local = {"id": "smollm2-135m-instruct", "hub_id": None, "source": "local", "commit": None}
+    local = _base(id="smollm2-135m-instruct", hub_id=None, source="local", commit=None)
     assert base_hub_id(local) is None and "huggingface.co" not in _origin_text(local)
     assert "--base-model" in _origin_text(local)
-    given = {"id": "acme/x", "hub_id": "acme/x", "source": "given", "commit": None}
+    given = _base(id="acme/x", hub_id="acme/x", source="given", commit=None)
     assert _origin_text(given).startswith(
         "[`acme/x`](https://huggingface.co/acme/x), as given with"
     )
-    hub = {
-        "id": "acme/x",
-        "hub_id": "acme/x",
-        "source": "hub",
-        "revision": "v1",
-        "commit": "a" * 40,
-    }
+    hub = _base(id="acme/x", hub_id="acme/x", source="hub", revision="v1", commit="a" * 40)
     assert "at revision `v1` (commit `aaaa" in _origin_text(hub)
     # reports written before hub_id existed: a Hub model had a commit, a local folder none
-    assert base_hub_id({"id": "acme/x", "commit": "b" * 40}) == "acme/x"
-    assert base_hub_id({"id": "models/x", "commit": None}) is None
+    assert base_hub_id(_base(id="acme/x", commit="b" * 40)) == "acme/x"
+    assert base_hub_id(_base(id="models/x", commit=None)) is None
 
 
 def _folder(tmp_path: Path, name: str, model: str, data: Path, **spec_parts) -> Path:
@@ -139,6 +143,49 @@ def folders(tmp_path_factory, tiny_classifier_folder, minilm_path) -> dict[str, 
     }
 
 
+# keys later versions added to the report: one written before them lacks them all
+LATER_KEYS = {
+    "base_model": ("hub_id", "source", "folder_name", "new_head", "own_code"),
+    "data": ("unused_label_column", "calibration_source", "calibration_protocol"),
+    "evaluation": ("generation", "protocol", "torch_version"),
+    "pruning": ("removed_attention", "reconstruction", "removed_layers", "original_layers"),
+    "artifacts": ("targets", "vllm", "gguf"),
+}
+
+
+def test_a_stored_report_loads_and_rebuilds_the_card_its_job_wrote(folders, tmp_path):
+    """compression_report.json read back is a valid report (the model and the published schema)
+    and the card built from it is, byte for byte, the card the job wrote."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    for name, folder in folders.items():
+        stored = json.loads((folder / "compression_report.json").read_text())
+        jsonschema.validate(stored, schema)
+        report = CompressionReport.model_validate(stored)
+        (tmp_path / name).mkdir()
+        build_card(report, tmp_path / name)
+        for file in ("README.md", HEATMAP, CURVE):
+            wrote, rebuilt = folder / file, tmp_path / name / file
+            assert wrote.is_file() == rebuilt.is_file(), (name, file)
+            assert not wrote.is_file() or wrote.read_bytes() == rebuilt.read_bytes(), (name, file)
+
+
+def test_a_report_of_the_first_version_still_loads_and_makes_a_card(folders, tmp_path):
+    """Before ``hub_id`` and ``source`` a Hub model was one with a commit."""
+    stored = json.loads((folders["classifier-per_layer"] / "compression_report.json").read_text())
+    for key, later in LATER_KEYS.items():
+        for name in later:
+            stored[key].pop(name, None)
+    del stored["execution"]
+    stored["base_model"] |= {"id": "acme/tiny-bert", "revision": "main", "commit": "c" * 40}
+    report = CompressionReport.model_validate(stored)
+    assert base_hub_id(report.base_model) == "acme/tiny-bert" and report.base_model.new_head == []
+    card = build_card(report, tmp_path).text
+    assert "[`acme/tiny-bert`](https://huggingface.co/acme/tiny-bert) at revision `main`" in card
+    assert "## What was removed" in card
+
+
 RUN_SNIPPETS = textwrap.dedent("""
     import io, json, sys, contextlib
     results = {}
@@ -153,8 +200,6 @@ RUN_SNIPPETS = textwrap.dedent("""
 
 
 def test_every_cards_load_snippet_runs_as_written(folders, tmp_path):
-    import json
-
     snippets = {}
     for name, folder in folders.items():
         card = (folder / "README.md").read_text()

@@ -11,6 +11,7 @@ from slimformer.data import load_text_file, make_batches
 from slimformer.errors import Cancelled
 from slimformer.evaluation import task_metric
 from slimformer.pipeline import SCHEMA_FILE, STAGES, run
+from slimformer.report import CompressionReport
 from slimformer.spec import JobSpec
 
 
@@ -53,6 +54,7 @@ def test_run_writes_a_complete_folder_with_a_valid_report(pruned_run):
         assert (folder / name).is_file(), name
     report = json.loads((folder / "compression_report.json").read_text())
     jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+    CompressionReport.model_validate(report)
     assert report["artifacts"]["files"] == sorted(p.name for p in folder.iterdir())
     seen = [s for i, s in enumerate(stages) if s != (stages[i - 1] if i else None)]
     assert seen == ["downloading", "scoring", "pruning", "evaluating", "writing_card"]
@@ -217,6 +219,7 @@ def test_distill_run_writes_a_stock_student_with_a_training_health_section(
     assert "### Distillation" in text and "### Training health" in text
     assert {"slimformer", "distilled"} <= set(ModelCard.load(result.folder / "README.md").data.tags)
     jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+    CompressionReport.model_validate(report)
 
 
 def test_prune_then_distill_trains_the_pruned_model(tiny_classifier_folder, labelled_csv, tmp_path):

@@ -23,13 +23,15 @@ from slimformer.card.prose import (
 )
 from slimformer.card.tables import _removed_rows, _serving_rows, _table
 from slimformer.formatting import format_agreement
+from slimformer.report import CompressionReport
 
 TEMPLATE = Path(__file__).with_name("template.md.j2")
 VERSIONS = ("python", "torch", "transformers", "huggingface_hub", "slimformer")
 
 
-def build_card(report: dict, folder: Path) -> ModelCard:
-    """Write ``README.md`` (and the PNGs it shows) into ``folder`` from a compression report."""
+def build_card(report: CompressionReport, folder: Path) -> ModelCard:
+    """Write ``README.md`` (and the PNGs it shows) into ``folder`` from a compression report (a
+    stored one: ``CompressionReport.model_validate(json.loads(text))``)."""
     folder = Path(folder)
     heatmap, curve = draw_plots(report, folder)
     data = card_data(report)
@@ -48,59 +50,57 @@ def build_card(report: dict, folder: Path) -> ModelCard:
     return card
 
 
-def _results(report: dict) -> dict:
+def _results(report: CompressionReport) -> dict:
     """What the template says of the measurement: the side-by-side table, the agreement, the data
     and hardware, and what was removed."""
-    evaluation = report["evaluation"]
-    agreement = evaluation.get("agreement")
+    evaluation = report.evaluation
+    agreement = evaluation.agreement
     return {
-        "table": _table(evaluation, report.get("artifacts", {})),
-        "agreement": None if agreement is None else format_agreement(agreement, evaluation["task"]),
-        "rows": evaluation["rows"],
-        "eval_source": report["data"].get("eval_source", "the evaluation data"),
-        "device": evaluation["device"],
-        "threads": evaluation["threads"],
-        "seq_len": evaluation["seq_len"],
-        "protocol": evaluation.get("protocol"),
-        "removed": _removed_rows(report.get("pruning")),
+        "table": _table(evaluation, report.artifacts),
+        "agreement": None if agreement is None else format_agreement(agreement, evaluation.task),
+        "rows": evaluation.rows,
+        "eval_source": report.data.eval_source,
+        "device": evaluation.device,
+        "threads": evaluation.threads,
+        "seq_len": evaluation.seq_len,
+        "protocol": evaluation.protocol,
+        "removed": _removed_rows(report.pruning),
     }
 
 
-def _files(report: dict) -> dict:
+def _files(report: CompressionReport) -> dict:
     """What the template says of the folder: how to load it, its ONNX graphs, the files to serve."""
-    base = report["base_model"]
-    artifacts = report.get("artifacts", {})
-    per_layer = bool(artifacts.get("per_layer"))
-    repo = (report["spec"].get("publish") or {}).get("repo_id") or LOAD_PLACEHOLDER
-    pairs = bool(report["data"].get("text_pair_column"))
+    artifacts = report.artifacts
+    per_layer = artifacts.per_layer
+    repo = (report.spec.get("publish") or {}).get("repo_id") or LOAD_PLACEHOLDER
+    pairs = bool(report.data.text_pair_column)
     return {
-        "load_code": load_snippet(base["task"], repo, per_layer=per_layer, pairs=pairs),
+        "load_code": load_snippet(report.base_model.task, repo, per_layer=per_layer, pairs=pairs),
         "per_layer": per_layer,
-        "onnx": bool(artifacts.get("onnx")),
-        "onnx_int8": _int8_facts((artifacts.get("onnx") or {}).get("int8")),
+        "onnx": artifacts.onnx is not None,
+        "onnx_int8": _int8_facts(artifacts.onnx.int8 if artifacts.onnx else None),
         "serving": _serving_rows(report),
         "serve_commands": _serve_commands(report, repo),
         "generation": _generation_text(report),
-        "nemotron": artifacts.get("layout") == "nemotron_nas",
+        "nemotron": artifacts.layout == "nemotron_nas",
     }
 
 
-def _provenance(report: dict) -> dict:
+def _provenance(report: CompressionReport) -> dict:
     """What the template says of how the model was made and how to reproduce it."""
-    base = report["base_model"]
-    new_head = base.get("new_head") or []
-    data = report["data"]
+    base = report.base_model
+    environment = report.environment
     return {
         "method_text": _method_text(report),
         "distill_text": _distill_text(report),
-        "health": (report.get("distillation") or {}).get("health", []),
+        "health": report.distillation.health if report.distillation else [],
         "origin": _origin_text(base),
-        "new_head": f"{PIPELINE_TAG.get(base['task'], base['task'])} head" if new_head else None,
-        "new_head_weights": ", ".join(new_head),
-        "seed": report["spec"].get("seed", 0),
+        "new_head": f"{PIPELINE_TAG.get(base.task, base.task)} head" if base.new_head else None,
+        "new_head_weights": ", ".join(base.new_head),
+        "seed": report.spec["seed"],
         "versions": ", ".join(
-            f"{k} {v}" for k, v in report.get("environment", {}).items() if k in VERSIONS
+            f"{k} {getattr(environment, k)}" for k in VERSIONS if getattr(environment, k)
         ),
-        "spec_json": json.dumps(report["spec"], indent=2),
-        "calibration": data.get("calibration_source") or data.get("source", "the given data"),
+        "spec_json": json.dumps(report.spec, indent=2),
+        "calibration": report.data.calibration_source or report.data.source,
     }

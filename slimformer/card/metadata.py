@@ -6,6 +6,7 @@ from __future__ import annotations
 from huggingface_hub import EvalResult, ModelCardData
 
 from slimformer.formatting import METRIC_LABELS
+from slimformer.report import BaseModelInfo, CompressionReport
 
 PIPELINE_TAG = {
     "text-classification": "text-classification",
@@ -16,37 +17,36 @@ PIPELINE_TAG = {
 HUB_URL = "https://huggingface.co"
 
 
-def base_hub_id(base: dict) -> str | None:
+def base_hub_id(base: BaseModelInfo) -> str | None:
     """The base model's Hub id when it is known, else None (reports before ``hub_id`` existed: a Hub
     model had a commit)."""
-    if "hub_id" in base:
-        return base["hub_id"]
-    return base["id"] if base.get("commit") else None
+    if "hub_id" in base.model_fields_set:
+        return base.hub_id
+    return base.id if base.commit else None
 
 
-def eval_results(report: dict) -> list[EvalResult]:
+def eval_results(report: CompressionReport) -> list[EvalResult]:
     """``model-index`` entries: the compressed model's task metrics on the evaluation data."""
-    evaluation = report["evaluation"]
-    data = report["data"]
-    task = report["base_model"]["task"]
+    data = report.data
+    task = report.base_model.task
     return [
         EvalResult(
             task_type=PIPELINE_TAG.get(task, task),
-            dataset_type=data.get("eval_dataset_type") or "custom",
-            dataset_name=data.get("eval_source") or "evaluation data",
-            dataset_split=data.get("eval_split"),
+            dataset_type=data.eval_dataset_type or "custom",
+            dataset_name=data.eval_source or "evaluation data",
+            dataset_split=data.eval_split,
             metric_type=name,
             metric_name=METRIC_LABELS.get(name, name),
             metric_value=round(float(value), 6),
         )
-        for name, value in evaluation["compressed"]["metrics"].items()
+        for name, value in report.evaluation.compressed.metrics.items()
     ]
 
 
-def card_data(report: dict) -> ModelCardData:
+def card_data(report: CompressionReport) -> ModelCardData:
     """The card's metadata for a compression report."""
-    base = report["base_model"]
-    method = report["spec"]["method"]
+    base = report.base_model
+    method = report.spec["method"]
     tags = (
         ["slimformer"]
         + (["pruned"] if "prune" in method else [])
@@ -56,11 +56,11 @@ def card_data(report: dict) -> ModelCardData:
     hub_id = base_hub_id(base)
     return ModelCardData(
         base_model=hub_id,
-        base_model_revision=base.get("commit") if hub_id else None,
+        base_model_revision=base.commit if hub_id else None,
         tags=tags,
-        pipeline_tag=PIPELINE_TAG.get(base["task"], base["task"]),
+        pipeline_tag=PIPELINE_TAG.get(base.task, base.task),
         library_name="transformers",
-        license=base.get("license"),
-        model_name=report.get("name") or f"{base['id'].split('/')[-1]}-slim",
+        license=base.license,
+        model_name=(report.model_extra or {}).get("name") or f"{base.id.split('/')[-1]}-slim",
         eval_results=eval_results(report),
     )

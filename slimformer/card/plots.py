@@ -10,24 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimformer.formatting import METRIC_LABELS
+from slimformer.report import CompressionReport, CurvePoint
 
 HEATMAP = "head_importance.png"
 CURVE = "pruning_curve.png"
 
 
-def draw_plots(report: dict, folder: Path) -> tuple[str | None, str | None]:
+def draw_plots(report: CompressionReport, folder: Path) -> tuple[str | None, str | None]:
     """Draw the plots the report has data for into ``folder``; their file names (None for a plot
     not drawn): the heatmap and the curve."""
-    pruning = report.get("pruning")
+    pruning, importance = report.pruning, report.importance
     heatmap = curve = None
-    importance = report.get("importance")
-    if importance and importance.get("heads"):
+    if importance and importance.heads:
         plot_head_heatmap(
-            importance["heads"], (pruning or {}).get("removed_heads", {}), folder / HEATMAP
+            importance.heads, pruning.removed_heads if pruning else {}, folder / HEATMAP
         )
         heatmap = HEATMAP
-    if pruning and len(pruning.get("curve", [])) > 1:
-        plot_pruning_curve(pruning["curve"], report["evaluation"]["primary_metric"], folder / CURVE)
+    if pruning and len(pruning.curve) > 1:
+        plot_pruning_curve(pruning.curve, report.evaluation.primary_metric, folder / CURVE)
         curve = CURVE
     return heatmap, curve
 
@@ -70,7 +70,7 @@ def plot_head_heatmap(heads: list[list[float]], removed: dict[str, list[int]], p
     return path
 
 
-def plot_pruning_curve(curve: list[dict], metric: str, path: Path) -> Path:
+def plot_pruning_curve(curve: list[CurvePoint], metric: str, path: Path) -> Path:
     """Metric against the fraction of heads (and FFN neurons) removed, one point per iterative
     step."""
     import matplotlib
@@ -79,22 +79,22 @@ def plot_pruning_curve(curve: list[dict], metric: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    x = [p["heads_removed"] for p in curve]
-    y = [p["metric"] for p in curve]
+    x = [p.heads_removed for p in curve]
+    y = [p.metric for p in curve]
     ax.plot(x, y, marker="o", label="heads removed")
-    if any(p.get("ffn_removed") for p in curve):
+    if any(p.ffn_removed for p in curve):
         ax.plot(
-            [p["ffn_removed"] for p in curve],
+            [p.ffn_removed for p in curve],
             y,
             marker="s",
             linestyle="--",
             label="FFN neurons removed",
         )
-    rejected = [p for p in curve if not p.get("kept", True)]
+    rejected = [p for p in curve if not p.kept]
     if rejected:
         ax.scatter(
-            [p["heads_removed"] for p in rejected],
-            [p["metric"] for p in rejected],
+            [p.heads_removed for p in rejected],
+            [p.metric for p in rejected],
             color="red",
             zorder=3,
             label="below the floor (undone)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from slimformer.card.metadata import HUB_URL, base_hub_id
 from slimformer.formatting import METRIC_LABELS, format_megabytes, format_metric, format_speedup
 from slimformer.models import AUTO_CLASS_FOR_TASK
+from slimformer.report import BaseModelInfo, CompressionReport, DataInfo, OnnxInt8
 
 LOAD_PLACEHOLDER = "path/to/this/folder"
 SOURCE_TEXT = {
@@ -38,49 +39,49 @@ IMPORTANCE_TEXT = {
 }
 
 
-def _summary(report: dict) -> str:
+def _summary(report: CompressionReport) -> str:
     """The card's first sentence: what was made from which model, its share of the parameters and
     MACs, its primary metric against the original's and its speed-up."""
-    base, method = report["base_model"], report["spec"]["method"]
-    evaluation = report["evaluation"]
+    base, method = report.base_model, report.spec["method"]
+    evaluation = report.evaluation
     hub_id = base_hub_id(base)
-    primary = evaluation["primary_metric"]
-    o_metric = evaluation["original"]["metrics"].get(primary)
-    c_metric = evaluation["compressed"]["metrics"].get(primary)
-    if c_metric is None and evaluation.get("agreement") is not None:
+    primary = evaluation.primary_metric
+    o_metric = evaluation.original.metrics.get(primary)
+    c_metric = evaluation.compressed.metrics.get(primary)
+    if c_metric is None and evaluation.agreement is not None:
         # no labels: agreement is the measure
-        primary, o_metric, c_metric = "agreement with the original", 1.0, evaluation["agreement"]
-    ratios = evaluation["ratios"]
+        primary, o_metric, c_metric = "agreement with the original", 1.0, evaluation.agreement
+    ratios = evaluation.ratios
     return (
         f"A {'pruned' if 'prune' in method else 'distilled'}"
         f"{' and distilled' if method == 'prune_distill' else ''} version of "
-        + (f"[`{hub_id}`]({HUB_URL}/{hub_id})" if hub_id else f"a local model (`{base['id']}`)")
+        + (f"[`{hub_id}`]({HUB_URL}/{hub_id})" if hub_id else f"a local model (`{base.id}`)")
         + ", made with slimformer: "
-        f"{ratios['parameters']:.0%} of the parameters and {ratios['macs']:.0%} of the MACs, "
+        f"{ratios.parameters:.0%} of the parameters and {ratios.macs:.0%} of the MACs, "
         f"{METRIC_LABELS.get(primary, primary)} {format_metric(c_metric, primary)} (original "
         f"{format_metric(o_metric, primary)})"
         + (
-            f", {format_speedup(ratios['latency_speedup'])} at batch 1"
-            if ratios.get("latency_speedup")
+            f", {format_speedup(ratios.latency_speedup)} at batch 1"
+            if ratios.latency_speedup
             else ""
         )
         + "."
     )
 
 
-def _origin_text(base: dict) -> str:
+def _origin_text(base: BaseModelInfo) -> str:
     hub_id = base_hub_id(base)
     if hub_id is None:
         return (
-            f"a local folder (`{base['id']}`) whose Hub origin is unknown; name it with "
+            f"a local folder (`{base.id}`) whose Hub origin is unknown; name it with "
             "`--base-model` (`model.base_model`) to link it here"
         )
-    source = base.get("source") or ("hub" if base.get("commit") else "given")
+    source = base.source or ("hub" if base.commit else "given")
     where = f"[`{hub_id}`]({HUB_URL}/{hub_id})"
-    if source == "hub" and base.get("revision"):
-        where += f" at revision `{base['revision']}`"
-    if base.get("commit"):
-        where += f" (commit `{base['commit']}`)"
+    if source == "hub" and base.revision:
+        where += f" at revision `{base.revision}`"
+    if base.commit:
+        where += f" (commit `{base.commit}`)"
     return f"{where}, {SOURCE_TEXT.get(source, source)}"
 
 
@@ -121,13 +122,13 @@ def load_snippet(task: str, repo: str, *, per_layer: bool, pairs: bool = False) 
     return "\n".join(lines)
 
 
-def _method_text(report: dict) -> str:
-    spec = report["spec"]
+def _method_text(report: CompressionReport) -> str:
+    spec = report.spec
     if "prune" not in spec["method"]:
         return "The model was not pruned."
     p = spec["prune"]
-    imp = report.get("importance") or {}
-    data = report["data"]
+    data = report.data
+    seconds = report.importance.seconds if report.importance else 0
     schedule = (
         "in one shot"
         if p["schedule"] == "one_shot"
@@ -136,35 +137,35 @@ def _method_text(report: dict) -> str:
     )
     return (
         f"Importance was scored with {IMPORTANCE_TEXT.get(p['importance'], p['importance'])}, "
-        f"using {_loss_text(report)} on {data.get('calibration_rows', '?')} "
-        f"calibration {_calibration_unit(data)} of {data.get('source', 'the given data')} "
-        f"({imp.get('seconds', 0):.1f} s). The target was {_target_text(p)}, "
+        f"using {_loss_text(report)} on {data.calibration_rows} "
+        f"calibration {_calibration_unit(data)} of {data.source} "
+        f"({seconds:.1f} s). The target was {_target_text(p)}, "
         f"ranked {RANKING_TEXT.get(p['ranking'], p['ranking'])}, "
         f"removed {schedule}. "
         f"Units were removed physically (weights sliced) in the `{p['layout']}` layout"
         + (
             "; each pruned layer's output projection was then refitted by least squares to "
             "reproduce the original's output on the calibration tokens."
-            if (report.get("pruning") or {}).get("reconstruction")
+            if report.pruning and report.pruning.reconstruction
             else "."
         )
         + _unused_labels_text(report)
     )
 
 
-def _loss_text(report: dict) -> str:
+def _loss_text(report: CompressionReport) -> str:
     """What the importance scores were computed from."""
-    data = report["data"]
-    text = f"the text column `{data['text_column']}`" if data.get("text_column") else "the text"
-    if report["base_model"]["task"] == "text-generation":
+    data = report.data
+    text = f"the text column `{data.text_column}`" if data.text_column else "the text"
+    if report.base_model.task == "text-generation":
         task_loss = f"the next-token (language-modelling) loss on {text}"
     else:
-        label = f" (labels from `{data['label_column']}`)" if data.get("label_column") else ""
+        label = f" (labels from `{data.label_column}`)" if data.label_column else ""
         task_loss = f"the task loss on labelled data{label}"
     loss = {
         "task": task_loss,
         "label_free": "a label-free loss against the original model's own predictions",
-    }.get((report.get("importance") or {}).get("loss", ""))
+    }.get(report.importance.loss if report.importance else "")
     if loss is None:  # activation-based methods (FLAP, Minitron): forward passes, no loss at all
         loss = f"forward passes over {text}"
     return loss
@@ -186,17 +187,17 @@ def _target_text(prune: dict) -> str:
     )
 
 
-def _calibration_unit(data: dict) -> str:
+def _calibration_unit(data: DataInfo) -> str:
     """Rows, or for packed text the windows and their length."""
-    protocol = data.get("calibration_protocol")
+    protocol = data.calibration_protocol
     return f"windows of {protocol['seq_len']} tokens" if protocol else "rows"
 
 
-def _unused_labels_text(report: dict) -> str:
-    column = report["data"].get("unused_label_column")
+def _unused_labels_text(report: CompressionReport) -> str:
+    column = report.data.unused_label_column
     if not column:
         return ""
-    if report["base_model"]["task"] == "text-generation":
+    if report.base_model.task == "text-generation":
         why = "a causal LM learns from the text itself, so no labels were used"
     else:
         why = (
@@ -206,58 +207,59 @@ def _unused_labels_text(report: dict) -> str:
     return f" The label column `{column}` was given but not used: {why}."
 
 
-def _distill_text(report: dict) -> str:
-    d = report.get("distillation")
-    if not d:
+def _distill_text(report: CompressionReport) -> str:
+    d = report.distillation
+    if d is None:
         return ""
-    spec = report["spec"]["distill"]
+    spec = report.spec["distill"]
     hidden = (
         ", hidden-state " + spec["hidden_loss"] + " alignment" if spec.get("hidden_loss") else ""
     )
+    steps = "?" if d.steps is None else d.steps
     return (
-        f"### Distillation\n\nThe student was trained for {d.get('steps', '?')} steps "
-        f"({d.get('seconds', 0) / 60:.1f} min) on soft targets of the original model at "
+        f"### Distillation\n\nThe student was trained for {steps} steps "
+        f"({(d.seconds or 0) / 60:.1f} min) on soft targets of the original model at "
         f"temperature {spec['temperature']} (alpha {spec['alpha']} on gold labels where present"
         f"{hidden}); "
         f"the best checkpoint by the evaluation metric was kept"
-        + (f" (best {d['best_metric']:.4f})." if d.get("best_metric") is not None else ".")
-        + ("" if "prune" in report["spec"]["method"] else _unused_labels_text(report))
+        + (f" (best {d.best_metric:.4f})." if d.best_metric is not None else ".")
+        + ("" if "prune" in report.spec["method"] else _unused_labels_text(report))
     )
 
 
-def _int8_facts(int8: dict | None) -> dict | None:
+def _int8_facts(int8: OnnxInt8 | None) -> dict | None:
     """The size, largest output difference and top-1 agreement of the int8 ONNX graph."""
-    if not int8:
+    if int8 is None:
         return None
-    agreement = int8.get("top1_agreement")
+    agreement = int8.top1_agreement
     return {
-        "size": f"{format_megabytes(int8['size_bytes'])} against "
-        f"{format_megabytes(int8['float_size_bytes'])} in float32",
-        "diff": f"{int8['max_abs_diff']:.3g}",
+        "size": f"{format_megabytes(int8.size_bytes)} against "
+        f"{format_megabytes(int8.float_size_bytes)} in float32",
+        "diff": f"{int8.max_abs_diff:.3g}",
         "agreement": "—" if agreement is None else f"{agreement:.1%}",
     }
 
 
-def _serve_commands(report: dict, repo: str) -> list[str]:
+def _serve_commands(report: CompressionReport, repo: str) -> list[str]:
     """How to serve each artefact an engine was checked with."""
-    artifacts = report.get("artifacts") or {}
+    artifacts = report.artifacts
     lines = []
-    if artifacts.get("vllm"):
-        trust = " --trust-remote-code" if artifacts.get("per_layer") else ""
+    if artifacts.vllm is not None:
+        trust = " --trust-remote-code" if artifacts.per_layer else ""
         lines.append(f"vLLM: `vllm serve {repo}{trust}`")
-    for entry in artifacts.get("gguf") or []:
+    for entry in artifacts.gguf or []:
         lines.append(
-            f"llama.cpp ({entry['type']}): `llama-server -m {entry['file']}` "
-            f'(Python: `llama_cpp.Llama(model_path="{entry["file"]}")`)'
+            f"llama.cpp ({entry.type}): `llama-server -m {entry.file}` "
+            f'(Python: `llama_cpp.Llama(model_path="{entry.file}")`)'
         )
     return lines
 
 
-def _generation_text(report: dict) -> str:
-    generation = report["evaluation"].get("generation")
-    if not generation:
+def _generation_text(report: CompressionReport) -> str:
+    generation = report.evaluation.generation
+    if generation is None:
         return "not measured: latency was off"
     return (
-        f"{generation['prompt_tokens']}-token prompt from the first evaluation window, "
-        f"{generation['new_tokens']} new tokens"
+        f"{generation.prompt_tokens}-token prompt from the first evaluation window, "
+        f"{generation.new_tokens} new tokens"
     )

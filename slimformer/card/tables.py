@@ -15,17 +15,18 @@ from slimformer.formatting import (
     format_relative,
     format_speedup,
 )
+from slimformer.report import ArtifactsInfo, CompressionReport, Evaluation, PruningInfo
 
 Row = tuple[str, str, str, str]  # label, original, compressed, change
 
 
-def _table(evaluation: dict, artifacts: dict) -> list[Row]:
+def _table(evaluation: Evaluation, artifacts: ArtifactsInfo) -> list[Row]:
     """The side-by-side table: task metrics, sizes, and latency when it was measured."""
     return _metric_rows(evaluation) + _size_rows(evaluation, artifacts) + _latency_rows(evaluation)
 
 
-def _metric_rows(evaluation: dict) -> list[Row]:
-    compressed = evaluation["compressed"]["metrics"]
+def _metric_rows(evaluation: Evaluation) -> list[Row]:
+    compressed = evaluation.compressed.metrics
     return [
         (
             METRIC_LABELS.get(name, name),
@@ -33,22 +34,25 @@ def _metric_rows(evaluation: dict) -> list[Row]:
             format_metric(compressed.get(name), name),
             format_change(value, compressed.get(name), name),
         )
-        for name, value in evaluation["original"]["metrics"].items()
+        for name, value in evaluation.original.metrics.items()
     ]
 
 
-def _size_rows(evaluation: dict, artifacts: dict) -> list[Row]:
-    original, compressed = evaluation["original"], evaluation["compressed"]
+def _size_rows(evaluation: Evaluation, artifacts: ArtifactsInfo) -> list[Row]:
+    original, compressed = evaluation.original, evaluation.compressed
     rows = [
         (
             label,
-            format_number(original[key]),
-            format_number(compressed[key]),
-            format_relative(original[key], compressed[key]),
+            format_number(before),
+            format_number(after),
+            format_relative(before, after),
         )
-        for key, label in (("parameters", "Parameters"), ("macs", "MACs per sequence"))
+        for label, before, after in (
+            ("Parameters", original.parameters, compressed.parameters),
+            ("MACs per sequence", original.macs, compressed.macs),
+        )
     ]
-    size_before, size_after = artifacts.get("original_size_bytes"), artifacts.get("size_bytes")
+    size_before, size_after = artifacts.original_size_bytes, artifacts.size_bytes
     rows.append(
         (
             "Size on disk",
@@ -60,100 +64,111 @@ def _size_rows(evaluation: dict, artifacts: dict) -> list[Row]:
     return rows
 
 
-def _latency_rows(evaluation: dict) -> list[Row]:
-    lat_o, lat_c = evaluation["original"].get("latency"), evaluation["compressed"].get("latency")
-    if not (lat_o and lat_c):
+def _latency_rows(evaluation: Evaluation) -> list[Row]:
+    lat_o, lat_c = evaluation.original.latency, evaluation.compressed.latency
+    if lat_o is None or lat_c is None:
         return []
-    ratios = evaluation["ratios"]
+    ratios = evaluation.ratios
     return [
         (
             "Latency p50, batch 1 (ms)",
-            format_ms(lat_o["batch1_p50_ms"]),
-            format_ms(lat_c["batch1_p50_ms"]),
-            format_speedup(ratios["latency_speedup"]),
+            format_ms(lat_o.batch1_p50_ms),
+            format_ms(lat_c.batch1_p50_ms),
+            format_speedup(ratios.latency_speedup),
         ),
         (
             "Latency p95, batch 1 (ms)",
-            format_ms(lat_o["batch1_p95_ms"]),
-            format_ms(lat_c["batch1_p95_ms"]),
+            format_ms(lat_o.batch1_p95_ms),
+            format_ms(lat_c.batch1_p95_ms),
             "",
         ),
         (
             "Throughput, batch 32 (seq/s)",
-            f"{lat_o['batch32_throughput']:.1f}",
-            f"{lat_c['batch32_throughput']:.1f}",
-            format_factor(ratios["throughput_speedup"]),
+            f"{lat_o.batch32_throughput:.1f}",
+            f"{lat_c.batch32_throughput:.1f}",
+            format_factor(ratios.throughput_speedup),
         ),
     ]
 
 
-def _removed_rows(pruning: dict | None) -> list[dict]:
-    if not pruning:
+def _removed_rows(pruning: PruningInfo | None) -> list[dict]:
+    if pruning is None:
         return []
     rows = []
-    removed_mlps = set(pruning.get("removed_mlps", []))
-    whole = set(pruning.get("removed_attention", []))
-    for layer, total in enumerate(pruning["original_heads_per_layer"]):
-        removed = pruning["removed_heads"].get(str(layer), [])
+    removed_mlps = set(pruning.removed_mlps)
+    whole = set(pruning.removed_attention)
+    for layer, total in enumerate(pruning.original_heads_per_layer):
+        removed = pruning.removed_heads.get(str(layer), [])
         listed = ", ".join(map(str, removed)) or "none"
         rows.append(
             {
                 "layer": layer,
-                "heads_kept": pruning["heads_per_layer"][layer],
+                "heads_kept": pruning.heads_per_layer[layer],
                 "heads_total": total,
                 "heads_removed": "attention removed whole" if layer in whole else listed,
-                "neurons_kept": pruning["neurons_per_layer"][layer],
-                "neurons_total": pruning["original_neurons_per_layer"][layer],
+                "neurons_kept": pruning.neurons_per_layer[layer],
+                "neurons_total": pruning.original_neurons_per_layer[layer],
                 "mlp": "removed" if layer in removed_mlps else "kept",
             }
         )
     return rows
 
 
-def _serving_rows(report: dict) -> list[str]:
+def _serving_rows(report: CompressionReport) -> list[str]:
     """The files an engine other than PyTorch serves, with what was measured on each (GGUF, the
     folder in vLLM)."""
-    artifacts = report.get("artifacts") or {}
-    gguf = artifacts.get("gguf") or []
-    served = artifacts.get("vllm")
-    if not gguf and not served:
+    artifacts = report.artifacts
+    gguf = artifacts.gguf or []
+    served = artifacts.vllm
+    if not gguf and served is None:
         return []
-    evaluation = report["evaluation"]
-    speeds = evaluation.get("generation") or {}
-    sizes = {
-        "original": _file_size(artifacts.get("original_size_bytes")),
-        "compressed": _file_size(artifacts.get("size_bytes")),
+    evaluation = report.evaluation
+    generation = evaluation.generation
+    pytorch = {
+        "original": (
+            _file_size(artifacts.original_size_bytes),
+            evaluation.original.metrics,
+            generation.original_tokens_per_s if generation else None,
+        ),
+        "compressed": (
+            _file_size(artifacts.size_bytes),
+            evaluation.compressed.metrics,
+            generation.compressed_tokens_per_s if generation else None,
+        ),
     }
     rows = [
         _serving_row(
             side,
             "model.safetensors",
             "transformers (PyTorch, float32)",
-            sizes[side],
-            evaluation[side]["metrics"],
-            speeds.get(f"{side}_tokens_per_s"),
+            size,
+            metrics.get("perplexity"),
+            metrics.get("next_token_accuracy"),
+            speed,
         )
-        for side in ("original", "compressed")
+        for side, (size, metrics, speed) in pytorch.items()
     ]
-    if served:
+    if served is not None:
         rows.append(
             _serving_row(
                 "compressed",
                 "model.safetensors",
                 "vLLM (CPU build, float32)",
-                sizes["compressed"],
-                served,
-                served.get("tokens_per_s"),
+                pytorch["compressed"][0],
+                served.perplexity,
+                served.next_token_accuracy,
+                served.tokens_per_s,
             )
         )
     rows += [
         _serving_row(
             "compressed",
-            entry["file"],
-            f"llama.cpp ({entry['type']})",
-            format_megabytes(entry["size_bytes"]),
-            entry,
-            entry.get("tokens_per_s"),
+            entry.file,
+            f"llama.cpp ({entry.type})",
+            format_megabytes(entry.size_bytes),
+            entry.perplexity,
+            entry.next_token_accuracy,
+            entry.tokens_per_s,
         )
         for entry in gguf
     ]
@@ -161,14 +176,20 @@ def _serving_rows(report: dict) -> list[str]:
 
 
 def _serving_row(
-    model: str, file: str, engine: str, size: str, scores: dict, speed: float | None
+    model: str,
+    file: str,
+    engine: str,
+    size: str,
+    perplexity: float | None,
+    accuracy: float | None,
+    speed: float | None,
 ) -> str:
-    """One row of the files-to-serve table: ``scores`` holds the file's perplexity and next-token
-    accuracy, ``speed`` its tokens per second."""
+    """One row of the files-to-serve table: the file's size, perplexity, next-token accuracy and
+    tokens per second."""
     cells = (
         size,
-        format_metric(scores.get("perplexity"), "perplexity"),
-        format_metric(scores.get("next_token_accuracy"), "next_token_accuracy"),
+        format_metric(perplexity, "perplexity"),
+        format_metric(accuracy, "next_token_accuracy"),
         format_rate(speed),
     )
     return f"| {model} | `{file}` | {engine} | " + " | ".join(cells) + " |"

@@ -21,6 +21,7 @@ from slimformer.pruning import STOCK_LAYOUT
 from slimformer.recipe import serving
 from slimformer.recipe.job import Job
 from slimformer.recipe.pruning import STAGING
+from slimformer.report import CompressionReport
 from slimformer.spec import JobSpec
 from slimformer.streaming.writer import write_folder
 
@@ -200,7 +201,7 @@ def run(job: Job) -> dict:
         }
         if job.execution is not None:  # the estimate beside the peak measured so far
             report["execution"] = job.execution.to_dict()
-        build_card(report, folder)
+        build_card(CompressionReport.model_validate(report), folder)
         report["artifacts"]["files"] = sorted([p.name for p in folder.iterdir()] + [REPORT_FILE])
         (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         job.check()
