@@ -170,7 +170,8 @@ def test_switches_and_on_off_flags():
 
 def test_a_spec_error_names_the_flag_that_set_the_field():
     args = _parse("--heads", "0.5", "--base-model", "a/b/c")
-    with pytest.raises(InvalidSpec, match=r"^--base-model: .*not a Hub model id"):
+    named = r"^--base-model \(model.base_model\): .*not a Hub model id"
+    with pytest.raises(InvalidSpec, match=named):
         _validated(_spec_data(args, "prune", PRUNE_FLAGS), PRUNE_FLAGS)
 
 

@@ -153,10 +153,12 @@ def _validated(data: dict, spec_flags: tuple = ()) -> JobSpec:
     except ValidationError as err:
         first = err.errors()[0]
         path = ".".join(str(p) for p in first["loc"])
-        where = flags.flag_for(path, spec_flags) or path or "spec"
+        flag = flags.flag_for(path, spec_flags)
+        where = f"{flag} ({path})" if flag and path else flag or path or "spec"
         more = err.error_count() - 1
+        message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix says nothing
         raise InvalidSpec(
-            f"{where}: {first['msg']}" + (f" (and {more} more problems)" if more else "")
+            f"{where}: {message}" + (f" (and {more} more problems)" if more else "")
         ) from None
 
 

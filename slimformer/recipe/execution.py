@@ -10,6 +10,7 @@ from collections.abc import Callable
 import transformers
 
 from slimformer.architectures import family_of
+from slimformer.errors import SlimformerError
 from slimformer.loading import infer_task
 from slimformer.memory import MemoryEstimate, available_memory_bytes, check_fits, estimate_for_repo
 from slimformer.pruning import layout_for
@@ -67,6 +68,8 @@ def memory_check(job: Job, resolve: Callable) -> Callable[[dict, dict | None], N
             spec = resolve(job.spec, task, family_of(config).name)
             reason = why_in_memory(spec, task, config)
             estimate = _estimate(raw, parameters, spec, task, config, reason)
+        except SlimformerError:  # an unsupported family, a bad task: refused here, before download
+            raise
         except (KeyError, TypeError, ValueError) as err:  # loading says what is wrong with it
             logger.warning("no memory estimate for %s: %s", job.spec.model.id, err)
             return
