@@ -65,7 +65,31 @@ def _results(report: CompressionReport) -> dict:
         "seq_len": evaluation.seq_len,
         "protocol": evaluation.protocol,
         "removed": _removed_rows(report.pruning),
+        "execution": _execution_text(report),
     }
+
+
+def _execution_text(report: CompressionReport) -> str | None:
+    """How the job ran and what memory it took, beside what it said it would need."""
+    execution = report.execution
+    if execution is None:
+        return None
+    if execution.path == "layer_by_layer":
+        text = (
+            "Run layer by layer: one decoder layer in memory at a time, both models measured on "
+            "the same windows as the layers were pruned (latency is not measured: neither model "
+            "is ever whole in memory)."
+        )
+    else:
+        text = "Run in memory" + (
+            f" ({execution.why_in_memory})." if execution.why_in_memory else "."
+        )
+    peaks = []
+    if execution.measured_peak_bytes:
+        peaks.append(f"{execution.measured_peak_bytes / 1e9:.2f} GB measured")
+    if execution.estimated_peak_bytes:
+        peaks.append(f"{execution.estimated_peak_bytes / 1e9:.2f} GB estimated before the download")
+    return text + (f" Peak memory: {', '.join(peaks)}." if peaks else "")
 
 
 def _files(report: CompressionReport) -> dict:
