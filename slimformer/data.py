@@ -389,12 +389,9 @@ def load_hub_dataset(
     """
     import tempfile
 
-    import datasets
-
-    from slimformer.errors import HubUnavailable, RepoNotFound
+    from slimformer.errors import RepoNotFound
     from slimformer.hub.download import authorize_dataset
     from slimformer.hub.policy import HubPolicy
-    from slimformer.hub.retries import is_transient
 
     policy = policy or HubPolicy(allow_local_files=local_files)
     where = f"{dataset_id}" + (f" ({config})" if config else "") + f" split {split!r}"
@@ -425,39 +422,14 @@ def load_hub_dataset(
         size = sum(sizes) if sizes else None
     if streaming is None:
         streaming = size is not None and size > stream_above_bytes
-    datasets.disable_progress_bars()
     cache_root = Path(policy.cache_dir) if policy.cache_dir is not None else None
     if cache_root is not None:
         cache_root.mkdir(parents=True, exist_ok=True)
+    read = _Read(dataset_id, config, split, where, details, not_found)
     with tempfile.TemporaryDirectory(prefix="datasets-", dir=cache_root) as own_cache:
-        try:
-            table = datasets.load_dataset(
-                dataset_id,
-                config,
-                split=split,
-                revision=revision,
-                token=sent,
-                streaming=streaming,
-                cache_dir=None if local else own_cache,
-            )
-            if streaming:
-                rows = max_samples or STREAMING_ROW_CAP
-                if max_samples is None:
-                    logger.info("streaming %s: reading at most %d rows", where, rows)
-                stream = table.shuffle(seed=seed, buffer_size=10_000).take(rows)
-                table = datasets.Dataset.from_list(list(stream), features=table.features)
-            elif max_samples is not None and max_samples < len(table):
-                table = table.shuffle(seed=seed).select(range(max_samples))
-        except Exception as err:  # datasets raises many types; the message names the problem
-            if is_transient(err):
-                raise HubUnavailable(
-                    f"the Hub could not be reached to load {where}", details=details
-                ) from err
-            if type(err).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
-                raise not_found from err
-            raise DatasetError(f"cannot load {where}: {err}", details=details) from err
-        if len(table) == 0:
-            raise DatasetError(f"{where} has no rows", details=details)
+        table = read.table(
+            revision, sent, streaming, None if local else own_cache, max_samples, seed
+        )
         # read into memory while this call's cache (the table's files) still exists
         return table_to_text_data(
             table,
@@ -467,6 +439,56 @@ def load_hub_dataset(
             label_column=label_column,
             labels=labels,
         )
+
+
+@dataclass
+class _Read:
+    """One split of a dataset, read with ``datasets``, its failures told in our words."""
+
+    dataset_id: str
+    config: str | None
+    split: str
+    where: str
+    details: dict
+    not_found: DatasetError
+
+    def table(self, revision, token, streaming: bool, cache_dir, max_samples, seed: int):
+        """The split's rows (at most ``max_samples``, shuffled with ``seed``), as a table."""
+        import datasets
+
+        from slimformer.errors import HubUnavailable
+        from slimformer.hub.retries import is_transient
+
+        datasets.disable_progress_bars()
+        try:
+            table = datasets.load_dataset(
+                self.dataset_id,
+                self.config,
+                split=self.split,
+                revision=revision,
+                token=token,
+                streaming=streaming,
+                cache_dir=cache_dir,
+            )
+            if streaming:
+                rows = max_samples or STREAMING_ROW_CAP
+                if max_samples is None:
+                    logger.info("streaming %s: reading at most %d rows", self.where, rows)
+                stream = table.shuffle(seed=seed, buffer_size=10_000).take(rows)
+                table = datasets.Dataset.from_list(list(stream), features=table.features)
+            elif max_samples is not None and max_samples < len(table):
+                table = table.shuffle(seed=seed).select(range(max_samples))
+        except Exception as err:  # datasets raises many types; the message names the problem
+            if is_transient(err):
+                raise HubUnavailable(
+                    f"the Hub could not be reached to load {self.where}", details=self.details
+                ) from err
+            if type(err).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
+                raise self.not_found from err
+            raise DatasetError(f"cannot load {self.where}: {err}", details=self.details) from err
+        if len(table) == 0:
+            raise DatasetError(f"{self.where} has no rows", details=self.details)
+        return table
 
 
 def encode_labels(data: TextData, config) -> list:
