@@ -69,6 +69,21 @@ class JobLinks(BaseModel):
     card: str
 
 
+class ComparisonRow(BaseModel):
+    """One row of the evaluation card's side-by-side table, formatted as the card formats it."""
+
+    name: str = Field(..., description="What is compared: a metric, a size or a latency.")
+    original: str = Field(..., description="The original model's value, formatted.")
+    compressed: str = Field(..., description="The compressed model's value, formatted.")
+    change: str = Field(
+        ...,
+        description="The change as the card writes it: percentage points for fractions, a "
+        "factor for perplexity and speed (`×1.38`), a signed percentage for sizes; empty when "
+        "there is none.",
+    )
+    primary: bool = Field(False, description="Whether this is the job's primary metric.")
+
+
 class JobView(BaseModel):
     id: str
     status: Status
@@ -90,7 +105,12 @@ class JobView(BaseModel):
     )
     spec: dict[str, Any]
     metrics: dict[str, Any] | None = Field(
-        None, description="Primary metric before/after, ratios, agreement."
+        None, description="Primary metric before/after, ratios, agreement (raw numbers)."
+    )
+    table: list[ComparisonRow] | None = Field(
+        None,
+        description="A finished job's original and compressed model side by side: the "
+        "evaluation card's table, rows formatted exactly as the card formats them.",
     )
     published: dict[str, Any] | None = Field(
         None, description="Hub repo URL and commit of the published model."

@@ -36,6 +36,7 @@ LIBRARY_FOR_SERVICE = {
     "slimformer.spec",
     "slimformer.checksum",
     "slimformer.families",
+    "slimformer.formatting",
 }
 
 

@@ -246,3 +246,29 @@ def test_formatting_imports_neither_torch_nor_the_card():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_a_finished_jobs_table_is_the_cards_table(folders):
+    """What a worker keeps for the API and the dashboard is the card's side-by-side table, so a
+    perplexity change reads as a factor in both, never as a difference."""
+    from slimformer.card.tables import _table
+    from workers.runner import summarise
+
+    stored = json.loads((folders["classifier-per_layer"] / "compression_report.json").read_text())
+    evaluation = stored["evaluation"]
+    evaluation["primary_metric"] = "perplexity"
+    evaluation["original"]["metrics"] = {"perplexity": 28.65}
+    evaluation["compressed"]["metrics"] = {"perplexity": 39.63}
+    report = CompressionReport.model_validate(stored)
+    rows = summarise(stored)["table"]
+    assert [(r["name"], r["original"], r["compressed"], r["change"]) for r in rows] == _table(
+        report.evaluation, report.artifacts
+    )
+    assert rows[0] == {
+        "name": "Perplexity",
+        "original": "28.65",
+        "compressed": "39.63",
+        "change": "×1.38",
+        "primary": True,
+    }
+    assert not any(r["primary"] for r in rows[1:])

@@ -5,6 +5,7 @@ test-artifacts/dashboard/."""
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -168,6 +169,11 @@ def test_submit_watch_inspect_and_download_a_job(service, page, tmp_path):
     original, compressed = (int(v.replace(",", "")) for v in table["Parameters"][:2])
     assert compressed < original
     assert table["Accuracy"][0].endswith("%") and table["Accuracy"][2].endswith(" pt")
+    # the page shows the rows the API serves, formatted as the card formats them: a size's change
+    # is a signed percentage, not a share of the original
+    served = service.job(job_id)["table"]
+    assert table == {r["name"]: [r["original"], r["compressed"], r["change"]] for r in served}
+    assert re.fullmatch(r"-\d+\.\d%", table["Parameters"][2]), table["Parameters"]
     page.wait_for_function(
         "() => [...document.querySelectorAll('#card img')].some(i => i.naturalWidth > 100)"
     )

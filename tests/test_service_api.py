@@ -56,7 +56,7 @@ def auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-def finish_job(app, job_id: str, files: dict[str, bytes]) -> None:
+def finish_job(app, job_id: str, files: dict[str, bytes], result: dict | None = None) -> None:
     """Play a worker: lease the job, publish a folder, record success."""
     store: JobStore = app.state.store
     assert store.claim(job_id, "test:1", stale_after=60) is not None
@@ -66,7 +66,12 @@ def finish_job(app, job_id: str, files: dict[str, bytes]) -> None:
         (folder / name).write_bytes(content)
     app.state.artifacts.publish_folder(f"jobs/{job_id}", folder)
     assert store.finish(
-        job_id, "test:1", "succeeded", stage="done", progress=1.0, result={"metric": "accuracy"}
+        job_id,
+        "test:1",
+        "succeeded",
+        stage="done",
+        progress=1.0,
+        result=result or {"metric": "accuracy"},
     )
 
 
@@ -233,6 +238,22 @@ def test_the_hub_token_is_encrypted_at_rest_and_never_returned(app, client):
 
 
 # -- artifacts -------------------------------------------------------------------------------------
+def test_a_finished_job_serves_the_cards_table_as_its_worker_kept_it(app, client):
+    """The rows come formatted from the worker (the card's own function, tests/test_card.py); the
+    view serves them as they are, beside the raw numbers, and the dashboard shows them."""
+    job = client.post("/v1/jobs", json=SPEC).json()
+    assert client.get(job["links"]["self"]).json()["table"] is None
+    table = [
+        {"name": "Perplexity", "original": "28.65", "compressed": "39.63", "change": "×1.38"},
+        {"name": "Parameters", "original": "4,386", "compressed": "3,010", "change": "-31.4%"},
+    ]
+    table[0]["primary"], table[1]["primary"] = True, False
+    finish_job(app, job["id"], {"README.md": b"# x"}, {"metric": "perplexity", "table": table})
+    view = client.get(job["links"]["self"]).json()
+    assert view["table"] == table and view["table"][0]["change"] == "×1.38"
+    assert view["metrics"] == {"metric": "perplexity"}
+
+
 def test_artifacts_list_range_download_and_card(app, client):
     job = client.post("/v1/jobs", json=SPEC).json()
     assert client.get(f"/v1/jobs/{job['id']}/artifacts").status_code == 409

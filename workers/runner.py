@@ -72,8 +72,11 @@ def disk_error(err: BaseException) -> int | None:
 
 
 def summarise(report: dict) -> dict:
-    """The metrics summary a job view shows: primary metric before/after and the size and speed
-    ratios."""
+    """The metrics summary a job view shows: primary metric before/after, the size and speed
+    ratios, and the card's side-by-side table as formatted rows (``table``)."""
+    from slimformer.card.tables import side_by_side
+    from slimformer.report import CompressionReport
+
     evaluation = report.get("evaluation") or {}
     original, compressed = evaluation.get("original") or {}, evaluation.get("compressed") or {}
     metric = evaluation.get("primary_metric")
@@ -89,6 +92,7 @@ def summarise(report: dict) -> dict:
         "ratios": evaluation.get("ratios"),
         "agreement": evaluation.get("agreement"),
         "base_model_commit": (report.get("base_model") or {}).get("commit"),
+        "table": side_by_side(CompressionReport.model_validate(report)),
     }
 
 

@@ -36,7 +36,7 @@ def job_view(job: dict) -> JobView:
             "message": job["error_message"] or "",
             "details": job.get("error_details") or {},
         }
-    metrics = {k: v for k, v in result.items() if k not in ("files", "published")} or None
+    metrics = {k: v for k, v in result.items() if k not in ("files", "published", "table")} or None
     running = job["status"] == "running"
     return JobView(
         id=job["id"],
@@ -55,6 +55,7 @@ def job_view(job: dict) -> JobView:
         stages=stages_for(job["spec"]),
         spec=job["spec"],
         metrics=metrics,
+        table=result.get("table"),
         published=result.get("published"),
         error=error,
         links={

@@ -25,6 +25,17 @@ def _table(evaluation: Evaluation, artifacts: ArtifactsInfo) -> list[Row]:
     return _metric_rows(evaluation) + _size_rows(evaluation, artifacts) + _latency_rows(evaluation)
 
 
+def side_by_side(report: CompressionReport) -> list[dict]:
+    """The card's side-by-side table as records, ``{name, original, compressed, change, primary}``:
+    what a finished job keeps for the API and the dashboard, so they show what the card shows."""
+    evaluation = report.evaluation
+    primary = METRIC_LABELS.get(evaluation.primary_metric, evaluation.primary_metric)
+    return [
+        {"name": name, "original": a, "compressed": b, "change": c, "primary": name == primary}
+        for name, a, b, c in _table(evaluation, report.artifacts)
+    ]
+
+
 def _metric_rows(evaluation: Evaluation) -> list[Row]:
     compressed = evaluation.compressed.metrics
     return [

@@ -6,11 +6,6 @@
   const root = document.getElementById("job");
   const jobId = root.dataset.jobId;
   const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
-  const METRIC_LABELS = {
-    accuracy: "Accuracy", macro_f1: "Macro F1", pearson: "Pearson", spearman: "Spearman", perplexity: "Perplexity",
-    next_token_accuracy: "Next-token accuracy", cosine_to_original: "Cosine to original",
-  };
-  const PERCENT_METRICS = ["accuracy", "macro_f1", "next_token_accuracy"];
   let resultsShown = false;
   let current = null;
 
@@ -71,63 +66,11 @@
     renderTimeline(view);
     if (view.status === "succeeded" && !resultsShown) {
       resultsShown = true;
-      showResults().catch((err) => SF.showBanner(`could not load the results: ${err.message}`));
+      showResults(view).catch((err) => SF.showBanner(`could not load the results: ${err.message}`));
     }
-  }
-
-  function fmt(value, metric) {
-    if (value === null || value === undefined) return "—";
-    if (Number.isInteger(value) && !metric) return value.toLocaleString("en-US");
-    if (PERCENT_METRICS.includes(metric)) return `${(100 * value).toFixed(2)}%`;
-    return Number(value).toPrecision(4).replace(/\.?0+$/, "");
-  }
-
-  function change(before, after, { ratio = false, metric = null } = {}) {
-    if (before === null || before === undefined || after === null || after === undefined) return "";
-    if (ratio) return before ? `${((100 * after) / before).toFixed(1)}%` : "";
-    if (PERCENT_METRICS.includes(metric)) {
-      const d = 100 * (after - before);
-      return `${d >= 0 ? "+" : ""}${d.toFixed(2)} pt`;
-    }
-    const d = after - before;
-    return `${d >= 0 ? "+" : ""}${d.toFixed(4)}`;
   }
 
   const mb = (bytes) => (bytes === null || bytes === undefined ? "—" : `${(bytes / 1e6).toFixed(1)} MB`);
-
-  // The same rows as the evaluation card's table, from compression_report.json.
-  function metricRows(report) {
-    const evaluation = report.evaluation;
-    const original = evaluation.original;
-    const compressed = evaluation.compressed;
-    const rows = [];
-    for (const [name, value] of Object.entries(original.metrics || {})) {
-      const other = (compressed.metrics || {})[name];
-      rows.push([METRIC_LABELS[name] || name, fmt(value, name), fmt(other, name), change(value, other, { metric: name }),
-        name === evaluation.primary_metric]);
-    }
-    if (evaluation.agreement !== null && evaluation.agreement !== undefined) {
-      rows.push(["Agreement with the original", "", `${(100 * evaluation.agreement).toFixed(2)}%`, "", false]);
-    }
-    for (const [key, label] of [["parameters", "Parameters"], ["macs", "MACs per sequence"]]) {
-      rows.push([label, fmt(original[key]), fmt(compressed[key]), change(original[key], compressed[key], { ratio: true }),
-        false]);
-    }
-    const artifacts = report.artifacts || {};
-    rows.push(["Size on disk", mb(artifacts.original_size_bytes), mb(artifacts.size_bytes),
-      change(artifacts.original_size_bytes, artifacts.size_bytes, { ratio: true }), false]);
-    const lo = original.latency;
-    const lc = compressed.latency;
-    if (lo && lc) {
-      const ratios = evaluation.ratios || {};
-      rows.push(["Latency p50, batch 1 (ms)", lo.batch1_p50_ms.toFixed(2), lc.batch1_p50_ms.toFixed(2),
-        `${(ratios.latency_speedup || 0).toFixed(2)}x faster`, false]);
-      rows.push(["Latency p95, batch 1 (ms)", lo.batch1_p95_ms.toFixed(2), lc.batch1_p95_ms.toFixed(2), "", false]);
-      rows.push(["Throughput, batch 32 (seq/s)", lo.batch32_throughput.toFixed(1), lc.batch32_throughput.toFixed(1),
-        `${(ratios.throughput_speedup || 0).toFixed(2)}x`, false]);
-    }
-    return rows;
-  }
 
   async function showImage(files, name, imgId, figureId) {
     if (!files.some((f) => f.path === name)) return;
@@ -183,7 +126,7 @@
     }
   }
 
-  async function showResults() {
+  async function showResults(view) {
     const { files } = await SF.getJSON(`${base}/artifacts`);
     document.getElementById("results").hidden = false;
     document.getElementById("files").replaceChildren(...files.map((f) => el("li", {},
@@ -204,10 +147,11 @@
       document.getElementById("metrics-note").textContent =
         `${evaluation.task}, ${evaluation.rows} evaluation rows on ${evaluation.device}`
         + ` (${evaluation.threads} threads); primary metric: ${evaluation.primary_metric}.`;
-      document.querySelector("#metrics tbody").replaceChildren(...metricRows(report).map(([label, a, b, c, primary]) =>
-        el("tr", { class: primary ? "primary-metric" : null }, el("th", { text: label }), el("td", { text: a }),
-          el("td", { text: b }), el("td", { text: c }))));
     }
+    // the evaluation card's table, formatted by the API as the card formats it
+    document.querySelector("#metrics tbody").replaceChildren(...(view.table || []).map((row) =>
+      el("tr", { class: row.primary ? "primary-metric" : null }, el("th", { text: row.name }),
+        el("td", { text: row.original }), el("td", { text: row.compressed }), el("td", { text: row.change }))));
     await Promise.all(work);
   }
 
