@@ -575,16 +575,7 @@ class JobSpec(_Strict):
         width = self.method != "distill" and bool(
             p.heads or p.ffn or p.whole_mlps or p.macs_budget is not None
         )
-        serving = [t for t in self.export.targets if t in SERVING_TARGETS]
-        if "llama.cpp" in self.export.targets and not self.export.gguf:
-            self.export.gguf = ["q8_0"]
-        if self.export.gguf and "llama.cpp" not in self.export.targets:
-            self.export.targets = [*self.export.targets, "llama.cpp"]
-            serving = [*serving, "llama.cpp"]
-        if "onnx" in self.export.targets:
-            self.evaluation.onnx = True
-        elif self.evaluation.onnx or self.evaluation.onnx_int8:
-            self.export.targets = [*self.export.targets, "onnx"]
+        serving = [t for t in self.served_targets() if t in SERVING_TARGETS]
         if width and p.layout == "per_layer" and serving:
             raise ValueError(
                 f"export.targets names {' and '.join(serving)}, which cannot read the per_layer "
@@ -592,6 +583,31 @@ class JobSpec(_Strict):
                 "or leave it unset"
             )
         return self
+
+    # What the job writes, derived from what the spec says (the spec itself is kept as given):
+    # export.targets, export.gguf and evaluation.onnx/onnx_int8 each imply files of the others.
+    def gguf_types(self) -> tuple[str, ...]:
+        """The GGUF files to write: ``export.gguf``, or q8_0 when ``export.targets`` names
+        llama.cpp without naming types; none otherwise."""
+        if self.export.gguf:
+            return tuple(self.export.gguf)
+        return ("q8_0",) if "llama.cpp" in self.export.targets else ()
+
+    def writes_onnx(self) -> bool:
+        """Whether model.onnx is written and checked: target onnx, or evaluation.onnx or
+        evaluation.onnx_int8."""
+        evaluation = self.evaluation
+        return "onnx" in self.export.targets or evaluation.onnx or evaluation.onnx_int8
+
+    def served_targets(self) -> list[str]:
+        """Where the result will load: ``export.targets`` with llama.cpp when GGUF files are
+        written and onnx when model.onnx is, in that order (the report's ``artifacts.targets``)."""
+        targets = list(self.export.targets)
+        if self.gguf_types() and "llama.cpp" not in targets:
+            targets.append("llama.cpp")
+        if self.writes_onnx() and "onnx" not in targets:
+            targets.append("onnx")
+        return targets
 
 
 def default_layout(spec: JobSpec, family: str) -> str:
@@ -603,7 +619,7 @@ def default_layout(spec: JobSpec, family: str) -> str:
     if spec.prune.layout is not None:
         return spec.prune.layout
     p = spec.prune
-    if not any(t in SERVING_TARGETS for t in spec.export.targets) or not p.removes_width():
+    if not any(t in SERVING_TARGETS for t in spec.served_targets()) or not p.removes_width():
         return "per_layer"
     ffn_only = not (p.heads or p.whole_mlps or p.macs_budget is not None)
     facts = FAMILIES.get(family)

@@ -175,7 +175,8 @@ def test_the_serving_targets_choose_the_layout_and_the_files():
     assert plain.prune.layout is None and plain.export.targets == ["transformers"]
     assert default_layout(plain, "llama") == "per_layer"
     served = JobSpec.model_validate(_spec(targets=["transformers", "vllm", "llama.cpp"]))
-    assert served.export.gguf == ["q8_0"]  # llama.cpp gets a GGUF file to load
+    # llama.cpp gets a GGUF file to load; the spec keeps what was said, the view derives the rest
+    assert served.export.gguf == [] and served.gguf_types() == ("q8_0",)
     # heads and FFN: uniform (x1.87 against nemotron_nas's x2.16 on SmolLM2 at 30/30)
     assert default_layout(served, "llama") == "uniform"
     ffn_only = _spec(targets=["vllm"])
@@ -185,10 +186,15 @@ def test_the_serving_targets_choose_the_layout_and_the_files():
     assert default_layout(ffn_only, "llama") == "nemotron_nas"
     assert default_layout(ffn_only, "qwen2") == "uniform"
     gguf_only = JobSpec.model_validate(_spec(gguf=["f16"]))
-    assert "llama.cpp" in gguf_only.export.targets
+    assert gguf_only.export.targets == ["transformers"]
+    assert gguf_only.served_targets() == ["transformers", "llama.cpp"]
     assert default_layout(gguf_only, "llama") == "uniform"
     onnx = JobSpec.model_validate(_spec(targets=["onnx"]))
-    assert onnx.evaluation.onnx and default_layout(onnx, "llama") == "per_layer"
+    assert not onnx.evaluation.onnx and onnx.writes_onnx() and onnx.gguf_types() == ()
+    assert default_layout(onnx, "llama") == "per_layer"
+    int8 = JobSpec.model_validate(_spec() | {"evaluation": {"onnx_int8": True}})
+    assert int8.export.targets == ["transformers"] and int8.served_targets()[-1] == "onnx"
+    assert JobSpec.model_validate(int8.model_dump()) == int8  # the spec round-trips as given
     chosen = _spec(targets=["vllm"])
     chosen["prune"]["layout"] = "nemotron_nas"
     assert default_layout(JobSpec.model_validate(chosen), "llama") == "nemotron_nas"

@@ -34,7 +34,7 @@ def model_task(spec: JobSpec) -> str | None:
 def why_in_memory(spec: JobSpec, task: str, config) -> str | None:
     """None when the job (its defaults resolved) runs layer by layer; else the reason it holds
     the whole model."""
-    p, export, evaluation = spec.prune, spec.export, spec.evaluation
+    p = spec.prune
     if task != "text-generation":
         return f"a {task} model (layer by layer is for causal LMs)"
     if not can_stream(config):
@@ -47,8 +47,8 @@ def why_in_memory(spec: JobSpec, task: str, config) -> str | None:
         (bool(p.layers), "depth pruning (prune.layers)"),
         (p.macs_budget is not None, "a MACs budget measures whole candidate models"),
         (bool(p.bias_compensation), "bias compensation"),
-        (bool(export.gguf) or set(export.targets) - {"transformers"}, "serving targets"),
-        (bool(evaluation.onnx or evaluation.onnx_int8), "ONNX export"),
+        (bool(set(spec.served_targets()) - {"transformers"}), "serving targets"),
+        (spec.writes_onnx(), "ONNX export"),
     ]
     found = [reason for wanted, reason in reasons if wanted]
     return "; ".join(found) if found else None

@@ -2,7 +2,8 @@
 needs, checked before any work; ONNX, GGUF and vLLM, each written and measured in the job.
 
 The one owner of ``export.targets`` in the recipe: the layout those targets need is decided with
-the spec's defaults (``slimformer.spec.default_layout``), everything else here.
+the spec's defaults (``slimformer.spec.default_layout``), everything else here, from the spec's
+derived view of what is written (``JobSpec.gguf_types``, ``writes_onnx``, ``served_targets``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ GEN_PROMPT, GEN_TOKENS = 32, 64  # generation speed of served artefacts: prompt 
 def check(job: Job) -> None:
     """A serving engine the spec needs must be there before any work (EngineMissing names the
     fix)."""
-    export = job.spec.export
-    if export.gguf:
+    spec = job.spec
+    if spec.gguf_types():
         engine_python("llama-cpp")
-    if "vllm" in export.targets:
+    if "vllm" in spec.export.targets:
         engine_python("vllm")
 
 
@@ -39,13 +40,13 @@ def _scores(scores: dict) -> dict:
 
 
 def _onnx(job: Job, folder: Path) -> dict | None:
-    evaluation, batch = job.inputs.spec.evaluation, job.inputs.eval_batches[0]
-    if not (evaluation.onnx or evaluation.onnx_int8):
+    spec, batch = job.inputs.spec, job.inputs.eval_batches[0]
+    if not spec.writes_onnx():
         return None
     job.check()
     onnx = export_onnx(job.compressed, batch, folder / "model.onnx")
     onnx["path"] = "model.onnx"
-    if evaluation.onnx_int8:
+    if spec.evaluation.onnx_int8:
         job.check()
         int8 = quantize_onnx_int8(folder / "model.onnx", folder / "model.int8.onnx", batch)
         onnx["int8"] = int8 | {"path": "model.int8.onnx"}
@@ -56,7 +57,7 @@ def _gguf(job: Job, folder: Path, new_tokens: int) -> list[dict] | None:
     windows = job.inputs.lm_windows
     job.check()
     job.stage("writing_card", 0.2, "writing GGUF files with llama.cpp")
-    gguf = export_gguf(folder, folder / "gguf", tuple(job.inputs.spec.export.gguf))
+    gguf = export_gguf(folder, folder / "gguf", job.inputs.spec.gguf_types())
     for entry in gguf:
         entry["file"] = f"gguf/{entry['file']}"
         if windows:
@@ -92,7 +93,7 @@ def measure(job: Job, folder: Path) -> Served:
     speed = bool(inputs.spec.evaluation.latency and windows)
     new_tokens = min(GEN_TOKENS, len(windows[0]) - GEN_PROMPT) if speed else 0
     bench = {"batch": 1, "prompt": GEN_PROMPT, "new_tokens": new_tokens} if speed else None
-    if inputs.spec.export.gguf:
+    if inputs.spec.gguf_types():
         served.gguf = _gguf(job, folder, new_tokens)
     if "vllm" in inputs.spec.export.targets and windows:
         served.vllm = _vllm(job, folder, bench)

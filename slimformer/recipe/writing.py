@@ -163,7 +163,7 @@ def _report(job: Job) -> dict:
 def _artifacts(job: Job, folder: Path, served: serving.Served) -> dict:
     spec, compressed = job.final_spec, job.compressed
     return {
-        "targets": list(spec.export.targets),
+        "targets": spec.served_targets(),
         "vllm": served.vllm,
         "layout": spec.prune.layout if "prune" in spec.method else STOCK_LAYOUT,
         "per_layer": bool(getattr(compressed.config, "auto_map", None)),
