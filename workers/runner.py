@@ -92,7 +92,8 @@ def summarise(report: dict) -> dict:
         "ratios": evaluation.get("ratios"),
         "agreement": evaluation.get("agreement"),
         "base_model_commit": (report.get("base_model") or {}).get("commit"),
-        "table": side_by_side(CompressionReport.model_validate(report)),
+        # a report without an evaluation (a job cut short, a stand-in pipeline) has no table
+        "table": side_by_side(CompressionReport.model_validate(report)) if evaluation else [],
     }
 
 
