@@ -589,6 +589,9 @@ SMOLLM2_RATIO_BOUND = 1.6
 
 
 @pytest.mark.slow
+# a whole default job on a real 135M model plus a fresh process: about 3 minutes alone on 2 cores,
+# past the suite's 600 s on a machine busy with other work
+@pytest.mark.timeout(1500)
 def test_smollm2_25_25_with_the_defaults_keeps_perplexity_within_the_measured_bound(tmp_path):
     data = SHARED / "data" / "wikitext2"
     if not (data / "validation.txt").is_file():
