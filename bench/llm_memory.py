@@ -1,19 +1,27 @@
-"""Peak memory of the default LLM pruning job as the model grows: SmolLM2-135M, 0.5B and 1B Llamas.
+"""Peak memory of the default LLM pruning job as the model grows: SmolLM2-135M, then random
+checkpoints in the shapes of SmolLM2-135M, Qwen2.5-0.5B, Llama-3.2-1B, Llama-3.2-3B (Llama-3.1-8B).
 
-Each row is one ``slimformer prune`` command, run as a user runs it (``--heads 0.25 --ffn 0.25``,
-the causal-LM defaults: OBS importance with reconstruction, adaptive ranking), in a process of its
-own under ``/usr/bin/time -v`` (peak RSS of the whole command: loading, the original's copy kept for
-the side-by-side evaluation, scoring, pruning, evaluating both models, saving). Models with random
-weights in the shapes of SmolLM2-135M, Qwen2.5-0.5B (as a Llama) and TinyLlama-1.1B, all with
-SmolLM2's 49k tokenizer so that the same WikiText-2 text feeds them; weights in float32.
+Each row is one ``slimformer prune FOLDER --data wikitext2/validation.txt --eval-data
+wikitext2/test.txt --heads 0.25 --ffn 0.25`` with the CLI's defaults (for causal LMs: OBS importance
+with reconstruction, adaptive ranking, layer by layer when the model is streamable), in a process of
+its own under ``/usr/bin/time -v`` (peak RSS of the whole command). Only the number of windows
+changes: the real SmolLM2-135M fixture (float32) runs with the defaults (32 calibration and 64
+evaluation windows of 512 tokens); the random-weight checkpoints (bf16 safetensors shards
+written tensor by tensor by ``bench/checkpoints.py``, SmolLM2's tokenizer) run with ``--windows``
+(default 8) of each. Each random checkpoint is written into a temporary folder under /tmp and
+deleted after its row. The columns compare the measured peak with the report's
+``execution.estimated_peak_bytes`` (``slimformer.memory``, from config.json before any weight is
+read).
 
-Calibration and evaluation stream (no batch x sequence x vocabulary logits; statistics summed per
-batch), so the peak does not grow with the number of windows: ``--windows`` (default 8) sets both;
-``--compare-windows`` also runs the 135M row at 32 windows, the job's default, to show it.
+Perplexity is the quality figure for the real SmolLM2 row only; on random weights it is
+meaningless (printed, and marked so). ``--skip-after MIN`` skips the remaining shapes once the run
+has taken that many minutes (8b needs ~16 GB of disk and likely over an hour: ask for it by name).
 
-Prints a table and writes ``llm_memory.json`` and ``llm_memory.md`` under ``--out``.
+Prints a table and writes ``llm_memory.json``, ``llm_memory.md`` and ``llm_memory.png`` under
+``--out``.
 
-    python bench/llm_memory.py [--sizes 135m,0.5b,1b] [--windows 8] [--method obs]
+    python bench/llm_memory.py [--sizes 135m,0.5b,1b,3b] [--windows 8] [--no-fixture]
+        [--skip-after MIN]
 """
 
 from __future__ import annotations
@@ -28,59 +36,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from checkpoints import SHAPES, write_random_checkpoint
 from tables import ROOT, SHARED, Table, environment, render_markdown, render_text
 
 WIKITEXT = SHARED / "data" / "wikitext2"
 MAKE_SMOLLM2 = SHARED / "models" / "make-smollm2"
-SHAPES = {
-    "135m": dict(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        tie_word_embeddings=True,
-    ),
-    "0.5b": dict(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        head_dim=64,
-        tie_word_embeddings=True,
-    ),
-    "1b": dict(
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        head_dim=64,
-        tie_word_embeddings=False,
-    ),
-}
+GIB = 1024**3  # sizes in GiB, as slimformer.memory and the report state them
+# Goals (GiB): peak RSS of the plain command (and, for SmolLM2-135M, the perplexity ratio at 64
+# windows: the in-memory default's result)
+GOALS_GIB = {"1b": 2.5, "3b": 4.0, "8b": 8.0, "smollm2-135m": 1.2}
+GOAL_PPL_RATIO = 1.38
 
 
-def build(size: str, tokenizer_folder: Path, out: Path) -> int:
-    """A random-weight Llama of ``size`` with SmolLM2's tokenizer, saved to ``out``; its
-    parameter count."""
-    code = f"""
-import torch, transformers
-torch.manual_seed(0)
-config = transformers.LlamaConfig(vocab_size=49152, max_position_embeddings=2048,
-    rms_norm_eps=1e-5, **{SHAPES[size]!r})
-model = transformers.LlamaForCausalLM(config)
-model.save_pretrained({str(out)!r})
-transformers.AutoTokenizer.from_pretrained({str(tokenizer_folder)!r}).save_pretrained({str(out)!r})
-print(sum(p.numel() for p in model.parameters()))
-"""
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return int(done.stdout.strip().splitlines()[-1])
-
-
-def run_job(folder: Path, windows: int, method: str, work: Path) -> dict:
+def run_job(folder: Path, windows: int | None, out: Path) -> dict:
+    """One ``slimformer prune`` under ``/usr/bin/time -v``; ``windows`` None keeps the defaults."""
     command = [
         "/usr/bin/time",
         "-v",
@@ -95,93 +64,277 @@ def run_job(folder: Path, windows: int, method: str, work: Path) -> dict:
         "0.25",
         "--ffn",
         "0.25",
-        "--importance",
-        method,
-        "--calibration-samples",
-        str(windows),
-        "--eval-samples",
-        str(windows),
-        "--no-latency",
         "--out",
-        str(work / "out"),
+        str(out),
     ]
+    if windows is not None:
+        command[-2:-2] = ["--calibration-samples", str(windows), "--eval-samples", str(windows)]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
-    report = json.loads((work / "out" / "compression_report.json").read_text())
-    shutil.rmtree(work / "out")
+    report = json.loads((out / "compression_report.json").read_text())
+    shutil.rmtree(out)
+    execution = report["execution"]
+    evaluation = report["evaluation"]
+    calibration = report["data"]["calibration_protocol"]
     return {
-        "peak_rss_gb": peak_kb / 1024**2,
+        "command": " ".join(command[2:]),
+        "peak_rss_bytes": peak_kb * 1024,
         "seconds": seconds,
+        "path": execution["path"],
+        "why_in_memory": execution.get("why_in_memory"),
+        "estimated_peak_bytes": execution["estimated_peak_bytes"],
+        "measured_peak_bytes": execution["measured_peak_bytes"],
+        "estimate": execution.get("estimate"),
+        "calibration_windows": calibration["windows"],
+        "eval_windows": evaluation["protocol"]["windows"],
+        "window_tokens": calibration["seq_len"],
+        "perplexity": {
+            "original": evaluation["original"]["metrics"]["perplexity"],
+            "compressed": evaluation["compressed"]["metrics"]["perplexity"],
+        },
+        "parameters_before": evaluation["original"]["parameters"],
+        "parameters_after": evaluation["compressed"]["parameters"],
         "timings": report.get("seconds"),
-        "perplexity": report["evaluation"]["compressed"]["metrics"].get("perplexity"),
     }
+
+
+def row_of(run: dict) -> list[str]:
+    rss, est = run["peak_rss_bytes"] / GIB, run["estimated_peak_bytes"] / GIB
+    ppl = run["perplexity"]
+    ratio = ppl["compressed"] / ppl["original"]
+    if run["random"]:
+        quality = f"{ppl['original']:,.0f} → {ppl['compressed']:,.0f} †"
+    else:
+        quality = f"{ppl['original']:.2f} → {ppl['compressed']:.2f} (×{ratio:.2f})"
+    goal = GOALS_GIB.get(run["name"])
+    if goal is None:
+        goal_text = "—"
+    else:
+        met = rss <= goal and (run["random"] or round(ratio, 2) <= GOAL_PPL_RATIO)
+        goal_text = f"≤ {goal:g} GiB" + ("" if run["random"] else f", ≤ ×{GOAL_PPL_RATIO}")
+        goal_text += " met" if met else " missed"
+    cal_tokens = run["calibration_windows"] * run["window_tokens"]
+    per = run["seconds"] / (run["parameters"] / 1e9) / (cal_tokens / 1000)
+    return [
+        run["name"],
+        f"{run['parameters'] / 1e6:,.0f}M",
+        run["dtype"],
+        f"{run['calibration_windows']}/{run['eval_windows']} × {run['window_tokens']}",
+        run["path"],
+        f"{rss:.2f}",
+        f"{est:.2f}",
+        f"{est / rss:.2f}",
+        f"{run['seconds'] / 60:.1f}",
+        f"{per:,.0f}",
+        quality,
+        goal_text,
+    ]
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for random, marker, label in ((False, "o", "SmolLM2-135M (real, float32)"), (True, "s", "")):
+        chosen = [r for r in runs if r["random"] == random]
+        if not chosen:
+            continue
+        x = [r["parameters"] / 1e9 for r in chosen]
+        suffix = f" — {label}" if label else " — random bf16 checkpoints"
+        ax.plot(
+            x,
+            [r["peak_rss_bytes"] / GIB for r in chosen],
+            marker,
+            color="C0",
+            ls="-" if random else "",
+            label="measured peak RSS" + suffix,
+        )
+        ax.plot(
+            x,
+            [r["estimated_peak_bytes"] / GIB for r in chosen],
+            marker,
+            color="C1",
+            ls="--" if random else "",
+            mfc="none",
+            label="estimate (config.json)" + suffix,
+        )
+    goals = [(r["parameters"] / 1e9, GOALS_GIB[r["name"]]) for r in runs if r["name"] in GOALS_GIB]
+    if goals:
+        ax.scatter(
+            [g[0] for g in goals],
+            [g[1] for g in goals],
+            marker="_",
+            s=400,
+            color="C3",
+            label="goal",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (billions)")
+    ax.set_ylabel("GiB")
+    top = max(max(r["peak_rss_bytes"], r["estimated_peak_bytes"]) for r in runs) / GIB
+    ax.set_ylim(0, max([top] + [g[1] for g in goals]) * 1.15)
+    ax.set_title("slimformer prune --heads 0.25 --ffn 0.25: peak memory")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="135m,0.5b,1b")
-    parser.add_argument("--windows", type=int, default=8)
-    parser.add_argument("--method", default="obs", help="prune.importance (default: obs)")
-    parser.add_argument("--compare-windows", action="store_true")
+    parser.add_argument("--sizes", default="135m,0.5b,1b,3b", help=f"from {','.join(SHAPES)}")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=8,
+        help="calibration and evaluation windows "
+        "of the random checkpoints (the SmolLM2 fixture runs the defaults)",
+    )
+    parser.add_argument("--no-fixture", action="store_true", help="skip the real SmolLM2-135M row")
+    parser.add_argument(
+        "--skip-after",
+        type=float,
+        default=None,
+        help="skip the remaining shapes once the run has taken this many minutes",
+    )
+    parser.add_argument("--tmp", default="/tmp", help="where the random checkpoints are written")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        nargs="+",
+        help="only rebuild the table, md and png from saved json files (their rows in order)",
+    )
     args = parser.parse_args()
+    if args.render:
+        save(merge([json.loads(Path(p).read_text()) for p in args.render]), Path(args.out))
+        return
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in sizes if s not in SHAPES]
+    if unknown:
+        sys.exit(f"llm_memory: unknown sizes {unknown}; from {','.join(SHAPES)}")
     if not MAKE_SMOLLM2.exists() or not (WIKITEXT / "test.txt").exists():
         sys.exit(f"llm_memory: needs {MAKE_SMOLLM2} and {WIKITEXT} (../shared next to the repo)")
-    tokenizer = Path(
+    fixture = Path(
         subprocess.run(
             [str(MAKE_SMOLLM2), sys.executable], check=True, capture_output=True, text=True
         )
         .stdout.strip()
         .splitlines()[-1]
     )
-    rows, results = [], {"environment": environment(), "method": args.method, "runs": []}
-    runs = [(size, args.windows) for size in args.sizes.split(",")]
-    if args.compare_windows:
-        runs.append(("135m", 32))
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        built: dict[str, int] = {}
-        for size, windows in runs:
-            folder = work / size
-            if size not in built:
-                built[size] = build(size, tokenizer, folder)
-            result = run_job(folder, windows, args.method, work) | {
-                "size": size,
-                "parameters": built[size],
-                "weights_gb": built[size] * 4 / 1024**3,
-                "windows": windows,
-            }
-            results["runs"].append(result)
-            print(f"{size} x{windows}: {result}", flush=True)
-            rows.append(
-                [
-                    size,
-                    f"{built[size] / 1e6:,.0f}M",
-                    f"{result['weights_gb']:.2f}",
-                    str(windows),
-                    f"{result['peak_rss_gb']:.2f}",
-                    f"{result['peak_rss_gb'] / result['weights_gb']:.1f}",
-                    f"{result['seconds'] / 60:.1f}",
-                ]
+    results: dict = {"environment": environment(), "runs": [], "skipped": []}
+    runs: list[dict] = results["runs"]
+    begin = time.perf_counter()
+    jobs = ([] if args.no_fixture else [("smollm2-135m", None)]) + [(s, s) for s in sizes]
+    for name, shape in jobs:
+        elapsed = (time.perf_counter() - begin) / 60
+        if args.skip_after is not None and elapsed > args.skip_after:
+            print(
+                f"{name}: skipped, {elapsed:.1f} min > --skip-after {args.skip_after:g}", flush=True
             )
-    table = Table(
-        title=f"Peak memory of `slimformer prune --heads 0.25 --ffn 0.25` ({args.method}), float32",
-        headers=["model", "parameters", "weights GB", "windows", "peak RSS GB", "× weights", "min"],
-        rows=rows,
-        notes=[
-            "peak RSS of the whole command (/usr/bin/time -v); random weights in each shape",
-            "the command holds the model and the original's copy for the side-by-side evaluation",
-        ],
-    )
+            results["skipped"].append(name)
+            continue
+        with tempfile.TemporaryDirectory(prefix="llm-memory-", dir=args.tmp) as tmp:
+            work = Path(tmp)
+            if shape is None:
+                folder, dtype, windows = fixture, "float32", None
+                parameters = None
+            else:
+                folder, dtype, windows = work / shape, "bf16", args.windows
+                start = time.perf_counter()
+                parameters = write_random_checkpoint(folder, shape)
+                print(
+                    f"{name}: wrote {parameters:,} parameters in "
+                    f"{time.perf_counter() - start:.0f} s",
+                    flush=True,
+                )
+            run = run_job(folder, windows, work / "out")
+        run = {
+            "name": name,
+            "shape": shape,
+            "random": shape is not None,
+            "dtype": dtype,
+            "parameters": parameters or run["parameters_before"],
+        } | run
+        runs.append(run)
+        print(f"{name}: " + "  ".join(row_of(run)), flush=True)
+    results["total_seconds"] = time.perf_counter() - begin
+    save(results, Path(args.out))
+
+
+def merge(parts: list[dict]) -> dict:
+    """Saved runs as one: rows in order, every command, the total of their times."""
+    if len(parts) == 1:
+        return parts[0]
+    runs = [run for part in parts for run in part["runs"]]
+    done = {run["name"] for run in runs}
+    skipped = [n for part in parts for n in part["skipped"] if n not in done]
+    environment = parts[0]["environment"] | {
+        "command": "; ".join(part["environment"]["command"] for part in parts)
+    }
+    return {
+        "environment": environment,
+        "parts": [part["environment"] for part in parts],
+        "runs": runs,
+        "skipped": list(dict.fromkeys(skipped)),
+        "total_seconds": sum(part["total_seconds"] for part in parts),
+    }
+
+
+def save(results: dict, out: Path) -> None:
+    """Print the table; write llm_memory.json, .md and .png under ``out``."""
+    runs = results["runs"]
+    table = table_of(runs, results["skipped"])
     print(render_text(table))
-    out = Path(args.out)
+    print(f"total {results['total_seconds'] / 60:.1f} min")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "llm_memory.json").write_text(json.dumps(results, indent=1))
-    (out / "llm_memory.md").write_text(render_markdown(table) + "\n")
+    (out / "llm_memory.json").write_text(json.dumps(results, indent=1) + "\n")
+    env = results["environment"]
+    (out / "llm_memory.md").write_text(
+        render_markdown(table)
+        + f"\n\n`{env['command']}`, {env['date']}, {results['total_seconds'] / 60:.0f} minutes"
+        f" in all, {env['cpu_count']} cores, torch {env['torch']}.\n"
+    )
+    plot(runs, out / "llm_memory.png")
+
+
+def table_of(runs: list[dict], skipped: list[str] = ()) -> Table:
+    notes = [
+        "peak RSS of the whole command (/usr/bin/time -v); estimate: the report's "
+        "execution.estimated_peak_bytes (from config.json, before any weight is read); "
+        "GiB = 2**30 bytes",
+        "wall seconds per billion parameters per 1,000 calibration tokens: s/B/1k",
+        "† random weights: the perplexity is meaningless (only the SmolLM2 row measures quality)",
+    ]
+    if skipped:
+        notes.append(f"not run (--skip-after: the rows above took longer): {', '.join(skipped)}")
+    return Table(
+        title="Peak memory of `slimformer prune --heads 0.25 --ffn 0.25` (CLI defaults)",
+        headers=[
+            "model",
+            "parameters",
+            "dtype",
+            "windows cal/eval × tokens",
+            "path",
+            "peak RSS GiB",
+            "estimate GiB",
+            "est/meas",
+            "min",
+            "s/B/1k",
+            "perplexity",
+            "goal",
+        ],
+        rows=[row_of(r) for r in runs],
+        notes=notes,
+    )
 
 
 if __name__ == "__main__":
