@@ -142,7 +142,8 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for random, marker, label in ((False, "o", "SmolLM2-135M (real, float32)"), (True, "s", "")):
+    kinds = ((False, "o", "k", "SmolLM2-135M (real, float32)"), (True, "s", None, ""))
+    for random, marker, color, label in kinds:
         chosen = [r for r in runs if r["random"] == random]
         if not chosen:
             continue
@@ -152,7 +153,9 @@ def plot(runs: list[dict], path: Path) -> None:
             x,
             [r["peak_rss_bytes"] / GIB for r in chosen],
             marker,
-            color="C0",
+            color=color or "C0",
+            ms=8 if not random else 6,
+            zorder=3,
             ls="-" if random else "",
             label="measured peak RSS" + suffix,
         )
@@ -160,7 +163,9 @@ def plot(runs: list[dict], path: Path) -> None:
             x,
             [r["estimated_peak_bytes"] / GIB for r in chosen],
             marker,
-            color="C1",
+            color=color or "C1",
+            ms=8 if not random else 6,
+            zorder=3,
             ls="--" if random else "",
             mfc="none",
             label="estimate (config.json)" + suffix,
@@ -173,10 +178,14 @@ def plot(runs: list[dict], path: Path) -> None:
             marker="_",
             s=400,
             color="C3",
+            zorder=2,
             label="goal",
         )
     ax.set_xscale("log")
-    ax.set_xlabel("parameters (billions)")
+    ticks = sorted({r["parameters"] / 1e9 for r in runs})
+    ax.set_xticks(ticks, [f"{t * 1e3:.0f}M" if t < 1 else f"{t:.2f}B" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("GiB")
     top = max(max(r["peak_rss_bytes"], r["estimated_peak_bytes"]) for r in runs) / GIB
     ax.set_ylim(0, max([top] + [g[1] for g in goals]) * 1.15)
