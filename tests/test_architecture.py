@@ -5,6 +5,7 @@ module, including those inside functions, so a deferred import cannot hide a for
 - ``service/`` (the API) imports neither torch nor ``workers/``, and of the library only its
   torch-free modules;
 - ``workers/`` may import both; nothing imports ``workers/``;
+- none of the three imports ``testkit/`` (the test and benchmark helpers);
 - no import cycles between packages, nor between the modules of a package.
 """
 
@@ -192,6 +193,16 @@ def test_nothing_imports_workers(graph):
         if _top(module) != "workers"
         for target in targets
         if _top(target) == "workers"
+    }
+    assert not bad, sorted(bad)
+
+
+def test_nothing_shipped_imports_the_testkit(graph):
+    bad = {
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _top(target) == "testkit"
     }
     assert not bad, sorted(bad)
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 import transformers
-from tiny_models import CONFIGS, tiny_model
 
 from slimformer.architectures import SUPPORTED_FAMILIES, ModelAdapter, family_of
 from slimformer.errors import UnsupportedArchitecture
+from testkit.tiny_models import CONFIGS, tiny_model
 
 
 def test_every_tiny_family_is_supported():

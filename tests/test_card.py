@@ -105,7 +105,8 @@ def _folder(tmp_path: Path, name: str, model: str, data: Path, **spec_parts) -> 
 def folders(tmp_path_factory, tiny_classifier_folder, minilm_path) -> dict[str, Path]:
     """Results of each task in each layout the family can express."""
     from test_cli_first_run import save_tiny_causal_lm, save_tiny_encoder
-    from tiny_models import write_reviews_csv
+
+    from testkit.tiny_models import write_reviews_csv
 
     tmp = tmp_path_factory.mktemp("cards")
     data = write_reviews_csv(tmp / "reviews.csv")

@@ -23,12 +23,12 @@ import pytest
 import transformers
 import yaml
 from huggingface_hub import ModelCard
-from tiny_models import save_tiny_classifier
 
 from slimformer.artifacts import BUNDLED_MODELING_FILE, KNOWN_MODELING_DIGESTS, file_sha256
 from slimformer.errors import RemoteCode
 from slimformer.loading import load_model
 from slimformer.spec import UPLOAD_FORMATS
+from testkit.tiny_models import save_tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_LINE = re.compile(r"^\[(\d+h)?(\d+m)?\d+s\] (\w+)\s+(\d+)%  ETA (\S+)  ")
@@ -186,7 +186,7 @@ def causal_lm_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reviews(tmp_path_factory) -> Path:
-    from tiny_models import write_reviews_csv
+    from testkit.tiny_models import write_reviews_csv
 
     return write_reviews_csv(tmp_path_factory.mktemp("data") / "reviews.csv")
 
@@ -268,7 +268,7 @@ def _publish_spec(tmp_path: Path, model: str | Path, data: Path, repo: str) -> P
 def test_compress_publishes_with_hf_token_and_prints_it_nowhere(
     hub, tmp_path, tiny_classifier_folder, reviews
 ):
-    from hub_server import ALICE_TOKEN
+    from testkit.hub_server import ALICE_TOKEN
 
     spec = _publish_spec(tmp_path, tiny_classifier_folder, reviews, "acme/tiny-pruned")
     out = tmp_path / "out"
@@ -290,7 +290,7 @@ def test_a_private_model_downloads_with_the_saved_login(
     hub, tmp_path, tiny_classifier_folder, reviews
 ):
     """``hf auth login`` saves the token in a file (``HF_TOKEN_PATH``): no HF_TOKEN needed."""
-    from hub_server import ALICE_TOKEN
+    from testkit.hub_server import ALICE_TOKEN
 
     repo = hub.add_repo("alice/secret-classifier", tiny_classifier_folder, private=True)
     token_file = tmp_path / "login" / "token"

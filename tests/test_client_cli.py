@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fixtures import ROOT, free_port, start_service_with_keys
 
 from slimformer.cli import main
 from slimformer.client import Client, ClientError
+from testkit.services import ROOT, free_port, start_service_with_keys
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fixtures import ROOT, start_service_with_keys
+
+from testkit.services import ROOT, start_service_with_keys
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

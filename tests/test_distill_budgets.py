@@ -19,7 +19,6 @@ from test_distillation import (
     random_texts,
     word_tokenizer,
 )
-from tiny_models import tiny_model
 
 from slimformer.data import TextData
 from slimformer.distill import DistillConfig, distill, make_layer_dropped_student
@@ -27,6 +26,7 @@ from slimformer.distill.metric import _lm_perplexity, _prepare_evaluation
 from slimformer.distill.recipes import RECIPES, resolve_recipe
 from slimformer.errors import DistillationFailed
 from slimformer.spec import JobSpec
+from testkit.tiny_models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,6 @@ import random
 import pytest
 import torch
 import transformers
-from tiny_models import CONFIGS, DECODERS, HEADS, VOCAB, tiny_batch, tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,6 +25,7 @@ from slimformer.distill import (
     token_distillation_losses,
 )
 from slimformer.errors import Cancelled, InvalidSpec, SlimformerError
+from testkit.tiny_models import CONFIGS, DECODERS, HEADS, VOCAB, tiny_batch, tiny_model
 
 LAYER_KEY = {
     "distilbert": "n_layers",

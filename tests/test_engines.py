@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from tiny_models import VOCAB, llama_style_tokenizer, tiny_model
 
 from slimformer.artifacts import save_model_folder
 from slimformer.engines import EngineMissing, engine_python, export_gguf, llama_cpp_scores
 from slimformer.errors import ExportError
 from slimformer.importance import score_importance
 from slimformer.pruning import PruningTarget, drop_layers, plan_pruning, prune_model
+from testkit.tiny_models import VOCAB, llama_style_tokenizer, tiny_model
 
 
 def _llama_cpp():
@@ -53,7 +53,7 @@ def _pruned_folder(tmp_path, layout: str, depth: bool):
 
 def _lm_job_inputs(tmp_path, **overrides) -> tuple[str, str]:
     """A tiny Llama saved with the converter-accepted tokenizer, and a story file: (model, data)."""
-    from tiny_models import write_story_txt
+    from testkit.tiny_models import write_story_txt
 
     model = tiny_model("llama", "causal-lm", bos_token_id=1, eos_token_id=2, **overrides)
     model.save_pretrained(tmp_path / "lm")

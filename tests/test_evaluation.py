@@ -6,7 +6,6 @@ import pytest
 import torch
 import transformers
 from scipy import stats
-from tiny_models import CONFIGS, DECODERS, VOCAB, tiny_batch, tiny_config, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimformer.errors import Cancelled, InvalidSpec
@@ -25,6 +24,7 @@ from slimformer.evaluation import (
 from slimformer.importance import score_importance
 from slimformer.models import mean_pool
 from slimformer.pruning import PruningTarget, plan_pruning, prune_model
+from testkit.tiny_models import CONFIGS, DECODERS, VOCAB, tiny_batch, tiny_config, tiny_model
 
 
 @pytest.fixture(autouse=True)

@@ -2,12 +2,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_models import tiny_batch, tiny_model
 
 from slimformer.errors import ExportError
 from slimformer.export import export_onnx
 from slimformer.importance import score_importance
 from slimformer.pruning import PruningTarget, plan_pruning, prune_model
+from testkit.tiny_models import tiny_batch, tiny_model
 
 pytestmark = pytest.mark.slow
 

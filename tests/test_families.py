@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tiny_models import CONFIGS, DECODERS, tiny_model
 
 from slimformer import architectures, engines
 from slimformer.architectures import ModelAdapter
@@ -29,6 +28,7 @@ from slimformer.pruning import PruningTarget
 from slimformer.pruning.layouts.nemotron_nas import NemotronNas
 from slimformer.pruning.layouts.uniform import Uniform
 from slimformer.spec import JobSpec, default_layout
+from testkit.tiny_models import CONFIGS, DECODERS, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STOCK = [f for f in FAMILIES.values() if f.stock]

@@ -1,4 +1,4 @@
-"""Hub integration against a real HTTP server speaking the Hub's protocol (tests/hub_server.py),
+"""Hub integration against a real HTTP server speaking the Hub's protocol (testkit/hub_server.py),
 driven by the real huggingface_hub and transformers clients."""
 
 import json
@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from hub_server import ALICE_TOKEN as TOKEN
-from hub_server import BOB_TOKEN as OTHER_TOKEN
 
 from slimformer.errors import HubAccessError, HubUnavailable, PickleOnly, RemoteCode
 from slimformer.hub.download import download_model
@@ -19,6 +17,8 @@ from slimformer.hub.publish import publish_folder
 from slimformer.loading import load_model
 from slimformer.pipeline import run
 from slimformer.spec import JobSpec
+from testkit.hub_server import ALICE_TOKEN as TOKEN
+from testkit.hub_server import BOB_TOKEN as OTHER_TOKEN
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:

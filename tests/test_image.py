@@ -312,7 +312,7 @@ def test_image_migrates_serves_and_its_worker_runs_a_job(
         if not production:
             return
         # the same image as a worker: a real job, its model from the Hub test server on this machine
-        from hub_server import HubServer
+        from testkit.hub_server import HubServer
 
         hub = HubServer().start()
         try:

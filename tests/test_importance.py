@@ -1,11 +1,11 @@
 import pytest
 import torch
-from tiny_models import tiny_batch, tiny_model
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import Cancelled, InvalidSpec
 from slimformer.importance import Gates, compute_loss, gated, score_importance
 from slimformer.models import mean_pool, model_task
+from testkit.tiny_models import tiny_batch, tiny_model
 
 # central differences: O(EPS^2) error; Llama's RMSNorm computes in float32 even in a float64 model
 EPS = 1e-3

@@ -15,14 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from tiny_models import (
-    VOCAB,
-    char_tokenizer,
-    save_tiny_causal_lm,
-    tiny_batch,
-    tiny_model,
-    write_story_txt,
-)
 
 from slimformer.architectures import ModelAdapter
 from slimformer.artifacts import save_model_folder
@@ -51,6 +43,14 @@ from slimformer.text import (
     pack_texts,
     read_documents,
     split_documents,
+)
+from testkit.tiny_models import (
+    VOCAB,
+    char_tokenizer,
+    save_tiny_causal_lm,
+    tiny_batch,
+    tiny_model,
+    write_story_txt,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from tiny_models import save_tiny_causal_lm, write_story_txt
 
 from slimformer.spec import JobSpec
+from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
 
 # Reads the folder with transformers and torch only (nothing of slimformer is imported): documents
 # are the file's blank-line-separated blocks, tokenised without special tokens, joined with EOS and

@@ -12,7 +12,6 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
-from tiny_models import VOCAB, llama_style_tokenizer, tiny_model
 
 from slimformer.architectures import ModelAdapter
 from slimformer.artifacts import save_model_folder
@@ -21,6 +20,7 @@ from slimformer.importance import score_importance
 from slimformer.importance.depth import attention_influence
 from slimformer.pruning import PruningTarget, one_shot_prune, plan_pruning
 from slimformer.spec import JobSpec
+from testkit.tiny_models import VOCAB, llama_style_tokenizer, tiny_model
 
 
 def nemotron_llama(layers: int = 6, seed: int = 0):
@@ -145,7 +145,7 @@ def test_what_the_format_cannot_state_is_refused_with_the_reason():
 
 
 def tiny_batch_for(model):
-    from tiny_models import tiny_batch
+    from testkit.tiny_models import tiny_batch
 
     return tiny_batch(model.config)
 
@@ -207,10 +207,9 @@ def test_the_serving_targets_choose_the_layout_and_the_files():
 
 
 def test_a_nemotron_nas_result_is_the_input_of_another_job_without_remote_code(tmp_path):
-    from tiny_models import save_tiny_causal_lm, write_story_txt
-
     from slimformer.errors import UnsupportedArchitecture
     from slimformer.pipeline import run
+    from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
 
     folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4, intermediate_size=768)
     data = write_story_txt(tmp_path / "stories.txt", stories=40)
@@ -240,9 +239,8 @@ def test_a_nemotron_nas_result_is_the_input_of_another_job_without_remote_code(t
 
 
 def test_a_nemotron_nas_job_exports_onnx_that_onnxruntime_runs(tmp_path):
-    from tiny_models import save_tiny_causal_lm, write_story_txt
-
     from slimformer.pipeline import run
+    from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
 
     folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4, intermediate_size=512)
     data = write_story_txt(tmp_path / "stories.txt", stories=40)

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from tiny_models import CONFIGS, DECODERS, tiny_batch, tiny_model
 
 from slimformer.architectures import ModelAdapter
 from slimformer.errors import InvalidSpec
@@ -14,6 +13,7 @@ from slimformer.pruning import (
     predicted_parameters,
     prune_model,
 )
+from testkit.tiny_models import CONFIGS, DECODERS, tiny_batch, tiny_model
 
 CASES = (
     [(f, "classification") for f in CONFIGS]

@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 import torch
-from tiny_models import CONFIGS, DECODERS, HEADS, tiny_batch, tiny_model
 
 from slimformer.artifacts import save_model_folder
 from slimformer.importance import gated, score_importance
 from slimformer.pruning import PruningTarget, plan_pruning, prune_model
+from testkit.tiny_models import CONFIGS, DECODERS, HEADS, tiny_batch, tiny_model
 
 pytestmark = pytest.mark.slow
 

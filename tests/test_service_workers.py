@@ -17,7 +17,8 @@ import pytest
 import torch
 import transformers
 from service_fixtures import *  # noqa: F403
-from service_fixtures import Service
+
+from testkit.services import Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from service_fixtures import drop_postgres_database, fresh_postgres_database, postgres_available
 
 from service.migrations import current
 from service.store import JobStore
+from testkit.services import drop_postgres_database, fresh_postgres_database, postgres_available
 
 SPEC = {"model": {"id": "acme/tiny"}, "method": "prune"}
 

@@ -15,7 +15,6 @@ import math
 import pytest
 import torch
 import transformers
-from tiny_models import save_tiny_causal_lm, write_story_txt
 
 from slimformer.evaluation import score_next_tokens
 from slimformer.importance.obs import score_obs
@@ -30,6 +29,7 @@ from slimformer.streaming import writer
 from slimformer.streaming.model import StreamedModel, can_stream
 from slimformer.streaming.prune import prune_layers, score_layers
 from slimformer.text import pack_texts
+from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
 
 TARGET = dict(heads=0.25, ffn=0.25, ranking="adaptive", reconstruction=True)
 

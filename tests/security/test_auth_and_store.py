@@ -27,11 +27,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from service_fixtures import drop_postgres_database, fresh_postgres_database, postgres_available
 
 from service.app import create_app
 from service.settings import Settings
 from service.store import JobStore, TokenCipher
+from testkit.services import drop_postgres_database, fresh_postgres_database, postgres_available
 
 SPEC = {
     "model": {"id": "acme/tiny"},

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import Service, base_env, free_port, hub_with_model  # noqa: F401
+from service_fixtures import hub_with_model  # noqa: F401
 
 from service.app import create_app
 from service.artifacts import LocalArtifactStore
 from service.reaper import Reaper, Retention, expire_once
 from service.settings import Settings
 from service.store import JobStore
+from testkit.services import Service, base_env, free_port
 from workers.runner import JobRunner
 
 SPEC = {

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hub_server import ALICE_TOKEN
 
 from slimformer.errors import DatasetError, RepoNotFound, SlimformerError, Unauthorized
 from slimformer.hub.download import download_model
 from slimformer.hub.policy import HubPolicy
+from testkit.hub_server import ALICE_TOKEN
 
 SECRET_ROWS = [f"secret row {i} of acme" for i in range(24)]
 README = b"""---
@@ -221,8 +221,8 @@ def test_through_the_service_bob_gets_nothing_of_alices_cached_hub_data(
     bob, the worker logged in to the Hub as alice through HF_TOKEN): alice's job reads her private
     dataset and model into the worker's caches; bob's jobs naming them, with no token and with a
     wrong one, fail exactly like jobs naming repos that never existed."""
-    from hub_server import HubServer
-    from service_fixtures import Service, base_env, free_port
+    from testkit.hub_server import HubServer
+    from testkit.services import Service, base_env, free_port
 
     hub = HubServer().start()
     hub.add_user("alice", ALICE_TOKEN, orgs=("acme",))

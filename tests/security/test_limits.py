@@ -20,7 +20,13 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from service_fixtures import (
+from sqlalchemy import event
+
+from service.app import create_app
+from service.commands import uvicorn_options
+from service.limits import MemoryWindows, RedisWindows, make_limits
+from service.settings import Settings
+from testkit.services import (
     Service,
     drop_postgres_database,
     free_port,
@@ -28,12 +34,6 @@ from service_fixtures import (
     postgres_available,
     redis_available,
 )
-from sqlalchemy import event
-
-from service.app import create_app
-from service.commands import uvicorn_options
-from service.limits import MemoryWindows, RedisWindows, make_limits
-from service.settings import Settings
 
 SPEC = {
     "model": {"id": "acme/tiny"},

@@ -26,17 +26,17 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from service_fixtures import (
-    drop_postgres_database,
-    fresh_postgres_database,
-    postgres_available,
-    redis_available,
-)
 from sqlalchemy import event
 
 from service.app import create_app
 from service.settings import Settings
 from service.store import JobStore
+from testkit.services import (
+    drop_postgres_database,
+    fresh_postgres_database,
+    postgres_available,
+    redis_available,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_SECRET = "a-token-encryption-secret-for-tests"
