@@ -5,6 +5,8 @@ Each engine lives in a virtual environment of its own (vLLM pins its own transfo
 compiled from source), built by ``deploy/engines/<name>.sh`` (``make engines``) under
 ``$SLIMFORMER_ENGINES`` (default ``~/.cache/slimformer/engines``). slimformer never imports an
 engine: it runs the engine's Python in a subprocess with a short script of ours and reads JSON back.
+Inside :func:`kept_engines`, vLLM measurements share one such process instead of starting one each
+(importing vLLM and shutting it down take most of a call on a small model).
 
 GGUF files are written by llama.cpp's converter (``convert_hf_to_gguf.py``, which ships with the
 llama.cpp source inside llama-cpp-python's source distribution): F16 and Q8_0 directly, Q4_K_M by
@@ -19,7 +21,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from slimformer.errors import ExportError
@@ -70,6 +76,103 @@ def _run(name: str, args: list[str], *, timeout: float, what: str, env: dict | N
         tail = "\n".join(done.stderr.strip().splitlines()[-8:])
         raise ExportError(f"{what} failed in the {name} engine:\n{tail}")
     return done.stdout
+
+
+class _KeptEngine:
+    """One engine process answering requests, one JSON line each, until closed (its stderr in a
+    temporary file, read back when a request fails)."""
+
+    def __init__(self, name: str, script: str, env: dict) -> None:
+        self.name = name
+        self.stderr = tempfile.TemporaryFile()
+        self.popen = subprocess.Popen(
+            [str(engine_python(name)), "-c", script, "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"} | env,
+        )
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def _stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        return "\n".join(lines[-8:])
+
+    def request(self, payload: dict, *, timeout: float, what: str) -> dict:
+        with self.lock:
+            watchdog = threading.Timer(timeout, self.popen.kill)
+            watchdog.start()
+            try:
+                self.popen.stdin.write(json.dumps(payload) + "\n")
+                self.popen.stdin.flush()
+                for line in self.popen.stdout:
+                    if line.startswith("SLIMFORMER_RESULT "):
+                        return json.loads(line.removeprefix("SLIMFORMER_RESULT "))
+                    if line.startswith("SLIMFORMER_ERROR "):
+                        trace = json.loads(line.removeprefix("SLIMFORMER_ERROR "))
+                        tail = "\n".join(trace.strip().splitlines()[-8:])
+                        raise ExportError(f"{what} failed in the {self.name} engine:\n{tail}")
+            except (BrokenPipeError, OSError):
+                pass
+            finally:
+                watchdog.cancel()
+            self.popen.wait()
+            raise ExportError(f"{what} failed in the {self.name} engine:\n{self._stderr_tail()}")
+
+    def close(self) -> None:
+        if self.alive():
+            self.popen.stdin.close()
+            try:
+                self.popen.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.popen.stdout.close()
+        self.stderr.close()
+
+
+_kept: dict[str, _KeptEngine] | None = None
+_kept_lock = threading.Lock()
+
+
+@contextmanager
+def kept_engines() -> Iterator[None]:
+    """Inside, :func:`vllm_scores` calls share one vLLM process, started at the first call and
+    stopped on leaving: for runs that measure many folders (tests, benchmarks). Each call still
+    loads its folder afresh; what is shared is vLLM's import and shutdown, about 20 s a call on 2
+    cores. Nested uses share the outermost one's process."""
+    global _kept
+    with _kept_lock:
+        outermost = _kept is None
+        if outermost:
+            _kept = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            with _kept_lock:
+                kept, _kept = _kept, None
+            for engine in kept.values():
+                engine.close()
+
+
+def _kept_engine(name: str, script: str, env: dict) -> _KeptEngine | None:
+    """The kept process of ``name`` inside :func:`kept_engines` (started, or started again after
+    a crash, here), or None outside."""
+    with _kept_lock:
+        if _kept is None:
+            return None
+        engine = _kept.get(name)
+        if engine is None or not engine.alive():
+            if engine is not None:
+                engine.close()
+            engine = _kept[name] = _KeptEngine(name, script, env)
+        return engine
 
 
 def check_gguf_convertible(folder: Path) -> None:
@@ -264,8 +367,6 @@ def llama_cpp_scores(
     llama.cpp (through llama-cpp-python) in its engine environment. ``keep_logits``: also return
     the full logits of the first N windows (to compare with PyTorch); ``bench_tokens``: also time
     greedy generation of that many tokens, one stream."""
-    import tempfile
-
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(windows, handle)
     try:
@@ -289,50 +390,64 @@ def llama_cpp_scores(
 
 
 _VLLM_SCORE = """
-import json, os, sys, time
-request = json.load(open(sys.argv[1]))
+import gc, json, os, sys, time
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
-windows = request["windows"]
-seq = max(len(w) for w in windows)
-start = time.perf_counter()
-llm = LLM(model=request["model"], tokenizer=request["model"], dtype="float32",
-          trust_remote_code=request["trust_remote_code"],
-          max_model_len=seq, enforce_eager=True,
-          kv_cache_memory_bytes=request["kv_cache_mb"] << 20, max_logprobs=-1, seed=0,
-          generation_config="vllm")
-load = time.perf_counter() - start
-# All but the last token are the prompt; the last token's log probability is read from the one
-# generated position (every token's), so a window as long as the model's position limit fits.
-params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, logprobs=-1,
-                        detokenize=False)
-outs = llm.generate([TokensPrompt(prompt_token_ids=w[:-1]) for w in windows], params,
-                    use_tqdm=False)
-nll, hits, count, logprobs = 0.0, 0, 0, []
-for ids, out in zip(windows, outs):
-    row = []
-    entries = [out.prompt_logprobs[pos][ids[pos]] for pos in range(1, len(ids) - 1)]
-    entries.append(out.outputs[0].logprobs[0][ids[-1]])
-    for entry in entries:
-        nll -= entry.logprob
-        hits += int(entry.rank == 1)
-        count += 1
-        row.append(entry.logprob)
-    logprobs.append(row)
-result = {"nll_sum": nll, "hits": hits, "tokens": count, "logprobs": logprobs, "load_s": load}
-bench = request.get("bench")
-if bench:
-    heads = [w[: bench["prompt"]] for w in windows[: bench["batch"]]]
-    prompts = [TokensPrompt(prompt_token_ids=h) for h in heads]
-    greedy = SamplingParams(temperature=0.0, max_tokens=bench["new_tokens"], ignore_eos=True,
-                            detokenize=False)
-    llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=2), use_tqdm=False)
+
+def score(request):
+    windows = request["windows"]
+    seq = max(len(w) for w in windows)
     start = time.perf_counter()
-    made = llm.generate(prompts, greedy, use_tqdm=False)
-    seconds = time.perf_counter() - start
-    new = sum(len(o.outputs[0].token_ids) for o in made)
-    result["bench"] = {"new_tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
-print("SLIMFORMER_RESULT " + json.dumps(result))
+    llm = LLM(model=request["model"], tokenizer=request["model"], dtype="float32",
+              trust_remote_code=request["trust_remote_code"],
+              max_model_len=seq, enforce_eager=True,
+              kv_cache_memory_bytes=request["kv_cache_mb"] << 20, max_logprobs=-1, seed=0,
+              generation_config="vllm")
+    load = time.perf_counter() - start
+    # All but the last token are the prompt; the last token's log probability is read from the one
+    # generated position (every token's), so a window as long as the model's position limit fits.
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, logprobs=-1,
+                            detokenize=False)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=w[:-1]) for w in windows], params,
+                        use_tqdm=False)
+    nll, hits, count, logprobs = 0.0, 0, 0, []
+    for ids, out in zip(windows, outs):
+        row = []
+        entries = [out.prompt_logprobs[pos][ids[pos]] for pos in range(1, len(ids) - 1)]
+        entries.append(out.outputs[0].logprobs[0][ids[-1]])
+        for entry in entries:
+            nll -= entry.logprob
+            hits += int(entry.rank == 1)
+            count += 1
+            row.append(entry.logprob)
+        logprobs.append(row)
+    result = {"nll_sum": nll, "hits": hits, "tokens": count, "logprobs": logprobs, "load_s": load}
+    bench = request.get("bench")
+    if bench:
+        heads = [w[: bench["prompt"]] for w in windows[: bench["batch"]]]
+        prompts = [TokensPrompt(prompt_token_ids=h) for h in heads]
+        greedy = SamplingParams(temperature=0.0, max_tokens=bench["new_tokens"], ignore_eos=True,
+                                detokenize=False)
+        llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=2), use_tqdm=False)
+        start = time.perf_counter()
+        made = llm.generate(prompts, greedy, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        new = sum(len(o.outputs[0].token_ids) for o in made)
+        result["bench"] = {"new_tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
+    del llm
+    gc.collect()
+    return result
+
+if sys.argv[1] == "--serve":  # kept running: one request per stdin line, one answer each
+    import traceback
+    for line in sys.stdin:
+        try:
+            answer = "SLIMFORMER_RESULT " + json.dumps(score(json.loads(line)))
+        except Exception:
+            answer = "SLIMFORMER_ERROR " + json.dumps(traceback.format_exc())
+        print(answer, flush=True)
+else:
+    print("SLIMFORMER_RESULT " + json.dumps(score(json.load(open(sys.argv[1])))))
 """
 
 
@@ -352,13 +467,12 @@ def vllm_scores(
     vLLM runs in one process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with one OpenMP thread: on 2
     cores its multiprocess mode takes 25-40 s to start and two threads oversubscribe them.
     ``bench={"batch": 8, "prompt": 32, "new_tokens": 64}`` also times greedy generation.
+    Inside :func:`kept_engines` the folder is measured in the kept vLLM process.
 
     Raises:
         EngineMissing: the vllm engine is not built.
         ExportError: vLLM could not load or run the folder.
     """
-    import tempfile
-
     config = json.loads((Path(folder) / "config.json").read_text())
     request = {
         "model": str(Path(folder).resolve()),
@@ -369,14 +483,17 @@ def vllm_scores(
     }
     if bench:
         request["bench"] = bench
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(request, handle)
     env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "OMP_NUM_THREADS": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
+    kept = _kept_engine("vllm", _VLLM_SCORE, env)
+    if kept is not None:
+        return kept.request(request, timeout=3600, what="vLLM scoring")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(request, handle)
     try:
         out = _run(
             "vllm", ["-c", _VLLM_SCORE, handle.name], timeout=3600, what="vLLM scoring", env=env

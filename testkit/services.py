@@ -6,6 +6,7 @@ the production shape (API, N workers, Redis, Postgres), pointed at the Hub test 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,6 +38,39 @@ def redis_available() -> bool:
             return True
     except OSError:
         return False
+
+
+def _redis(*args: str, db: int = 0) -> str:
+    return subprocess.run(
+        ["redis-cli", "-n", str(db), *args], capture_output=True, text=True
+    ).stdout.strip()
+
+
+@contextmanager
+def redis_database() -> Iterator[int]:
+    """A Redis database number (1 to 15) to the caller alone, emptied before and after: claimed
+    with ``SET NX`` in database 0, so test processes running side by side (pytest-xdist workers,
+    another checkout's suite) never share one. Waits while all are taken."""
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + 300
+    while True:
+        for number in random.sample(range(1, 16), 15):
+            key = f"slimformer-tests:db:{number}"
+            if _redis("SET", key, owner, "NX", "EX", "3600") == "OK":
+                break
+        else:
+            if time.monotonic() > deadline:
+                raise TimeoutError("every Redis database of 1..15 is claimed")
+            time.sleep(0.5)
+            continue
+        break
+    _redis("FLUSHDB", db=number)
+    try:
+        yield number
+    finally:
+        _redis("FLUSHDB", db=number)
+        if _redis("GET", key) == owner:
+            _redis("DEL", key)
 
 
 def postgres_available() -> bool:
@@ -124,8 +160,27 @@ class Proc:
                 pass
         self._fh.close()
 
+    def kill(self) -> None:
+        """:meth:`kill9`, and close the log."""
+        self.kill9()
+        self._fh.close()
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def processes_of(data_dir: Path) -> list[int]:
+    """The pids of the processes started with ``SLIMFORMER_DATA_DIR=data_dir`` (a deployment's
+    API, workers and their pool children)."""
+    wanted = {f"SLIMFORMER_DATA_DIR={d}".encode() for d in (data_dir, Path(data_dir).resolve())}
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if wanted & set(environ.read_bytes().split(b"\0")):
+                pids.append(int(environ.parent.name))
+        except (OSError, ValueError):
+            pass
+    return pids
 
 
 class Service:
@@ -220,9 +275,27 @@ class Service:
         return "\n".join(p.output() for p in [self.api, *self.workers] if p)
 
     def stop(self) -> None:
+        """SIGTERM each process and wait for its graceful shutdown (Celery's warm shutdown takes
+        seconds)."""
         for proc in [*self.workers, self.api]:
             if proc is not None:
                 proc.stop()
+
+    def kill(self, timeout: float = 30) -> None:
+        """Stop at once, like a lost machine (SIGKILL to every process group), and wait until no
+        process of the deployment is left: the embedded worker and its pool children die with
+        ``serve`` (their parent-death signal). The teardown of a test's service."""
+        for proc in [*self.workers, self.api]:
+            if proc is not None:
+                proc.kill()
+        deadline = time.monotonic() + timeout
+        while (left := processes_of(self.data_dir)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def base_env(data_dir: Path, hub: HubServer, port: int) -> dict:

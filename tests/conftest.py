@@ -87,6 +87,14 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    # HfApi objects made earlier keep the endpoint they were made with (a stopped server of an
+    # earlier test: five retries, 23 s, per call): point huggingface_hub's module-level one here,
+    # and let transformers make its shared one again
+    import transformers.utils.hub
+    from huggingface_hub import hf_api
+
+    monkeypatch.setattr(hf_api.api, "endpoint", server.url)
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
     import datasets  # reads HF_ENDPOINT at import time too
 
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", server.url)
@@ -95,6 +103,16 @@ def hub(monkeypatch, tmp_path):
     server.add_user("bob", BOB_TOKEN)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kept_engines():
+    """vLLM imported once for the session: the vllm_scores calls of the tests that use this share
+    one engine process, started at the first call and stopped when the session ends."""
+    from slimformer.engines import kept_engines
+
+    with kept_engines():
+        yield
 
 
 @pytest.fixture

@@ -6,9 +6,6 @@ Import the fixtures in a test module with ``from service_fixtures import *  # no
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-
 import pytest
 
 from testkit.hub_server import HubServer
@@ -20,6 +17,7 @@ from testkit.services import (
     fresh_postgres_database,
     postgres_available,
     redis_available,
+    redis_database,
 )
 
 
@@ -46,7 +44,7 @@ def embedded_service(tmp_path, hub_with_model):
     service.hub = hub_with_model
     service.start_api(worker=True)
     yield service
-    service.stop()
+    service.kill()
 
 
 @pytest.fixture
@@ -61,24 +59,22 @@ def production_service(tmp_path, hub_with_model):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     database = fresh_postgres_database()
-    redis_db = 1 + int(uuid.uuid4().int % 14)
-    env = base_env(data_dir, hub_with_model, port)
-    env.update(
-        {
-            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-            "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
-            "SLIMFORMER_MAX_CONCURRENT_JOBS": "1000",
-        }
-    )
-    subprocess.run(["redis-cli", "-n", str(redis_db), "FLUSHDB"], capture_output=True)
-    service = Service(data_dir, env, port)
-    service.hub = hub_with_model
-    migrated = service.command("migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    service.start_api(worker=False)
-    yield service
-    service.stop()
-    subprocess.run(["redis-cli", "-n", str(redis_db), "FLUSHDB"], capture_output=True)
+    with redis_database() as redis_db:
+        env = base_env(data_dir, hub_with_model, port)
+        env.update(
+            {
+                "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+                "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+                "SLIMFORMER_MAX_CONCURRENT_JOBS": "1000",
+            }
+        )
+        service = Service(data_dir, env, port)
+        service.hub = hub_with_model
+        migrated = service.command("migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        service.start_api(worker=False)
+        yield service
+        service.kill()
     drop_postgres_database(database)
 
 

@@ -31,7 +31,7 @@ def service(tmp_path_factory, tiny_classifier_folder):
         tmp_path_factory.mktemp("client-service"), tiny_classifier_folder
     )
     yield svc
-    svc.stop()
+    svc.kill()
     hub.stop()
 
 

@@ -20,6 +20,9 @@ from slimformer.importance import score_importance
 from slimformer.pruning import PruningTarget, drop_layers, plan_pruning, prune_model
 from testkit.tiny_models import VOCAB, llama_style_tokenizer, tiny_model
 
+# vLLM's import and shutdown once for the session, not once per measurement
+pytestmark = pytest.mark.usefixtures("kept_engines")
+
 
 def _llama_cpp():
     try:
@@ -164,6 +167,12 @@ def test_uniform_and_depth_pruned_llamas_give_pytorchs_log_probabilities_in_vllm
 # -- the nemotron_nas layout: per-layer shapes both engines read ---------------------------------
 
 
+@pytest.fixture(scope="module")
+def nemotron_llama(tmp_path_factory):
+    """(model, folder) of :func:`_nemotron_folder`, built once: the tests only read them."""
+    return _nemotron_folder(tmp_path_factory.mktemp("nemotron"))
+
+
 def _nemotron_folder(tmp_path):
     """A tiny Llama pruned in the nemotron_nas layout: two attention blocks removed whole, FFN
     widths of 256 / 512 / 768 (head size = hidden / heads, as llama.cpp's Deci converter assumes;
@@ -201,9 +210,9 @@ def _nemotron_folder(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_nemotron_nas_llama_gives_pytorchs_logits_in_llama_cpp(tmp_path):
+def test_a_nemotron_nas_llama_gives_pytorchs_logits_in_llama_cpp(tmp_path, nemotron_llama):
     _llama_cpp()
-    model, folder = _nemotron_folder(tmp_path)
+    model, folder = nemotron_llama
     files = export_gguf(folder, tmp_path / "gguf", types=("f16", "q8_0"))
     windows = _windows()
     with torch.no_grad():
@@ -219,11 +228,11 @@ def test_a_nemotron_nas_llama_gives_pytorchs_logits_in_llama_cpp(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_nemotron_nas_llama_gives_pytorchs_log_probabilities_in_vllm(tmp_path):
+def test_a_nemotron_nas_llama_gives_pytorchs_log_probabilities_in_vllm(nemotron_llama):
     _vllm()
     from slimformer.engines import vllm_scores
 
-    model, folder = _nemotron_folder(tmp_path)
+    model, folder = nemotron_llama
     windows = _windows(3, 24)
     got = vllm_scores(folder, windows, kv_cache_mb=64)
     with torch.no_grad():
@@ -235,12 +244,16 @@ def test_a_nemotron_nas_llama_gives_pytorchs_log_probabilities_in_vllm(tmp_path)
 
 @pytest.mark.integration
 def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_says_how_to_serve(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     _llama_cpp()
     _vllm()
+    from slimformer import engines
     from slimformer.pipeline import run
     from slimformer.spec import JobSpec
+
+    # as in a worker: vLLM started for this job alone, outside the session's kept process
+    monkeypatch.setattr(engines, "_kept", None)
 
     model, data = _lm_job_inputs(
         tmp_path, num_hidden_layers=4, hidden_size=128, head_dim=32, intermediate_size=512
@@ -284,3 +297,26 @@ def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_say
     assert result.report["spec"]["prune"]["layout"] == "nemotron_nas"
     pytorch = result.report["evaluation"]["compressed"]["metrics"]["perplexity"]
     assert result.report["artifacts"]["gguf"][0]["perplexity"] == pytest.approx(pytorch, rel=0.05)
+
+
+@pytest.mark.integration
+def test_a_kept_vllm_reports_a_folder_it_cannot_load_and_goes_on(tmp_path):
+    _vllm()
+    from slimformer.engines import vllm_scores
+
+    model = tiny_model("llama", "causal-lm", head_dim=32, bos_token_id=1, eos_token_id=2)
+    save_model_folder(model, llama_style_tokenizer(), tmp_path / "m")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in (tmp_path / "m").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    windows = _windows(2, 24)
+    with pytest.raises(ExportError, match="vLLM scoring failed in the vllm engine"):
+        vllm_scores(broken, windows, kv_cache_mb=64)
+    got = vllm_scores(tmp_path / "m", windows, kv_cache_mb=64)  # the same process, or a new one
+    with torch.no_grad():
+        for ids, logprobs in zip(windows, got["logprobs"], strict=True):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+            want = torch.log_softmax(logits, -1)[torch.arange(23), torch.tensor(ids[1:])]
+            assert float((torch.tensor(logprobs) - want).abs().max()) < 1e-4

@@ -23,7 +23,8 @@ import torch
 
 from slimformer.engines import EngineMissing, engine_python, export_gguf, llama_cpp_scores
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# kept_engines: vLLM's import and shutdown once for the session, not once per layout
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("kept_engines")]
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 SMOLLM2 = CACHE / "slimformer-fixtures" / "smollm2-135m"

@@ -126,7 +126,7 @@ def api_with_a_big_artifact(tmp_path):
     env.update(SLIMFORMER_DATA_DIR=str(data_dir), SLIMFORMER_PORT=str(port), PYTHONUNBUFFERED="1")
     service = Service(data_dir, env, port).start_api(worker=False)
     yield service, job["id"]
-    service.stop()
+    service.kill()
 
 
 @pytest.mark.integration
@@ -624,7 +624,7 @@ def roomy_service(tmp_path, hub_with_model):  # noqa: F811
     service = Service(data_dir, env, port)
     service.start_api(worker=True)
     yield service
-    service.stop()
+    service.kill()
 
 
 @pytest.mark.integration

@@ -286,5 +286,5 @@ def test_through_the_service_bob_gets_nothing_of_alices_cached_hub_data(
                 "message"
             ].replace("acme/never-model", "X")
     finally:
-        service.stop()
+        service.kill()
         hub.stop()

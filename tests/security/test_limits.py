@@ -8,7 +8,6 @@ Redis tests use a database number of their own and skip without a Redis on 127.0
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from testkit.services import (
     fresh_postgres_database,
     postgres_available,
     redis_available,
+    redis_database,
 )
 
 SPEC = {
@@ -62,10 +62,8 @@ def redis_db() -> Iterator[int]:
     """A Redis database number to themselves, emptied before and after."""
     if not redis_available():
         pytest.skip("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
-    number = 1 + uuid.uuid4().int % 14
-    subprocess.run(["redis-cli", "-n", str(number), "FLUSHDB"], capture_output=True)
-    yield number
-    subprocess.run(["redis-cli", "-n", str(number), "FLUSHDB"], capture_output=True)
+    with redis_database() as number:
+        yield number
 
 
 def key_lookups(app) -> list[str]:
@@ -205,7 +203,7 @@ def test_two_serve_processes_sharing_redis_and_postgres_allow_one_limit(tmp_path
         assert codes.count(200) == 12 and codes.count(429) == 24, codes
     finally:
         for service in services:
-            service.stop()
+            service.kill()
         drop_postgres_database(database)
 
 

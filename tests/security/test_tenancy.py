@@ -36,6 +36,7 @@ from testkit.services import (
     fresh_postgres_database,
     postgres_available,
     redis_available,
+    redis_database,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,10 +60,8 @@ def database_url(request) -> Iterator[str | None]:
 def redis_db() -> Iterator[int]:
     if not redis_available():
         pytest.skip("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
-    number = 1 + uuid.uuid4().int % 14
-    subprocess.run(["redis-cli", "-n", str(number), "FLUSHDB"], capture_output=True)
-    yield number
-    subprocess.run(["redis-cli", "-n", str(number), "FLUSHDB"], capture_output=True)
+    with redis_database() as number:
+        yield number
 
 
 @pytest.fixture(params=["memory", "redis"])
