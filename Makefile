@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 run: venv
 	$(BIN)/slimformer serve
 
+# Two pytest processes, each test file whole in one (its module fixtures built once): half the suite
+# waits on subprocesses, services and engines, so two keep both cores busy.
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: venv
 	$(BIN)/ruff check slimformer service workers testkit tests bench
