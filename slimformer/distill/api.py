@@ -99,13 +99,20 @@ def distill(
         eval_fn=eval_fn,
         stage="distilling",
     )
+    _adopt_teacher_label_names(teacher, student)
+    return run.run(on_progress, should_cancel)
+
+
+def _adopt_teacher_label_names(teacher: nn.Module, student: nn.Module) -> None:
+    """Give a classifier student with a fresh head (generic ``LABEL_i`` names) the teacher's label
+    names.
+    """
     if model_task(teacher) == "text-classification":
         student_names = {int(k): v for k, v in student.config.id2label.items()}
         if _generic_labels(student_names):  # a fresh head
             teacher_names = teacher.config.id2label.items()
             student.config.id2label = {int(k): str(v) for k, v in teacher_names}
             student.config.label2id = {v: k for k, v in student.config.id2label.items()}
-    return run.run(on_progress, should_cancel)
 
 
 def finetune(

@@ -69,94 +69,146 @@ def check_training_data(
     Raises:
         DatasetError: no rows, only empty texts, labels the model does not know.
     """
-    findings: list[dict] = []
     n = len(train)
     if n == 0:
         raise DatasetError(f"{train.source or 'the training data'} has no rows")
+    findings = _empty_text_findings(train)
+    keys = _row_keys(train)
+    findings += _duplicate_findings(train, keys)
+    labels = _class_labels(train, task, model_config)
+    if labels is not None:
+        findings.extend(_label_findings(labels, model_config))
+    findings += _truncation_findings(train, tokenizer, config)
+    if labels is not None:
+        findings += _single_label_batch_findings(labels, n, config)
+    if eval_data is not None and len(eval_data):
+        findings += _eval_overlap_findings(eval_data, keys)
+    return findings
+
+
+def _row_keys(data: TextData) -> list[tuple]:
+    """Each row as ``(text, pair)`` (``pair`` None without pairs): what makes two rows the same."""
+    return list(zip(data.texts, data.pairs or [None] * len(data), strict=True))
+
+
+def _empty_text_findings(train: TextData) -> list[dict]:
+    """A warning about empty texts.
+
+    Raises:
+        DatasetError: every text is empty.
+    """
+    n = len(train)
     empty = [i for i, t in enumerate(train.texts) if not t.strip()]
     if len(empty) == n:
         raise DatasetError(f"{train.source or 'the training data'}: every text is empty")
-    if empty:
-        findings.append(
-            _finding(
-                "warning",
-                "empty_texts",
-                f"{len(empty)} of {n} texts are empty (first at row {empty[0] + 1}); "
-                "they teach the student nothing",
-            )
+    if not empty:
+        return []
+    return [
+        _finding(
+            "warning",
+            "empty_texts",
+            f"{len(empty)} of {n} texts are empty (first at row {empty[0] + 1}); "
+            "they teach the student nothing",
         )
-    keys = list(zip(train.texts, train.pairs or [None] * n, strict=True))
+    ]
+
+
+def _duplicate_findings(train: TextData, keys: list[tuple]) -> list[dict]:
+    """Rows that repeat an earlier text, and texts that appear with different labels."""
+    n = len(train)
     counts = Counter(keys)
     duplicates = n - len(counts)
-    if duplicates:
-        level = "warning" if duplicates / n > 0.01 else "info"
-        message = f"{duplicates} of {n} rows repeat an earlier text ({duplicates / n:.1%})"
-        if train.labels is not None:
-            seen: dict = {}
-            for key, label in zip(keys, train.labels, strict=True):
-                seen.setdefault(key, set()).add(str(label))
-            conflicting = sum(1 for labels in seen.values() if len(labels) > 1)
-            if conflicting:
-                level = "warning"
-                message += f"; {conflicting} texts appear with different labels"
-        findings.append(_finding(level, "duplicate_texts", message))
+    if not duplicates:
+        return []
+    level = "warning" if duplicates / n > 0.01 else "info"
+    message = f"{duplicates} of {n} rows repeat an earlier text ({duplicates / n:.1%})"
+    if train.labels is not None:
+        seen: dict = {}
+        for key, label in zip(keys, train.labels, strict=True):
+            seen.setdefault(key, set()).add(str(label))
+        conflicting = sum(1 for labels in seen.values() if len(labels) > 1)
+        if conflicting:
+            level = "warning"
+            message += f"; {conflicting} texts appear with different labels"
+    return [_finding(level, "duplicate_texts", message)]
 
+
+def _class_labels(train: TextData, task: Task, model_config) -> list[int] | None:
+    """The class ids of a classification task's gold labels; None without labels or classes
+    (another task, no labels, no model config, regression).
+
+    Raises:
+        DatasetError: labels the model does not know.
+    """
     labels = None
     classification = task == "text-classification"
     if classification and train.labels is not None and model_config is not None:
         labels = encode_labels(train, model_config)
         if isinstance(labels[0], float):
             labels = None  # regression: no classes to count
-    if labels is not None:
-        findings.extend(_label_findings(labels, model_config))
+    return labels
 
-    sample = _epoch_order(n, config.seed, 0, True)[:5000]
+
+def _truncation_findings(
+    train: TextData, tokenizer: PreTrainedTokenizerBase, config: DistillConfig
+) -> list[dict]:
+    """The share of inputs (of a sample of up to 5000) longer than ``max_length`` tokens."""
+    sample = _epoch_order(len(train), config.seed, 0, True)[:5000]
     texts = [train.texts[i] for i in sample]
     pairs = [train.pairs[i] for i in sample] if train.pairs is not None else None
     lengths = [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
     truncated = sum(1 for length in lengths if length > config.max_length)
-    if truncated:
-        share = truncated / len(lengths)
-        findings.append(
-            _finding(
-                "warning" if share > 0.05 else "info",
-                "truncation",
-                f"{share:.1%} of the inputs are longer than max_length={config.max_length} tokens "
-                f"and are cut (longest {max(lengths)})",
-            )
+    if not truncated:
+        return []
+    share = truncated / len(lengths)
+    return [
+        _finding(
+            "warning" if share > 0.05 else "info",
+            "truncation",
+            f"{share:.1%} of the inputs are longer than max_length={config.max_length} tokens "
+            f"and are cut (longest {max(lengths)})",
         )
+    ]
 
-    if labels is not None and config.batch_size > 1 and len(set(labels)) > 1:
-        order = _epoch_order(n, config.seed, 0, config.shuffle)
-        size = config.batch_size
-        batches = [order[i : i + size] for i in range(0, n, size)]
-        single = sum(1 for b in batches if len(b) > 1 and len({labels[i] for i in b}) == 1)
-        if single:
-            hint = "turn shuffle on" if not config.shuffle else "the classes are very imbalanced"
-            findings.append(
-                _finding(
-                    "warning",
-                    "single_label_batches",
-                    f"{single} of {len(batches)} batches of the first epoch hold a single label "
-                    f"({hint}); such batches push the student towards one class",
-                )
-            )
 
-    if eval_data is not None and len(eval_data):
-        train_keys = set(keys)
-        e_keys = zip(eval_data.texts, eval_data.pairs or [None] * len(eval_data), strict=True)
-        overlap = sum(1 for key in e_keys if key in train_keys)
-        if overlap:
-            share = overlap / len(eval_data)
-            findings.append(
-                _finding(
-                    "warning" if share > 0.01 else "info",
-                    "eval_overlap",
-                    f"{overlap} of {len(eval_data)} evaluation texts ({share:.1%}) also occur "
-                    "in the training data; the metric overstates generalisation",
-                )
-            )
-    return findings
+def _single_label_batch_findings(labels: list[int], n: int, config: DistillConfig) -> list[dict]:
+    """Batches of the first epoch's order of ``n`` rows that hold a single label (when there is
+    more than one label).
+    """
+    if config.batch_size <= 1 or len(set(labels)) <= 1:
+        return []
+    order = _epoch_order(n, config.seed, 0, config.shuffle)
+    size = config.batch_size
+    batches = [order[i : i + size] for i in range(0, n, size)]
+    single = sum(1 for b in batches if len(b) > 1 and len({labels[i] for i in b}) == 1)
+    if not single:
+        return []
+    hint = "turn shuffle on" if not config.shuffle else "the classes are very imbalanced"
+    return [
+        _finding(
+            "warning",
+            "single_label_batches",
+            f"{single} of {len(batches)} batches of the first epoch hold a single label "
+            f"({hint}); such batches push the student towards one class",
+        )
+    ]
+
+
+def _eval_overlap_findings(eval_data: TextData, train_keys: list[tuple]) -> list[dict]:
+    """Evaluation texts that also occur in the training data."""
+    known = set(train_keys)
+    overlap = sum(1 for key in _row_keys(eval_data) if key in known)
+    if not overlap:
+        return []
+    share = overlap / len(eval_data)
+    return [
+        _finding(
+            "warning" if share > 0.01 else "info",
+            "eval_overlap",
+            f"{overlap} of {len(eval_data)} evaluation texts ({share:.1%}) also occur "
+            "in the training data; the metric overstates generalisation",
+        )
+    ]
 
 
 def _label_findings(labels: list[int], model_config) -> list[dict]:

@@ -10,6 +10,7 @@ alignment of :mod:`slimformer.distill.losses.hidden` is added on top when asked 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,82 +68,179 @@ def batch_loss(
     use_hidden = teacher is not None and config.hidden_loss is not None and config.hidden_weight > 0
     use_kd = teacher is not None and (config.alpha < 1 or not has_labels)
     inputs = _inputs(batch)
-    parts: dict[str, torch.Tensor] = {}
-
     if task == "text-generation":
-        # no key/value cache: training reads each sequence once
-        s_out = student.base_model(**inputs, output_hidden_states=use_hidden, use_cache=False)
-        keep = _lm_positions(batch)
-        s_hidden = s_out.last_hidden_state[:, :-1][keep]
-        targets = batch["labels"][:, 1:][keep] if use_ce else None
-        t_out = t_hidden = None
-        if use_kd or use_hidden:
-            with torch.no_grad():
-                t_out = teacher.base_model(
-                    **inputs, output_hidden_states=use_hidden, use_cache=False
-                )
-            t_hidden = t_out.last_hidden_state[:, :-1][keep]
-        kd, ce = token_distillation_losses(
-            s_hidden,
-            student.get_output_embeddings(),
-            teacher_hidden=t_hidden if use_kd else None,
-            teacher_head=teacher.get_output_embeddings() if use_kd else None,
-            targets=targets,
-            temperature=config.temperature,
-            chunk_size=config.kl_chunk_size,
+        parts, s_out, t_out = _lm_parts(
+            student,
+            teacher,
+            batch,
+            inputs,
+            config,
+            use_ce=use_ce,
+            use_kd=use_kd,
+            use_hidden=use_hidden,
         )
-        if kd is not None:
-            parts["kd"] = kd
-        if ce is not None:
-            parts["ce"] = ce
     elif task == "feature-extraction":
-        if teacher is None:
-            raise InvalidSpec(
-                "an embedding model has no labels to fine-tune on; distil it from a teacher"
-            )
-        s_out = student(**inputs, output_hidden_states=use_hidden)
+        parts, s_out, t_out = _embedding_parts(
+            student, teacher, inputs, config, use_hidden=use_hidden
+        )
+    else:
+        parts, s_out, t_out = _classification_parts(
+            student,
+            teacher,
+            batch,
+            inputs,
+            config,
+            use_ce=use_ce,
+            use_kd=use_kd,
+            use_hidden=use_hidden,
+        )
+    if use_hidden:
+        parts["hidden"] = _hidden_part(
+            student, teacher, s_out, t_out, inputs, config, layer_map, projection
+        )
+    loss = _combine(parts, teacher, task, config)
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# The parts of each task: ``(parts, student_output, teacher_output)``, the outputs for the
+# hidden-state part (the teacher's is None when it was not run).
+_Parts = tuple[dict[str, torch.Tensor], Any, Any]
+
+
+def _lm_parts(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    batch: dict,
+    inputs: dict,
+    config: DistillConfig,
+    *,
+    use_ce: bool,
+    use_kd: bool,
+    use_hidden: bool,
+) -> _Parts:
+    """A causal LM's per-token ``kd`` and ``ce``, over the positions that count."""
+    parts: dict[str, torch.Tensor] = {}
+    # no key/value cache: training reads each sequence once
+    s_out = student.base_model(**inputs, output_hidden_states=use_hidden, use_cache=False)
+    keep = _lm_positions(batch)
+    s_hidden = s_out.last_hidden_state[:, :-1][keep]
+    targets = batch["labels"][:, 1:][keep] if use_ce else None
+    t_out = t_hidden = None
+    if use_kd or use_hidden:
+        with torch.no_grad():
+            t_out = teacher.base_model(**inputs, output_hidden_states=use_hidden, use_cache=False)
+        t_hidden = t_out.last_hidden_state[:, :-1][keep]
+    kd, ce = token_distillation_losses(
+        s_hidden,
+        student.get_output_embeddings(),
+        teacher_hidden=t_hidden if use_kd else None,
+        teacher_head=teacher.get_output_embeddings() if use_kd else None,
+        targets=targets,
+        temperature=config.temperature,
+        chunk_size=config.kl_chunk_size,
+    )
+    if kd is not None:
+        parts["kd"] = kd
+    if ce is not None:
+        parts["ce"] = ce
+    return parts, s_out, t_out
+
+
+def _embedding_parts(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    inputs: dict,
+    config: DistillConfig,
+    *,
+    use_hidden: bool,
+) -> _Parts:
+    """An embedding model's ``embedding`` part: 1 - cosine (or MSE) of the mean-pooled outputs.
+
+    Raises:
+        InvalidSpec: no teacher.
+    """
+    if teacher is None:
+        raise InvalidSpec(
+            "an embedding model has no labels to fine-tune on; distil it from a teacher"
+        )
+    s_out = student(**inputs, output_hidden_states=use_hidden)
+    with torch.no_grad():
+        t_out = teacher(**inputs, output_hidden_states=use_hidden)
+    s_emb = mean_pool(s_out.last_hidden_state.float(), inputs.get("attention_mask"))
+    t_emb = mean_pool(t_out.last_hidden_state.float(), inputs.get("attention_mask"))
+    if config.embedding_loss == "cosine":
+        embedding = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+    else:
+        embedding = F.mse_loss(s_emb, t_emb)
+    return {"embedding": embedding}, s_out, t_out
+
+
+def _classification_parts(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    batch: dict,
+    inputs: dict,
+    config: DistillConfig,
+    *,
+    use_ce: bool,
+    use_kd: bool,
+    use_hidden: bool,
+) -> _Parts:
+    """A classifier's ``kd`` (soft targets) and ``ce`` (gold labels); MSE for both with a single
+    output (regression).
+    """
+    parts: dict[str, torch.Tensor] = {}
+    s_out = student(**inputs, output_hidden_states=use_hidden)
+    s_logits = s_out.logits.float()
+    t_out = None
+    if use_kd or use_hidden:
         with torch.no_grad():
             t_out = teacher(**inputs, output_hidden_states=use_hidden)
-        s_emb = mean_pool(s_out.last_hidden_state.float(), inputs.get("attention_mask"))
-        t_emb = mean_pool(t_out.last_hidden_state.float(), inputs.get("attention_mask"))
-        if config.embedding_loss == "cosine":
-            parts["embedding"] = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+    regression = s_logits.shape[-1] == 1
+    if use_kd:
+        t_logits = t_out.logits.float()
+        if regression:
+            parts["kd"] = F.mse_loss(s_logits, t_logits)
         else:
-            parts["embedding"] = F.mse_loss(s_emb, t_emb)
-    else:
-        s_out = student(**inputs, output_hidden_states=use_hidden)
-        s_logits = s_out.logits.float()
-        t_out = None
-        if use_kd or use_hidden:
-            with torch.no_grad():
-                t_out = teacher(**inputs, output_hidden_states=use_hidden)
-        regression = s_logits.shape[-1] == 1
-        if use_kd:
-            t_logits = t_out.logits.float()
-            if regression:
-                parts["kd"] = F.mse_loss(s_logits, t_logits)
-            else:
-                parts["kd"] = soft_target_loss(s_logits, t_logits, config.temperature)
-        if use_ce:
-            labels = batch["labels"]
-            if regression:
-                parts["ce"] = F.mse_loss(s_logits.squeeze(-1), labels.float())
-            else:
-                parts["ce"] = F.cross_entropy(s_logits, labels)
-    if use_hidden:
-        if layer_map is not None:
-            mapping = list(layer_map)
+            parts["kd"] = soft_target_loss(s_logits, t_logits, config.temperature)
+    if use_ce:
+        labels = batch["labels"]
+        if regression:
+            parts["ce"] = F.mse_loss(s_logits.squeeze(-1), labels.float())
         else:
-            mapping = _even_layer_map(_num_layers(student), _num_layers(teacher))
-        parts["hidden"] = hidden_alignment_loss(
-            s_out.hidden_states,
-            t_out.hidden_states,
-            mapping,
-            inputs.get("attention_mask"),
-            config.hidden_loss,
-            projection,
-        )
+            parts["ce"] = F.cross_entropy(s_logits, labels)
+    return parts, s_out, t_out
 
+
+def _hidden_part(
+    student: nn.Module,
+    teacher: nn.Module,
+    s_out,
+    t_out,
+    inputs: dict,
+    config: DistillConfig,
+    layer_map: Sequence[int] | None,
+    projection: nn.Module | None,
+) -> torch.Tensor:
+    """The alignment of mapped hidden states (``layer_map``, evenly spread by depth when None)."""
+    if layer_map is not None:
+        mapping = list(layer_map)
+    else:
+        mapping = _even_layer_map(_num_layers(student), _num_layers(teacher))
+    return hidden_alignment_loss(
+        s_out.hidden_states,
+        t_out.hidden_states,
+        mapping,
+        inputs.get("attention_mask"),
+        config.hidden_loss,
+        projection,
+    )
+
+
+def _combine(
+    parts: dict[str, torch.Tensor], teacher: nn.Module | None, task: Task, config: DistillConfig
+) -> torch.Tensor:
+    """The training loss from its parts."""
     if teacher is None:
         loss = parts["ce"]
     elif task == "feature-extraction":
@@ -155,4 +253,4 @@ def batch_loss(
         loss = parts["kd"]
     if "hidden" in parts:
         loss = loss + config.hidden_weight * parts["hidden"]
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
+    return loss
