@@ -6,8 +6,10 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
+from celery import Celery
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -19,7 +21,7 @@ from service.errors import error_response, install_error_handlers
 from service.limits import make_limits
 from service.metrics import ApiMetrics
 from service.queue import make_celery, queue_depths, send_job
-from service.reaper import Reaper
+from service.reaper import Reaper, Send
 from service.routes import router
 from service.security_headers import install_security_headers
 from service.settings import Settings
@@ -133,6 +135,38 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         busy_timeout=settings.store_busy_timeout_seconds,
     )  # then 503 store_busy
     celery = make_celery(settings)
+    send, ping_broker = broker_calls(celery)
+    metrics = ApiMetrics()
+    metrics.watch_store(store, settings, lambda: queue_depths(celery, settings))
+
+    app = FastAPI(
+        title="slimformer",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=make_lifespan(settings, store, send, run_reaper=run_reaper),
+        openapi_tags=[{"name": tag} for tag in TAGS],
+        # a trailing slash is a 404: Starlette's redirect would copy the Host header into Location
+        redirect_slashes=False,
+        docs_url=None,  # /docs comes with its own Content-Security-Policy, below
+        redoc_url=None,
+    )
+    attach_state(app, settings, store, celery, metrics, send=send, ping_broker=ping_broker)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(dashboard_router)
+
+    app.add_middleware(RequestTimer, histogram=metrics.http_latency)
+    install_openapi(app)
+    app.add_middleware(
+        BodyLimit, default=settings.max_request_bytes, uploads=settings.max_upload_bytes
+    )
+    install_security_headers(app)  # last: its middleware wraps every response
+    return app
+
+
+def broker_calls(celery: Celery) -> tuple[Send, Callable[[], None]]:
+    """``send(job_id, queue, countdown)``, which queues a job, and ``ping_broker()``, which raises
+    when the broker cannot be reached."""
 
     def send(job_id: str, queue: str, countdown: float | None) -> None:
         send_job(celery, job_id, queue, countdown=countdown)
@@ -141,8 +175,12 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         with celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
 
-    metrics = ApiMetrics()
-    metrics.watch_store(store, settings, lambda: queue_depths(celery, settings))
+    return send, ping_broker
+
+
+def make_lifespan(settings: Settings, store: JobStore, send: Send, *, run_reaper: bool):
+    """The app's lifespan: the reaper (when ``run_reaper``) while it serves; then the shutdown
+    hooks, the reaper stopped and the store's connections closed."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -162,17 +200,21 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
             reaper.stop()
         store.dispose()
 
-    app = FastAPI(
-        title="slimformer",
-        version="1",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        openapi_tags=[{"name": tag} for tag in TAGS],
-        # a trailing slash is a 404: Starlette's redirect would copy the Host header into Location
-        redirect_slashes=False,
-        docs_url=None,  # /docs comes with its own Content-Security-Policy, below
-        redoc_url=None,
-    )
+    return lifespan
+
+
+def attach_state(
+    app: FastAPI,
+    settings: Settings,
+    store: JobStore,
+    celery: Celery,
+    metrics: ApiMetrics,
+    *,
+    send: Send,
+    ping_broker: Callable[[], None],
+) -> None:
+    """What the routes read from ``app.state``: the settings, the store, the artifact store, the
+    queue, the metrics, the rate limits and the authentication."""
     app.state.settings = settings
     app.state.shutdown_hooks = []
     app.state.settings_events_interval = settings.events_poll_seconds
@@ -184,11 +226,10 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.metrics = metrics
     app.state.limits = make_limits(settings)  # shared through Redis when there is one
     app.state.auth = AuthState(store, always=settings.mode == "production", setting=settings.auth)
-    install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(dashboard_router)
 
-    app.add_middleware(RequestTimer, histogram=metrics.http_latency)
+
+def install_openapi(app: FastAPI) -> None:
+    """Set ``app.openapi`` to the schema that ``/openapi.json`` serves (built once, then kept)."""
 
     def openapi() -> dict:
         """FastAPI's schema, with its default 422 body replaced by the one error body every route
@@ -212,11 +253,6 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(
-        BodyLimit, default=settings.max_request_bytes, uploads=settings.max_upload_bytes
-    )
-    install_security_headers(app)  # last: its middleware wraps every response
-    return app
 
 
 def app_from_environment() -> FastAPI:

@@ -34,7 +34,16 @@ FRAMEWORKS = (
 # what the API may use of the library: torch-free modules only
 LIBRARY_FOR_SERVICE = {
     "slimformer",
-    "slimformer.spec",
+    "slimformer.spec",  # the package and each of its modules, each checked below
+    "slimformer.spec.base",
+    "slimformer.spec.stages",
+    "slimformer.spec.inputs",
+    "slimformer.spec.prune",
+    "slimformer.spec.distill",
+    "slimformer.spec.evaluation",
+    "slimformer.spec.export",
+    "slimformer.spec.job",
+    "slimformer.spec.facts",
     "slimformer.checksum",
     "slimformer.families",
     "slimformer.formatting",

@@ -287,7 +287,7 @@ def test_no_page_or_asset_shows_another_keys_jobs(service, page):
 
 def test_the_form_and_the_timeline_come_from_the_spec_facts(service, page):
     """No copy of the spec in the pages: the choices, ranges, accepted files and stages are the
-    ones GET /v1/spec/facts reads from slimformer/spec.py."""
+    ones GET /v1/spec/facts reads from slimformer/spec/."""
     from playwright.sync_api import expect
 
     from slimformer.spec import STAGE_TABLE, UPLOAD_FORMATS, spec_fields, stages_for

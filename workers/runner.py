@@ -122,6 +122,10 @@ class _Lease:
         self.cancelled = self.cancelled or state == "cancel"
         self.lost = self.lost or state == "lost"
 
+    def should_cancel(self) -> bool:
+        """The job was cancelled, or taken from this worker (its lease lost): stop."""
+        return self.cancelled or self.lost
+
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
@@ -130,6 +134,47 @@ class _Lease:
                 Exception
             ):  # the database may blink; the next beat retries, the reaper tolerates a few misses
                 logger.warning("heartbeat failed", exc_info=True)
+
+
+class _Progress:
+    """A job's ``on_progress``: writes its stage, overall progress, estimated time left and the
+    seconds each stage took through the lease (at once on a new stage, else at most every 0.5 s).
+    """
+
+    def __init__(self, lease: _Lease, stages: list[str], clean: Callable[[str], str]) -> None:
+        self.lease, self.stages, self.clean = lease, stages, clean
+        self.started = time.monotonic()
+        self.stage: str | None = None
+        self.stage_started = time.time()
+        self.written = 0.0
+        self.seconds: dict[str, float] = {}
+
+    def report(self, stage: str, fraction: float, message: str) -> None:
+        now = time.time()
+        changed = stage != self.stage
+        if changed and self.stage is not None:
+            self.seconds[self.stage] = round(now - self.stage_started, 3)
+            self.stage_started = now
+        self.stage = stage
+        if not changed and now - self.written < 0.5:
+            return
+        self.written = now
+        progress = overall_progress(self.stages, stage, fraction)
+        elapsed = time.monotonic() - self.started
+        eta = elapsed * (1 - progress) / progress if progress > 0.02 else None
+        self.lease.write(
+            stage=stage,
+            progress=round(progress, 4),
+            message=self.clean(message)[:500],
+            eta_seconds=round(eta, 1) if eta is not None else None,
+            stage_started_at=self.stage_started,
+            stage_seconds=dict(self.seconds),
+        )
+
+    def end_stage(self) -> None:
+        """Count the seconds of the stage running now (the pipeline has returned)."""
+        if self.stage is not None:
+            self.seconds[self.stage] = round(time.time() - self.stage_started, 3)
 
 
 class JobRunner:
@@ -192,140 +237,132 @@ class JobRunner:
             current_job_id.reset(token_ctx)
 
     def _run(self, job: dict) -> str:
-        from slimformer.errors import Cancelled, SlimformerError
-        from slimformer.spec import JobSpec
+        """Run a claimed job under its lease to an end state: the pipeline, then its result
+        stored; or the job cancelled, retried or failed."""
+        from slimformer.errors import Cancelled
 
         job_id, settings = job["id"], self.settings
         hub_token = self.store.hub_token(job)
         register_secret(hub_token)
         workdir = settings.work_dir / job_id
         stages = stages_for(job["spec"])
-        started = time.monotonic()
-        state = {"stage": None, "stage_started": time.time(), "written": 0.0, "seconds": {}}
+        lease = _Lease(self.store, job_id, self.worker, settings.heartbeat_seconds)
+        progress = _Progress(lease, stages, self.clean)
 
-        with _Lease(self.store, job_id, self.worker, settings.heartbeat_seconds) as lease:
-
-            def on_progress(stage: str, fraction: float, message: str) -> None:
-                now = time.time()
-                changed = stage != state["stage"]
-                if changed and state["stage"] is not None:
-                    state["seconds"][state["stage"]] = round(now - state["stage_started"], 3)
-                    state["stage_started"] = now
-                state["stage"] = stage
-                if not changed and now - state["written"] < 0.5:
-                    return
-                state["written"] = now
-                progress = overall_progress(stages, stage, fraction)
-                elapsed = time.monotonic() - started
-                eta = elapsed * (1 - progress) / progress if progress > 0.02 else None
-                lease.write(
-                    stage=stage,
-                    progress=round(progress, 4),
-                    message=self.clean(message)[:500],
-                    eta_seconds=round(eta, 1) if eta is not None else None,
-                    stage_started_at=state["stage_started"],
-                    stage_seconds=dict(state["seconds"]),
-                )
-
-            def should_cancel() -> bool:
-                return lease.cancelled or lease.lost
-
+        with lease:
             try:
-                spec = JobSpec.model_validate(job["spec"], context={"local_files": False})
-                result = self._pipeline(spec, job, workdir, hub_token, on_progress, should_cancel)
-                if state["stage"] is not None:
-                    state["seconds"][state["stage"]] = round(
-                        time.time() - state["stage_started"], 3
-                    )
-                if should_cancel():
-                    raise Cancelled("the job was cancelled")
-                on_progress(
-                    "publishing" if "publishing" in stages else "writing_card",
-                    1.0,
-                    "storing the artifacts",
-                )
-                digests = {
-                    p.relative_to(result.folder).as_posix(): file_sha256(p)
-                    for p in result.folder.rglob("*")
-                    if p.is_file()
-                }
-                files = [
-                    f | {"sha256": digests.get(f["path"])}
-                    for f in self.artifacts.publish_folder(f"jobs/{job_id}", result.folder)
-                ]
-                summary = summarise(result.report) | {
-                    "files": files,
-                    "published": getattr(result, "published", None),
-                }
-                if not self.store.finish(
-                    job_id,
-                    self.worker,
-                    "succeeded",
-                    stage="done",
-                    progress=1.0,
-                    message="finished",
-                    result=summary,
-                    stage_seconds=state["seconds"],
-                ):
-                    logger.warning(
-                        "job %s was taken from this worker before it finished; result discarded",
-                        job_id,
-                    )
-                    return "skipped"
-                shutil.rmtree(workdir, ignore_errors=True)
-                logger.info("job %s succeeded", job_id)
-                return "succeeded"
+                result = self._run_pipeline(job, workdir, hub_token, lease, progress)
+                return self._succeed(job_id, workdir, result, progress)
             except Cancelled:
-                if lease.lost:
-                    logger.warning(
-                        "job %s: lease lost (reaped as stale); stopping without touching it", job_id
-                    )
-                    return "skipped"
-                self.artifacts.delete_prefix(f"jobs/{job_id}")
-                shutil.rmtree(workdir, ignore_errors=True)
-                self.store.finish(
-                    job_id,
-                    self.worker,
-                    "cancelled",
-                    message="cancelled",
-                    stage_seconds=state["seconds"],
-                )
-                logger.info("job %s cancelled", job_id)
-                return "cancelled"
+                return self._cancelled(job_id, workdir, lease, progress.seconds)
             except Exception as err:  # noqa: BLE001 - anything else is our bug or the machine's; say what it was
-                from pydantic import ValidationError
-
-                disk = disk_error(err)
-                if disk is not None:  # before the library's own verdict: it may wrap the OSError
-                    logger.warning(
-                        "job %s: disk error %s", job_id, errno.errorcode.get(disk), exc_info=True
-                    )
-                    if disk in (errno.ENOSPC, errno.EDQUOT):  # free what this job wrote
-                        shutil.rmtree(workdir, ignore_errors=True)
-                    return self._retry(
-                        job, workdir, "worker_disk_error", DISK_ERRORS[disk], {}, state["seconds"]
-                    )
-                if isinstance(err, SlimformerError):
-                    end = self._retry if getattr(err, "transient", False) else self._fail_job
-                    return end(job, workdir, err.code, err.message, err.details, state["seconds"])
-                if isinstance(err, ValidationError):
-                    return self._fail(
-                        job_id, workdir, "invalid_spec", str(err), {}, state["seconds"]
-                    )
-                logger.exception("job %s failed with an unexpected error", job_id)
-                code = (
-                    "time_limit"
-                    if type(err).__name__ == "SoftTimeLimitExceeded"
-                    else "internal_error"
-                )
-                message = (
-                    "the job ran past the time limit"
-                    if code == "time_limit"
-                    else f"internal error: {type(err).__name__}: {err}"
-                )
-                return self._fail(job_id, workdir, code, message, {}, state["seconds"])
+                return self._failed(job, workdir, err, progress.seconds)
             finally:
                 forget_secret(hub_token)
+
+    def _run_pipeline(
+        self, job: dict, workdir: Path, hub_token: str | None, lease: _Lease, progress: _Progress
+    ):
+        """The job's spec validated and the pipeline run; ``Cancelled`` when the job was cancelled
+        or its lease lost meanwhile."""
+        from slimformer.errors import Cancelled
+        from slimformer.spec import JobSpec
+
+        spec = JobSpec.model_validate(job["spec"], context={"local_files": False})
+        result = self._pipeline(spec, job, workdir, hub_token, progress.report, lease.should_cancel)
+        progress.end_stage()
+        if lease.should_cancel():
+            raise Cancelled("the job was cancelled")
+        return result
+
+    def _succeed(self, job_id: str, workdir: Path, result, progress: _Progress) -> str:
+        """Store the result's files and mark the job succeeded (``skipped`` when it was taken from
+        this worker meanwhile: the result is discarded)."""
+        progress.report(
+            "publishing" if "publishing" in progress.stages else "writing_card",
+            1.0,
+            "storing the artifacts",
+        )
+        files = self._store_files(job_id, result.folder)
+        summary = summarise(result.report) | {
+            "files": files,
+            "published": getattr(result, "published", None),
+        }
+        if not self.store.finish(
+            job_id,
+            self.worker,
+            "succeeded",
+            stage="done",
+            progress=1.0,
+            message="finished",
+            result=summary,
+            stage_seconds=progress.seconds,
+        ):
+            logger.warning(
+                "job %s was taken from this worker before it finished; result discarded", job_id
+            )
+            return "skipped"
+        shutil.rmtree(workdir, ignore_errors=True)
+        logger.info("job %s succeeded", job_id)
+        return "succeeded"
+
+    def _store_files(self, job_id: str, folder: Path) -> list[dict]:
+        """The result folder published to the artifact store: its files, each with its sha256."""
+        digests = {
+            p.relative_to(folder).as_posix(): file_sha256(p)
+            for p in folder.rglob("*")
+            if p.is_file()
+        }
+        return [
+            f | {"sha256": digests.get(f["path"])}
+            for f in self.artifacts.publish_folder(f"jobs/{job_id}", folder)
+        ]
+
+    def _cancelled(self, job_id: str, workdir: Path, lease: _Lease, seconds: dict) -> str:
+        """Mark the job cancelled, its partial files deleted; ``skipped`` when the lease was lost
+        (the reaper took the job: it is no longer ours to touch)."""
+        if lease.lost:
+            logger.warning(
+                "job %s: lease lost (reaped as stale); stopping without touching it", job_id
+            )
+            return "skipped"
+        self.artifacts.delete_prefix(f"jobs/{job_id}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        self.store.finish(
+            job_id, self.worker, "cancelled", message="cancelled", stage_seconds=seconds
+        )
+        logger.info("job %s cancelled", job_id)
+        return "cancelled"
+
+    def _failed(self, job: dict, workdir: Path, err: Exception, seconds: dict) -> str:
+        """Retry or fail the job after ``err``: disk errors and the library's transient errors are
+        retried, everything else fails with a code and a message that name the problem."""
+        from pydantic import ValidationError
+
+        from slimformer.errors import SlimformerError
+
+        job_id = job["id"]
+        disk = disk_error(err)
+        if disk is not None:  # before the library's own verdict: it may wrap the OSError
+            logger.warning(
+                "job %s: disk error %s", job_id, errno.errorcode.get(disk), exc_info=True
+            )
+            if disk in (errno.ENOSPC, errno.EDQUOT):  # free what this job wrote
+                shutil.rmtree(workdir, ignore_errors=True)
+            return self._retry(job, workdir, "worker_disk_error", DISK_ERRORS[disk], {}, seconds)
+        if isinstance(err, SlimformerError):
+            end = self._retry if getattr(err, "transient", False) else self._fail_job
+            return end(job, workdir, err.code, err.message, err.details, seconds)
+        if isinstance(err, ValidationError):
+            return self._fail(job_id, workdir, "invalid_spec", str(err), {}, seconds)
+        logger.exception("job %s failed with an unexpected error", job_id)
+        code = "time_limit" if type(err).__name__ == "SoftTimeLimitExceeded" else "internal_error"
+        message = (
+            "the job ran past the time limit"
+            if code == "time_limit"
+            else f"internal error: {type(err).__name__}: {err}"
+        )
+        return self._fail(job_id, workdir, code, message, {}, seconds)
 
     def _retry(
         self, job: dict, workdir: Path, code: str, message: str, details: dict, seconds: dict

@@ -1,0 +1,35 @@
+"""What is measured of the original and the result (``evaluation``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from slimformer.spec.base import _Strict
+
+EVAL_ROWS = 2000  # rows a classifier or embedding model is evaluated on by default
+# windows a causal LM is evaluated on by default: 32k predicted tokens, a stable perplexity (all of
+# WikiText-2 test is over 500 windows: most of an hour for two 135M models on 2 cores)
+EVAL_WINDOWS = 64
+
+
+class EvaluationSpec(_Strict):
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate on at most this many rows; causal LMs: windows of packed text. Null: "
+        "2000 rows; causal LMs: 64 windows of 512 tokens (32k predicted tokens).",
+    )
+
+    def rows(self, task: str | None) -> int:
+        """The evaluation size used for ``task`` (``max_samples`` or the task's default)."""
+        if self.max_samples is not None:
+            return self.max_samples
+        return EVAL_WINDOWS if task == "text-generation" else EVAL_ROWS
+
+    latency: bool = Field(True, description="Measure latency and throughput of both models.")
+    onnx: bool = Field(False, description="Also export model.onnx, checked with onnxruntime.")
+    onnx_int8: bool = Field(
+        False,
+        description="Also write model.int8.onnx: onnxruntime's dynamic int8 quantization of "
+        "model.onnx (implies onnx), with its output difference and top-1 agreement on the card.",
+    )
