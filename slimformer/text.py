@@ -197,6 +197,24 @@ def pack_texts(
         >>> batches = packed.batches(4)
     """
     stride = seq_len if stride is None else stride
+    _check_windows(seq_len, stride, max_windows)
+    eos = tokenizer.eos_token_id
+    needed = None if max_windows is None else (max_windows - 1) * stride + seq_len
+    stream, documents = _token_stream(tokenizer, texts, eos, needed)
+    if len(stream) < 2:
+        raise DatasetError(
+            f"{source or 'the text'} holds fewer than 2 tokens: nothing to predict",
+            details={"source": source},
+        )
+    input_ids, labels, seq_len_used, covered = _windows(stream, seq_len, stride, max_windows)
+    return PackedText(
+        input_ids, labels, seq_len_used, min(stride, seq_len_used), documents, covered, eos, source
+    )
+
+
+def _check_windows(seq_len: int, stride: int, max_windows: int | None) -> None:
+    """Raises DatasetError unless ``seq_len >= 2``, ``1 <= stride <= seq_len`` and
+    ``max_windows`` (when given) is at least 1."""
     if seq_len < 2 or not 1 <= stride <= seq_len:
         raise DatasetError(
             f"windows need seq_len >= 2 and 1 <= stride <= seq_len, got {seq_len} and {stride}",
@@ -204,38 +222,57 @@ def pack_texts(
         )
     if max_windows is not None and max_windows < 1:
         raise DatasetError(f"max_windows must be at least 1, got {max_windows}")
-    eos = tokenizer.eos_token_id
-    needed = None if max_windows is None else (max_windows - 1) * stride + seq_len
+
+
+def _token_stream(
+    tokenizer, texts: Iterable[str], eos: int | None, needed: int | None
+) -> tuple[list[int], int]:
+    """The non-empty documents' tokens (no special tokens) joined with ``eos``, and how many
+    documents that stream holds.
+
+    Documents are tokenised ``_TOKENIZE_BLOCK`` at a time, and no more are read or added once the
+    stream holds ``needed`` tokens (None: all of them).
+    """
     stream: list[int] = []
     documents = 0
     block: list[str] = []
-
-    def flush() -> None:
-        nonlocal documents
-        ids = tokenizer(block, add_special_tokens=False)["input_ids"]
-        for doc in ids:
-            if needed is not None and len(stream) >= needed:
-                break
-            if stream and eos is not None:
-                stream.append(eos)
-            stream.extend(doc)
-            documents += 1
-        block.clear()
-
     for text in texts:
         if needed is not None and len(stream) >= needed:
             break
         if text and text.strip():
             block.append(text)
             if len(block) == _TOKENIZE_BLOCK:
-                flush()
+                documents += _append_block(tokenizer, block, stream, eos, needed)
     if block and (needed is None or len(stream) < needed):
-        flush()
-    if len(stream) < 2:
-        raise DatasetError(
-            f"{source or 'the text'} holds fewer than 2 tokens: nothing to predict",
-            details={"source": source},
-        )
+        documents += _append_block(tokenizer, block, stream, eos, needed)
+    return stream, documents
+
+
+def _append_block(
+    tokenizer, block: list[str], stream: list[int], eos: int | None, needed: int | None
+) -> int:
+    """Tokenise ``block`` and append its documents to ``stream`` (``eos`` before each but the
+    stream's first) until the stream holds ``needed`` tokens; empty ``block``. Returns how many
+    documents were appended."""
+    added = 0
+    ids = tokenizer(block, add_special_tokens=False)["input_ids"]
+    for doc in ids:
+        if needed is not None and len(stream) >= needed:
+            break
+        if stream and eos is not None:
+            stream.append(eos)
+        stream.extend(doc)
+        added += 1
+    block.clear()
+    return added
+
+
+def _windows(
+    stream: list[int], seq_len: int, stride: int, max_windows: int | None
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(input_ids, labels, window length, tokens of the stream covered) of the windows cut from
+    ``stream``: whole windows every ``stride`` tokens, or one short window of the whole stream;
+    labels -100 on each window's first ``seq_len - stride`` tokens after the first window."""
     tokens = torch.tensor(stream, dtype=torch.long)
     if len(tokens) < seq_len:  # one short window
         starts = [0]
@@ -251,9 +288,7 @@ def pack_texts(
     if overlap > 0:
         labels[1:, :overlap] = -100  # seen (and predicted) in the window before
     covered = starts[-1] + seq_len_used
-    return PackedText(
-        input_ids, labels, seq_len_used, min(stride, seq_len_used), documents, covered, eos, source
-    )
+    return input_ids, labels, seq_len_used, covered
 
 
 # -- the streamed next-token loss -----------------------------------------------------------------

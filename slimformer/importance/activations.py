@@ -75,48 +75,11 @@ def score_activations(
     """
     timer = Timer()
     adapter = ModelAdapter(model)
-    sizes = adapter.all_sizes()
-    d = adapter.head_dim
     tokens = RealTokens()
-    heads = [_Sums(s.heads) for s in sizes]
-    attn_means = [_Sums(s.heads * d) for s in sizes]
-    neurons = [_Sums(s.intermediate) for s in sizes]
-    mlp_means = [_Sums(s.intermediate) for s in sizes]
-    mlps = [_Sums(1) for _ in sizes]
-    hidden = adapter.output_weight(0, "attention").shape[0]
-    channels = _Sums(hidden)
-    handles = []
-
-    def on_heads(module, args, i):
-        x = tokens.select(args[0])
-        attn_means[i].add(x)
-        heads[i].add(x.reshape(x.shape[0], -1, d).float().norm(dim=-1))
-
-    def on_neurons(module, args, i):
-        x = tokens.select(args[0])
-        mlp_means[i].add(x)
-        neurons[i].add(x.float().abs())
-
-    def on_mlp(module, args, output, i):
-        mlps[i].add(tokens.select(output).float().norm(dim=-1, keepdim=True))
-
-    def on_normed(module, args):
-        channels.add(tokens.select(args[0]).float().abs())
-
+    recorder = _Recorder(adapter, tokens)
+    handles: list = []
     try:
-        for i, s in enumerate(sizes):
-            handles.append(
-                adapter.attention_output(i).register_forward_pre_hook(
-                    lambda m, a, i=i: on_heads(m, a, i)
-                )
-            )
-            for module in adapter.normed_inputs(i):
-                handles.append(module.register_forward_pre_hook(on_normed))
-            if s.mlp_removed:
-                continue
-            down = adapter.mlp_down(i)
-            handles.append(down.register_forward_pre_hook(lambda m, a, i=i: on_neurons(m, a, i)))
-            handles.append(down.register_forward_hook(lambda m, a, o, i=i: on_mlp(m, a, o, i)))
+        recorder.install(adapter, handles)
         steps = 0
         for _ in calibration_pass(
             model,
@@ -130,17 +93,73 @@ def score_activations(
     finally:
         for handle in handles:
             handle.remove()
-    mlp_scores = torch.stack([m.mean()[0] for m in mlps]) + mlp_nan(sizes)
-    return Importance(
-        heads=[h.mean() for h in heads],
-        neurons=[n.mean() for n in neurons],
-        mlps=mlp_scores,
-        method="activations",
-        loss="none (activations)",
-        batches=steps,
-        seconds=timer(),
-        extra={"tokens": heads[0].count},
-        attention_means=[m.mean() for m in attn_means],
-        mlp_means=[m.mean() for m in mlp_means],
-        channels=channels.mean(),
-    )
+    return recorder.importance(steps, timer)
+
+
+class _Recorder:
+    """The running sums of one scoring run, per layer, and the hooks that feed them with the
+    statistics of real tokens."""
+
+    def __init__(self, adapter: ModelAdapter, tokens: RealTokens) -> None:
+        self.sizes = sizes = adapter.all_sizes()
+        self.d = d = adapter.head_dim
+        self.tokens = tokens
+        self.heads = [_Sums(s.heads) for s in sizes]
+        self.attn_means = [_Sums(s.heads * d) for s in sizes]
+        self.neurons = [_Sums(s.intermediate) for s in sizes]
+        self.mlp_means = [_Sums(s.intermediate) for s in sizes]
+        self.mlps = [_Sums(1) for _ in sizes]
+        hidden = adapter.output_weight(0, "attention").shape[0]
+        self.channels = _Sums(hidden)
+
+    def on_heads(self, module, args, i):
+        x = self.tokens.select(args[0])
+        self.attn_means[i].add(x)
+        self.heads[i].add(x.reshape(x.shape[0], -1, self.d).float().norm(dim=-1))
+
+    def on_neurons(self, module, args, i):
+        x = self.tokens.select(args[0])
+        self.mlp_means[i].add(x)
+        self.neurons[i].add(x.float().abs())
+
+    def on_mlp(self, module, args, output, i):
+        self.mlps[i].add(self.tokens.select(output).float().norm(dim=-1, keepdim=True))
+
+    def on_normed(self, module, args):
+        self.channels.add(self.tokens.select(args[0]).float().abs())
+
+    def install(self, adapter: ModelAdapter, handles: list) -> None:
+        """Register the hooks on every layer, each handle appended to ``handles`` as soon as it
+        exists (the caller removes them, whatever happens)."""
+        for i, s in enumerate(self.sizes):
+            handles.append(
+                adapter.attention_output(i).register_forward_pre_hook(
+                    lambda m, a, i=i: self.on_heads(m, a, i)
+                )
+            )
+            for module in adapter.normed_inputs(i):
+                handles.append(module.register_forward_pre_hook(self.on_normed))
+            if s.mlp_removed:
+                continue
+            down = adapter.mlp_down(i)
+            handles.append(
+                down.register_forward_pre_hook(lambda m, a, i=i: self.on_neurons(m, a, i))
+            )
+            handles.append(down.register_forward_hook(lambda m, a, o, i=i: self.on_mlp(m, a, o, i)))
+
+    def importance(self, steps: int, timer: Timer) -> Importance:
+        """The mean of every statistic, after ``steps`` calibration batches."""
+        mlp_scores = torch.stack([m.mean()[0] for m in self.mlps]) + mlp_nan(self.sizes)
+        return Importance(
+            heads=[h.mean() for h in self.heads],
+            neurons=[n.mean() for n in self.neurons],
+            mlps=mlp_scores,
+            method="activations",
+            loss="none (activations)",
+            batches=steps,
+            seconds=timer(),
+            extra={"tokens": self.heads[0].count},
+            attention_means=[m.mean() for m in self.attn_means],
+            mlp_means=[m.mean() for m in self.mlp_means],
+            channels=self.channels.mean(),
+        )

@@ -244,20 +244,96 @@ def score_michel(
         labelled = "labels" in batches[0] and model_task(model) != "feature-extraction"
         kind = "task" if labelled else "label_free"
     steps = _steps(batches, model_task(model) == "text-generation")
-    was_training = model.training
-    model.eval()  # dropout off: the gradient of the model users will run
-    requires = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)  # gradients only for the gates: faster, less memory
     width = max(len(b["input_ids"]) for b in steps) if per_example else None
     gates = Gates(adapter, per_example=width)
-    # accumulated in float64, handed out as float32
-    head_acc = [torch.zeros(s.heads, dtype=torch.float64) for s in sizes]
-    neuron_acc = [
-        torch.zeros(0 if s.mlp_removed else s.intermediate, dtype=torch.float64) for s in sizes
-    ]
-    mlp_acc = torch.zeros(len(sizes), dtype=torch.float64)
-    examples = 0
+    totals = _Totals(sizes)
+    with _only_gates_learn(model):
+        _accumulate(
+            model, steps, gates, kind, device, totals, per_example, on_progress, should_cancel
+        )
+    heads, neurons, mlps = totals.means(
+        totals.examples if per_example else len(steps), normalize, normalize_neurons
+    )
+    return Importance(
+        heads,
+        neurons,
+        mlps + mlp_nan(sizes),
+        method="michel",
+        loss=kind,
+        batches=len(batches),
+        extra={"examples": totals.examples, "per_example": per_example},
+        seconds=timer(),
+    )
+
+
+@contextlib.contextmanager
+def _only_gates_learn(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode (dropout off: the gradient of the model users will run) and with no
+    gradient for its parameters (gradients only for the gates: faster, less memory); both
+    restored on exit."""
+    was_training = model.training
+    model.eval()
+    requires = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class _Totals:
+    """|dL/d xi| of every gate summed over the scoring steps, in float64 (handed out as float32),
+    and the examples seen."""
+
+    def __init__(self, sizes: list) -> None:
+        self.heads = [torch.zeros(s.heads, dtype=torch.float64) for s in sizes]
+        self.neurons = [
+            torch.zeros(0 if s.mlp_removed else s.intermediate, dtype=torch.float64) for s in sizes
+        ]
+        self.mlps = torch.zeros(len(sizes), dtype=torch.float64)
+        self.examples = 0
+
+    def add(self, gates: Gates, rows: int, per_example: bool) -> None:
+        """The gates' gradients after one step's backward pass, over ``rows`` examples."""
+        self.examples += rows
+        for i in range(len(self.heads)):
+            self.heads[i] += _grad_magnitude(gates.heads[i].grad, rows, per_example)
+            if gates.mlps[i] is not None:
+                self.neurons[i] += _grad_magnitude(gates.neurons[i].grad, rows, per_example)
+                mlp_grad = _grad_magnitude(gates.mlps[i].grad, rows, per_example)
+                self.mlps[i] += mlp_grad.squeeze()
+
+    def means(
+        self, n: int, normalize: bool, normalize_neurons: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """(heads, neurons, mlps): the totals over ``n``, normalised as asked."""
+        heads = [(h / n).float() for h in self.heads]
+        neurons = [(x / n).float() for x in self.neurons]
+        mlps = (self.mlps / n).float()
+        if normalize:
+            heads = [normalise(h) for h in heads]
+            mlps = normalise(mlps)
+        if normalize_neurons:
+            neurons = [normalise(x) for x in neurons]
+        return heads, neurons, mlps
+
+
+def _accumulate(
+    model: nn.Module,
+    steps: list[dict],
+    gates: Gates,
+    kind: str,
+    device: torch.device,
+    totals: _Totals,
+    per_example: bool,
+    on_progress: ProgressFn | None,
+    should_cancel: CancelFn | None,
+) -> None:
+    """One forward and backward pass per step with the gates installed, each step's gate
+    gradients added to ``totals``; the gates' gradients are cleared afterwards."""
     try:
         with gates:
             for step, batch in enumerate(steps):
@@ -273,40 +349,11 @@ def score_michel(
                     )
                 value.backward()
                 del value
-                rows = len(batch["input_ids"])
-                examples += rows
-                for i in range(len(sizes)):
-                    head_acc[i] += _grad_magnitude(gates.heads[i].grad, rows, per_example)
-                    if gates.mlps[i] is not None:
-                        neuron_acc[i] += _grad_magnitude(gates.neurons[i].grad, rows, per_example)
-                        mlp_grad = _grad_magnitude(gates.mlps[i].grad, rows, per_example)
-                        mlp_acc[i] += mlp_grad.squeeze()
+                totals.add(gates, len(batch["input_ids"]), per_example)
                 if on_progress:
                     on_progress((step + 1) / len(steps), f"scored batch {step + 1}/{len(steps)}")
     finally:
         gates.zero_grad()
-        for p, flag in requires.items():
-            p.requires_grad_(flag)
-        model.train(was_training)
-    n = examples if per_example else len(steps)
-    heads = [(h / n).float() for h in head_acc]
-    neurons = [(x / n).float() for x in neuron_acc]
-    mlps = (mlp_acc / n).float()
-    if normalize:
-        heads = [normalise(h) for h in heads]
-        mlps = normalise(mlps)
-    if normalize_neurons:
-        neurons = [normalise(x) for x in neurons]
-    return Importance(
-        heads,
-        neurons,
-        mlps + mlp_nan(sizes),
-        method="michel",
-        loss=kind,
-        batches=len(batches),
-        extra={"examples": examples, "per_example": per_example},
-        seconds=timer(),
-    )
 
 
 @contextlib.contextmanager

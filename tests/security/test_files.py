@@ -266,20 +266,22 @@ def test_a_job_reads_only_its_max_samples_rows_in_memory_and_leaves_no_cache(tmp
     import datasets
 
     import slimformer.data as data
+    import slimformer.data.files as data_files
 
     shared_cache = tmp_path / "shared-datasets-cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", shared_cache)
     big = bomb_parquet(tmp_path / "big.parquet")
     app = make_app(tmp_path, max_upload_expansion=1e6)  # large but allowed here
     read: list = []
-    real_read_table = data.read_table
+    real_read_table = data_files.read_table
 
     def spy(path, **kwargs):  # noqa: ANN001
         table = real_read_table(path, **kwargs)
         read.append((len(table), table.cache_files))
         return table
 
-    monkeypatch.setattr(data, "read_table", spy)
+    # load_text_file reads through its own module's read_table
+    monkeypatch.setattr(data_files, "read_table", spy)
     seen: dict = {}
 
     def pipeline(spec, workdir, *, resolve_upload, on_progress, **_):  # noqa: ANN001
