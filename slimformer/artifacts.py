@@ -35,6 +35,8 @@ KNOWN_MODELING_DIGESTS: dict[str, str] = {
     "67a69a634a300a2a99d08cbf2e3f5ea0825e7ba7a7eb169ca41da852f548b075": "0.1.0+bias",
     # the nemotron_nas layout: attention removed whole, DeciLM config and model classes
     "f0a858393aba65135a01ce19d27a4d3e77b9551a8bdb7755cb39b188d94deebe": "0.1.0+nemotron",
+    # config.json lets stock transformers read the config (AutoTokenizer without remote code)
+    "10f512411c1179790b6c67a3a00812ceeba74f99849b17528f1bebc5f6414d32": "0.1.0+stock-config",
 }
 
 _umask_lock = threading.Lock()

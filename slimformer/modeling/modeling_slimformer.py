@@ -265,9 +265,48 @@ def layer_sizes(config, family: str, layer_idx: int) -> dict:
     }
 
 
+# Written into config.json where a stock model class would be refused the weights. Stock
+# transformers reads a folder's config to load anything from it (AutoTokenizer does), and stock
+# config checks read global sizes: with this flag they read the original sizes instead of raising.
+# A stock model class then builds the original shapes and transformers refuses the pruned weights
+# (size mismatch). Where those shapes would fit (only whole MLPs removed, which would be silently
+# re-initialised) it is not written, and stock transformers refuses the config. This file's config
+# class drops the flag as it loads, keeping transformers' strict per-layer access.
+GLOBAL_ACCESS_FLAG = "allow_global_per_layer_attribute_access"
+
+
+def stock_shapes_refused(config) -> bool:
+    """Whether a stock model class, building every layer at the global sizes, would be refused the
+    weights: some layer keeps its attention at other head counts, or its MLP at another width."""
+    spec = FAMILIES.get(config.model_type)
+    if spec is None or not getattr(config, "is_heterogeneous", False):
+        return False
+    kv = spec.get("kv_heads")
+    full_ffn = _global(config, spec["ffn"]) or 4 * config.hidden_size  # GPT-2's n_inner=None
+    for idx in range(config.num_hidden_layers):
+        sizes = layer_sizes(config, config.model_type, idx)
+        if sizes["heads"] != _global(config, spec["heads"]):
+            return True
+        if kv is not None and sizes["kv_heads"] != _global(config, kv):
+            return True
+        if not sizes["skip_mlp"] and sizes["intermediate"] != full_ffn:
+            return True
+    return False
+
+
 class PerLayerConfigMixin:
     """Validates per-layer sizes instead of the stock global checks (which reject heterogeneous head
-    counts)."""
+    counts); saved, lets stock transformers read the config (:data:`GLOBAL_ACCESS_FLAG`)."""
+
+    def __post_init__(self, **kwargs) -> None:
+        super().__post_init__(**kwargs)
+        self.__dict__.pop(GLOBAL_ACCESS_FLAG, None)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if stock_shapes_refused(self):
+            output[GLOBAL_ACCESS_FLAG] = True
+        return output
 
     def validate(self) -> None:
         # The stock validators were collected from the stock class, so its global-only architecture
