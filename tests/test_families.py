@@ -40,10 +40,8 @@ NAME_ALLOWED = {
     "slimformer/modeling/modeling_slimformer.py": None,
     # the stock config class of a nemotron_nas checkpoint (a Llama); Family.layout_of says the same
     "slimformer/loading.py": {"llama"},
-    # being written alongside this registry; to move onto Family fields (a ``streamed`` fact;
-    # Family.gated_mlp and Family.decoder for the memory estimate's family sets)
+    # being written alongside this registry; to move onto a ``streamed`` Family fact
     "slimformer/streaming/model.py": {"llama"},
-    "slimformer/memory.py": {"bert", "roberta", "xlm-roberta", "distilbert", "gpt2"},
 }
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from slimformer import memory
 from slimformer.errors import InsufficientMemory, SlimformerError
 from slimformer.memory import (
     GIB,
     MEMORY_LIMIT_ENV,
+    available,
     available_memory,
     available_memory_bytes,
     cgroup_memory_room,
@@ -197,11 +197,11 @@ def test_the_environment_overrides_the_available_memory(monkeypatch):
 
 def test_without_the_override_memory_comes_from_the_machine(monkeypatch):
     monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
-    monkeypatch.setattr(memory, "cgroup_memory_room", lambda: 2 * GIB)
-    monkeypatch.setattr(memory, "_own_rss", lambda: GIB // 2)
+    monkeypatch.setattr(available, "cgroup_memory_room", lambda: 2 * GIB)
+    monkeypatch.setattr(available, "_own_rss", lambda: GIB // 2)
     got, source = available_memory()
     assert source == "the cgroup's memory limit" and got == 2 * GIB + GIB // 2
-    monkeypatch.setattr(memory, "cgroup_memory_room", lambda: None)
+    monkeypatch.setattr(available, "cgroup_memory_room", lambda: None)
     assert available_memory()[1] == "MemAvailable"
 
 

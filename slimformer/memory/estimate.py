@@ -1,0 +1,319 @@
+"""How much memory a job needs, from the model's ``config.json`` alone, before any weight moves.
+
+:func:`estimate_job_memory` adds up what a job holds at its peak. Pure arithmetic on the config
+(no torch import), so a worker can refuse a job before downloading it.
+
+Two paths (``B`` = bytes per weight on disk, ``W`` = parameters, ``V`` = vocabulary, ``h`` =
+hidden size, ``f`` = FFN width, ``q`` = query heads x head_dim, ``T`` = window tokens):
+
+Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of what stays):
+
+- ``resident``: embeddings, the untied LM head and the final norm, in the checkpoint's dtype
+  (``(V h (2 if untied) + h) B``). Assumed: the head stays in that dtype and each chunk's logits
+  are upcast to float32 (``head_in_float32=True`` adds a float32 copy of the head: ``4 V h``).
+- ``layer_float32``: the largest decoder layer, read from its shard and computed in float32, and
+  its pruned copy while refitting: ``2 x 4 x layer parameters``.
+- ``grams``: the Gram matrices of one layer's output projections' inputs, float32:
+  ``4 ((f + 1)^2 + (q + 1)^2)`` (OBS, or any method with reconstruction; 0 otherwise).
+- ``solve``: the float64 copies of the largest of them alive while OBS inverts it:
+  ``copies x 8 (f + 1)^2``, with :data:`SOLVE_FLOAT64_COPIES` = 2 as measured for
+  ``slimformer.importance.obs._inverse`` (a float64 copy with the damping added in place, and
+  ``torch.linalg.inv``'s result: 2.0 copies of a 6,000-wide Gram). An in-place factorisation would
+  hold one (``solve_copies=1``); for an 8B that is 1.5 GiB less.
+- ``calibration_states``: the calibration hidden states flowing layer to layer, float32:
+  ``4 windows T h``.
+- ``eval_states``: the side-by-side evaluation's two sets (original and compressed):
+  ``2 x 4 x eval_windows T h``.
+- ``head_chunk``: the float32 logits of one chunk of :data:`HEAD_CHUNK_TOKENS` tokens:
+  ``4 x 1024 V``. A layer's own activations over such a chunk are smaller and never live at the
+  same time (the head runs after the layers), so this term bounds both.
+- ``runtime``: :data:`RUNTIME_BYTES` (1 GiB): Python, torch, tokenizers, the data.
+
+In memory (encoders, distillation, Michel importance; today's path for every job):
+
+- ``weights``: :data:`IN_MEMORY_WEIGHT_COPIES` (2.45) x the float32 weights: the model, the
+  original's copy for the side-by-side evaluation, and transient copies while loading and pruning.
+  Fitted to ``bench/llm_memory.py`` (``--heads .25 --ffn .25``, OBS, 4 windows, float32; peak RSS
+  of the command): 1.1B (TinyLlama shape) measured 14.97 GiB, estimated 15.12 (+1%); 0.5B (402M)
+  measured 6.91, estimated 7.63 (+10%); SmolLM2-135M measured 2.20, estimated 2.70 (+23%: the
+  fixed runtime dominates).
+- ``grams``: every layer's Gram matrices (they are kept for the refit); ``solve``, ``head_chunk``
+  and ``runtime`` as above. The number of windows does not change the peak (losses and statistics
+  are summed per batch).
+- ``backward`` (Michel, distillation): activations kept for a backward pass over a micro-batch of
+  :data:`HEAD_CHUNK_TOKENS` tokens, ``4 x 1024 x layers (2 h + f)``, plus, when distilling, the
+  teacher's and the gradient's logits (2 more head chunks).
+- ``optimizer`` (distillation): AdamW's gradients and two moments, ``3 x 4 W`` (the student is at
+  most the original).
+
+What the models need (real configs; OBS; checkpoint dtype as published; 32 calibration and 64
+evaluation windows of 512 tokens, the causal-LM defaults; in brackets 16 and 16), GiB:
+
+| model        | checkpoint             | params | streamed    | 1 solve copy | in memory |
+|--------------|------------------------|-------:|------------:|-------------:|----------:|
+| SmolLM2-135M | float32, V 49152, tied |   135M |   1.5 (1.4) |    1.5 (1.4) |       2.7 |
+| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M |   2.7 (2.5) |    2.5 (2.3) |       8.3 |
+| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B |   4.3 (3.9) |    3.8 (3.4) |      17.1 |
+| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B |   5.2 (4.5) |    4.7 (4.0) |      37.4 |
+| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 10.2 (9.3)  |    8.7 (7.8) |      98.4 |
+
+The 8B's streamed peak is the resident embeddings and head (1.96), one layer twice in float32
+(1.63), its Gram matrices (0.83) and their inversion (3.06), the calibration and evaluation states,
+a head chunk and the runtime: the inversion of the FFN's Gram matrix (14,337 wide) is the largest
+single part.
+
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from slimformer.families import FAMILIES
+
+GIB = 1024**3
+HEAD_CHUNK_TOKENS = 256  # tokens whose logits are computed at once (LM head, backward batches)
+RUNTIME_BYTES = GIB  # Python, torch, tokenizers, the data: fixed
+IN_MEMORY_WEIGHT_COPIES = 2.45  # float32 copies of the weights at the in-memory peak (fitted)
+# float64 copies of the largest Gram matrix alive while OBS inverts it: 2.0 measured for
+# slimformer.importance.obs._inverse (a float64 copy damped in place, and torch.linalg.inv's
+# result) on a 6,000-wide Gram; the least-squares refit needs fewer
+SOLVE_FLOAT64_COPIES = 2.0
+GRAM_METHODS = frozenset({"obs"})  # importance methods that measure Gram matrices
+BACKWARD_METHODS = frozenset({"michel"})  # importance methods with a backward pass
+
+Path_ = Literal["streamed", "in_memory"]
+
+# families whose MLP has one up projection (no gate): BERT-like encoders and GPT-2, with biases
+# everywhere and learned position embeddings; the registry says which
+_UNGATED = frozenset(f.name for f in FAMILIES.values() if len(f.up_projections) == 1)
+_ENCODERS = frozenset(f.name for f in FAMILIES.values() if not f.decoder)
+# config key aliases (DistilBERT, GPT-2)
+_KEYS = {
+    "hidden": ("hidden_size", "dim", "n_embd"),
+    "ffn": ("intermediate_size", "hidden_dim", "n_inner"),
+    "layers": ("num_hidden_layers", "n_layers", "n_layer"),
+    "heads": ("num_attention_heads", "n_heads", "n_head"),
+}
+
+
+def _get(config: Mapping, name: str):
+    for key in _KEYS[name]:
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs from a config: sizes of the largest layer, the vocabulary, the
+    head. Per-layer configs (a pruned ``per_layer`` or Nemotron-NAS model) are read at their
+    top-level sizes, an upper bound."""
+
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    gated: bool = True  # SwiGLU MLP: gate, up and down projections
+    biases: bool = False  # every projection has a bias (BERT-like, GPT-2)
+    causal: bool = True  # a causal LM: its evaluation computes logits over the vocabulary
+    positions: int = 0  # learned position (and token type) embeddings (BERT-like, GPT-2)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> ModelShape:
+        """Read a ``config.json`` dict (a multimodal one's ``text_config``)."""
+        if _get(config, "hidden") is None and isinstance(config.get("text_config"), Mapping):
+            config = {**config["text_config"], "architectures": config.get("architectures")}
+        model_type = config.get("model_type", "")
+        sizes = {name: _get(config, name) for name in ("hidden", "layers", "heads")}
+        if missing := [name for name, value in sizes.items() if not value]:
+            raise ValueError(f"config.json gives no {', '.join(missing)} size")
+        hidden, layers, heads = sizes["hidden"], sizes["layers"], sizes["heads"]
+        ffn = _get(config, "ffn") or 4 * hidden
+        architectures = config.get("architectures") or []
+        causal = model_type not in _ENCODERS and (
+            not architectures or any("CausalLM" in a or "LMHead" in a for a in architectures)
+        )
+        positions = 0
+        if model_type in _UNGATED:
+            positions = config.get("max_position_embeddings") or config.get("n_positions") or 0
+            positions += config.get("type_vocab_size") or 0
+        return cls(
+            hidden=hidden,
+            ffn=ffn,
+            layers=layers,
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or hidden // heads,
+            vocab=config.get("vocab_size") or 0,
+            tied=bool(config.get("tie_word_embeddings", True)),
+            gated=model_type not in _UNGATED,
+            biases=model_type in _UNGATED,
+            causal=causal,
+            positions=positions,
+        )
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
+
+    def layer_parameters(self) -> int:
+        """Weights of one decoder layer: q, k, v, o, the MLP's projections and the norms."""
+        kv = self.kv_heads * self.head_dim
+        attention = self.hidden * (2 * self.q_width + 2 * kv)
+        mlp = (3 if self.gated else 2) * self.hidden * self.ffn
+        norms = 2 * self.hidden * (2 if self.biases else 1)
+        biases = (self.q_width + 2 * kv + 2 * self.hidden + self.ffn) if self.biases else 0
+        return attention + mlp + norms + biases
+
+    def embedding_parameters(self) -> int:
+        """Token (and position) embeddings and the final norm."""
+        return (self.vocab + self.positions) * self.hidden + self.hidden
+
+    def head_parameters(self) -> int:
+        """The LM head's own weights: none when tied to the embeddings or not a causal LM."""
+        return 0 if self.tied or not self.causal else self.vocab * self.hidden
+
+    def parameters(self) -> int:
+        return (
+            self.layers * self.layer_parameters()
+            + self.embedding_parameters()
+            + self.head_parameters()
+        )
+
+    def gram_bytes(self) -> int:
+        """One layer's Gram matrices, float32: the inputs of o_proj and down_proj, with a 1."""
+        return 4 * ((self.ffn + 1) ** 2 + (self.q_width + 1) ** 2)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A job's estimated peak memory: ``total_bytes`` and what makes it up (``breakdown``, bytes
+    by part), with the inputs it was computed from (so :func:`check_fits` can say what fits)."""
+
+    total_bytes: int
+    breakdown: dict[str, int]
+    path: Path_
+    shape: ModelShape
+    job: dict = field(default_factory=dict)  # dtype_bytes, windows, method, distill
+
+    def to_dict(self) -> dict:
+        """For reports and cards: bytes, GiB and the assumptions behind them."""
+        return {
+            "path": self.path,
+            "total_bytes": self.total_bytes,
+            "total_gib": round(self.total_bytes / GIB, 2),
+            "breakdown": dict(self.breakdown),
+            "parameters": self.shape.parameters(),
+            **self.job,
+        }
+
+
+def estimate_job_memory(
+    config: Mapping | ModelShape,
+    *,
+    dtype_bytes: int,
+    calibration_windows: int,
+    eval_windows: int,
+    window_tokens: int,
+    path: Path_,
+    method: str,
+    distill: bool = False,
+    reconstruction: bool | None = None,
+    head_in_float32: bool = False,
+    solve_copies: float = SOLVE_FLOAT64_COPIES,
+) -> MemoryEstimate:
+    """The peak memory of a job on ``config`` (a ``config.json`` dict, or its :class:`ModelShape`);
+    see the module's docstring for each part and the numbers of common models.
+
+    Args:
+        dtype_bytes: bytes per weight in the checkpoint (2 for bfloat16; see :func:`dtype_bytes`).
+        calibration_windows, eval_windows, window_tokens: the job's data (windows of packed text).
+        path: ``streamed`` (layer by layer) or ``in_memory``.
+        method: the importance method (``obs`` measures Gram matrices; ``michel`` needs a backward
+            pass, so the in-memory path).
+        distill: the job distils (in memory: teacher, student and AdamW's state).
+        reconstruction: the refit measures Gram matrices; None: for ``obs`` only (the spec's
+            default).
+        head_in_float32: the streamed path keeps a float32 copy of the LM head.
+        solve_copies: float64 copies of the largest Gram matrix alive while it is inverted
+            (:data:`SOLVE_FLOAT64_COPIES`, today's code; 1 for an in-place factorisation).
+
+    Raises:
+        ValueError: a streamed job that distils or uses Michel importance (both need the whole
+            model), or a config without the sizes.
+
+    Example::
+
+        estimate_job_memory(config, dtype_bytes=2, calibration_windows=32, eval_windows=64,
+                            window_tokens=512, path="streamed", method="obs").total_bytes / GIB
+    """
+    shape = config if isinstance(config, ModelShape) else ModelShape.from_config(config)
+    if path not in ("streamed", "in_memory"):
+        raise ValueError(f"path is 'streamed' or 'in_memory', not {path!r}")
+    if path == "streamed" and (distill or method in BACKWARD_METHODS or not shape.causal):
+        raise ValueError(
+            "only the pruning of a causal LM without michel importance streams: distillation, "
+            "michel and encoders need the whole model (estimate them with path='in_memory')"
+        )
+    job = {
+        "dtype_bytes": dtype_bytes,
+        "calibration_windows": calibration_windows,
+        "eval_windows": eval_windows,
+        "window_tokens": window_tokens,
+        "method": method,
+        "distill": distill,
+        "reconstruction": method in GRAM_METHODS or bool(reconstruction),
+        "head_in_float32": head_in_float32,
+        "solve_copies": solve_copies,
+    }
+    parts = _streamed_parts if path == "streamed" else _in_memory_parts
+    breakdown = {**parts(shape, job), "runtime": RUNTIME_BYTES}
+    return MemoryEstimate(sum(breakdown.values()), breakdown, path, shape, job)
+
+
+def _solve_and_head(shape: ModelShape, job: dict) -> tuple[int, int]:
+    """The float64 copies of the largest Gram matrix while it is solved, and one head chunk."""
+    largest_gram = max(shape.ffn + 1, shape.q_width + 1) ** 2
+    solve = math.ceil(job["solve_copies"] * 8 * largest_gram) if job["reconstruction"] else 0
+    head_chunk = 4 * HEAD_CHUNK_TOKENS * shape.vocab if shape.causal else 0
+    return solve, head_chunk
+
+
+def _streamed_parts(shape: ModelShape, job: dict) -> dict[str, int]:
+    solve, head_chunk = _solve_and_head(shape, job)
+    state = 4 * job["window_tokens"] * shape.hidden  # one window's hidden states, float32
+    head32 = 4 * shape.vocab * shape.hidden if job["head_in_float32"] else 0
+    resident = shape.embedding_parameters() + shape.head_parameters()
+    return {
+        "resident": resident * job["dtype_bytes"] + head32,
+        "layer_float32": 2 * 4 * shape.layer_parameters(),
+        "grams": shape.gram_bytes() if job["reconstruction"] else 0,
+        "solve": solve,
+        "calibration_states": job["calibration_windows"] * state,
+        "eval_states": 2 * job["eval_windows"] * state,
+        "head_chunk": head_chunk,
+    }
+
+
+def _in_memory_parts(shape: ModelShape, job: dict) -> dict[str, int]:
+    solve, head_chunk = _solve_and_head(shape, job)
+    weights32 = 4 * shape.parameters()
+    backward = 0
+    if job["distill"] or job["method"] in BACKWARD_METHODS:
+        backward = 4 * HEAD_CHUNK_TOKENS * shape.layers * (2 * shape.hidden + shape.ffn)
+        backward += 2 * head_chunk if job["distill"] else 0
+    return {
+        "weights": math.ceil(IN_MEMORY_WEIGHT_COPIES * weights32),
+        "grams": shape.layers * shape.gram_bytes() if job["reconstruction"] else 0,
+        "solve": solve,
+        "head_chunk": head_chunk,
+        "backward": backward,
+        "optimizer": 3 * weights32 if job["distill"] else 0,
+    }
