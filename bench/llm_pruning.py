@@ -438,6 +438,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 def tables(results: dict) -> list[Table]:
     base = results["original"]
     ppl0, protocol = base["perplexity"], base["protocol"]
+    kept = base["non_embedding_parameters"] / base["parameters"]
     out = []
     for kind, ratios in (("width", results["width_ratios"]), ("depth", results["depth_ratios"])):
         rows = []
@@ -477,7 +478,9 @@ def tables(results: dict) -> list[Table]:
                     f"{100 * base['accuracy']:.1f}%, {protocol['windows']} windows of "
                     f"{protocol['seq_len']} tokens ({protocol['predicted_tokens']:,} predicted "
                     "tokens)",
-                    "column: share of the non-embedding parameters asked for; [share removed]"
+                    "column: share of the non-embedding parameters asked for "
+                    f"({kept:.2f} times that share of all parameters: the embeddings, "
+                    f"{1 - kept:.0%} of the weights, are not pruned); [share removed]"
                     + (
                         ": the same-share-per-layer baselines round each layer's 3 KV groups, so "
                         "they remove more or less than asked"

@@ -72,6 +72,15 @@ def is_own_modeling_file(path: str | Path) -> bool:
     return path.is_file() and file_sha256(path) in KNOWN_MODELING_DIGESTS
 
 
+def config_reads_without_code(folder: str | Path) -> bool:
+    """Whether stock transformers reads the folder's ``config.json`` without remote code, so
+    ``AutoTokenizer.from_pretrained(folder)`` needs none: no ``auto_map``, or a per_layer config
+    that lets stock classes read its global sizes
+    (:data:`~slimformer.modeling.modeling_slimformer.GLOBAL_ACCESS_FLAG`)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return not config.get("auto_map") or bool(config.get(modeling_slimformer.GLOBAL_ACCESS_FLAG))
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it: done under a lock, restored at once)."""
     with _umask_lock:

@@ -1,5 +1,6 @@
 """Facts about a loaded model, in one home: its task and Auto class, pooling, device and autocast,
-seeding, and its size in parameters and multiply-accumulates (MACs).
+seeding, and its size in parameters (all, and those of the embeddings) and multiply-accumulates
+(MACs).
 
 MACs are counted analytically from each layer's real sizes, so a per-layer pruned model is counted
 as it is, not as its config's global values say (checked against ``torch.utils.flop_counter`` in the
@@ -73,6 +74,19 @@ def count_parameters(model: nn.Module) -> int:
             seen.add(p.data_ptr())
             total += p.numel()
     return total
+
+
+def count_embedding_parameters(model: nn.Module) -> int:
+    """Parameters of the vocabulary and position matrices: every embedding table (tokens,
+    positions, token types) and the LM head (counted once when tied to the token embeddings).
+    Pruning never touches them; the rest are the *non-embedding* parameters, the share the LLM
+    pruning papers state."""
+    modules = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        modules.append(head)
+    params = {id(p): p for m in modules for p in m.parameters(recurse=False)}
+    return sum(p.numel() for p in params.values())
 
 
 def layer_macs(sizes: LayerSizes, *, hidden: int, head_dim: int, seq_len: int, glu: bool) -> int:

@@ -133,6 +133,10 @@ class Measurement(_Open):
     parameters: int
     weight_bytes: int
     macs: int = Field(description="Multiply-accumulates per sequence of seq_len tokens")
+    embedding_parameters: int | None = _optional(
+        "Parameters of the embedding tables and the LM head (once when tied); parameters less "
+        "these are the non-embedding parameters"
+    )
     latency: Latency | None = Field(description="null when latency was not measured")
 
 
@@ -140,6 +144,9 @@ class Ratios(_Open):
     """The compressed model against the original."""
 
     parameters: Number = Field(description="Compressed / original")
+    non_embedding_parameters: Number | None = _optional(
+        "Compressed / original, the embeddings and LM head left out (what pruning acts on)"
+    )
     weight_bytes: Number = Field(description="Compressed / original")
     macs: Number = Field(description="Compressed / original")
     latency_speedup: Number | None = Field(
@@ -308,6 +315,11 @@ class ArtifactsInfo(_Open):
     layout: Literal["per_layer", "uniform", "nemotron_nas"]
     per_layer: bool = Field(
         description="The folder ships modelling code (auto_map): per_layer and nemotron_nas"
+    )
+    config_reads_without_code: bool | None = _optional(
+        "Stock transformers reads config.json without remote code, so the tokenizer loads without "
+        "trust_remote_code (a per_layer folder allows it where a stock model class would be "
+        "refused the weights; a nemotron_nas folder does not)"
     )
     targets: list[Literal["transformers", "vllm", "llama.cpp", "onnx"]] = Field(
         default_factory=list

@@ -150,7 +150,12 @@ LATER_KEYS = {
     "data": ("unused_label_column", "calibration_source", "calibration_protocol"),
     "evaluation": ("generation", "protocol", "torch_version"),
     "pruning": ("removed_attention", "reconstruction", "removed_layers", "original_layers"),
-    "artifacts": ("targets", "vllm", "gguf"),
+    "artifacts": ("targets", "vllm", "gguf", "config_reads_without_code"),
+}
+LATER_EVALUATION_KEYS = {
+    "original": ("embedding_parameters",),
+    "compressed": ("embedding_parameters",),
+    "ratios": ("non_embedding_parameters",),
 }
 
 
@@ -178,6 +183,9 @@ def test_a_report_of_the_first_version_still_loads_and_makes_a_card(folders, tmp
     for key, later in LATER_KEYS.items():
         for name in later:
             stored[key].pop(name, None)
+    for key, later in LATER_EVALUATION_KEYS.items():
+        for name in later:
+            stored["evaluation"][key].pop(name, None)
     del stored["execution"]
     stored["base_model"] |= {"id": "acme/tiny-bert", "revision": "main", "commit": "c" * 40}
     report = CompressionReport.model_validate(stored)
@@ -185,6 +193,44 @@ def test_a_report_of_the_first_version_still_loads_and_makes_a_card(folders, tmp
     card = build_card(report, tmp_path).text
     assert "[`acme/tiny-bert`](https://huggingface.co/acme/tiny-bert) at revision `main`" in card
     assert "## What was removed" in card
+    # without the embeddings' count only the share of all parameters can be given; without the
+    # config's reading the tokenizer line keeps trust_remote_code, as those cards said
+    assert "non-embedding" not in card.lower()
+    assert 'AutoTokenizer.from_pretrained("path/to/this/folder", trust_remote_code=True)' in card
+
+
+def _summary_and_rows(folder: Path) -> tuple[str, dict[str, list[str]]]:
+    card = (folder / "README.md").read_text()
+    summary = card.split("\n# ", 1)[1].split("\n\n")[1]
+    rows = {}
+    for line in card.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4:
+            rows[cells[0]] = cells[1:]
+    return summary, rows
+
+
+def test_the_card_gives_the_share_of_all_and_of_the_non_embedding_parameters(folders):
+    """A causal LM's embeddings are never pruned: the card states both shares, as the report
+    counts them (the table's rows and the first sentence)."""
+    report = json.loads((folders["causal-lm-per_layer"] / "compression_report.json").read_text())
+    evaluation = report["evaluation"]
+    original, compressed = evaluation["original"], evaluation["compressed"]
+    assert original["embedding_parameters"] == compressed["embedding_parameters"] > 0
+    kept = [side["parameters"] - side["embedding_parameters"] for side in (original, compressed)]
+    assert evaluation["ratios"]["non_embedding_parameters"] == pytest.approx(kept[1] / kept[0])
+    assert evaluation["ratios"]["non_embedding_parameters"] < evaluation["ratios"]["parameters"]
+    summary, rows = _summary_and_rows(folders["causal-lm-per_layer"])
+    assert rows["Non-embedding parameters"] == [
+        format_number(kept[0]),
+        format_number(kept[1]),
+        format_relative(*kept),
+    ]
+    shares = evaluation["ratios"]
+    assert (
+        f"{shares['parameters']:.0%} of the parameters "
+        f"({shares['non_embedding_parameters']:.0%} of the non-embedding ones)"
+    ) in summary
 
 
 RUN_SNIPPETS = textwrap.dedent("""
@@ -207,6 +253,11 @@ def test_every_cards_load_snippet_runs_as_written(folders, tmp_path):
         code = re.search(r"## How to load it\n\n```python\n(.*?)```", card, re.S)[1]
         per_layer = (folder / "modeling_slimformer.py").is_file()
         assert ("trust_remote_code=True" in code) == per_layer, name
+        # the first line a user types: the tokenizer loads with stock transformers
+        assert 'AutoTokenizer.from_pretrained("path/to/this/folder")' in code, name
+        # and the card says what the model does without its code
+        refused = "refuses these weights with a size-mismatch report" in " ".join(card.split())
+        assert refused == per_layer, name
         snippets[name] = code.replace("path/to/this/folder", str(folder))
     (tmp_path / "snippets.json").write_text(json.dumps(snippets))
     run = subprocess.run(
@@ -227,6 +278,11 @@ def test_every_cards_load_snippet_runs_as_written(folders, tmp_path):
 def test_a_snippet_for_a_published_model_names_the_repo():
     code = load_snippet("text-generation", "acme/lm-pruned", per_layer=True)
     assert code.count('from_pretrained("acme/lm-pruned", trust_remote_code=True)') == 2
+    code = load_snippet(
+        "text-generation", "acme/lm-pruned", per_layer=True, tokenizer_needs_code=False
+    )
+    assert 'AutoModelForCausalLM.from_pretrained("acme/lm-pruned", trust_remote_code=True)' in code
+    assert 'AutoTokenizer.from_pretrained("acme/lm-pruned")' in code
     assert "model.generate" in code
     pairs = load_snippet("text-classification", "acme/c", per_layer=False, pairs=True)
     assert '["a second sentence"]' in pairs and "trust_remote_code" not in pairs

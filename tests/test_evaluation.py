@@ -22,7 +22,7 @@ from slimformer.evaluation import (
     weight_bytes,
 )
 from slimformer.importance import score_importance
-from slimformer.models import mean_pool
+from slimformer.models import count_embedding_parameters, mean_pool
 from slimformer.pruning import PruningTarget, plan_pruning, prune_model
 from testkit.tiny_models import CONFIGS, DECODERS, VOCAB, tiny_batch, tiny_config, tiny_model
 
@@ -72,6 +72,18 @@ def test_parameters_count_tied_embeddings_once():
     assert count_parameters(model) == sum(p.numel() for p in set(model.parameters()))
 
 
+def test_embedding_parameters_are_the_vocabulary_and_position_tables_and_the_head():
+    gpt2 = tiny_model("gpt2", "causal-lm")  # the head is tied to the token embeddings
+    tables = gpt2.transformer.wte.weight.numel() + gpt2.transformer.wpe.weight.numel()
+    assert count_embedding_parameters(gpt2) == tables
+    llama = tiny_model("llama", "causal-lm")  # an untied head counts
+    assert not llama.config.tie_word_embeddings
+    assert count_embedding_parameters(llama) == 2 * llama.model.embed_tokens.weight.numel()
+    bert = tiny_model("bert")  # words, positions and token types; the classifier is not one
+    tables = sum(m.weight.numel() for m in bert.modules() if isinstance(m, torch.nn.Embedding))
+    assert count_embedding_parameters(bert) == tables < count_parameters(bert)
+
+
 def test_task_metric_accuracy_and_agreement():
     model = tiny_model("bert")
     batches = [tiny_batch("bert", seed=s) for s in range(3)]
@@ -105,9 +117,16 @@ REPORT_KEYS = {
     "agreement",
     "ratios",
 }
-SIDE_KEYS = {"metrics", "parameters", "weight_bytes", "macs", "latency"}
+SIDE_KEYS = {"metrics", "parameters", "weight_bytes", "macs", "embedding_parameters", "latency"}
 LATENCY_KEYS = {"batch1_p50_ms", "batch1_p95_ms", "batch32_throughput"}
-RATIO_KEYS = {"parameters", "weight_bytes", "macs", "latency_speedup", "throughput_speedup"}
+RATIO_KEYS = {
+    "parameters",
+    "non_embedding_parameters",
+    "weight_bytes",
+    "macs",
+    "latency_speedup",
+    "throughput_speedup",
+}
 
 
 def _pair_batches(family: str, seeds=range(3), labels: bool = True) -> list[dict]:
@@ -224,6 +243,14 @@ def test_a_pruned_model_is_smaller_and_its_metrics_are_its_own():
     ratios = report["ratios"]
     assert ratios["parameters"] < 1 and ratios["macs"] < 1 and ratios["weight_bytes"] < 1
     assert report["compressed"]["parameters"] == count_parameters(pruned)
+    # pruning leaves the embeddings: the share of the rest removed is the larger one
+    embedding = count_embedding_parameters(model)
+    assert report["original"]["embedding_parameters"] == embedding
+    assert report["compressed"]["embedding_parameters"] == embedding
+    assert ratios["non_embedding_parameters"] == pytest.approx(
+        (count_parameters(pruned) - embedding) / (count_parameters(model) - embedding)
+    )
+    assert ratios["non_embedding_parameters"] < ratios["parameters"]
     assert report["compressed"]["macs"] == count_macs(pruned, 16)
     assert report["original"]["macs"] == count_macs(model, 16)
 

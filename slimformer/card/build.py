@@ -98,9 +98,17 @@ def _files(report: CompressionReport) -> dict:
     per_layer = artifacts.per_layer
     repo = (report.spec.get("publish") or {}).get("repo_id") or LOAD_PLACEHOLDER
     pairs = bool(report.data.text_pair_column)
+    reads_without_code = artifacts.config_reads_without_code
     return {
-        "load_code": load_snippet(report.base_model.task, repo, per_layer=per_layer, pairs=pairs),
+        "load_code": load_snippet(
+            report.base_model.task,
+            repo,
+            per_layer=per_layer,
+            pairs=pairs,
+            tokenizer_needs_code=None if reads_without_code is None else not reads_without_code,
+        ),
         "per_layer": per_layer,
+        "config_reads_without_code": reads_without_code,
         "onnx": artifacts.onnx is not None,
         "onnx_int8": _int8_facts(artifacts.onnx.int8 if artifacts.onnx else None),
         "serving": _serving_rows(report),

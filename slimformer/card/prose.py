@@ -6,7 +6,7 @@ from __future__ import annotations
 from slimformer.card.metadata import HUB_URL, base_hub_id
 from slimformer.formatting import METRIC_LABELS, format_megabytes, format_metric, format_speedup
 from slimformer.models import AUTO_CLASS_FOR_TASK
-from slimformer.report import BaseModelInfo, CompressionReport, DataInfo, OnnxInt8
+from slimformer.report import BaseModelInfo, CompressionReport, DataInfo, OnnxInt8, Ratios
 
 LOAD_PLACEHOLDER = "path/to/this/folder"
 SOURCE_TEXT = {
@@ -39,6 +39,15 @@ IMPORTANCE_TEXT = {
 }
 
 
+def _parameter_shares(ratios: Ratios) -> str:
+    """The share of the parameters kept, of all of them and (where known) of those outside the
+    embeddings: "80% of the parameters (75% of the non-embedding ones)"."""
+    text = f"{ratios.parameters:.0%} of the parameters"
+    if ratios.non_embedding_parameters is not None:
+        text += f" ({ratios.non_embedding_parameters:.0%} of the non-embedding ones)"
+    return text
+
+
 def _summary(report: CompressionReport) -> str:
     """The card's first sentence: what was made from which model, its share of the parameters and
     MACs, its primary metric against the original's and its speed-up."""
@@ -57,7 +66,7 @@ def _summary(report: CompressionReport) -> str:
         f"{' and distilled' if method == 'prune_distill' else ''} version of "
         + (f"[`{hub_id}`]({HUB_URL}/{hub_id})" if hub_id else f"a local model (`{base.id}`)")
         + ", made with slimformer: "
-        f"{ratios.parameters:.0%} of the parameters and {ratios.macs:.0%} of the MACs, "
+        f"{_parameter_shares(ratios)} and {ratios.macs:.0%} of the MACs, "
         f"{METRIC_LABELS.get(primary, primary)} {format_metric(c_metric, primary)} (original "
         f"{format_metric(o_metric, primary)})"
         + (
@@ -85,16 +94,28 @@ def _origin_text(base: BaseModelInfo) -> str:
     return f"{where}, {SOURCE_TEXT.get(source, source)}"
 
 
-def load_snippet(task: str, repo: str, *, per_layer: bool, pairs: bool = False) -> str:
-    """Python that loads the result and uses it once, right for the task and the layout."""
+def load_snippet(
+    task: str,
+    repo: str,
+    *,
+    per_layer: bool,
+    pairs: bool = False,
+    tokenizer_needs_code: bool | None = None,
+) -> str:
+    """Python that loads the result and uses it once, right for the task and the layout. The
+    tokenizer line passes ``trust_remote_code`` where the folder's config needs the model's code
+    (``tokenizer_needs_code``; unknown: as the model)."""
     auto_class = AUTO_CLASS_FOR_TASK.get(task, "AutoModel")
     trust = ", trust_remote_code=True" if per_layer else ""
+    if tokenizer_needs_code is None:
+        tokenizer_needs_code = per_layer
+    tokenizer_trust = ", trust_remote_code=True" if tokenizer_needs_code else ""
     lines = [f"from transformers import AutoTokenizer, {auto_class}", ""]
     if task == "feature-extraction":
         lines = ["import torch", *lines]
     lines += [
         f'model = {auto_class}.from_pretrained("{repo}"{trust})',
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{trust})',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{tokenizer_trust})',
         "",
     ]
     if task == "text-classification":

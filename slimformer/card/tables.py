@@ -50,18 +50,22 @@ def _metric_rows(evaluation: Evaluation) -> list[Row]:
 
 
 def _size_rows(evaluation: Evaluation, artifacts: ArtifactsInfo) -> list[Row]:
+    """Parameters (all, and without the embeddings where the report counts them: the share the LLM
+    pruning papers give), MACs and the size on disk."""
     original, compressed = evaluation.original, evaluation.compressed
+    sizes = [("Parameters", original.parameters, compressed.parameters)]
+    if original.embedding_parameters is not None and compressed.embedding_parameters is not None:
+        sizes.append(
+            (
+                "Non-embedding parameters",
+                original.parameters - original.embedding_parameters,
+                compressed.parameters - compressed.embedding_parameters,
+            )
+        )
+    sizes.append(("MACs per sequence", original.macs, compressed.macs))
     rows = [
-        (
-            label,
-            format_number(before),
-            format_number(after),
-            format_relative(before, after),
-        )
-        for label, before, after in (
-            ("Parameters", original.parameters, compressed.parameters),
-            ("MACs per sequence", original.macs, compressed.macs),
-        )
+        (label, format_number(before), format_number(after), format_relative(before, after))
+        for label, before, after in sizes
     ]
     size_before, size_after = artifacts.original_size_bytes, artifacts.size_bytes
     rows.append(

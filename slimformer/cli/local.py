@@ -97,13 +97,18 @@ def _print_summary(report: dict) -> None:
     if evaluation.get("agreement") is not None:
         agreement = format_agreement(evaluation["agreement"], evaluation["task"])
         table.add_row("agreement", "", agreement, "")
-    for key, label in (("parameters", "parameters"), ("macs", "MACs")):
-        table.add_row(
-            label,
-            format_number(before[key]),
-            format_number(after[key]),
-            format_relative(before[key], after[key]),
+    sizes = [("parameters", before["parameters"], after["parameters"])]
+    if before.get("embedding_parameters") is not None:  # reports before it lack the count
+        sizes.append(
+            (
+                "non-embedding parameters",
+                before["parameters"] - before["embedding_parameters"],
+                after["parameters"] - after["embedding_parameters"],
+            )
         )
+    sizes.append(("MACs", before["macs"], after["macs"]))
+    for label, was, now in sizes:
+        table.add_row(label, format_number(was), format_number(now), format_relative(was, now))
     if before.get("latency") and after.get("latency"):
         table.add_row(
             "latency p50 b1 (ms)",

@@ -79,7 +79,10 @@ def _metrics_line(view: dict) -> str:
         parts.append(f"{metric} {before} -> {format_metric(metrics['compressed'], metric)}")
     ratios = metrics.get("ratios") or {}
     if ratios.get("parameters") is not None:
-        parts.append(f"parameters {ratios['parameters']:.1%} of the original")
+        share = f"parameters {ratios['parameters']:.1%} of the original"
+        if ratios.get("non_embedding_parameters") is not None:
+            share += f" ({ratios['non_embedding_parameters']:.1%} of the non-embedding ones)"
+        parts.append(share)
     if ratios.get("latency_speedup"):
         parts.append(f"{format_speedup(ratios['latency_speedup'])} at batch 1")
     return "; ".join(parts)

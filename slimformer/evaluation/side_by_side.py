@@ -37,7 +37,7 @@ from slimformer.errors import Cancelled, InvalidSpec
 from slimformer.evaluation.efficiency import measure_latency, weight_bytes
 from slimformer.evaluation.lm import score_next_tokens
 from slimformer.evaluation.metrics import _finite, accuracy, macro_f1, pearson, predict, spearman
-from slimformer.models import count_macs, count_parameters, model_task
+from slimformer.models import count_embedding_parameters, count_macs, count_parameters, model_task
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,12 @@ def evaluate_side_by_side(
             {"task", "primary_metric", "higher_is_better", "rows", "seq_len", "device", "threads",
              "torch_version", "protocol" (only when given),
              "original" / "compressed": {"metrics": {...}, "parameters", "weight_bytes", "macs",
+                                         "embedding_parameters",
                                          "latency": {"batch1_p50_ms", "batch1_p95_ms",
                                                      "batch32_throughput"} | None},
              "agreement": float | None,
-             "ratios": {"parameters", "weight_bytes", "macs" (compressed / original),
+             "ratios": {"parameters", "non_embedding_parameters", "weight_bytes",
+                        "macs" (compressed / original),
                         "latency_speedup" (original p50 / compressed p50),
                         "throughput_speedup" (compressed / original throughput) | None}}
 
@@ -354,6 +356,7 @@ def _side(model: nn.Module, metrics: dict, seq_len: int) -> dict:
         "parameters": count_parameters(model),
         "weight_bytes": weight_bytes(model),
         "macs": count_macs(model, seq_len),
+        "embedding_parameters": count_embedding_parameters(model),
         "latency": None,
     }
 
@@ -415,6 +418,10 @@ def side_by_side_report(
         "agreement": _finite(agreement),
         "ratios": {
             "parameters": _ratio(c["parameters"], o["parameters"]),
+            "non_embedding_parameters": _ratio(
+                c["parameters"] - c["embedding_parameters"],
+                o["parameters"] - o["embedding_parameters"],
+            ),
             "weight_bytes": _ratio(c["weight_bytes"], o["weight_bytes"]),
             "macs": _ratio(c["macs"], o["macs"]),
             "latency_speedup": _ratio(lat_o["batch1_p50_ms"], lat_c["batch1_p50_ms"])

@@ -11,6 +11,7 @@ import torch
 
 from slimformer.evaluation import evaluate_side_by_side
 from slimformer.evaluation.side_by_side import side_by_side_report
+from slimformer.models import count_embedding_parameters
 from slimformer.recipe.inputs import MAX_LENGTH
 from slimformer.recipe.job import Job
 from slimformer.streaming.model import HeadStats
@@ -33,7 +34,10 @@ def _measured_layer_by_layer(job: Job) -> dict:
         "original": {"metrics": _metrics(side.original), **side.original_footprint},
         "compressed": {"metrics": _metrics(side.compressed), **side.compressed_footprint},
     }
+    # pruning leaves the embeddings and the head (resident in the skeleton) as they were
+    embedding = count_embedding_parameters(inputs.streamed.model)
     for column in sides.values():
+        column["embedding_parameters"] = embedding
         column["latency"] = None
     rows = sum(len(b["input_ids"]) for b in inputs.eval_batches)
     return side_by_side_report(

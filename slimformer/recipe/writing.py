@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from slimformer import __version__
-from slimformer.artifacts import atomic_folder, save_model_folder
+from slimformer.artifacts import atomic_folder, config_reads_without_code, save_model_folder
 from slimformer.card import build_card
 from slimformer.errors import InvalidSpec
 from slimformer.loading import LoadedModel, folder_origin
@@ -167,6 +167,7 @@ def _artifacts(job: Job, folder: Path, served: serving.Served) -> dict:
         "vllm": served.vllm,
         "layout": spec.prune.layout if "prune" in spec.method else STOCK_LAYOUT,
         "per_layer": bool(getattr(compressed.config, "auto_map", None)),
+        "config_reads_without_code": config_reads_without_code(folder),
         "size_bytes": _folder_size(folder),
         "original_size_bytes": _original_size(job.inputs.loaded),
         "onnx": served.onnx,
