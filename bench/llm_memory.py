@@ -119,8 +119,11 @@ def row_of(run: dict) -> list[str]:
         goal_text += " met" if met else " missed"
     cal_tokens = run["calibration_windows"] * run["window_tokens"]
     per = run["seconds"] / (run["parameters"] / 1e9) / (cal_tokens / 1000)
+    name = run["name"]
+    if run.get("layers") and run["layers"] < run["all_layers"]:
+        name += f" ({run['layers']} of {run['all_layers']} layers)"
     return [
-        run["name"],
+        name,
         f"{run['parameters'] / 1e6:,.0f}M",
         run["dtype"],
         f"{run['calibration_windows']}/{run['eval_windows']} × {run['window_tokens']}",
@@ -209,6 +212,14 @@ def main() -> None:
     )
     parser.add_argument("--no-fixture", action="store_true", help="skip the real SmolLM2-135M row")
     parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="write only the first N decoder layers of each random shape: the streamed peak is "
+        "one layer's work over what stays resident, so it does not depend on the depth (the "
+        "minutes and parameters are then those of the N layers)",
+    )
+    parser.add_argument(
         "--skip-after",
         type=float,
         default=None,
@@ -259,7 +270,10 @@ def main() -> None:
             else:
                 folder, dtype, windows = work / shape, "bf16", args.windows
                 start = time.perf_counter()
-                parameters = write_random_checkpoint(folder, shape)
+                sizes_of = dict(SHAPES[shape])
+                if args.layers:
+                    sizes_of["num_hidden_layers"] = min(args.layers, sizes_of["num_hidden_layers"])
+                parameters = write_random_checkpoint(folder, sizes_of)
                 print(
                     f"{name}: wrote {parameters:,} parameters in "
                     f"{time.perf_counter() - start:.0f} s",
@@ -272,6 +286,8 @@ def main() -> None:
             "random": shape is not None,
             "dtype": dtype,
             "parameters": parameters or run["parameters_before"],
+            "layers": None if shape is None else sizes_of["num_hidden_layers"],
+            "all_layers": None if shape is None else SHAPES[shape]["num_hidden_layers"],
         } | run
         runs.append(run)
         print(f"{name}: " + "  ".join(row_of(run)), flush=True)

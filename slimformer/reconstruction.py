@@ -39,6 +39,36 @@ def kept_channels(adapter: ModelAdapter, layer: int, part: str, removed: list[in
     return [c for c in range(width) if c not in gone]
 
 
+ROW_CHUNK = 1024  # rows of a Gram matrix converted to float64 at once
+
+
+def damped_block(gram: torch.Tensor, rows: torch.Tensor | None = None, *, damping: float = DAMPING):
+    """``gram[rows][:, rows]`` in float64 plus ``lambda I``, in column-major order so that LAPACK
+    factors it in place. ``lambda`` is ``damping`` x the mean diagonal: of the block, or of the
+    whole matrix but its last (bias) row when ``rows`` is None.
+
+    Built ``ROW_CHUNK`` rows at a time: the only full-size float64 matrix a solve holds is this one
+    (an 8B model's FFN Gram matrix is 1.6 GB in float64)."""
+    n = gram.shape[0] if rows is None else len(rows)
+    block = torch.empty(n, n, dtype=torch.float64).mT  # column-major; symmetric, so .mT is itself
+    for start in range(0, n, ROW_CHUNK):
+        stop = min(n, start + ROW_CHUNK)
+        part = gram[start:stop] if rows is None else gram[rows[start:stop]][:, rows]
+        block[start:stop] = part
+    diag = block.diagonal()
+    counted = diag[:-1] if rows is None else diag  # a whole matrix's last row is the bias column's
+    diag.add_(damping * float(counted.mean()) if len(counted) else 0.0)
+    return block
+
+
+def factor_in_place(block: torch.Tensor) -> bool:
+    """Overwrite the symmetric column-major ``block`` with its lower Cholesky factor; false (and
+    ``block`` spoilt) when it is not positive definite."""
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(block, out=(block, info))
+    return int(info) == 0
+
+
 def refit(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -49,7 +79,10 @@ def refit(
     damping: float = DAMPING,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """New weight columns for the kept channels (``[out, len(keep)]``) and the new bias (``None``
-    when ``with_bias`` is false), minimising the squared output error under ``gram``."""
+    when ``with_bias`` is false), minimising the squared output error under ``gram``.
+
+    Memory: one float64 copy of the kept block of ``gram``, factored in place (Cholesky; LU when
+    the damped block is not positive definite), and the ``[K, out]`` right-hand side."""
     width = weight.shape[1]
     w = torch.cat(
         [
@@ -60,13 +93,19 @@ def refit(
     )
     rows = list(keep) + ([width] if with_bias else [])
     index = torch.tensor(rows, dtype=torch.long)
-    g = gram.to(torch.float64)
-    g_kk = g[index][:, index]
-    diag = g_kk.diagonal()
-    lam = damping * float(diag.mean()) if len(diag) else 0.0
-    g_kk = g_kk + lam * torch.eye(len(rows), dtype=torch.float64)
-    rhs = g[index] @ w.T  # [K, out]
-    solution = torch.linalg.solve(g_kk, rhs).T  # [out, K]
+    rhs = (
+        torch.cat(
+            [gram[index[s : s + ROW_CHUNK]].double() @ w.T for s in range(0, len(rows), ROW_CHUNK)]
+        )
+        if rows
+        else w.new_zeros(0, len(w))
+    )  # [K, out]
+    g_kk = damped_block(gram, index, damping=damping)
+    if factor_in_place(g_kk):
+        solution = torch.cholesky_solve(rhs, g_kk).T  # [out, K]
+    else:
+        solution = torch.linalg.solve(damped_block(gram, index, damping=damping), rhs).T
+    del g_kk
     new_weight = solution[:, : len(keep)].to(weight.dtype)
     new_bias = solution[:, len(keep)].to(weight.dtype) if with_bias else None
     return new_weight, new_bias

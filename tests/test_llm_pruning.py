@@ -602,7 +602,8 @@ def test_smollm2_25_25_with_the_defaults_keeps_perplexity_within_the_measured_bo
         "import json, sys\nfrom slimformer.pipeline import run\n"
         "from slimformer.spec import JobSpec\n"
         "spec = JobSpec.model_validate(json.loads(sys.argv[1]), context={'local_files': True})\n"
-        "print(json.dumps(run(spec, sys.argv[2]).report['evaluation']))\n"
+        "report = run(spec, sys.argv[2]).report\n"
+        "print(json.dumps({k: report[k] for k in ('evaluation', 'execution')}))\n"
     )
     spec = {
         "model": {"id": str(SMOLLM2)},
@@ -620,8 +621,14 @@ def test_smollm2_25_25_with_the_defaults_keeps_perplexity_within_the_measured_bo
         env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    evaluation = json.loads(run.stdout.strip().splitlines()[-1])
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    evaluation, execution = result["evaluation"], result["execution"]
     before = evaluation["original"]["metrics"]["perplexity"]
     after = evaluation["compressed"]["metrics"]["perplexity"]
     assert after / before < SMOLLM2_RATIO_BOUND, (before, after)
     assert evaluation["ratios"]["parameters"] < 0.85
+    # the job ran layer by layer, and the memory it said it would need before reading a weight is
+    # within 25% of the peak it measured
+    assert execution["path"] == "layer_by_layer", execution
+    estimated, measured = execution["estimated_peak_bytes"], execution["measured_peak_bytes"]
+    assert abs(estimated / measured - 1) <= 0.25, (estimated, measured)

@@ -15,11 +15,10 @@ Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of w
   its pruned copy while refitting: ``2 x 4 x layer parameters``.
 - ``grams``: the Gram matrices of one layer's output projections' inputs, float32:
   ``4 ((f + 1)^2 + (q + 1)^2)`` (OBS, or any method with reconstruction; 0 otherwise).
-- ``solve``: the float64 copies of the largest of them alive while OBS inverts it:
-  ``copies x 8 (f + 1)^2``, with :data:`SOLVE_FLOAT64_COPIES` = 2 as measured for
-  ``slimformer.importance.obs._inverse`` (a float64 copy with the damping added in place, and
-  ``torch.linalg.inv``'s result: 2.0 copies of a 6,000-wide Gram). An in-place factorisation would
-  hold one (``solve_copies=1``); for an 8B that is 1.5 GiB less.
+- ``solve``: the float64 copy of the largest of them, damped, factored and solved in place
+  (:func:`slimformer.reconstruction.damped_block`; LAPACK writes the Cholesky factor over it, so
+  no second copy: 1.07 copies measured on a 6,000-wide Gram), and the output projection's weight
+  in float64: ``copies x 8 (f + 1)^2 + 8 h f`` with :data:`SOLVE_FLOAT64_COPIES` = 1.
 - ``calibration_states``: the calibration hidden states flowing layer to layer, float32:
   ``4 windows T h``.
 - ``eval_states``: the side-by-side evaluation's two sets (original and compressed):
@@ -49,18 +48,18 @@ In memory (encoders, distillation, Michel importance; today's path for every job
 What the models need (real configs; OBS; checkpoint dtype as published; 32 calibration and 64
 evaluation windows of 512 tokens, the causal-LM defaults; in brackets 16 and 16), GiB:
 
-| model        | checkpoint             | params | streamed    | 1 solve copy | in memory |
-|--------------|------------------------|-------:|------------:|-------------:|----------:|
-| SmolLM2-135M | float32, V 49152, tied |   135M |   1.5 (1.4) |    1.5 (1.4) |       2.7 |
-| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M |   2.7 (2.5) |    2.5 (2.3) |       8.3 |
-| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B |   4.3 (3.9) |    3.8 (3.4) |      17.1 |
-| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B |   5.2 (4.5) |    4.7 (4.0) |      37.4 |
-| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 10.2 (9.3)  |    8.7 (7.8) |      98.4 |
+| model        | checkpoint             | params | streamed  | in memory |
+|--------------|------------------------|-------:|----------:|----------:|
+| SmolLM2-135M | float32, V 49152, tied |   135M | 1.4 (1.3) |       2.6 |
+| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M | 2.1 (1.9) |       8.1 |
+| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B | 3.6 (3.1) |      17.3 |
+| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B | 4.5 (3.9) |      39.1 |
+| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 8.8 (7.9) |     102.9 |
 
 The 8B's streamed peak is the resident embeddings and head (1.96), one layer twice in float32
-(1.63), its Gram matrices (0.83) and their inversion (3.06), the calibration and evaluation states,
-a head chunk and the runtime: the inversion of the FFN's Gram matrix (14,337 wide) is the largest
-single part.
+(1.63), its Gram matrices (0.83) and their solve (1.97: one float64 copy of the FFN's 14,337-wide
+Gram matrix and the down projection), the calibration (0.25) and evaluation (1.0) states, a head
+chunk and the runtime; with 16 evaluation windows it is under 8 GiB.
 
 """
 
@@ -77,10 +76,8 @@ GIB = 1024**3
 HEAD_CHUNK_TOKENS = 256  # tokens whose logits are computed at once (LM head, backward batches)
 RUNTIME_BYTES = GIB  # Python, torch, tokenizers, the data: fixed
 IN_MEMORY_WEIGHT_COPIES = 2.45  # float32 copies of the weights at the in-memory peak (fitted)
-# float64 copies of the largest Gram matrix alive while OBS inverts it: 2.0 measured for
-# slimformer.importance.obs._inverse (a float64 copy damped in place, and torch.linalg.inv's
-# result) on a 6,000-wide Gram; the least-squares refit needs fewer
-SOLVE_FLOAT64_COPIES = 2.0
+# float64 copies of the largest Gram matrix alive while it is solved: one, factored in place
+SOLVE_FLOAT64_COPIES = 1.0
 GRAM_METHODS = frozenset({"obs"})  # importance methods that measure Gram matrices
 BACKWARD_METHODS = frozenset({"michel"})  # importance methods with a backward pass
 
@@ -242,8 +239,8 @@ def estimate_job_memory(
         reconstruction: the refit measures Gram matrices; None: for ``obs`` only (the spec's
             default).
         head_in_float32: the streamed path keeps a float32 copy of the LM head.
-        solve_copies: float64 copies of the largest Gram matrix alive while it is inverted
-            (:data:`SOLVE_FLOAT64_COPIES`, today's code; 1 for an in-place factorisation).
+        solve_copies: float64 copies of the largest Gram matrix alive while it is solved
+            (:data:`SOLVE_FLOAT64_COPIES`).
 
     Raises:
         ValueError: a streamed job that distils or uses Michel importance (both need the whole
@@ -281,7 +278,9 @@ def estimate_job_memory(
 def _solve_and_head(shape: ModelShape, job: dict) -> tuple[int, int]:
     """The float64 copies of the largest Gram matrix while it is solved, and one head chunk."""
     largest_gram = max(shape.ffn + 1, shape.q_width + 1) ** 2
-    solve = math.ceil(job["solve_copies"] * 8 * largest_gram) if job["reconstruction"] else 0
+    weight64 = 8 * shape.hidden * max(shape.ffn, shape.q_width)  # the projection in float64
+    solve = math.ceil(job["solve_copies"] * 8 * largest_gram) + weight64
+    solve = solve if job["reconstruction"] else 0
     head_chunk = 4 * HEAD_CHUNK_TOKENS * shape.vocab if shape.causal else 0
     return solve, head_chunk
 

@@ -20,6 +20,23 @@ from slimformer.text import next_token_positions
 STREAMED_FAMILIES = ("llama",)
 HEAD_TOKENS = HEAD_CHUNK_TOKENS  # positions whose logits exist at once (the estimate counts them)
 HEAD_ROWS = 32_768  # vocabulary rows of the head cast to float32 at once
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def give_freed_memory_back() -> None:
+    """Make glibc serve every allocation of 1 MiB or more by its own mapping, returned to the
+    system when freed. By default glibc raises that threshold as large blocks are freed and then
+    keeps such blocks in its heap: on a 1B model each layer loaded and freed left about 80 MB
+    behind (1.3 GB over 16 layers). No effect off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to tune
+        pass
 
 
 def can_stream(config) -> bool:
@@ -54,6 +71,7 @@ class StreamedModel:
     """
 
     def __init__(self, folder: str | Path, config=None) -> None:
+        give_freed_memory_back()
         self.folder = Path(folder)
         self.checkpoint = Checkpoint(folder)
         config = config or transformers.AutoConfig.from_pretrained(self.folder)
