@@ -363,6 +363,11 @@ class ExecutionInfo(_Open):
         None, description="The process's peak resident memory so far"
     )
     available_bytes: int | None = Field(None, description="The memory the job may use, where known")
+    states_in_files: bool | None = Field(
+        None,
+        description="Layer by layer: the hidden states were kept in files, one window in memory "
+        "(they would have taken more than a quarter of the available memory, or not fitted)",
+    )
     estimate: dict[str, Any] | None = Field(None, description="The estimate, part by part")
 
 

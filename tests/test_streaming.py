@@ -207,3 +207,47 @@ def test_a_job_that_cannot_fit_is_refused_before_any_weight_is_read(
     asked = [path for method, path in hub.requests if "/resolve/" in path]
     assert any(path.endswith("config.json") for path in asked)
     assert not any(path.endswith(".safetensors") for path in asked), asked
+
+
+def test_hidden_states_spilled_to_files_give_the_same_model_and_numbers(
+    six_layers, tmp_path, monkeypatch
+):
+    """A job whose hidden states would take too much memory keeps them in files, one window in
+    memory at a time, and writes the same model with the same numbers."""
+    from safetensors.torch import load_file
+
+    from slimformer.memory import estimate as estimate_module
+    from slimformer.pipeline import run
+    from slimformer.streaming import states
+
+    folder, data = six_layers
+    kept = run(_job(str(folder), data), tmp_path / "w1", out_dir=tmp_path / "kept").report
+    folders = []
+    release = states.HiddenStates.release
+
+    def spying_release(self):
+        if self.folder is not None:
+            folders.append((self.folder.name, len(list(self.folder.glob("window-*.pt")))))
+        release(self)
+
+    monkeypatch.setattr(states.HiddenStates, "release", spying_release)
+    monkeypatch.setattr(estimate_module, "STATES_SHARE", 0.0)  # any state is too much
+    spilled = run(_job(str(folder), data), tmp_path / "w2", out_dir=tmp_path / "spilled").report
+    execution = spilled["execution"]
+    assert execution["states_in_files"] is True and kept["execution"]["states_in_files"] is False
+    windows = kept["execution"]["estimate"]["calibration_windows"]
+    one = kept["execution"]["estimate"]["breakdown"]["calibration_states"] // windows
+    assert execution["estimate"]["breakdown"]["calibration_states"] == one
+    assert execution["estimate"]["breakdown"]["eval_states"] == 2 * one
+    # the scoring pass's calibration states, then the pruning pass's three sets, were files
+    assert [name for name, _ in folders] == ["scoring", "calibration", "original", "compressed"]
+    assert all(count > 0 for _, count in folders)
+    assert not (tmp_path / "w2" / "hidden-states" / "scoring").exists()
+    for side in ("original", "compressed"):
+        assert (
+            spilled["evaluation"][side]["metrics"] == kept["evaluation"][side]["metrics"]
+        ), side
+    a = load_file(tmp_path / "kept" / "model.safetensors")
+    b = load_file(tmp_path / "spilled" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "kept in files" in (tmp_path / "spilled" / "README.md").read_text()

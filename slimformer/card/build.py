@@ -80,6 +80,8 @@ def _execution_text(report: CompressionReport) -> str | None:
             "the same windows as the layers were pruned (latency is not measured: neither model "
             "is ever whole in memory)."
         )
+        if execution.states_in_files:
+            text += " The hidden states were kept in files, one window in memory at a time."
     else:
         text = "Run in memory" + (
             f" ({execution.why_in_memory})." if execution.why_in_memory else "."

@@ -25,9 +25,11 @@ from slimformer.memory.estimate import (
     IN_MEMORY_WEIGHT_COPIES,
     RUNTIME_BYTES,
     SOLVE_FLOAT64_COPIES,
+    STATES_SHARE,
     MemoryEstimate,
     ModelShape,
     estimate_job_memory,
+    spill_states,
 )
 from slimformer.memory.fits import check_fits
 from slimformer.memory.repo import (
@@ -49,6 +51,7 @@ __all__ = [
     "MEMORY_LIMIT_ENV",
     "RUNTIME_BYTES",
     "SOLVE_FLOAT64_COPIES",
+    "STATES_SHARE",
     "MemoryEstimate",
     "ModelShape",
     "available_memory",
@@ -60,4 +63,5 @@ __all__ = [
     "estimate_for_repo",
     "estimate_job_memory",
     "safetensors_parameters",
+    "spill_states",
 ]

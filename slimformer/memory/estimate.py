@@ -22,7 +22,9 @@ Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of w
 - ``calibration_states``: the calibration hidden states flowing layer to layer, float32:
   ``4 windows T h``.
 - ``eval_states``: the side-by-side evaluation's two sets (original and compressed):
-  ``2 x 4 x eval_windows T h``.
+  ``2 x 4 x eval_windows T h``. Both sets of states are kept in files, one window of each in
+  memory, when they would take more than :data:`STATES_SHARE` of the available memory or the job
+  would not fit otherwise (:func:`spill_states`): then ``windows`` counts 1.
 - ``head_chunk``: the float32 logits of one chunk of :data:`HEAD_CHUNK_TOKENS` tokens:
   ``4 x 1024 V``. A layer's own activations over such a chunk are smaller and never live at the
   same time (the head runs after the layers), so this term bounds both.
@@ -78,6 +80,9 @@ RUNTIME_BYTES = GIB  # Python, torch, tokenizers, the data: fixed
 IN_MEMORY_WEIGHT_COPIES = 2.45  # float32 copies of the weights at the in-memory peak (fitted)
 # float64 copies of the largest Gram matrix alive while it is solved: one, factored in place
 SOLVE_FLOAT64_COPIES = 1.0
+# the share of the available memory the streamed path's hidden states may take before they are
+# kept in files (one window of each set in memory)
+STATES_SHARE = 0.25
 GRAM_METHODS = frozenset({"obs"})  # importance methods that measure Gram matrices
 BACKWARD_METHODS = frozenset({"michel"})  # importance methods with a backward pass
 
@@ -225,6 +230,7 @@ def estimate_job_memory(
     reconstruction: bool | None = None,
     head_in_float32: bool = False,
     solve_copies: float = SOLVE_FLOAT64_COPIES,
+    spill_states: bool = False,
 ) -> MemoryEstimate:
     """The peak memory of a job on ``config`` (a ``config.json`` dict, or its :class:`ModelShape`);
     see the module's docstring for each part and the numbers of common models.
@@ -241,6 +247,8 @@ def estimate_job_memory(
         head_in_float32: the streamed path keeps a float32 copy of the LM head.
         solve_copies: float64 copies of the largest Gram matrix alive while it is solved
             (:data:`SOLVE_FLOAT64_COPIES`).
+        spill_states: the streamed path keeps its hidden states in files, one window of each
+            set in memory (:func:`spill_states`).
 
     Raises:
         ValueError: a streamed job that distils or uses Michel importance (both need the whole
@@ -269,6 +277,7 @@ def estimate_job_memory(
         "reconstruction": method in GRAM_METHODS or bool(reconstruction),
         "head_in_float32": head_in_float32,
         "solve_copies": solve_copies,
+        "spill_states": spill_states and path == "streamed",
     }
     parts = _streamed_parts if path == "streamed" else _in_memory_parts
     breakdown = {**parts(shape, job), "runtime": RUNTIME_BYTES}
@@ -289,14 +298,15 @@ def _streamed_parts(shape: ModelShape, job: dict) -> dict[str, int]:
     solve, head_chunk = _solve_and_head(shape, job)
     state = 4 * job["window_tokens"] * shape.hidden  # one window's hidden states, float32
     head32 = 4 * shape.vocab * shape.hidden if job["head_in_float32"] else 0
+    spilled = job.get("spill_states", False)
     resident = shape.embedding_parameters() + shape.head_parameters()
     return {
         "resident": resident * job["dtype_bytes"] + head32,
         "layer_float32": 2 * 4 * shape.layer_parameters(),
         "grams": shape.gram_bytes() if job["reconstruction"] else 0,
         "solve": solve,
-        "calibration_states": job["calibration_windows"] * state,
-        "eval_states": 2 * job["eval_windows"] * state,
+        "calibration_states": (1 if spilled else job["calibration_windows"]) * state,
+        "eval_states": 2 * (1 if spilled else job["eval_windows"]) * state,
         "head_chunk": head_chunk,
     }
 
@@ -316,3 +326,13 @@ def _in_memory_parts(shape: ModelShape, job: dict) -> dict[str, int]:
         "backward": backward,
         "optimizer": 3 * weights32 if job["distill"] else 0,
     }
+
+
+def spill_states(estimate: MemoryEstimate, available: int | None) -> bool:
+    """Whether a streamed job should keep its hidden states in files: when they would take more
+    than :data:`STATES_SHARE` of the ``available`` memory, or the job would not fit with them in
+    memory. Never when the available memory is unknown or the job holds the whole model."""
+    if estimate.path != "streamed" or available is None:
+        return False
+    states = estimate.breakdown["calibration_states"] + estimate.breakdown["eval_states"]
+    return states > STATES_SHARE * available or estimate.total_bytes > available

@@ -89,6 +89,7 @@ def estimate_for_repo(
     method: str,
     distill: bool = False,
     reconstruction: bool | None = None,
+    spill_states: bool = False,
 ) -> MemoryEstimate:
     """:func:`estimate_job_memory` from what a repo says before its weights are downloaded: its
     ``config.json`` and the dtype of its weights (a name, the Hub's ``safetensors.parameters`` by
@@ -112,4 +113,5 @@ def estimate_for_repo(
         method=method,
         distill=distill,
         reconstruction=reconstruction,
+        spill_states=spill_states,
     )

@@ -12,7 +12,13 @@ import transformers
 from slimformer.architectures import family_of
 from slimformer.errors import SlimformerError
 from slimformer.loading import infer_task
-from slimformer.memory import MemoryEstimate, available_memory_bytes, check_fits, estimate_for_repo
+from slimformer.memory import (
+    MemoryEstimate,
+    available_memory_bytes,
+    check_fits,
+    estimate_for_repo,
+    spill_states,
+)
 from slimformer.pruning import layout_for
 from slimformer.recipe.job import Job
 from slimformer.recipe.results import IN_MEMORY, LAYER_BY_LAYER, Execution
@@ -68,6 +74,10 @@ def memory_check(job: Job, resolve: Callable) -> Callable[[dict, dict | None], N
             spec = resolve(job.spec, task, family_of(config).name)
             reason = why_in_memory(spec, task, config)
             estimate = _estimate(raw, parameters, spec, task, config, reason)
+            available = available_memory_bytes()
+            spill = spill_states(estimate, available)
+            if spill:
+                estimate = _estimate(raw, parameters, spec, task, config, reason, spill=True)
         except SlimformerError:  # an unsupported family, a bad task: refused here, before download
             raise
         except (KeyError, TypeError, ValueError) as err:  # loading says what is wrong with it
@@ -77,14 +87,17 @@ def memory_check(job: Job, resolve: Callable) -> Callable[[dict, dict | None], N
             LAYER_BY_LAYER if reason is None else IN_MEMORY,
             reason,
             estimate,
-            available_memory_bytes(),
+            available,
+            states_in_files=spill,
         )
         check_fits(estimate, job.execution.available_bytes)
 
     return check
 
 
-def _estimate(raw: dict, parameters, spec: JobSpec, task: str, config, reason) -> MemoryEstimate:
+def _estimate(
+    raw: dict, parameters, spec: JobSpec, task: str, config, reason, *, spill: bool = False
+) -> MemoryEstimate:
     lm = task == "text-generation"
     return estimate_for_repo(
         raw,
@@ -95,4 +108,5 @@ def _estimate(raw: dict, parameters, spec: JobSpec, task: str, config, reason) -
         path="streamed" if reason is None else "in_memory",
         method=spec.prune.importance if spec.method != "distill" else "activations",
         distill=spec.method != "prune",
+        spill_states=spill,
     )

@@ -64,6 +64,13 @@ class Job:
         self.check()
         self.on_progress(name, fraction, message)
 
+    def states_folder(self, stage: str) -> Path | None:
+        """Where a layer-by-layer stage keeps its hidden states when they are spilled to files
+        (None: in memory)."""
+        if self.execution is None or not self.execution.states_in_files:
+            return None
+        return self.workdir / "hidden-states" / stage
+
     def progress_of(self, name: str) -> Callable[[float, str], None]:
         """``(fraction, message)`` progress of one stage, for library calls that report so."""
         return lambda fraction, message: self.on_progress(name, fraction, message)

@@ -105,6 +105,7 @@ def _layer_by_layer(job: Job) -> tuple[PruneResult, SideBySide]:
         reconstruct=scores.target.wants_reconstruction(scores.importance.method),
         on_progress=job.progress_of("pruning"),
         should_cancel=job.should_cancel,
+        spill=job.states_folder("pruning"),
     )
     record.apply(plan, sm.adapter)
     apply_layout(sm.model, p.layout)

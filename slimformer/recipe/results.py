@@ -96,6 +96,7 @@ class Execution:
     estimate: MemoryEstimate | None = None
     available_bytes: int | None = None
     extra: dict = field(default_factory=dict)
+    states_in_files: bool = False  # layer by layer: the hidden states were spilled to files
 
     def to_dict(self) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -105,5 +106,6 @@ class Execution:
             "estimated_peak_bytes": self.estimate.total_bytes if self.estimate else None,
             "measured_peak_bytes": peak,
             "available_bytes": self.available_bytes,
+            "states_in_files": self.states_in_files,
             "estimate": self.estimate.to_dict() if self.estimate else None,
         }

@@ -82,6 +82,7 @@ def run(job: Job) -> Scores:
             batches,
             on_progress=job.progress_of("scoring"),
             should_cancel=job.should_cancel,
+            spill=job.states_folder("scoring"),
         )
         job.timed("scoring", t0)
         job.scores = scores

@@ -28,6 +28,7 @@ from slimformer.importance.obs import obs_layer_scores
 from slimformer.pruning import PruningPlan
 from slimformer.pruning.remove import remove_units
 from slimformer.streaming.model import HeadStats, StreamedModel
+from slimformer.streaming.states import HiddenStates
 
 ProgressFn = Callable[[float, str], None]
 PARTS = ("attention", "mlp")
@@ -38,10 +39,10 @@ def _never() -> bool:
 
 
 def _layer_grams(
-    sm: StreamedModel, index: int, hidden: list[torch.Tensor], batches: list[dict]
-) -> tuple[dict[tuple[int, str], torch.Tensor], list[torch.Tensor]]:
+    sm: StreamedModel, index: int, hidden: HiddenStates, batches: list[dict]
+) -> dict[tuple[int, str], torch.Tensor]:
     """The mean ``[x, 1]^T [x, 1]`` of the inputs of layer ``index``'s output projections over the
-    real tokens of ``batches``, and the layer's outputs."""
+    real tokens of ``batches``; ``hidden`` becomes the layer's outputs."""
     adapter, layer = sm.adapter, sm.adapter.layers[index]
     grams, handles, mask = {}, [], {}
     for part in PARTS:
@@ -55,16 +56,20 @@ def _layer_grams(
             gram.add(x[real] if real is not None and real.shape == x.shape[:2] else x.flatten(0, 1))
 
         handles.append(adapter.output_projection(index, part).register_forward_pre_hook(hook))
-    outputs = []
     try:
-        for h, batch in zip(hidden, batches, strict=True):
+        for i, batch in enumerate(batches):
             attention = batch.get("attention_mask")
             mask["real"] = attention.bool() if attention is not None else None
-            outputs.append(sm.run_layer(layer, h, batch))
+            hidden[i] = sm.run_layer(layer, hidden[i], batch)
     finally:
         for handle in handles:
             handle.remove()
-    return {key: gram.mean() for key, gram in grams.items()}, outputs
+    return {key: gram.mean() for key, gram in grams.items()}
+
+
+def _run_layer(sm: StreamedModel, layer, hidden: HiddenStates, batches: list[dict]) -> None:
+    for i, batch in enumerate(batches):
+        hidden[i] = sm.run_layer(layer, hidden[i], batch)
 
 
 def score_layers(
@@ -73,17 +78,19 @@ def score_layers(
     *,
     on_progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] = _never,
+    spill: Path | None = None,
 ) -> Importance:
     """OBS scores of every head, FFN neuron and MLP, one layer in memory at a time (the Gram
-    matrices are dropped with their layer: the pruning pass measures its own)."""
+    matrices are dropped with their layer: the pruning pass measures its own). With ``spill``
+    the hidden states live in files there, one window in memory at a time."""
     timer = Timer()
-    hidden = [sm.embed(b) for b in batches]
+    hidden = HiddenStates((sm.embed(b) for b in batches), spill)
     heads, neurons, mlps, attention_means, mlp_means = [], [], [], [], []
     for i in range(sm.num_layers):
         if should_cancel():
             raise Cancelled("scoring was cancelled")
         sm.load_layer(i)
-        grams, hidden = _layer_grams(sm, i, hidden, batches)
+        grams = _layer_grams(sm, i, hidden, batches)
         scores = obs_layer_scores(sm.adapter, i, grams[(i, "attention")], grams.get((i, "mlp")))
         heads.append(scores[0])
         neurons.append(scores[1])
@@ -98,6 +105,7 @@ def score_layers(
         sm.free_layer(i)
         if on_progress:
             on_progress((i + 1) / sm.num_layers, f"scored layer {i + 1}/{sm.num_layers}")
+    hidden.release()
     return Importance(
         heads=heads,
         neurons=neurons,
@@ -145,29 +153,32 @@ def prune_layers(
     reconstruct: bool,
     on_progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] = _never,
+    spill: Path | None = None,
 ) -> SideBySide:
     """Prune every layer as ``plan`` says (refitted on the pruned inputs when ``reconstruct``),
     stage each pruned layer to ``staging/layer-NNNNN.safetensors`` in the checkpoint's dtype, and
-    measure both models on ``evaluation``. The skeleton keeps the pruned shapes."""
+    measure both models on ``evaluation``. The skeleton keeps the pruned shapes. With ``spill``
+    the three sets of hidden states live in files there."""
     from safetensors.torch import save_file
 
     if plan.compensates:
         raise ValueError("bias compensation is not streamed")  # callers keep it in memory
     staging.mkdir(parents=True, exist_ok=True)
     dtype = sm.checkpoint.dtype
-    cal = [sm.embed(b) for b in calibration]  # through the original layers
-    ev_o = [sm.embed(b) for b in evaluation]
-    ev_c = list(ev_o)
+    where = (lambda name: spill / name) if spill is not None else (lambda name: None)
+    cal = HiddenStates((sm.embed(b) for b in calibration), where("calibration"))  # original's
+    ev_o = HiddenStates((sm.embed(b) for b in evaluation), where("original"))
+    ev_c = ev_o.copy(where("compressed"))
     for i in range(sm.num_layers):
         if should_cancel():
             raise Cancelled("pruning was cancelled")
         layer = sm.load_layer(i)
-        ev_o = [sm.run_layer(layer, h, b) for h, b in zip(ev_o, evaluation, strict=True)]
+        _run_layer(sm, layer, ev_o, evaluation)
         sub = layer_plan(plan, i, None)
         # the refit's Gram matrices come from the original model's inputs, as in memory: measured
         # on SmolLM2 (25% heads and FFN, 8 windows), refitting on the pruned layers' inputs gave
         # perplexity 50.5 and correcting their error by least squares 61.1, against 49.7
-        grams, cal = _layer_grams(sm, i, cal, calibration)
+        grams = _layer_grams(sm, i, cal, calibration)
         if reconstruct and not sub.is_empty():
             sub.grams = grams
         del grams
@@ -178,16 +189,18 @@ def prune_layers(
             layer.load_state_dict({n: t.float() for n, t in state.items()}, assign=True)
         save_file(state, str(staging / f"layer-{i:05d}.safetensors"), metadata={"format": "pt"})
         del state, sub
-        ev_c = [sm.run_layer(layer, h, b) for h, b in zip(ev_c, evaluation, strict=True)]
+        _run_layer(sm, layer, ev_c, evaluation)
         sm.free_layer(i)
         if on_progress:
             on_progress((i + 1) / sm.num_layers, f"pruned layer {i + 1}/{sm.num_layers}")
-    del cal
+    cal.release()
     result = SideBySide()
     greedy_o, greedy_c = [], []
-    for h_o, h_c, batch in zip(ev_o, ev_c, evaluation, strict=True):
-        result.original.add(sm.head_stats(h_o, batch, greedy_o))
-        result.compressed.add(sm.head_stats(h_c, batch, greedy_c))
+    for i, batch in enumerate(evaluation):
+        result.original.add(sm.head_stats(ev_o[i], batch, greedy_o))
+        result.compressed.add(sm.head_stats(ev_c[i], batch, greedy_c))
+    ev_o.release()
+    ev_c.release()
     if greedy_o:
         result.agreement = float((torch.cat(greedy_o) == torch.cat(greedy_c)).double().mean())
     return result
