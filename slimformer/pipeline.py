@@ -20,6 +20,7 @@ from slimformer.hub import HubPolicy
 from slimformer.models import set_seed
 from slimformer.recipe import (
     distilling,
+    downstream,
     evaluating,
     inputs,
     pruning,
@@ -48,6 +49,7 @@ CHECKS: tuple[Callable[[Job], None], ...] = (
     publishing.check,
     serving.check,
     inputs.check,
+    downstream.check,  # reads lm-eval's task index: seconds
 )
 
 

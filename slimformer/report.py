@@ -167,6 +167,34 @@ class Generation(_Open):
     compressed_tokens_per_s: Number
 
 
+class DownstreamRow(_Open):
+    """One metric of one lm-eval task, for both models on the same items."""
+
+    task: str = Field(description="The lm-eval task name")
+    metric: str = Field(description="lm-eval's metric name (acc, acc_norm, perplexity, ...)")
+    items: int | None = Field(description="Items scored (evaluation.task_limit or all)")
+    original: Number
+    compressed: Number
+    change: Number = Field(description="Compressed - original, in the metric's unit")
+    change_points: Number | None = Field(
+        description="The change in percentage points, for metrics that are shares; else null"
+    )
+    original_stderr: Number | None = Field(description="lm-eval's standard error; null if none")
+    compressed_stderr: Number | None = Field(description="lm-eval's standard error; null if none")
+    higher_is_better: bool | None = Field(description="As lm-eval states it for the metric")
+
+
+class Downstream(_Open):
+    """lm-evaluation-harness tasks on both models (evaluation.tasks)."""
+
+    harness: Literal["lm-eval"]
+    harness_version: str | None
+    tasks: list[str]
+    limit: int | None = Field(description="Items per task (evaluation.task_limit); null: all")
+    rows: list[DownstreamRow] = Field(description="One per task and metric")
+    seconds: Number = Field(description="Both models, all tasks")
+
+
 class Evaluation(_Open):
     """The original and the compressed model measured side by side in the same run."""
 
@@ -184,6 +212,9 @@ class Evaluation(_Open):
     generation: Generation | None = _optional(
         "Greedy generation of one stream by both PyTorch models (jobs with serving targets and "
         "latency on): prompt_tokens, new_tokens, original_tokens_per_s, compressed_tokens_per_s"
+    )
+    downstream: Downstream | None = _optional(
+        "lm-evaluation-harness tasks on both models, same items (evaluation.tasks)"
     )
     original: Measurement
     compressed: Measurement

@@ -31,7 +31,8 @@ OPTIONS = {
     "prune": {
         "--help", "--base-model", "--allow-new-head", "--data", "--eval-data", "--text-column",
         "--text-pair-column", "--label-column", "--max-samples", "--eval-samples", "--task",
-        "--no-latency", "--onnx", "--onnx-int8", "--gguf", "--targets", "--seed", "--out",
+        "--no-latency", "--onnx", "--onnx-int8", "--tasks", "--task-limit", "--gguf",
+        "--targets", "--seed", "--out",
         "--overwrite", "--heads", "--ffn", "--whole-mlps", "--macs-budget", "--layout",
         "--ranking", "--importance", "--layers", "--depth-importance", "--keep-first-layers",
         "--keep-last-layers", "--bias-compensation", "--reconstruction", "--schedule", "--step",
@@ -40,7 +41,8 @@ OPTIONS = {
     "distill": {
         "--help", "--base-model", "--allow-new-head", "--data", "--eval-data", "--text-column",
         "--text-pair-column", "--label-column", "--max-samples", "--eval-samples", "--task",
-        "--no-latency", "--onnx", "--onnx-int8", "--gguf", "--targets", "--seed", "--out",
+        "--no-latency", "--onnx", "--onnx-int8", "--tasks", "--task-limit", "--gguf",
+        "--targets", "--seed", "--out",
         "--overwrite", "--student-layers", "--student", "--layer-selection", "--temperature",
         "--alpha", "--hidden-loss", "--epochs", "--max-steps", "--max-minutes", "--learning-rate",
     },
@@ -54,7 +56,8 @@ OPTIONS = {
         "--bias-compensation", "--reconstruction", "--student-layers", "--student",
         "--layer-selection", "--temperature", "--alpha", "--hidden-loss", "--epochs",
         "--max-steps", "--max-minutes", "--learning-rate", "--eval-samples", "--no-latency",
-        "--onnx", "--onnx-int8", "--gguf", "--targets", "--publish", "--public", "--seed",
+        "--onnx", "--onnx-int8", "--tasks", "--task-limit", "--gguf", "--targets", "--publish",
+        "--public", "--seed",
         "--hub-token-env", "--wait",
     },
 }  # fmt: skip

@@ -21,7 +21,7 @@ from slimformer.card.prose import (
     _summary,
     load_snippet,
 )
-from slimformer.card.tables import _removed_rows, _serving_rows, _table
+from slimformer.card.tables import _removed_rows, _serving_rows, _table, downstream_rows
 from slimformer.formatting import format_agreement
 from slimformer.report import CompressionReport
 
@@ -57,6 +57,8 @@ def _results(report: CompressionReport) -> dict:
     agreement = evaluation.agreement
     return {
         "table": _table(evaluation, report.artifacts),
+        "downstream": downstream_rows(evaluation),
+        "downstream_info": evaluation.downstream,
         "agreement": None if agreement is None else format_agreement(agreement, evaluation.task),
         "rows": evaluation.rows,
         "eval_source": report.data.eval_source,

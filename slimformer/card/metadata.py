@@ -40,6 +40,25 @@ def eval_results(report: CompressionReport) -> list[EvalResult]:
             metric_value=round(float(value), 6),
         )
         for name, value in report.evaluation.compressed.metrics.items()
+    ] + _downstream_results(report)
+
+
+def _downstream_results(report: CompressionReport) -> list[EvalResult]:
+    """``model-index`` entries of the lm-eval tasks: the compressed model's value per task and
+    metric, the task named as lm-eval names it."""
+    downstream = report.evaluation.downstream
+    if downstream is None:
+        return []
+    return [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=row.task,
+            dataset_name=row.task,
+            metric_type=row.metric,
+            metric_name=f"{row.metric} (lm-eval)",
+            metric_value=round(float(row.compressed), 6),
+        )
+        for row in downstream.rows
     ]
 
 

@@ -212,3 +212,41 @@ def _serving_row(
 
 def _file_size(size: int | None) -> str:
     return format_megabytes(size) if size else "—"
+
+
+def _with_stderr(value: float, stderr: float | None, share: bool) -> str:
+    if share:
+        shown = f"{100 * value:.2f}%"
+        return shown if stderr is None else f"{shown} ± {100 * stderr:.2f}"
+    return (
+        format_number(value)
+        if stderr is None
+        else f"{format_number(value)} ± {format_number(stderr)}"
+    )
+
+
+def downstream_rows(evaluation: Evaluation) -> list[dict]:
+    """The lm-eval table: per task and metric, both models with lm-eval's stderr and the change
+    (points for shares, a factor for perplexities)."""
+    if evaluation.downstream is None:
+        return []
+    rows = []
+    for row in evaluation.downstream.rows:
+        share = row.change_points is not None
+        if share:
+            change = f"{row.change_points:+.2f} pt"
+        elif "perplexity" in row.metric:
+            change = format_change(row.original, row.compressed, "perplexity")
+        else:
+            change = format_change(row.original, row.compressed)
+        rows.append(
+            {
+                "task": row.task,
+                "metric": row.metric,
+                "n_items": format_number(row.items),
+                "original": _with_stderr(row.original, row.original_stderr, share),
+                "compressed": _with_stderr(row.compressed, row.compressed_stderr, share),
+                "change": change,
+            }
+        )
+    return rows

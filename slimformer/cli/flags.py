@@ -99,6 +99,8 @@ EVALUATION = (
     SpecFlag("evaluation.latency", "no-latency", help="Skip the latency measurement."),
     SpecFlag("evaluation.onnx"),
     SpecFlag("evaluation.onnx_int8"),
+    SpecFlag("evaluation.tasks", metavar="TASKS"),
+    SpecFlag("evaluation.task_limit"),
 )
 EXPORT = (SpecFlag("export.gguf"), SpecFlag("export.targets"))
 PUBLISH = (

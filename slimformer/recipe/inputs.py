@@ -15,6 +15,7 @@ from slimformer.evaluation import predict
 from slimformer.hub import HubPolicy
 from slimformer.loading import LoadedModel, OpenedModel, open_model
 from slimformer.pruning import STOCK_LAYOUT
+from slimformer.recipe import downstream
 from slimformer.recipe.execution import memory_check, model_task, why_in_memory
 from slimformer.recipe.job import Job
 from slimformer.recipe.job_data import (
@@ -92,6 +93,7 @@ def _check_loaded(job: Job, loaded: LoadedModel) -> None:
 def _load(job: Job) -> tuple[LoadedModel, StreamedModel | None]:
     """The model, its weights in memory or (layer by layer) on disk until each layer is used."""
     opened = _open(job)
+    downstream.check_task(job.spec, opened.task)
     family = family_of(opened.config).name
     spec = resolve_spec(job.spec, opened.task, family)
     reason = why_in_memory(spec, opened.task, opened.config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slimformer.spec.base import _Strict
 
@@ -33,3 +33,25 @@ class EvaluationSpec(_Strict):
         description="Also write model.int8.onnx: onnxruntime's dynamic int8 quantization of "
         "model.onnx (implies onnx), with its output difference and top-1 agreement on the card.",
     )
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Downstream tasks of EleutherAI's lm-evaluation-harness (lm-eval task names, "
+        "e.g. arc_easy, hellaswag, piqa, winogrande, boolq) run on the original and the "
+        "compressed model, same items, side by side on the card (causal LMs). lm-eval downloads "
+        "each task's data when it runs; an unknown task name fails the job before any work. Cost: "
+        "a forward per answer choice per item, for both models (docs/pruning.md).",
+    )
+    task_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Items per downstream task (the first ones of the task's evaluation split); "
+        "null: every item.",
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, tasks: list[str]) -> list[str]:
+        names = [name.strip() for name in tasks]
+        if any(not name for name in names):
+            raise ValueError("an empty task name")
+        return list(dict.fromkeys(names))  # each task once, in the order given

@@ -1,0 +1,224 @@
+"""Downstream tasks (``evaluation.tasks``) through EleutherAI's lm-evaluation-harness: the
+card's and the report's numbers are what lm-eval alone reports for the saved folders in a fresh
+process, on both execution paths; a task lm-eval does not know, and tasks asked of a classifier,
+are refused before any work. The tasks are local, in lm-eval's own format (YAML + JSONL): no Hub."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from slimformer.errors import InvalidSpec
+from slimformer.evaluation.downstream import BOOTSTRAP_ITERS, TASK_PATHS_ENV
+from slimformer.spec import JobSpec
+from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
+
+LIMIT = 8
+MULTIPLE_CHOICE = """task: tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder}/choice.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+LOGLIKELIHOOD = """task: tiny_continuation
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder}/continuation.jsonl
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{context}}}}"
+doc_to_target: " {{{{continuation}}}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+TASKS = ["tiny_choice", "tiny_continuation"]
+
+# lm-eval alone (nothing of slimformer imported): its HF wrapper loads each folder by path
+MEASURE = """
+import json, sys
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+tasks_folder, limit, iters, tasks, folders = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \\
+    sys.argv[4].split(","), sys.argv[5:]
+manager = TaskManager(include_path=tasks_folder)
+measured = []
+for folder in folders:
+    lm = HFLM(pretrained=folder, trust_remote_code=True, batch_size=8, device="cpu")
+    out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
+                          bootstrap_iters=iters, log_samples=False)
+    measured.append({t: out["results"][t] for t in tasks})
+assert "slimformer" not in sys.modules
+print("RESULTS " + json.dumps(measured))
+"""
+
+
+@pytest.fixture(scope="module")
+def tasks_folder(tmp_path_factory):
+    """One multiple-choice and one loglikelihood task, 12 items each, in lm-eval's format."""
+    folder = tmp_path_factory.mktemp("lm_eval_tasks")
+    with open(folder / "choice.jsonl", "w") as f:
+        for i in range(12):
+            choices = [" happy", " sad", " blue"]
+            row = {"question": f"The cat sat on mat {i % 7}. It was", "choices": choices}
+            f.write(json.dumps(row | {"label": i % 2}) + "\n")
+    with open(folder / "continuation.jsonl", "w") as f:
+        for i in range(12):
+            row = {"context": f"Story {i}: the cat sat on", "continuation": f"mat {i % 7}."}
+            f.write(json.dumps(row) + "\n")
+    (folder / "tiny_choice.yaml").write_text(MULTIPLE_CHOICE.format(folder=folder))
+    (folder / "tiny_continuation.yaml").write_text(LOGLIKELIHOOD.format(folder=folder))
+    return folder
+
+
+@pytest.fixture
+def local_tasks(tasks_folder, monkeypatch):
+    monkeypatch.setenv(TASK_PATHS_ENV, str(tasks_folder))
+    return tasks_folder
+
+
+def _spec(folder, data, importance: str | None = None, **evaluation) -> JobSpec:
+    prune = {"heads": 0.25, "ffn": 0.3} | ({"importance": importance} if importance else {})
+    return JobSpec.model_validate(
+        {
+            "model": {"id": str(folder)},
+            "dataset": {"path": str(data), "eval_path": str(data)},
+            "prune": prune,
+            "evaluation": {"latency": False, "max_samples": 4} | evaluation,
+        },
+        context={"local_files": True},
+    )
+
+
+def _lm_eval_alone(tasks_folder, folders) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(tasks_folder), str(LIMIT), str(BOOTSTRAP_ITERS)]
+        + [",".join(TASKS)]
+        + [str(f) for f in folders],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
+    return json.loads(line.removeprefix("RESULTS "))
+
+
+@pytest.mark.parametrize(
+    ("importance", "path"), [(None, "layer_by_layer"), ("magnitude", "in_memory")]
+)
+def test_card_task_numbers_equal_lm_eval_alone_on_the_saved_folders(
+    tmp_path, local_tasks, importance, path
+):
+    from slimformer.pipeline import run
+
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
+    data = write_story_txt(tmp_path / "stories.txt", stories=40)
+    spec = _spec(folder, data, importance, tasks=TASKS, task_limit=LIMIT)
+    result = run(spec, tmp_path / "work")
+    assert result.report["execution"]["path"] == path
+    downstream = result.report["evaluation"]["downstream"]
+    assert downstream["tasks"] == TASKS and downstream["limit"] == LIMIT
+    rows = {(r["task"], r["metric"]): r for r in downstream["rows"]}
+    assert set(rows) == {
+        ("tiny_choice", "acc"),
+        ("tiny_continuation", "acc"),
+        ("tiny_continuation", "perplexity"),
+    }
+
+    original, compressed = _lm_eval_alone(local_tasks, [folder, result.folder])
+    for (task, metric), row in rows.items():
+        assert row["items"] == LIMIT
+        for side, alone in (("original", original), ("compressed", compressed)):
+            assert math.isclose(row[side], alone[task][f"{metric},none"], rel_tol=1e-5), (
+                task,
+                metric,
+                side,
+            )
+        if metric == "acc":  # a closed-form stderr (perplexity's is a bootstrap)
+            assert math.isclose(row["original_stderr"], original[task]["acc_stderr,none"])
+            assert math.isclose(row["compressed_stderr"], compressed[task]["acc_stderr,none"])
+            assert row["change_points"] == pytest.approx(
+                100 * (row["compressed"] - row["original"])
+            )
+        else:
+            assert row["change_points"] is None and row["higher_is_better"] is False
+
+    card = (result.folder / "README.md").read_text()
+    acc = rows[("tiny_choice", "acc")]
+    shown = f"| tiny_choice | acc | {LIMIT} | {100 * acc['original']:.2f}% ± "
+    assert shown in card
+    header = card.split("\n---\n", 1)[0]  # model-index: the compressed model's value per task
+    assert "name: tiny_continuation" in header and "name: acc (lm-eval)" in header
+
+
+def test_an_unknown_task_fails_the_job_before_any_work_naming_it(tmp_path, local_tasks):
+    from slimformer.pipeline import run
+
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=2)
+    data = write_story_txt(tmp_path / "stories.txt")
+    spec = _spec(folder, data, tasks=["tiny_choice", "no_such_task"])
+    stages = []
+    with pytest.raises(InvalidSpec, match="no_such_task") as err:
+        run(spec, tmp_path / "work", on_progress=lambda stage, f, m: stages.append(stage))
+    assert stages == []
+    assert err.value.details["unknown"] == ["no_such_task"]
+    assert not (tmp_path / "work" / "model").exists()
+
+
+def test_tasks_are_refused_for_a_classifier_before_any_work(tmp_path, local_tasks):
+    from slimformer.pipeline import run
+
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=2)
+    spec = JobSpec.model_validate(
+        {
+            "model": {"id": folder, "task": "text-classification"},
+            "dataset": {"path": str(write_story_txt(tmp_path / "stories.txt"))},
+            "prune": {"heads": 0.25},
+            "evaluation": {"tasks": ["tiny_choice"]},
+        },
+        context={"local_files": True},
+    )
+    with pytest.raises(InvalidSpec, match="causal LMs"):
+        run(spec, tmp_path / "work")
+
+
+def test_task_flags_set_the_spec(tmp_path):
+    from slimformer.cli.local import PRUNE_FLAGS, _spec_data, _validated
+    from slimformer.cli.parser import build_parser
+
+    model, data = tmp_path / "m", write_story_txt(tmp_path / "d.txt")
+    model.mkdir()
+    argv = [
+        "prune",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--heads",
+        "0.25",
+    ]
+    args = build_parser().parse_args(argv + ["--tasks", "a, b,a", "--task-limit", "5"])
+    spec = _validated(_spec_data(args, "prune", PRUNE_FLAGS), PRUNE_FLAGS)
+    assert spec.evaluation.tasks == ["a", "b"] and spec.evaluation.task_limit == 5
+    assert _validated(_spec_data(build_parser().parse_args(argv), "prune", PRUNE_FLAGS))
