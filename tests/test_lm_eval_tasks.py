@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from slimformer.errors import InvalidSpec
+from slimformer.errors import DatasetError, InvalidSpec
 from slimformer.evaluation.downstream import BOOTSTRAP_ITERS, TASK_PATHS_ENV
 from slimformer.spec import JobSpec
 from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
@@ -87,6 +87,11 @@ def tasks_folder(tmp_path_factory):
             f.write(json.dumps(row) + "\n")
     (folder / "tiny_choice.yaml").write_text(MULTIPLE_CHOICE.format(folder=folder))
     (folder / "tiny_continuation.yaml").write_text(LOGLIKELIHOOD.format(folder=folder))
+    # a task whose data is not there
+    missing = MULTIPLE_CHOICE.replace("tiny_choice", "tiny_missing").replace(
+        "choice.jsonl", "no.jsonl"
+    )
+    (folder / "tiny_missing.yaml").write_text(missing.format(folder=folder))
     return folder
 
 
@@ -171,17 +176,25 @@ def test_card_task_numbers_equal_lm_eval_alone_on_the_saved_folders(
     assert "name: tiny_continuation" in header and "name: acc (lm-eval)" in header
 
 
-def test_an_unknown_task_fails_the_job_before_any_work_naming_it(tmp_path, local_tasks):
+@pytest.mark.parametrize(
+    ("task", "error", "key"),
+    [
+        ("no_such_task", InvalidSpec, "unknown"),  # lm-eval does not know the name
+        ("tiny_missing", DatasetError, "tasks"),  # it knows it but cannot load its data
+    ],
+)
+def test_a_task_that_cannot_run_fails_the_job_before_any_work_naming_it(
+    tmp_path, local_tasks, task, error, key
+):
     from slimformer.pipeline import run
 
     folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=2)
     data = write_story_txt(tmp_path / "stories.txt")
-    spec = _spec(folder, data, tasks=["tiny_choice", "no_such_task"])
+    spec = _spec(folder, data, tasks=["tiny_choice", task])
     stages = []
-    with pytest.raises(InvalidSpec, match="no_such_task") as err:
+    with pytest.raises(error, match=task) as err:
         run(spec, tmp_path / "work", on_progress=lambda stage, f, m: stages.append(stage))
-    assert stages == []
-    assert err.value.details["unknown"] == ["no_such_task"]
+    assert stages == [] and err.value.details[key] == [task]
     assert not (tmp_path / "work" / "model").exists()
 
 

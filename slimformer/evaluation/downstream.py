@@ -48,6 +48,22 @@ def unknown_tasks(names: list[str]) -> list[str]:
     return [name for name in names if name not in known]
 
 
+def unloadable_tasks(names: list[str]) -> dict[str, str]:
+    """``{task: why}`` for the tasks whose definition or data lm-eval cannot load (their data is
+    downloaded into the datasets cache here, so the runs that follow read it from there)."""
+    from lm_eval.tasks import get_task_dict
+
+    failed = {}
+    for name in names:
+        try:
+            get_task_dict([name], task_manager())
+        except Exception as err:  # lm-eval and datasets raise many kinds: each is the task's
+            failed[name] = (
+                f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            )
+    return failed
+
+
 def run_tasks(
     model: nn.Module, tokenizer: Any, tasks: list[str], limit: int | None = None
 ) -> dict[str, dict]:

@@ -12,15 +12,21 @@ import gc
 import time
 from pathlib import Path
 
-from slimformer.errors import InvalidSpec
-from slimformer.evaluation.downstream import compare_tasks, run_tasks, unknown_tasks
+from slimformer.errors import DatasetError, InvalidSpec
+from slimformer.evaluation.downstream import (
+    compare_tasks,
+    run_tasks,
+    unknown_tasks,
+    unloadable_tasks,
+)
 from slimformer.loading import load_model
 from slimformer.recipe.job import Job
 from slimformer.spec import JobSpec
 
 
 def check(job: Job) -> None:
-    """Refuse, before any work, a task lm-eval does not know, naming it."""
+    """Refuse, before any work, a task lm-eval does not know or cannot load (its definition or
+    its data), naming it."""
     spec = job.spec
     if not spec.evaluation.tasks:
         return
@@ -32,6 +38,13 @@ def check(job: Job) -> None:
             f"lm-eval knows no task {', '.join(unknown)} (evaluation.tasks); see "
             "`lm-eval ls tasks` for the names",
             details={"field": "evaluation.tasks", "unknown": unknown},
+        )
+    failed = unloadable_tasks(spec.evaluation.tasks)
+    if failed:
+        raise DatasetError(
+            "lm-eval could not load task "
+            + "; ".join(f"{name} ({why})" for name, why in failed.items()),
+            details={"field": "evaluation.tasks", "tasks": sorted(failed)},
         )
 
 

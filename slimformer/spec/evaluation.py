@@ -37,9 +37,9 @@ class EvaluationSpec(_Strict):
         default_factory=list,
         description="Downstream tasks of EleutherAI's lm-evaluation-harness (lm-eval task names, "
         "e.g. arc_easy, hellaswag, piqa, winogrande, boolq) run on the original and the "
-        "compressed model, same items, side by side on the card (causal LMs). lm-eval downloads "
-        "each task's data when it runs; an unknown task name fails the job before any work. Cost: "
-        "a forward per answer choice per item, for both models (docs/pruning.md).",
+        "compressed model, same items, side by side on the card (causal LMs). A task lm-eval does "
+        "not know or cannot load (its data is downloaded first) fails the job before any work. "
+        "Cost: a forward per answer choice per item, for both models (docs/pruning.md).",
     )
     task_limit: int | None = Field(
         None,
