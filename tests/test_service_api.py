@@ -145,6 +145,11 @@ def test_idempotency_key_returns_the_first_job_and_refuses_a_different_body(clie
     other = client.post("/v1/jobs", json=SPEC | {"seed": 7}, headers={"Idempotency-Key": "abc"})
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
     assert len(client.get("/v1/jobs").json()["items"]) == 1
+    # an empty key is no key: two such requests make two jobs (once a 500, the second insert
+    # colliding with the first's stored empty key)
+    blank = [client.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": ""}) for _ in (1, 2)]
+    assert [r.status_code for r in blank] == [202, 202]
+    assert blank[0].json()["id"] != blank[1].json()["id"]
 
 
 def test_list_is_paginated_newest_first_and_filters_by_status(client):

@@ -50,6 +50,7 @@ class JobsMixin(StoreBase):
             Conflict: the idempotency key was used for a different request, or the owner has too
                 many active jobs.
         """
+        idempotency_key = idempotency_key or None  # an empty header is no key (not one shared key)
         fingerprint = request_fingerprint({"spec": spec, "token": bool(hub_token)})
         created = now()
         job_id = str(uuid.uuid4())
