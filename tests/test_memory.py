@@ -304,3 +304,22 @@ def test_a_random_checkpoint_written_tensor_by_tensor_loads_and_is_estimated(tmp
     config = json.loads((tmp_path / "config.json").read_text())
     estimate = estimate_for_repo(config, safetensors_parameters(tmp_path), path="streamed", **JOB)
     assert estimate.to_dict()["parameters"] == count and estimate.job["dtype_bytes"] == 2
+
+
+def test_downstream_tasks_layer_by_layer_count_one_whole_float32_model():
+    plain = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", **JOB)
+    tasks = estimate_job_memory(
+        LLAMA_8B, dtype_bytes=2, path="streamed", downstream_tasks=True, **JOB
+    )
+    # the resident part and the runtime, beside the larger of the layer's work and the whole
+    # model in its bf16 (loaded after the layers are done)
+    kept = plain.breakdown["resident"] + plain.breakdown["runtime"]
+    whole = 2 * plain.to_dict()["parameters"]
+    assert tasks.total_bytes == kept + max(whole, plain.total_bytes - kept)
+    assert tasks.total_bytes > 16 * GIB  # an 8B's lm-eval tasks need the whole model
+    small = dict(LLAMA_8B, num_hidden_layers=1, vocab_size=1000)
+    tiny_plain = estimate_job_memory(small, dtype_bytes=2, path="streamed", **JOB)
+    tiny_tasks = estimate_job_memory(
+        small, dtype_bytes=2, path="streamed", downstream_tasks=True, **JOB
+    )
+    assert tiny_tasks.total_bytes == tiny_plain.total_bytes  # one layer's work is the larger

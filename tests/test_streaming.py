@@ -244,9 +244,7 @@ def test_hidden_states_spilled_to_files_give_the_same_model_and_numbers(
     assert all(count > 0 for _, count in folders)
     assert not (tmp_path / "w2" / "hidden-states" / "scoring").exists()
     for side in ("original", "compressed"):
-        assert (
-            spilled["evaluation"][side]["metrics"] == kept["evaluation"][side]["metrics"]
-        ), side
+        assert spilled["evaluation"][side]["metrics"] == kept["evaluation"][side]["metrics"], side
     a = load_file(tmp_path / "kept" / "model.safetensors")
     b = load_file(tmp_path / "spilled" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

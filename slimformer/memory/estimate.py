@@ -231,6 +231,7 @@ def estimate_job_memory(
     head_in_float32: bool = False,
     solve_copies: float = SOLVE_FLOAT64_COPIES,
     spill_states: bool = False,
+    downstream_tasks: bool = False,
 ) -> MemoryEstimate:
     """The peak memory of a job on ``config`` (a ``config.json`` dict, or its :class:`ModelShape`);
     see the module's docstring for each part and the numbers of common models.
@@ -249,6 +250,9 @@ def estimate_job_memory(
             (:data:`SOLVE_FLOAT64_COPIES`).
         spill_states: the streamed path keeps its hidden states in files, one window of each
             set in memory (:func:`spill_states`).
+        downstream_tasks: the job runs lm-eval tasks; layer by layer that loads each model
+            whole, in the checkpoint's dtype, after the layers are done (``downstream_model``:
+            what that needs beyond the layer's work, which is over by then).
 
     Raises:
         ValueError: a streamed job that distils or uses Michel importance (both need the whole
@@ -278,6 +282,7 @@ def estimate_job_memory(
         "head_in_float32": head_in_float32,
         "solve_copies": solve_copies,
         "spill_states": spill_states and path == "streamed",
+        "downstream_tasks": downstream_tasks,
     }
     parts = _streamed_parts if path == "streamed" else _in_memory_parts
     breakdown = {**parts(shape, job), "runtime": RUNTIME_BYTES}
@@ -300,7 +305,7 @@ def _streamed_parts(shape: ModelShape, job: dict) -> dict[str, int]:
     head32 = 4 * shape.vocab * shape.hidden if job["head_in_float32"] else 0
     spilled = job.get("spill_states", False)
     resident = shape.embedding_parameters() + shape.head_parameters()
-    return {
+    parts = {
         "resident": resident * job["dtype_bytes"] + head32,
         "layer_float32": 2 * 4 * shape.layer_parameters(),
         "grams": shape.gram_bytes() if job["reconstruction"] else 0,
@@ -309,6 +314,11 @@ def _streamed_parts(shape: ModelShape, job: dict) -> dict[str, int]:
         "eval_states": 2 * (1 if spilled else job["eval_windows"]) * state,
         "head_chunk": head_chunk,
     }
+    if job.get("downstream_tasks"):  # one whole model once the layers are done
+        layer_work = sum(v for k, v in parts.items() if k != "resident")
+        whole = job["dtype_bytes"] * shape.parameters()  # loaded in the checkpoint's dtype
+        parts["downstream_model"] = max(0, whole - layer_work)
+    return parts
 
 
 def _in_memory_parts(shape: ModelShape, job: dict) -> dict[str, int]:

@@ -90,6 +90,7 @@ def estimate_for_repo(
     distill: bool = False,
     reconstruction: bool | None = None,
     spill_states: bool = False,
+    downstream_tasks: bool = False,
 ) -> MemoryEstimate:
     """:func:`estimate_job_memory` from what a repo says before its weights are downloaded: its
     ``config.json`` and the dtype of its weights (a name, the Hub's ``safetensors.parameters`` by
@@ -114,4 +115,5 @@ def estimate_for_repo(
         distill=distill,
         reconstruction=reconstruction,
         spill_states=spill_states,
+        downstream_tasks=downstream_tasks,
     )

@@ -109,4 +109,5 @@ def _estimate(
         method=spec.prune.importance if spec.method != "distill" else "activations",
         distill=spec.method != "prune",
         spill_states=spill,
+        downstream_tasks=bool(spec.evaluation.tasks),
     )
