@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from checkpoints import SHAPES, write_random_checkpoint
+from checkpoints import SHAPES, tensors_of, write_random_checkpoint
 from tables import ROOT, SHARED, Table, environment, render_markdown, render_text
 
 WIKITEXT = SHARED / "data" / "wikitext2"
@@ -138,6 +139,14 @@ def row_of(run: dict) -> list[str]:
     ]
 
 
+def model_parameters(run: dict) -> int:
+    """The whole model's parameters: a run on the first N layers of a shape (``--layers``) is
+    plotted where the whole shape lies."""
+    if run.get("shape") and run.get("layers") and run["layers"] < run["all_layers"]:
+        return sum(math.prod(size) for _, size in tensors_of(SHAPES[run["shape"]]))
+    return run["parameters"]
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -150,7 +159,7 @@ def plot(runs: list[dict], path: Path) -> None:
         chosen = [r for r in runs if r["random"] == random]
         if not chosen:
             continue
-        x = [r["parameters"] / 1e9 for r in chosen]
+        x = [model_parameters(r) / 1e9 for r in chosen]
         suffix = f" — {label}" if label else " — random bf16 checkpoints"
         ax.plot(
             x,
@@ -173,7 +182,9 @@ def plot(runs: list[dict], path: Path) -> None:
             mfc="none",
             label="estimate (config.json)" + suffix,
         )
-    goals = [(r["parameters"] / 1e9, GOALS_GIB[r["name"]]) for r in runs if r["name"] in GOALS_GIB]
+    goals = [
+        (model_parameters(r) / 1e9, GOALS_GIB[r["name"]]) for r in runs if r["name"] in GOALS_GIB
+    ]
     if goals:
         ax.scatter(
             [g[0] for g in goals],
@@ -185,10 +196,12 @@ def plot(runs: list[dict], path: Path) -> None:
             label="goal",
         )
     ax.set_xscale("log")
-    ticks = sorted({r["parameters"] / 1e9 for r in runs})
+    ticks = sorted({model_parameters(r) / 1e9 for r in runs})
     ax.set_xticks(ticks, [f"{t * 1e3:.0f}M" if t < 1 else f"{t:.2f}B" for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("parameters (log scale)")
+    ax.set_xlabel(
+        "parameters of the whole model (log scale; 3b and 8b: peak of their first layers)"
+    )
     ax.set_ylabel("GiB")
     top = max(max(r["peak_rss_bytes"], r["estimated_peak_bytes"]) for r in runs) / GIB
     ax.set_ylim(0, max([top] + [g[1] for g in goals]) * 1.15)
