@@ -248,12 +248,12 @@ def test_a_job_targeting_vllm_and_llama_cpp_is_measured_in_both_and_the_card_say
 ):
     _llama_cpp()
     _vllm()
-    from slimformer import engines
+    from slimformer.engines import runtime
     from slimformer.pipeline import run
     from slimformer.spec import JobSpec
 
     # as in a worker: vLLM started for this job alone, outside the session's kept process
-    monkeypatch.setattr(engines, "_kept", None)
+    monkeypatch.setattr(runtime, "_kept", None)
 
     model, data = _lm_job_inputs(
         tmp_path, num_hidden_layers=4, hidden_size=128, head_dim=32, intermediate_size=512

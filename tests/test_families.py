@@ -15,6 +15,7 @@ import pytest
 
 from slimformer import architectures, engines
 from slimformer.architectures import ModelAdapter
+from slimformer.engines import llama_cpp
 from slimformer.errors import ExportError, InvalidSpec
 from slimformer.families import (
     FAMILIES,
@@ -72,7 +73,7 @@ def test_the_registry_is_what_the_modules_import():
     assert architectures.SUPPORTED_FAMILIES is SUPPORTED_FAMILIES
     for name, family in FAMILIES.items():
         assert architectures.family_of(SimpleNamespace(model_type=name)) is family
-    assert engines.GGUF_FAMILIES is GGUF_FAMILIES
+    assert llama_cpp.GGUF_FAMILIES is GGUF_FAMILIES
     assert set(SUPPORTED_FAMILIES) == set(CONFIGS)
     assert {f.name for f in STOCK if f.decoder} == set(DECODERS)
     # what the facts came to
