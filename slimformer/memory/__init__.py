@@ -30,7 +30,7 @@ from slimformer.memory.estimate import (
     MemoryEstimate,
     ModelShape,
     estimate_job_memory,
-    spill_states,
+    states_go_to_files,
 )
 from slimformer.memory.fits import check_fits
 from slimformer.memory.repo import (
@@ -65,5 +65,5 @@ __all__ = [
     "estimate_for_repo",
     "estimate_job_memory",
     "safetensors_parameters",
-    "spill_states",
+    "states_go_to_files",
 ]

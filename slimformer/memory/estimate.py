@@ -24,7 +24,7 @@ Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of w
 - ``eval_states``: the side-by-side evaluation's two sets (original and compressed):
   ``2 x 4 x eval_windows T h``. Both sets of states are kept in files, one window of each in
   memory, when they would take more than :data:`STATES_SHARE` of the available memory or the job
-  would not fit otherwise (:func:`spill_states`): then ``windows`` counts 1.
+  would not fit otherwise (:func:`states_go_to_files`): then ``windows`` counts 1.
 - ``head_chunk``: the float32 logits of one chunk of :data:`HEAD_CHUNK_TOKENS` tokens:
   ``4 x 1024 V``. A layer's own activations over such a chunk are smaller and never live at the
   same time (the head runs after the layers), so this term bounds both.
@@ -253,7 +253,7 @@ def estimate_job_memory(
         solve_copies: float64 copies of the largest Gram matrix alive while it is solved
             (:data:`SOLVE_FLOAT64_COPIES`).
         spill_states: the streamed path keeps its hidden states in files, one window of each
-            set in memory (:func:`spill_states`).
+            set in memory (:func:`states_go_to_files`).
         downstream_tasks: the job runs lm-eval tasks; layer by layer that loads each model
             whole, in the checkpoint's dtype, after the layers are done (``downstream_model``:
             what that needs beyond the layer's work, which is over by then).
@@ -343,7 +343,7 @@ def _in_memory_parts(shape: ModelShape, job: dict) -> dict[str, int]:
     }
 
 
-def spill_states(estimate: MemoryEstimate, available: int | None) -> bool:
+def states_go_to_files(estimate: MemoryEstimate, available: int | None) -> bool:
     """Whether a streamed job should keep its hidden states in files: when they would take more
     than :data:`STATES_SHARE` of the ``available`` memory, or the job would not fit with them in
     memory. Never when the available memory is unknown or the job holds the whole model."""

@@ -17,7 +17,7 @@ from slimformer.memory import (
     available_memory_bytes,
     check_fits,
     estimate_for_repo,
-    spill_states,
+    states_go_to_files,
 )
 from slimformer.pruning import layout_for
 from slimformer.recipe.job import Job
@@ -75,7 +75,7 @@ def memory_check(job: Job, resolve: Callable) -> Callable[[dict, dict | None], N
             reason = why_in_memory(spec, task, config)
             estimate = _estimate(raw, parameters, spec, task, config, reason)
             available = available_memory_bytes()
-            spill = spill_states(estimate, available)
+            spill = states_go_to_files(estimate, available)
             if spill:
                 estimate = _estimate(raw, parameters, spec, task, config, reason, spill=True)
         except SlimformerError:  # an unsupported family, a bad task: refused here, before download
