@@ -73,52 +73,27 @@ def redis_database() -> Iterator[int]:
             _redis("DEL", key)
 
 
-def postgres_available() -> bool:
-    return (
-        shutil.which("psql") is not None
-        and subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", "select 1"],
-            capture_output=True,
-        ).returncode
-        == 0
+def _psql(sql: str, *, check: bool = False) -> subprocess.CompletedProcess:
+    """``sql`` run by the local Postgres's superuser on its ``postgres`` database."""
+    return subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql],
+        check=check,
+        capture_output=True,
     )
+
+
+def postgres_available() -> bool:
+    return shutil.which("psql") is not None and _psql("select 1").returncode == 0
 
 
 def fresh_postgres_database() -> str:
     name = f"slimformer_test_{uuid.uuid4().hex[:10]}"
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            f"CREATE DATABASE {name}",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _psql(f"CREATE DATABASE {name}", check=True)
     return name
 
 
 def drop_postgres_database(name: str) -> None:
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-        ],
-        capture_output=True,
-    )
+    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class Proc:
