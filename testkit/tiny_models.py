@@ -8,6 +8,18 @@ import transformers
 VOCAB = 128
 
 # family -> (config class, config kwargs); every model: 2 or 3 layers, 4 heads of 8 dims, FFN 37.
+# the Llama-like decoders: grouped-query attention, 4 query heads over 2 key/value heads of 8
+_GQA_DECODER = dict(
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    num_hidden_layers=2,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    pad_token_id=0,
+)
+
 CONFIGS: dict[str, tuple[str, dict]] = {
     "bert": (
         "BertConfig",
@@ -49,57 +61,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
         "GPT2Config",
         dict(n_embd=32, n_head=4, n_layer=2, n_inner=37, n_positions=64, pad_token_id=0),
     ),
-    "llama": (
-        "LlamaConfig",
-        dict(
-            hidden_size=32,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            num_hidden_layers=2,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            pad_token_id=0,
-        ),
-    ),
-    "mistral": (
-        "MistralConfig",
-        dict(
-            hidden_size=32,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            num_hidden_layers=2,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            pad_token_id=0,
-        ),
-    ),
-    "qwen2": (
-        "Qwen2Config",
-        dict(
-            hidden_size=32,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_hidden_layers=2,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            pad_token_id=0,
-        ),
-    ),
-    "qwen3": (
-        "Qwen3Config",
-        dict(
-            hidden_size=32,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            num_hidden_layers=2,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            pad_token_id=0,
-        ),
-    ),
+    "llama": ("LlamaConfig", _GQA_DECODER),
+    "mistral": ("MistralConfig", _GQA_DECODER),
+    "qwen2": ("Qwen2Config", {k: v for k, v in _GQA_DECODER.items() if k != "head_dim"}),
+    "qwen3": ("Qwen3Config", _GQA_DECODER),
 }
 DECODERS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 HEADS = {
