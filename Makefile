@@ -29,12 +29,14 @@ lint: venv
 	$(BIN)/ruff check slimformer service workers testkit tests bench
 	$(BIN)/ruff format --check slimformer service workers testkit tests bench
 
-# The serving engines (llama.cpp with its GGUF converter; vLLM's CPU build), each in its own venv
-# under $${SLIMFORMER_ENGINES:-~/.cache/slimformer/engines}; built once (llama.cpp compiles for
-# 15-20 minutes on 2 cores), then instant. The engine tests skip, saying why, without them.
+# The serving engines (llama.cpp with its GGUF converter; vLLM's CPU build) and the quantization
+# engine (optimum's GPTQ over gptqmodel, compressed-tensors), each in its own venv under
+# $${SLIMFORMER_ENGINES:-~/.cache/slimformer/engines}; built once (llama.cpp compiles for 15-20
+# minutes on 2 cores, gptq takes about 2), then instant. The engine tests skip, saying why, without them.
 engines:
 	PYTHON=$(PYTHON) deploy/engines/llama-cpp.sh
 	PYTHON=$(PYTHON) deploy/engines/vllm.sh
+	PYTHON=$(PYTHON) deploy/engines/gptq.sh
 
 bench: venv
 	$(BIN)/python bench/pruning_sweep.py

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from slimformer.errors import ExportError
 
-ENGINES = ("llama-cpp", "vllm")
+ENGINES = ("llama-cpp", "vllm", "gptq")
 
 
 class EngineMissing(ExportError):
