@@ -167,6 +167,29 @@ class Generation(_Open):
     compressed_tokens_per_s: Number
 
 
+class GenerationItem(_Open):
+    """One prompt and both models' greedy continuations."""
+
+    prompt: str
+    original: str = Field(description="The original model's continuation")
+    compressed: str = Field(description="The compressed model's continuation")
+    same_leading_tokens: int = Field(
+        description="Leading tokens of the compressed continuation equal to the original's"
+    )
+    original_tokens: int = Field(description="Tokens in the original's continuation")
+
+
+class Generations(_Open):
+    """Greedy continuations of a few prompts by both models, to read side by side."""
+
+    source: Literal["given", "evaluation_text"] = Field(
+        description="given: evaluation.prompts; evaluation_text: the start of evaluation windows"
+    )
+    decoding: Literal["greedy"]
+    new_tokens: int = Field(description="Tokens generated at most per prompt")
+    items: list[GenerationItem]
+
+
 class DownstreamRow(_Open):
     """One metric of one lm-eval task, for both models on the same items."""
 
@@ -215,6 +238,10 @@ class Evaluation(_Open):
     )
     downstream: Downstream | None = _optional(
         "lm-evaluation-harness tasks on both models, same items (evaluation.tasks)"
+    )
+    generations: Generations | None = _optional(
+        "Causal LMs: greedy continuations of a few prompts by both models (evaluation.prompts, "
+        "evaluation.new_tokens)"
     )
     original: Measurement
     compressed: Measurement
@@ -384,6 +411,18 @@ class Environment(_Open):
     platform: str | None = _optional("platform.platform()")
 
 
+class WholeModel(_Open):
+    """Layer by layer, after the folder is written: each model loaded whole, one at a time, for
+    latency, generations and downstream tasks, where one fits."""
+
+    loaded: bool = Field(description="Whether the whole models were loaded and measured")
+    needed_bytes: int | None = Field(description="What one whole model needs, estimated")
+    room_bytes: int | None = Field(description="The memory left for it at that moment")
+    why_not: str | None = Field(description="Why latency and generations were not measured")
+    peak_before_bytes: int = Field(description="The process's peak before they were loaded")
+    peak_bytes: int | None = Field(None, description="The process's peak after them")
+
+
 class ExecutionInfo(_Open):
     """How the job ran: in memory, or layer by layer with the model's layers left on disk."""
 
@@ -391,7 +430,9 @@ class ExecutionInfo(_Open):
     why_in_memory: str | None = Field(None, description="Why a causal LM was not streamed")
     estimated_peak_bytes: int | None = Field(None, description="The memory estimate's peak")
     measured_peak_bytes: int | None = Field(
-        None, description="The process's peak resident memory so far"
+        None,
+        description="The process's peak resident memory while compressing (layer by layer: "
+        "before the whole-model measurements; whole_model.peak_bytes is the peak after them)",
     )
     available_bytes: int | None = Field(None, description="The memory the job may use, where known")
     states_in_files: bool | None = Field(
@@ -400,6 +441,9 @@ class ExecutionInfo(_Open):
         "(they would have taken more than a quarter of the available memory, or not fitted)",
     )
     estimate: dict[str, Any] | None = Field(None, description="The estimate, part by part")
+    whole_model: WholeModel | None = Field(
+        None, description="Layer by layer: loading one whole model for latency and generations"
+    )
 
 
 class CompressionReport(_Open):

@@ -68,6 +68,7 @@ def _results(report: CompressionReport) -> dict:
         "protocol": evaluation.protocol,
         "removed": _removed_rows(report.pruning),
         "execution": _execution_text(report),
+        "generations": _generations(evaluation.generations),
     }
 
 
@@ -79,11 +80,11 @@ def _execution_text(report: CompressionReport) -> str | None:
     if execution.path == "layer_by_layer":
         text = (
             "Run layer by layer: one decoder layer in memory at a time, both models measured on "
-            "the same windows as the layers were pruned (latency is not measured: neither model "
-            "is ever whole in memory)."
+            "the same windows as the layers were pruned."
         )
         if execution.states_in_files:
             text += " The hidden states were kept in files, one window in memory at a time."
+        text += _whole_model_text(execution.whole_model)
     else:
         text = "Run in memory" + (
             f" ({execution.why_in_memory})." if execution.why_in_memory else "."
@@ -93,7 +94,46 @@ def _execution_text(report: CompressionReport) -> str | None:
         peaks.append(f"{execution.measured_peak_bytes / 1e9:.2f} GB measured")
     if execution.estimated_peak_bytes:
         peaks.append(f"{execution.estimated_peak_bytes / 1e9:.2f} GB estimated before the download")
-    return text + (f" Peak memory: {', '.join(peaks)}." if peaks else "")
+    while_ = " while compressing" if execution.path == "layer_by_layer" else ""
+    return text + (f" Peak memory{while_}: {', '.join(peaks)}." if peaks else "")
+
+
+def _generations(generations) -> dict | None:
+    """The generations as the template shows them: each prompt a quoted block, each continuation
+    one table cell (pipes escaped, line breaks shown as ↵: the dashboard renders no raw HTML)."""
+    if generations is None or not generations.items:
+        return None
+
+    def cell(text: str) -> str:
+        text = text.strip().replace("|", "\\|")
+        return " ↵ ".join(text.splitlines()) or "(end of text)"
+
+    items = [
+        {
+            "prompt": "\n".join("> " + line for line in (g.prompt.strip() or " ").splitlines()),
+            "original": cell(g.original),
+            "compressed": cell(g.compressed),
+            "same_leading_tokens": g.same_leading_tokens,
+            "original_tokens": g.original_tokens,
+        }
+        for g in generations.items
+    ]
+    return {"new_tokens": generations.new_tokens, "source": generations.source, "rows": items}
+
+
+def _whole_model_text(whole) -> str:
+    """Layer by layer: whether the whole models were loaded for latency and generations."""
+    if whole is None:
+        return " Latency was not measured."
+    if not whole.loaded:
+        return f" Latency and generations were not measured: {whole.why_not}."
+    text = (
+        " Latency and generations were then measured on the written folder and on the original, "
+        "each loaded whole in its checkpoint's dtype, one at a time"
+    )
+    if whole.peak_bytes:
+        text += f" (peak memory then: {whole.peak_bytes / 1e9:.2f} GB)"
+    return text + "."
 
 
 def _files(report: CompressionReport) -> dict:

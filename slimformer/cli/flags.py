@@ -101,6 +101,7 @@ EVALUATION = (
     SpecFlag("evaluation.onnx_int8"),
     SpecFlag("evaluation.tasks", metavar="TASKS"),
     SpecFlag("evaluation.task_limit"),
+    SpecFlag("evaluation.new_tokens"),
 )
 EXPORT = (SpecFlag("export.gguf"), SpecFlag("export.targets"))
 PUBLISH = (

@@ -126,3 +126,30 @@ def generation_speed(model: nn.Module, prompt: torch.Tensor, new_tokens: int) ->
         return new_tokens / (time.perf_counter() - start)
     finally:
         model.train(was_training)
+
+
+@torch.inference_mode()
+def greedy_continuations(
+    model: nn.Module, prompts: list[list[int]], new_tokens: int
+) -> list[list[int]]:
+    """The greedy continuation (token ids, up to ``new_tokens``; shorter where the model ends the
+    text) of each prompt ([token ids] each), one prompt at a time so no padding enters."""
+    device = next(model.parameters()).device
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for ids in prompts:
+            prompt = torch.tensor([ids], device=device)
+            generated = model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=eos if isinstance(eos, int) else None,
+            )
+            out.append(generated[0, len(ids) :].tolist())
+    finally:
+        model.train(was_training)
+    return out

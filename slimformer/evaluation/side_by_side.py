@@ -364,21 +364,47 @@ def _side(model: nn.Module, metrics: dict, seq_len: int) -> dict:
 def _latency(
     model: nn.Module, seq_len: int, runs: int, progress: _Progress, name: str, units: float
 ) -> dict:
+    def phase_done(phase: str) -> None:
+        progress.advance(units, f"{name} model: {phase}")
+        progress.check()
+
     progress.check()
+    return model_latency(model, seq_len, runs, on_phase=phase_done)
+
+
+def model_latency(
+    model: nn.Module, seq_len: int, runs: int = 20, on_phase: Callable | None = None
+) -> dict:
+    """One model's ``latency`` column: the p50/p95 latency at batch 1 (``runs`` timed runs after 3
+    warm-up runs) and the throughput at batch 32 (``max(3, runs // 4)`` timed runs after 1)."""
     batch1 = measure_latency(model, batch_size=1, seq_len=seq_len, runs=runs, warmup=3)
-    progress.advance(units, f"{name} model: latency at batch 1")
-    progress.check()
+    if on_phase is not None:
+        on_phase("latency at batch 1")
     # each batch-32 pass is ~32 times the work: fewer timed runs give a stable median
     batch32 = measure_latency(
         model, batch_size=32, seq_len=seq_len, runs=max(3, runs // 4), warmup=1
     )
-    progress.advance(units, f"{name} model: throughput at batch 32")
+    if on_phase is not None:
+        on_phase("throughput at batch 32")
     _warn_if_threads_changed(batch1.threads, batch32.threads, "the latency measurement")
     return {
         "batch1_p50_ms": batch1.p50_ms,
         "batch1_p95_ms": batch1.p95_ms,
         "batch32_throughput": batch32.throughput,
     }
+
+
+def with_latency(report: dict, original: dict, compressed: dict) -> dict:
+    """``report`` with both models' latency columns (:func:`model_latency`, measured after the
+    rest of the report) and the speed-up ratios they give."""
+    report["original"]["latency"], report["compressed"]["latency"] = original, compressed
+    report["ratios"]["latency_speedup"] = _ratio(
+        original["batch1_p50_ms"], compressed["batch1_p50_ms"]
+    )
+    report["ratios"]["throughput_speedup"] = _ratio(
+        compressed["batch32_throughput"], original["batch32_throughput"]
+    )
+    return report
 
 
 def _warn_if_threads_changed(before: int, after: int, during: str) -> None:

@@ -16,6 +16,7 @@ from slimformer.memory.available import (
     available_memory,
     available_memory_bytes,
     cgroup_memory_room,
+    room_now,
 )
 from slimformer.memory.estimate import (
     BACKWARD_METHODS,
@@ -31,6 +32,7 @@ from slimformer.memory.estimate import (
     ModelShape,
     estimate_job_memory,
     states_go_to_files,
+    whole_model_bytes,
 )
 from slimformer.memory.fits import check_fits
 from slimformer.memory.repo import (
@@ -58,6 +60,7 @@ __all__ = [
     "ModelShape",
     "available_memory",
     "available_memory_bytes",
+    "room_now",
     "cgroup_memory_room",
     "check_fits",
     "checkpoint_dtype",
@@ -66,4 +69,5 @@ __all__ = [
     "estimate_job_memory",
     "safetensors_parameters",
     "states_go_to_files",
+    "whole_model_bytes",
 ]

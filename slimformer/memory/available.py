@@ -148,3 +148,10 @@ def available_memory() -> tuple[int | None, str]:
 def available_memory_bytes() -> int | None:
     """The bytes this process may use (:func:`available_memory`); None where unknown."""
     return available_memory()[0]
+
+
+def room_now() -> int | None:
+    """The bytes this process may still add to what it holds now (:func:`available_memory` less
+    its resident memory); None where unknown."""
+    limit = available_memory()[0]
+    return None if limit is None else max(0, limit - _own_rss())

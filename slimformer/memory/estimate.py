@@ -351,3 +351,13 @@ def states_go_to_files(estimate: MemoryEstimate, available: int | None) -> bool:
         return False
     states = estimate.breakdown["calibration_states"] + estimate.breakdown["eval_states"]
     return states > STATES_SHARE * available or estimate.total_bytes > available
+
+
+def whole_model_bytes(shape: ModelShape, dtype_bytes: int, batch_tokens: int) -> int:
+    """What loading one whole model in its checkpoint's dtype and running a forward pass over
+    ``batch_tokens`` tokens need (the layer-by-layer path's whole-model measurements: latency,
+    generations): the weights, and per token the logits and a layer's widest activations
+    (``V + 3 f + 6 h`` values in that dtype, the MLP's three and the attention's six being
+    live together)."""
+    per_token = shape.vocab + 3 * shape.ffn + 6 * max(shape.hidden, shape.q_width)
+    return dtype_bytes * (shape.parameters() + batch_tokens * per_token)

@@ -1,25 +1,19 @@
 """Downstream tasks (``evaluation.tasks``): lm-eval's tasks on the original and the compressed
 causal LM, the same items for both, in the job's process.
 
-Task names are checked before any work. In memory, both models are already loaded; layer by layer
-neither is ever whole, so the written folder and then the original are loaded one at a time, after
-the folder is written (their peak is one whole model, beside the stream's).
+Task names are checked before any work; the tasks run with the other whole-model measurements
+(:mod:`slimformer.recipe.whole_models`: layer by layer, the written folder and then the original
+are loaded one at a time, after the folder is written).
 """
 
 from __future__ import annotations
 
-import gc
-import time
-from pathlib import Path
-
 from slimformer.errors import DatasetError, InvalidSpec
 from slimformer.evaluation.downstream import (
     compare_tasks,
-    run_tasks,
     unknown_tasks,
     unloadable_tasks,
 )
-from slimformer.loading import load_model
 from slimformer.recipe.job import Job
 from slimformer.spec import JobSpec
 
@@ -59,33 +53,11 @@ def check_task(spec: JobSpec, task: str) -> None:
         )
 
 
-def _from_disk(job: Job, folder: Path, tasks: list[str], limit: int | None) -> dict:
-    loaded = load_model(str(folder), task="text-generation")
-    try:
-        return run_tasks(loaded.model, loaded.tokenizer, tasks, limit)
-    finally:
-        del loaded
-        gc.collect()
-
-
-def measure(job: Job, folder: Path) -> dict | None:
-    """The report's ``evaluation.downstream`` for the folder just written; None without tasks."""
-    spec = job.inputs.spec.evaluation
-    tasks, limit = spec.tasks, spec.task_limit
-    if not tasks:
-        return None
-    t0 = time.perf_counter()
-    inputs = job.inputs
-    job.stage("writing_card", 0.1, f"lm-eval tasks ({', '.join(tasks)}) on both models")
-    if inputs.streamed is None:
-        original = run_tasks(inputs.original, inputs.tokenizer, tasks, limit)
-        job.stage("writing_card", 0.15, "lm-eval tasks on the compressed model")
-        compressed = run_tasks(job.compressed, inputs.tokenizer, tasks, limit)
-    else:  # one whole model at a time: the written folder, then the original's
-        compressed = _from_disk(job, folder, tasks, limit)
-        job.stage("writing_card", 0.15, "lm-eval tasks on the original")
-        original = _from_disk(job, Path(inputs.loaded.path), tasks, limit)
-    seconds = time.perf_counter() - t0
+def record(
+    tasks: list[str], limit: int | None, original: dict, compressed: dict, seconds: float
+) -> dict:
+    """The report's ``evaluation.downstream`` from both models' lm-eval results (run by
+    :mod:`slimformer.recipe.whole_models`, which loads each model once for all it measures)."""
     return {
         "harness": "lm-eval",
         "harness_version": _lm_eval_version(),

@@ -100,12 +100,16 @@ class Execution:
 
     def to_dict(self) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        whole = self.extra.get("whole_model")
+        if whole is not None:  # the whole-model measurements came after the compression
+            whole = whole | {"peak_bytes": peak if whole["loaded"] else None}
         return {
             "path": self.path,
             "why_in_memory": self.why_in_memory,
             "estimated_peak_bytes": self.estimate.total_bytes if self.estimate else None,
-            "measured_peak_bytes": peak,
+            "measured_peak_bytes": whole["peak_before_bytes"] if whole else peak,
             "available_bytes": self.available_bytes,
             "states_in_files": self.states_in_files,
             "estimate": self.estimate.to_dict() if self.estimate else None,
+            "whole_model": whole,
         }

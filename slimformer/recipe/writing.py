@@ -18,7 +18,7 @@ from slimformer.card import build_card
 from slimformer.errors import InvalidSpec
 from slimformer.loading import LoadedModel, folder_origin
 from slimformer.pruning import STOCK_LAYOUT
-from slimformer.recipe import downstream, serving
+from slimformer.recipe import serving, whole_models
 from slimformer.recipe.job import Job
 from slimformer.recipe.pruning import STAGING
 from slimformer.report import CompressionReport
@@ -192,9 +192,7 @@ def run(job: Job) -> dict:
     report = job.report = _report(job)
     with atomic_folder(job.out, overwrite=job.overwrite) as folder:
         _save(job, folder)
-        tasks = downstream.measure(job, folder)
-        if tasks is not None:
-            job.evaluation["downstream"] = tasks
+        whole_models.measure(job, folder)
         served = serving.measure(job, folder)
         if served.generation is not None:
             job.evaluation["generation"] = served.generation

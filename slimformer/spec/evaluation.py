@@ -10,6 +10,9 @@ EVAL_ROWS = 2000  # rows a classifier or embedding model is evaluated on by defa
 # windows a causal LM is evaluated on by default: 32k predicted tokens, a stable perplexity (all of
 # WikiText-2 test is over 500 windows: most of an hour for two 135M models on 2 cores)
 EVAL_WINDOWS = 64
+# generations side by side (causal LMs): prompts taken from the evaluation text by default
+DEFAULT_PROMPTS, PROMPT_TOKENS, MAX_PROMPTS, MAX_PROMPT_CHARS = 3, 24, 8, 2000
+DEFAULT_NEW_TOKENS, MAX_NEW_TOKENS = 40, 256
 
 
 class EvaluationSpec(_Strict):
@@ -47,6 +50,33 @@ class EvaluationSpec(_Strict):
         description="Items per downstream task (the first ones of the task's evaluation split); "
         "null: every item.",
     )
+    prompts: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_PROMPTS,
+        description="Prompts whose greedy continuations by the original and the compressed model "
+        f"the card shows side by side (causal LMs; at most {MAX_PROMPTS}, each at most "
+        f"{MAX_PROMPT_CHARS} characters). Empty: the first {PROMPT_TOKENS} tokens of "
+        f"{DEFAULT_PROMPTS} evaluation windows (the first, the middle and the last).",
+    )
+    new_tokens: int = Field(
+        DEFAULT_NEW_TOKENS,
+        ge=0,
+        le=MAX_NEW_TOKENS,
+        description="Tokens each model generates greedily after each prompt (causal LMs); 0: no "
+        "generations.",
+    )
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, prompts: list[str]) -> list[str]:
+        for i, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise ValueError(f"prompt {i} is empty")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(
+                    f"prompt {i} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}"
+                )
+        return prompts
 
     @field_validator("tasks")
     @classmethod

@@ -147,12 +147,25 @@
       document.getElementById("metrics-note").textContent =
         `${evaluation.task}, ${evaluation.rows} evaluation rows on ${evaluation.device}`
         + ` (${evaluation.threads} threads); primary metric: ${evaluation.primary_metric}.`;
+      showGenerations(evaluation.generations);
     }
     // the evaluation card's table, formatted by the API as the card formats it
     document.querySelector("#metrics tbody").replaceChildren(...(view.table || []).map((row) =>
       el("tr", { class: row.primary ? "primary-metric" : null }, el("th", { text: row.name }),
         el("td", { text: row.original }), el("td", { text: row.compressed }), el("td", { text: row.change }))));
     await Promise.all(work);
+  }
+
+  // a causal LM's greedy continuations, both models side by side (report.evaluation.generations)
+  function showGenerations(generations) {
+    if (!generations || !generations.items.length) return;
+    document.getElementById("generations").hidden = false;
+    document.getElementById("generations-note").textContent =
+      `Greedy, at most ${generations.new_tokens} new tokens; "same" counts the leading tokens the`
+      + " compressed model shares with the original.";
+    document.querySelector("#generations tbody").replaceChildren(...generations.items.map((g) =>
+      el("tr", {}, el("td", { text: g.prompt }), el("td", { text: g.original }),
+        el("td", { text: `${g.compressed} (same: ${g.same_leading_tokens} of ${g.original_tokens})` }))));
   }
 
   async function cancel() {
