@@ -11,6 +11,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -22,6 +26,54 @@ BATCH_SIZE = 8  # lm-eval requests per forward
 BOOTSTRAP_ITERS = 1000
 
 logger = logging.getLogger(__name__)
+
+
+_HUB_ACCESS = threading.Lock()  # the settings hub_access changes are the process's own
+
+
+@contextmanager
+def hub_access(token: str | bool | None, cache_dir: str | os.PathLike) -> Iterator[None]:
+    """While lm-eval reads its tasks' data: the Hub sees ``token`` (a string: the job's; False:
+    none, not even the machine's own login; None: the machine's login), and ``datasets`` caches
+    into ``cache_dir`` (the job's own, so no job reads what another's token fetched).
+
+    lm-eval calls ``datasets.load_dataset`` with neither a token nor a cache of ours, and
+    ``datasets`` asks huggingface_hub for the token (``HF_TOKEN``, then the token file) and its
+    own settings for the cache at call time: those are what is set here, one job at a time.
+    """
+    import datasets
+    from huggingface_hub import constants
+
+    cache = Path(cache_dir)
+    names = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    with _HUB_ACCESS:
+        saved_env = {name: os.environ.get(name) for name in names}
+        saved_path = constants.HF_TOKEN_PATH
+        config = datasets.config
+        caches = ("HF_DATASETS_CACHE", "DOWNLOADED_DATASETS_PATH", "EXTRACTED_DATASETS_PATH")
+        saved_caches = {name: getattr(config, name) for name in caches}
+        try:
+            if token is not None:
+                for name in names:
+                    os.environ.pop(name, None)
+                constants.HF_TOKEN_PATH = str(cache / "no-token-file")
+                if isinstance(token, str):
+                    os.environ["HF_TOKEN"] = token
+            config.HF_DATASETS_CACHE = cache
+            config.DOWNLOADED_DATASETS_PATH = cache / config.DOWNLOADED_DATASETS_DIR
+            config.EXTRACTED_DATASETS_PATH = (
+                config.DOWNLOADED_DATASETS_PATH / config.EXTRACTED_DATASETS_DIR
+            )
+            yield
+        finally:
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            constants.HF_TOKEN_PATH = saved_path
+            for name, value in saved_caches.items():
+                setattr(config, name, value)
 
 
 def task_paths() -> tuple[str, ...]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 from slimformer.errors import DatasetError, InvalidSpec
 from slimformer.evaluation.downstream import (
     compare_tasks,
+    hub_access,
     unknown_tasks,
     unloadable_tasks,
 )
 from slimformer.recipe.job import Job
 from slimformer.spec import JobSpec
+
+TASK_DATA = "lm-eval-data"  # the job's own datasets cache for task data, in its work folder
 
 
 def check(job: Job) -> None:
@@ -33,13 +36,23 @@ def check(job: Job) -> None:
             "`lm-eval ls tasks` for the names",
             details={"field": "evaluation.tasks", "unknown": unknown},
         )
-    failed = unloadable_tasks(spec.evaluation.tasks)
+    with data_access(job):
+        failed = unloadable_tasks(spec.evaluation.tasks)
     if failed:
         raise DatasetError(
             "lm-eval could not load task "
             + "; ".join(f"{name} ({why})" for name, why in failed.items()),
             details={"field": "evaluation.tasks", "tasks": sorted(failed)},
         )
+
+
+def data_access(job: Job):
+    """The context lm-eval reads its task data in: the job's token (on a worker that has no login
+    of its own for jobs, none without it) and a datasets cache of the job's own
+    (:func:`~slimformer.evaluation.downstream.hub_access`)."""
+    policy = job.hub_policy
+    token = policy.request_token(job.token) if policy is not None else job.token
+    return hub_access(token, job.workdir / TASK_DATA)
 
 
 def check_task(spec: JobSpec, task: str) -> None:

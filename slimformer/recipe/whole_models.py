@@ -43,6 +43,7 @@ class _Plan:
     new_tokens: int
     tasks: list[str]
     task_limit: int | None
+    task_data: Callable  # the context lm-eval reads task data in (downstream.data_access)
     results: dict = field(default_factory=lambda: {"original": {}, "compressed": {}})
 
     def __bool__(self) -> bool:
@@ -72,6 +73,7 @@ def _plan(job: Job) -> _Plan:
         new_tokens=spec.new_tokens,
         tasks=list(spec.tasks) if causal else [],
         task_limit=spec.task_limit,
+        task_data=lambda: downstream.data_access(job),
     )
 
 
@@ -86,7 +88,8 @@ def _ask(plan: _Plan, name: str, model: nn.Module, tokenizer, on_step: Callable)
         out["latency"] = model_latency(model, MAX_LENGTH)
     if plan.tasks:
         on_step(f"lm-eval tasks ({', '.join(plan.tasks)}) on the {name} model")
-        out["tasks"] = run_tasks(model, tokenizer, plan.tasks, plan.task_limit)
+        with plan.task_data():
+            out["tasks"] = run_tasks(model, tokenizer, plan.tasks, plan.task_limit)
 
 
 def _room_for_whole_models(job: Job) -> dict:
