@@ -16,6 +16,12 @@ llama.cpp's quantizer (``llama_model_quantize``) from the F16 file
 and depth-pruned models of the Llama, Mistral and Qwen2/3 families) and the ``nemotron_nas``
 layout (``DeciLMForCausalLM``, per-layer shapes in ``block_configs``), which vLLM also serves
 (:mod:`~slimformer.engines.vllm`).
+
+Quantized copies of a written folder (``export.quantize``) are made in the ``gptq`` engine:
+``gptq-int4`` through transformers' ``GPTQConfig`` (optimum.gptq over gptqmodel) and ``w8a8`` in
+compressed-tensors' format, each reloaded in a fresh process before it counts
+(:mod:`~slimformer.engines.quantize`; the engine's own script is
+:mod:`~slimformer.engines.gptq_engine`).
 """
 
 from slimformer.engines.llama_cpp import (
@@ -24,6 +30,7 @@ from slimformer.engines.llama_cpp import (
     export_gguf,
     llama_cpp_scores,
 )
+from slimformer.engines.quantize import QUANTIZED_DIR, quantize_folder
 from slimformer.engines.runtime import (
     ENGINES,
     EngineMissing,
@@ -36,6 +43,7 @@ from slimformer.engines.vllm import vllm_scores
 __all__ = [
     "ENGINES",
     "GGUF_TYPES",
+    "QUANTIZED_DIR",
     "EngineMissing",
     "check_gguf_convertible",
     "engine_python",
@@ -43,5 +51,6 @@ __all__ = [
     "export_gguf",
     "kept_engines",
     "llama_cpp_scores",
+    "quantize_folder",
     "vllm_scores",
 ]

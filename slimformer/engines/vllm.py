@@ -18,7 +18,7 @@ def score(request):
     windows = request["windows"]
     seq = max(len(w) for w in windows)
     start = time.perf_counter()
-    llm = LLM(model=request["model"], tokenizer=request["model"], dtype="float32",
+    llm = LLM(model=request["model"], tokenizer=request["model"], dtype=request["dtype"],
               trust_remote_code=request["trust_remote_code"],
               max_model_len=seq, enforce_eager=True,
               kv_cache_memory_bytes=request["kv_cache_mb"] << 20, max_logprobs=-1, seed=0,
@@ -77,6 +77,7 @@ def vllm_scores(
     *,
     kv_cache_mb: int = 256,
     bench: dict | None = None,
+    dtype: str = "float32",
 ) -> dict:
     """Next-token NLL, greedy hits (the real token ranked first) and token count of a saved folder
     over token windows, measured by vLLM's CPU build in its engine environment, plus the log
@@ -87,6 +88,8 @@ def vllm_scores(
     vLLM runs in one process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with one OpenMP thread: on 2
     cores its multiprocess mode takes 25-40 s to start and two threads oversubscribe them.
     ``bench={"batch": 8, "prompt": 32, "new_tokens": 64}`` also times greedy generation.
+    ``dtype``: what vLLM computes in; its quantized kernels (GPTQ, int8) take only ``bfloat16``
+    or ``float16``.
     Inside :func:`kept_engines` the folder is measured in the kept vLLM process.
 
     Raises:
@@ -98,6 +101,7 @@ def vllm_scores(
         "model": str(Path(folder).resolve()),
         "windows": windows,
         "kv_cache_mb": kv_cache_mb,
+        "dtype": dtype,
         # the nemotron_nas layout's config class is slimformer's (vLLM reads the shapes itself)
         "trust_remote_code": bool(config.get("auto_map")),
     }

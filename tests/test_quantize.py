@@ -1,0 +1,181 @@
+"""Quantized copies of a written folder (export.quantize): gptq-int4 through transformers'
+GPTQConfig (optimum over gptqmodel) and w8a8 in compressed-tensors' format, each reloaded in a
+fresh process. One test per trap of that path: v1 tensors under a v2 config and a save after the
+first forward (both: a folder that does not reproduce the quantized model), calibration text in
+config.json, encoders that reload only with ``block_name_to_quantize``, widths that do not
+quantize.
+
+The engine tests need the gptq engine (``make engines``) and skip, saying so, without it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from slimformer.engines import EngineMissing, engine_python
+from slimformer.engines.quantize import (
+    block_path,
+    check_reload,
+    group_size_for,
+    linear_widths,
+    quantize_folder,
+    quantized_scores,
+    write_quantized,
+)
+from slimformer.errors import ExportError, InvalidSpec
+from testkit.tiny_models import VOCAB, save_tiny_causal_lm, tiny_model
+
+# widths that quantize at group 64: hidden 64, 4 heads of 32 (vLLM's CPU attention takes no head
+# of 16), FFN 128
+WIDTHS = dict(hidden_size=64, head_dim=32, intermediate_size=128, max_position_embeddings=128)
+
+
+def _engine(name: str) -> None:
+    try:
+        engine_python(name)
+    except EngineMissing as err:
+        pytest.skip(f"the {name} engine is not built (make engines): {err}")
+
+
+def _windows(count: int, length: int, seed: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (count, length), generator=gen).tolist()
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    _engine("gptq")
+    folder = tmp_path_factory.mktemp("quantize") / "model"
+    save_tiny_causal_lm(folder, **WIDTHS)
+    calibration, windows = _windows(16, 48, seed=1), _windows(4, 48, seed=2)
+    records = {
+        method: quantize_folder(folder, method, calibration, blocks="model.layers", windows=windows)
+        for method in ("gptq-int4", "w8a8")
+    }
+    bf16 = quantized_scores(folder, windows)
+    return folder, calibration, windows, records, bf16
+
+
+def _config(folder, method: str) -> dict:
+    return json.loads((folder / "quantized" / method / "config.json").read_text())
+
+
+def test_the_group_is_the_largest_that_divides_every_width_and_a_width_that_cannot_is_named():
+    # SmolLM2: hidden 576 rules out 128
+    assert group_size_for({"q_proj": 576, "down_proj": 1536}) == 64
+    # an attention output of 3 heads of 64 rules out 128 as well
+    assert group_size_for({"q_proj": 1024, "o_proj": 192}) == 64
+    assert group_size_for({"q_proj": 1024, "down_proj": 2048}) == 128
+    with pytest.raises(InvalidSpec, match=r"model.layers.0.mlp.down_proj has 200 inputs"):
+        group_size_for({"layers.0.self_attn.q_proj": 576, "model.layers.0.mlp.down_proj": 200})
+
+
+def test_widths_that_do_not_quantize_are_refused_before_the_engine_runs(tmp_path):
+    """Trap 5: an FFN of 37 neurons cannot be quantized at any group of 32 or more."""
+    model = tiny_model("llama", "causal-lm", intermediate_size=37, hidden_size=64, head_dim=16)
+    blocks = block_path(model, list(model.model.layers))
+    assert blocks == "model.layers"
+    widths = linear_widths(model, blocks)
+    assert widths["model.layers.1.mlp.down_proj"] == 37
+    with pytest.raises(InvalidSpec, match=r"down_proj has 37 inputs, not a multiple of 32"):
+        group_size_for(widths)
+    # the same refusal from the written folder, before any engine is asked
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    with pytest.raises(InvalidSpec, match=r"model.layers.0.mlp.down_proj has 37 inputs"):
+        write_quantized(
+            folder, folder / "q", "gptq-int4", _windows(2, 16, 0), causal=True, blocks=blocks
+        )
+
+
+def test_gptq_int4_reloads_in_a_fresh_process_as_it_was_quantized(llama):
+    """Traps 1 and 2 (v1 tensors under a v2 config; a save after the first forward): the folder,
+    reloaded by transformers in another process, predicts what the quantizing process did."""
+    folder, _, _, records, bf16 = llama
+    record = records["gptq-int4"]
+    assert record["reload_agreement"] >= 0.98
+    config = _config(folder, "gptq-int4")["quantization_config"]
+    assert (config["quant_method"], config["bits"], config["sym"]) == ("gptq", 4, True)
+    assert config["group_size"] == record["group_size"] == 64
+    with safe_open(folder / "quantized" / "gptq-int4" / "model.safetensors", "pt") as handle:
+        names = set(handle.keys())
+    assert "model.layers.0.mlp.down_proj.qweight" in names
+    assert "model.layers.0.mlp.down_proj.weight" not in names
+    # 4-bit weights: the reload is a little worse than bfloat16, not garbage
+    base = math.exp(bf16["nll_sum"] / bf16["tokens"])
+    assert base / 1.5 < record["perplexity"] < 1.5 * base
+
+
+def test_a_reload_that_does_not_reproduce_the_quantized_model_is_refused(llama, tmp_path):
+    """Traps 1 and 2, the guard: tensors read in the wrong GPTQ format (what GPTQQuantizer.save
+    writes, v1 tensors under a config saying gptq_v2) are caught by the reload check."""
+    folder, calibration, windows, _, _ = llama
+    target = tmp_path / "gptq"
+    written = write_quantized(
+        folder, target, "gptq-int4", calibration, causal=True, blocks="model.layers"
+    )
+    config = json.loads((target / "config.json").read_text())
+    assert config["quantization_config"]["checkpoint_format"] == "gptq_v2"
+    config["quantization_config"]["checkpoint_format"] = "gptq"  # the other format's tensors
+    config["quantization_config"]["format"] = "gptq"
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="does not reproduce the model that was quantized"):
+        check_reload(target, written, windows, causal=True)
+
+
+def test_the_calibration_windows_stay_out_of_config_json(llama):
+    """Trap 3: GPTQConfig(dataset=...) is saved into config.json unless cleared."""
+    folder, calibration, _, _, _ = llama
+    text = (folder / "quantized" / "gptq-int4" / "config.json").read_text()
+    config = json.loads(text)["quantization_config"]
+    assert config.get("dataset") is None
+    assert json.dumps(calibration[0][:8])[1:-1] not in text.replace(" ", "").replace("\n", "")
+    assert len(text) < 4000
+
+
+def test_an_encoder_reloads_with_its_block_list_named(tmp_path):
+    """Trap 4: a BERT folder reloads only when block_name_to_quantize is in its config."""
+    _engine("gptq")
+    model = tiny_model("bert", "base", hidden_size=64, intermediate_size=128)
+    folder = tmp_path / "bert"
+    model.save_pretrained(folder)
+    blocks = block_path(model, list(model.encoder.layer))
+    record = quantize_folder(
+        folder, "gptq-int4", _windows(8, 32, seed=3), causal=False, blocks=blocks
+    )
+    config = _config(folder, "gptq-int4")["quantization_config"]
+    assert config["block_name_to_quantize"] == "encoder.layer"
+    assert record["reload_agreement"] >= 0.98  # cosine of the last hidden states
+
+
+def test_w8a8_is_int8_per_channel_with_dynamic_per_token_activations(llama):
+    folder, _, _, records, bf16 = llama
+    record = records["w8a8"]
+    config = _config(folder, "w8a8")["quantization_config"]
+    assert (config["quant_method"], config["format"]) == ("compressed-tensors", "int-quantized")
+    scheme = config["config_groups"]["group_0"]
+    assert (scheme["weights"]["num_bits"], scheme["weights"]["strategy"]) == (8, "channel")
+    acts = scheme["input_activations"]
+    assert (acts["num_bits"], acts["strategy"], acts["dynamic"]) == (8, "token", True)
+    with safe_open(folder / "quantized" / "w8a8" / "model.safetensors", "pt") as handle:
+        weight = handle.get_tensor("model.layers.0.mlp.down_proj.weight")
+        scale = handle.get_tensor("model.layers.0.mlp.down_proj.weight_scale")
+    assert weight.dtype == torch.int8 and tuple(scale.shape) == (weight.shape[0], 1)
+    assert record["reload_agreement"] >= 0.98
+    base = math.exp(bf16["nll_sum"] / bf16["tokens"])
+    assert abs(record["perplexity"] / base - 1) < 0.05
+
+
+def test_vllm_loads_both_quantized_folders(llama):
+    _engine("vllm")
+    from slimformer.engines import vllm_scores
+
+    folder, _, windows, records, _ = llama
+    for method, record in records.items():
+        scores = vllm_scores(folder / "quantized" / method, windows, dtype="bfloat16")
+        perplexity = math.exp(scores["nll_sum"] / scores["tokens"])
+        assert perplexity == pytest.approx(record["perplexity"], rel=0.1), method
