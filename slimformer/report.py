@@ -359,6 +359,35 @@ class GgufFile(_Open):
     tokens_per_s: Number | None = _optional("One stream, when latency is on")
 
 
+class QuantizedServed(_Open):
+    """A quantized folder loaded by vLLM's CPU build."""
+
+    perplexity: Number = Field(description="On the evaluation windows")
+    next_token_accuracy: Number = Field(description="On the evaluation windows")
+    measured_by: str | None = _optional("What measured it")
+    tokens_per_s: Number | None = _optional("One stream, when latency is on")
+
+
+class QuantizedFolder(_Open):
+    """A quantized copy of the model folder (export.quantize), reloaded in a fresh process."""
+
+    method: Literal["gptq-int4", "w8a8"]
+    path: str = Field(description="The folder, relative to the model folder")
+    size_bytes: int = Field(description="Its weights on disk")
+    seconds: Number = Field(description="Time to quantize and save it")
+    peak_rss_bytes: int = Field(description="The quantizing process's peak resident memory")
+    reload_agreement: Number = Field(
+        description="The reload against the quantizing process on the probe windows: share of "
+        "identical top-1 predictions (causal LMs) or cosine of the last hidden states"
+    )
+    group_size: int | None = _optional("gptq-int4: the group size")
+    desc_act: bool | None = _optional("gptq-int4: act-order")
+    perplexity: Number | None = _optional("In transformers on the evaluation windows (causal LMs)")
+    next_token_accuracy: Number | None = _optional("In transformers on the evaluation windows")
+    measured_by: str | None = _optional("What measured it")
+    vllm: QuantizedServed | None = _optional("The folder in vLLM (target vllm)")
+
+
 def _files_required(schema: dict[str, Any]) -> None:
     schema["required"].append("files")
 
@@ -391,6 +420,11 @@ class ArtifactsInfo(_Open):
         None,
         description="GGUF files written by llama.cpp's tools, each with its size and (causal LMs) "
         "its perplexity in llama.cpp",
+    )
+    quantized: list[QuantizedFolder] | None = Field(
+        None,
+        description="Quantized copies of the folder (export.quantize), each with its size and "
+        "(causal LMs) its perplexity in transformers and vLLM",
     )
     size_bytes: int
     original_size_bytes: int | None

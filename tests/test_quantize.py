@@ -87,8 +87,9 @@ def test_widths_that_do_not_quantize_are_refused_before_the_engine_runs(tmp_path
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     with pytest.raises(InvalidSpec, match=r"model.layers.0.mlp.down_proj has 37 inputs"):
+        windows = _windows(2, 16, 0)
         write_quantized(
-            folder, folder / "q", "gptq-int4", _windows(2, 16, 0), causal=True, blocks=blocks
+            folder, folder / "q", "gptq-int4", windows, probe=windows, causal=True, blocks=blocks
         )
 
 
@@ -116,7 +117,13 @@ def test_a_reload_that_does_not_reproduce_the_quantized_model_is_refused(llama, 
     folder, calibration, windows, _, _ = llama
     target = tmp_path / "gptq"
     written = write_quantized(
-        folder, target, "gptq-int4", calibration, causal=True, blocks="model.layers"
+        folder,
+        target,
+        "gptq-int4",
+        calibration,
+        probe=calibration[:2],
+        causal=True,
+        blocks="model.layers",
     )
     config = json.loads((target / "config.json").read_text())
     assert config["quantization_config"]["checkpoint_format"] == "gptq_v2"
@@ -179,3 +186,65 @@ def test_vllm_loads_both_quantized_folders(llama):
         scores = vllm_scores(folder / "quantized" / method, windows, dtype="bfloat16")
         perplexity = math.exp(scores["nll_sum"] / scores["tokens"])
         assert perplexity == pytest.approx(record["perplexity"], rel=0.1), method
+
+
+def _job(folder, data, prune: dict, quantize: list[str], **export):
+    from slimformer.spec import JobSpec
+
+    return JobSpec.model_validate(
+        {
+            "model": {"id": str(folder)},
+            "dataset": {"path": str(data), "eval_path": str(data)},
+            "prune": prune,
+            "evaluation": {"latency": False, "max_samples": 4},
+            "export": {"quantize": quantize, **export},
+        },
+        context={"local_files": True},
+    )
+
+
+def test_a_job_writes_measures_and_lists_each_quantized_copy(tmp_path):
+    """export.quantize end to end: pruning keeps FFN widths multiples of the group (160 neurons
+    at 30% would leave 112 per layer), both copies are written beside the folder, measured, and
+    on the card."""
+    _engine("gptq")
+    from slimformer.pipeline import run
+    from testkit.tiny_models import write_story_txt
+
+    widths = WIDTHS | {"intermediate_size": 160, "num_hidden_layers": 4}
+    folder = save_tiny_causal_lm(tmp_path / "lm", **widths)
+    data = write_story_txt(tmp_path / "stories.txt")
+    spec = _job(folder, data, {"ffn": 0.3}, ["gptq-int4", "w8a8"])
+    result = run(spec, tmp_path / "work")
+    artifacts = result.report["artifacts"]
+    records = {q["method"]: q for q in artifacts["quantized"]}
+    assert set(records) == {"gptq-int4", "w8a8"}
+    assert records["gptq-int4"]["group_size"] == 32  # 160 rules out 64
+    neurons = result.report["pruning"]["neurons_per_layer"]
+    assert all(n % 32 == 0 for n in neurons) and neurons != [160] * len(neurons)
+    for method, record in records.items():
+        assert (result.folder / "quantized" / method / "config.json").is_file()
+        assert record["perplexity"] > 1 and record["reload_agreement"] >= 0.98
+    card = (result.folder / "README.md").read_text()
+    assert "`quantized/gptq-int4/` | transformers (GPTQ int4, group 32" in card
+    assert "`quantized/w8a8/` | transformers (int8 W8A8" in card
+    assert "Widths for GPTQ int4: every FFN width kept a multiple of the group size 32" in card
+
+
+def test_widths_that_cannot_quantize_are_refused_before_pruning(tmp_path):
+    """An FFN of 37 neurons: no group of 32 or more divides it; refused before any scoring."""
+    _engine("gptq")
+    from slimformer.pipeline import run
+    from testkit.tiny_models import write_story_txt
+
+    folder = save_tiny_causal_lm(tmp_path / "lm", hidden_size=64, head_dim=16)
+    data = write_story_txt(tmp_path / "stories.txt")
+    progress = []
+    with pytest.raises(InvalidSpec, match=r"model.layers.0.mlp.down_proj has 37 inputs"):
+        run(
+            _job(folder, data, {"ffn": 0.3}, ["gptq-int4"]),
+            tmp_path / "work",
+            on_progress=lambda stage, *_: progress.append(stage),
+        )
+    assert "pruning" not in progress
+    assert not (tmp_path / "work" / "model").exists()

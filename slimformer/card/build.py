@@ -21,7 +21,13 @@ from slimformer.card.prose import (
     _summary,
     load_snippet,
 )
-from slimformer.card.tables import _removed_rows, _serving_rows, _table, downstream_rows
+from slimformer.card.tables import (
+    _removed_rows,
+    _serving_rows,
+    _table,
+    downstream_rows,
+    quantized_notes,
+)
 from slimformer.formatting import format_agreement
 from slimformer.report import CompressionReport
 
@@ -156,7 +162,7 @@ def _files(report: CompressionReport) -> dict:
         "onnx": artifacts.onnx is not None,
         "onnx_int8": _int8_facts(artifacts.onnx.int8 if artifacts.onnx else None),
         "serving": _serving_rows(report),
-        "serve_commands": _serve_commands(report, repo),
+        "serve_commands": _serve_commands(report, repo) + quantized_notes(report),
         "generation": _generation_text(report),
         "nemotron": artifacts.layout == "nemotron_nas",
     }

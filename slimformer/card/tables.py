@@ -135,7 +135,8 @@ def _serving_rows(report: CompressionReport) -> list[str]:
     artifacts = report.artifacts
     gguf = artifacts.gguf or []
     served = artifacts.vllm
-    if not gguf and served is None:
+    quantized = artifacts.quantized or []
+    if not gguf and served is None and not quantized:
         return []
     evaluation = report.evaluation
     generation = evaluation.generation
@@ -187,7 +188,70 @@ def _serving_rows(report: CompressionReport) -> list[str]:
         )
         for entry in gguf
     ]
+    return rows + _quantized_rows(quantized)
+
+
+_METHOD_LABELS = {"gptq-int4": "GPTQ int4", "w8a8": "int8 W8A8"}
+
+
+def _quantized_rows(quantized: list) -> list[str]:
+    """Each quantized folder in transformers (reloaded in a fresh process) and, where measured, in
+    vLLM."""
+    rows = []
+    for entry in quantized:
+        label = _METHOD_LABELS[entry.method]
+        if entry.group_size:
+            label += f", group {entry.group_size}"
+        size = format_megabytes(entry.size_bytes)
+        rows.append(
+            _serving_row(
+                "compressed",
+                f"{entry.path}/",
+                f"transformers ({label}, bfloat16)",
+                size,
+                entry.perplexity,
+                entry.next_token_accuracy,
+                None,
+            )
+        )
+        if entry.vllm is not None:
+            rows.append(
+                _serving_row(
+                    "compressed",
+                    f"{entry.path}/",
+                    f"vLLM ({label}, bfloat16)",
+                    size,
+                    entry.vllm.perplexity,
+                    entry.vllm.next_token_accuracy,
+                    entry.vllm.tokens_per_s,
+                )
+            )
     return rows
+
+
+def quantized_notes(report: CompressionReport) -> list[str]:
+    """How to serve each quantized folder, and what keeping widths quantizable cost the pruning:
+    the FFN neurons asked to go against those that went."""
+    quantized = report.artifacts.quantized or []
+    lines = [
+        f"{_METHOD_LABELS[q.method]}: `vllm serve {q.path}` or "
+        f'`AutoModelForCausalLM.from_pretrained("{q.path}")` (reloaded in a fresh process: '
+        f"{100 * q.reload_agreement:.0f}% agreement with the model as quantized)"
+        for q in quantized
+    ]
+    gptq = next((q for q in quantized if q.group_size), None)
+    pruning, ffn = report.pruning, (report.spec.get("prune") or {}).get("ffn") or 0
+    if gptq is not None and pruning is not None and ffn:
+        total = sum(pruning.original_neurons_per_layer)
+        removed = total - sum(pruning.neurons_per_layer)
+        asked = round(ffn * total)
+        lines.append(
+            f"Widths for {_METHOD_LABELS[gptq.method]}: every FFN width kept a multiple of the "
+            f"group size {gptq.group_size}; {format_number(asked)} of "
+            f"{format_number(total)} neurons were asked to go ({ffn:.0%}), "
+            f"{format_number(removed)} went ({removed / total:.1%})"
+        )
+    return lines
 
 
 def _serving_row(

@@ -103,7 +103,7 @@ EVALUATION = (
     SpecFlag("evaluation.task_limit"),
     SpecFlag("evaluation.new_tokens"),
 )
-EXPORT = (SpecFlag("export.gguf"), SpecFlag("export.targets"))
+EXPORT = (SpecFlag("export.gguf"), SpecFlag("export.quantize"), SpecFlag("export.targets"))
 PUBLISH = (
     SpecFlag("publish.repo_id", "publish", metavar="REPO"),
     SpecFlag("publish.private", "public", help="Make the published repo public."),

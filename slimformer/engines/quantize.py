@@ -96,12 +96,14 @@ def folder_widths(folder: Path, blocks: str) -> dict[str, int]:
     return widths
 
 
-def _request(folder: Path, *, causal: bool, probe: list[list[int]], **extra) -> dict:
+def _request(
+    folder: Path, *, causal: bool, probe: list[list[int]], auto_class: str | None, **extra
+) -> dict:
     config = json.loads((folder / "config.json").read_text())
     return {
         "model": str(folder.resolve()),
         "trust_remote_code": bool(config.get("auto_map")),
-        "auto_class": "AutoModelForCausalLM" if causal else "AutoModel",
+        "auto_class": auto_class or ("AutoModelForCausalLM" if causal else "AutoModel"),
         "causal": causal,
         "probe": probe,
     } | extra
@@ -146,13 +148,17 @@ def quantize_folder(
     out: str | Path | None = None,
     windows: list[list[int]] | None = None,
     desc_act: bool = False,
+    auto_class: str | None = None,
 ) -> dict:
     """Write the quantized copy ``method`` (``gptq-int4`` or ``w8a8``) of the saved ``folder`` into
     ``out`` (default ``folder/quantized/<method>``), reload it in a fresh engine process and
     measure it there on ``windows`` (causal LMs).
 
     ``calibration``: token-id windows GPTQ calibrates on (w8a8 rounds weights to nearest and needs
-    none). ``blocks``: the dotted path of the layer list (:func:`block_path`).
+    none). ``blocks``: the dotted path of the layer list (:func:`block_path`). ``auto_class``: the
+    transformers class that loads the folder (default by ``causal``: AutoModelForCausalLM or
+    AutoModel). The first calibration windows (else evaluation windows), cut short, are the probe
+    the reload must reproduce.
 
     Returns:
         ``method``, ``path`` (relative to ``folder``), ``group_size`` (gptq-int4), ``size_bytes``,
@@ -168,10 +174,23 @@ def quantize_folder(
     """
     folder = Path(folder)
     target = Path(out) if out is not None else folder / QUANTIZED_DIR / method
+    probe = [w[:PROBE_TOKENS] for w in (calibration or windows or [])[:PROBE_WINDOWS]]
+    if not probe:
+        raise ValueError("quantize_folder needs calibration or evaluation windows to check with")
     written = write_quantized(
-        folder, target, method, calibration, causal=causal, blocks=blocks, desc_act=desc_act
+        folder,
+        target,
+        method,
+        calibration,
+        probe=probe,
+        causal=causal,
+        blocks=blocks,
+        desc_act=desc_act,
+        auto_class=auto_class,
     )
-    reloaded = check_reload(target, written, windows if causal else None, causal=causal)
+    reloaded = check_reload(
+        target, written, windows if causal else None, causal=causal, auto_class=auto_class
+    )
     record = {
         "method": method,
         "path": str(target.relative_to(folder)) if target.is_relative_to(folder) else str(target),
@@ -195,16 +214,17 @@ def write_quantized(
     method: str,
     calibration: list[list[int]],
     *,
+    probe: list[list[int]],
     causal: bool,
     blocks: str,
     desc_act: bool = False,
+    auto_class: str | None = None,
 ) -> dict:
     """The quantizing process: writes ``target`` and answers ``seconds``, ``peak_rss_bytes``,
-    ``group_size`` (gptq-int4) and ``probe`` (the written model's outputs on the probe windows, the
-    first calibration windows cut short, recorded after saving)."""
+    ``group_size`` (gptq-int4) and ``probe`` (the written model's outputs on the ``probe``
+    windows, recorded after saving)."""
     if method not in ("gptq-int4", "w8a8"):
         raise ValueError(f"unknown quantization {method!r}; choose gptq-int4 or w8a8")
-    probe = [w[:PROBE_TOKENS] for w in calibration[:PROBE_WINDOWS]]
     extra: dict = {"op": method, "out": str(target.resolve()), "block_name": blocks}
     if method == "gptq-int4":
         if not calibration:
@@ -216,7 +236,12 @@ def write_quantized(
     with tempfile.TemporaryDirectory(prefix="slimformer-calibration-") as tmp:
         calib = Path(tmp) / "calibration.json"
         calib.write_text(json.dumps(calibration))
-        request = _request(folder, causal=causal, probe=probe, calibration=str(calib), **extra)
+        request = (
+            _request(
+                folder, causal=causal, probe=probe, calibration=str(calib), auto_class=auto_class
+            )
+            | extra
+        )
         written = _run(request, f"{method} quantization")
     written["probe_windows"] = probe
     if "group_size" in extra:
@@ -225,7 +250,12 @@ def write_quantized(
 
 
 def check_reload(
-    target: Path, written: dict, windows: list[list[int]] | None, *, causal: bool
+    target: Path,
+    written: dict,
+    windows: list[list[int]] | None,
+    *,
+    causal: bool,
+    auto_class: str | None = None,
 ) -> dict:
     """Reload ``target`` in a fresh engine process, measure it on ``windows``, and compare its
     outputs on the probe windows with what the quantizing process recorded (``written``).
@@ -233,7 +263,9 @@ def check_reload(
     Raises:
         ExportError: the reload does not reproduce the quantized model (a folder saved wrong).
     """
-    reloaded = quantized_scores(target, windows, causal=causal, probe=written["probe_windows"])
+    reloaded = quantized_scores(
+        target, windows, causal=causal, probe=written["probe_windows"], auto_class=auto_class
+    )
     agreement = _agreement(written["probe"], reloaded["probe"], causal)
     if agreement < RELOAD_AGREEMENT:
         raise ExportError(
@@ -251,9 +283,12 @@ def quantized_scores(
     *,
     causal: bool = True,
     probe: list[list[int]] | None = None,
+    auto_class: str | None = None,
 ) -> dict:
     """A quantized folder loaded by transformers in a fresh gptq-engine process: next-token NLL
     sum, greedy hits and token count over ``windows``, and its outputs on ``probe``."""
-    request = _request(Path(folder), causal=causal, probe=probe or [], op="score")
+    request = _request(
+        Path(folder), causal=causal, probe=probe or [], auto_class=auto_class, op="score"
+    )
     request["windows"] = windows or []
     return _run(request, "loading the quantized folder")

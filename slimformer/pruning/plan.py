@@ -17,6 +17,7 @@ from slimformer.models import count_macs, count_parameters
 from slimformer.pruning.layouts import DEFAULT_LAYOUT, layout_for
 from slimformer.pruning.remove import pruned_copy
 from slimformer.pruning.types import LayoutName, PruningPlan, PruningTarget, UnitRequest
+from slimformer.pruning.widths import round_neurons
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def plan_pruning(
         request = UnitRequest(
             adapter, importance, target, head_fraction, ffn_fraction, mlps, attention_scores
         )
-        units = rules.choose_units(request)
+        units = round_neurons(rules.choose_units(request), request, target.width_multiple)
         return PruningPlan(
             heads=units.heads,
             neurons=units.neurons,

@@ -80,6 +80,8 @@ class PruningTarget:
     # least-squares refit of the pruned layers' output projections (slimformer.reconstruction):
     # None = for OBS only (its scores assume it, and it measured the Gram matrices)
     reconstruction: bool | None = None
+    # every kept FFN width a multiple of this (a quantized target's group size; 1: any width)
+    width_multiple: int = 1
 
     def wants_reconstruction(self, method: str) -> bool:
         return method == "obs" if self.reconstruction is None else self.reconstruction

@@ -83,6 +83,7 @@ class Served:
     onnx: dict | None = None
     gguf: list[dict] | None = None
     vllm: dict | None = None
+    quantized: list[dict] | None = None  # export.quantize: one record per quantized folder
     generation: dict | None = None  # the PyTorch rows of the served-files table
 
 

@@ -7,6 +7,7 @@ import time
 
 from slimformer.importance import score_depth, score_importance
 from slimformer.pruning import PruningTarget, drop_layers, plan_depth
+from slimformer.recipe import quantizing
 from slimformer.recipe.job import Job
 from slimformer.recipe.results import Scores
 from slimformer.spec import PruneSpec
@@ -73,6 +74,8 @@ def run(job: Job) -> Scores:
     p = inputs.spec.prune
     batches = inputs.calibration_batches()
     scores = Scores(target_of(p), started=t0)
+    # a quantized target's group size, chosen (or refused) before any work: kept widths follow it
+    scores.target.width_multiple = quantizing.check(job)
     if p.layers:
         scores.depth = prune_depth(job, inputs.model, batches, p)
     job.stage("scoring", 0.0, "scoring heads, neurons and MLPs")

@@ -1,5 +1,6 @@
 """What the job serves beside the PyTorch folder (``export``, ``evaluation.onnx``): the engines it
-needs, checked before any work; ONNX, GGUF and vLLM, each written and measured in the job.
+needs, checked before any work; ONNX, GGUF, vLLM and quantized copies
+(:mod:`~slimformer.recipe.quantizing`), each written and measured in the job.
 
 The one owner of ``export.targets`` in the recipe: the layout those targets need is decided with
 the spec's defaults (``slimformer.spec.default_layout``), everything else here, from the spec's
@@ -16,6 +17,7 @@ import torch
 from slimformer.engines import engine_python, export_gguf, llama_cpp_scores, vllm_scores
 from slimformer.evaluation import generation_speed
 from slimformer.export import export_onnx, quantize_onnx_int8
+from slimformer.recipe import quantizing
 from slimformer.recipe.job import Job
 from slimformer.recipe.results import Served
 
@@ -30,6 +32,7 @@ def check(job: Job) -> None:
         engine_python("llama-cpp")
     if "vllm" in spec.export.targets:
         engine_python("vllm")
+    quantizing.check_engines(job)
 
 
 def _scores(scores: dict) -> dict:
@@ -97,7 +100,8 @@ def measure(job: Job, folder: Path) -> Served:
         served.gguf = _gguf(job, folder, new_tokens)
     if "vllm" in inputs.spec.export.targets and windows:
         served.vllm = _vllm(job, folder, bench)
-    if speed and (served.gguf or served.vllm):  # the PyTorch rows of the same table
+    served.quantized = quantizing.measure(job, folder, bench)
+    if speed and (served.gguf or served.vllm or served.quantized):  # the same table's PyTorch rows
         prompt = torch.tensor([windows[0][:GEN_PROMPT]])
         served.generation = {
             "prompt_tokens": GEN_PROMPT,

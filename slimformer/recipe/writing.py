@@ -172,6 +172,7 @@ def _artifacts(job: Job, folder: Path, served: serving.Served) -> dict:
         "original_size_bytes": _original_size(job.inputs.loaded),
         "onnx": served.onnx,
         "gguf": served.gguf,
+        "quantized": served.quantized,
     }
 
 

@@ -26,6 +26,7 @@ class PublishSpec(_Strict):
 
 
 SERVING_TARGETS = ("vllm", "llama.cpp")
+QuantizeMethod = Literal["gptq-int4", "w8a8"]
 
 
 class ExportSpec(_Strict):
@@ -49,4 +50,19 @@ class ExportSpec(_Strict):
         "dropped only) of the Llama, Mistral or Qwen2/3 family, or the nemotron_nas layout of a "
         "Llama; implies target llama.cpp. Causal LMs: each file's "
         "perplexity is measured by llama.cpp on the evaluation windows.",
+    )
+
+    quantize: list[QuantizeMethod] = Field(
+        default_factory=list,
+        description="Quantized copies of the written model, each a folder beside it "
+        "(quantized/gptq-int4/, quantized/w8a8/) that transformers and vLLM load as it is, made "
+        "in the gptq engine (`make engines`) and reloaded in a fresh process before they count. "
+        "gptq-int4: 4-bit symmetric GPTQ through transformers' GPTQConfig (optimum over "
+        "gptqmodel) on the job's calibration windows, at the largest group of 128, 64 or 32 that "
+        "divides every width; pruning then keeps FFN widths multiples of that group (heads are "
+        "removed only where a head's dimension is one), and a width none of 32 or more divides "
+        "is refused before work. Encoders too (BERT-like: the config names the layer list). "
+        "w8a8: int8 weights per channel and int8 activations per token (compressed-tensors, "
+        "what vLLM's CPU backend reads); decoders only. Causal LMs: each copy's perplexity is "
+        "measured in transformers and, with target vllm, in vLLM.",
     )
