@@ -100,6 +100,11 @@ def run_job(folder: Path, windows: int | None, out: Path) -> dict:
         "parameters_before": evaluation["original"]["parameters"],
         "parameters_after": evaluation["compressed"]["parameters"],
         "timings": report.get("seconds"),
+        # layer by layer: latency and generations on the whole models, one at a time, where one
+        # fits within the job's estimate
+        "whole_model": execution.get("whole_model"),
+        "latency_speedup": evaluation["ratios"].get("latency_speedup"),
+        "throughput_speedup": evaluation["ratios"].get("throughput_speedup"),
     }
 
 
@@ -123,6 +128,12 @@ def row_of(run: dict) -> list[str]:
     name = run["name"]
     if run.get("layers") and run["layers"] < run["all_layers"]:
         name += f" ({run['layers']} of {run['all_layers']} layers)"
+    speedup = run.get("latency_speedup")
+    whole = run.get("whole_model") or {}
+    if speedup:
+        latency = f"×{speedup:.2f} / ×{run['throughput_speedup']:.2f}"
+    else:
+        latency = "not measured" + (" (no room)" if whole and not whole.get("loaded") else "")
     return [
         name,
         f"{run['parameters'] / 1e6:,.0f}M",
@@ -135,6 +146,7 @@ def row_of(run: dict) -> list[str]:
         f"{run['seconds'] / 60:.1f}",
         f"{per:,.0f}",
         quality,
+        latency,
         goal_text,
     ]
 
@@ -351,6 +363,9 @@ def table_of(runs: list[dict], skipped: list[str] = ()) -> Table:
         "GiB = 2**30 bytes",
         "wall seconds per billion parameters per 1,000 calibration tokens: s/B/1k",
         "† random weights: the perplexity is meaningless (only the SmolLM2 row measures quality)",
+        "latency / throughput: speed-ups at batch 1 and batch 32 (128 tokens), measured on the "
+        "written folder and the original loaded whole one at a time, where one fits within the "
+        "job's estimate (execution.whole_model); peak RSS includes that phase",
     ]
     if skipped:
         notes.append(f"not run (--skip-after: the rows above took longer): {', '.join(skipped)}")
@@ -368,6 +383,7 @@ def table_of(runs: list[dict], skipped: list[str] = ()) -> Table:
             "min",
             "s/B/1k",
             "perplexity",
+            "latency / throughput",
             "goal",
         ],
         rows=[row_of(r) for r in runs],

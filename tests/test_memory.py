@@ -198,7 +198,7 @@ def test_the_environment_overrides_the_available_memory(monkeypatch):
 def test_without_the_override_memory_comes_from_the_machine(monkeypatch):
     monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
     monkeypatch.setattr(available, "cgroup_memory_room", lambda: 2 * GIB)
-    monkeypatch.setattr(available, "_own_rss", lambda: GIB // 2)
+    monkeypatch.setattr(available, "resident_bytes", lambda: GIB // 2)
     got, source = available_memory()
     assert source == "the cgroup's memory limit" and got == 2 * GIB + GIB // 2
     monkeypatch.setattr(available, "cgroup_memory_room", lambda: None)

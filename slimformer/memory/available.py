@@ -103,7 +103,8 @@ def _meminfo(key: str, meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
-def _own_rss() -> int:
+def resident_bytes() -> int:
+    """What this process holds now (``VmRSS``); 0 where unknown."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -142,7 +143,7 @@ def available_memory() -> tuple[int | None, str]:
     if not free:
         return None, "unknown"
     room, source = min(free)
-    return room + _own_rss(), source
+    return room + resident_bytes(), source
 
 
 def available_memory_bytes() -> int | None:
@@ -154,4 +155,4 @@ def room_now() -> int | None:
     """The bytes this process may still add to what it holds now (:func:`available_memory` less
     its resident memory); None where unknown."""
     limit = available_memory()[0]
-    return None if limit is None else max(0, limit - _own_rss())
+    return None if limit is None else max(0, limit - resident_bytes())

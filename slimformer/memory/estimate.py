@@ -356,8 +356,9 @@ def states_go_to_files(estimate: MemoryEstimate, available: int | None) -> bool:
 def whole_model_bytes(shape: ModelShape, dtype_bytes: int, batch_tokens: int) -> int:
     """What loading one whole model in its checkpoint's dtype and running a forward pass over
     ``batch_tokens`` tokens need (the layer-by-layer path's whole-model measurements: latency,
-    generations): the weights, and per token the logits and a layer's widest activations
-    (``V + 3 f + 6 h`` values in that dtype, the MLP's three and the attention's six being
-    live together)."""
-    per_token = shape.vocab + 3 * shape.ffn + 6 * max(shape.hidden, shape.q_width)
-    return dtype_bytes * (shape.parameters() + batch_tokens * per_token)
+    generations): the weights; per token a layer's widest activations (``3 f + 6 h`` values in
+    that dtype, the MLP's three and the attention's six being live together); the float32 logits
+    of one position per sequence of 128 tokens (latency keeps the last position's only)."""
+    per_token = 3 * shape.ffn + 6 * max(shape.hidden, shape.q_width)
+    logits = 4 * shape.vocab * max(1, batch_tokens // 128)
+    return dtype_bytes * (shape.parameters() + batch_tokens * per_token) + logits

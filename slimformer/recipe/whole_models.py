@@ -25,7 +25,7 @@ from slimformer.evaluation.downstream import run_tasks
 from slimformer.evaluation.lm import greedy_continuations
 from slimformer.evaluation.side_by_side import model_latency, with_latency
 from slimformer.loading import load_model
-from slimformer.memory import room_now, whole_model_bytes
+from slimformer.memory import resident_bytes, room_now, whole_model_bytes
 from slimformer.recipe import downstream
 from slimformer.recipe.inputs import MAX_LENGTH
 from slimformer.recipe.job import Job
@@ -93,24 +93,30 @@ def _ask(plan: _Plan, name: str, model: nn.Module, tokenizer, on_step: Callable)
 
 
 def _room_for_whole_models(job: Job) -> dict:
-    """Layer by layer: whether one whole model fits in the room left now, and the figures."""
+    """Layer by layer: whether one whole model fits beside what the process holds now, within
+    both the memory left and the job's own estimate (the whole-model measurements never take the
+    job past what it said it would need), and the figures."""
     estimate = job.execution.estimate if job.execution else None
-    room = room_now()
-    need = None
+    room, need = room_now(), None
     if estimate is not None:
-        tokens = LATENCY_BATCH * MAX_LENGTH
-        need = whole_model_bytes(estimate.shape, estimate.job["dtype_bytes"], tokens)
+        need = whole_model_bytes(
+            estimate.shape, estimate.job["dtype_bytes"], LATENCY_BATCH * MAX_LENGTH
+        )
+        held = resident_bytes()
+        budget = estimate.total_bytes - held
+        room = budget if room is None else min(room, budget)
     fits = need is None or room is None or need <= room
     why = None
     if not fits:
         why = (
             f"one whole model needs about {need / 2**30:.2f} GiB to be measured and "
-            f"{room / 2**30:.2f} GiB were left"
+            f"{max(0, room) / 2**30:.2f} GiB were left within the memory available and the "
+            "job's estimate"
         )
     return {
         "loaded": fits,
         "needed_bytes": need,
-        "room_bytes": room,
+        "room_bytes": None if room is None else max(0, room),
         "why_not": why,
         "peak_before_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -142,6 +148,8 @@ def measure(job: Job, folder: Path) -> None:
         _ask(plan, "original", inputs.original, inputs.tokenizer, on_step)
         _ask(plan, "compressed", job.compressed, inputs.tokenizer, on_step)
     else:
+        inputs.streamed.free_resident()  # the folder is written: the stream is over
+        gc.collect()
         room = _room_for_whole_models(job)
         job.execution.extra["whole_model"] = room
         if not room["loaded"]:  # tasks were asked by name: the estimate made room for them

@@ -118,6 +118,11 @@ class StreamedModel:
         layer.load_state_dict({n[len(prefix) :]: t for n, t in tensors.items()}, assign=True)
         return layer.eval()
 
+    def free_resident(self) -> None:
+        """Give back what stays in memory (embeddings, norm, head) once the stream is over; every
+        shape stays (on the meta device)."""
+        self.model.to("meta")
+
     def free_layer(self, index: int) -> None:
         """Give layer ``index``'s memory back; its shapes stay (on the meta device)."""
         self.adapter.layers[index].to("meta")
