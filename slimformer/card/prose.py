@@ -238,7 +238,7 @@ def _distill_text(report: CompressionReport) -> str:
     )
     steps = "?" if d.steps is None else d.steps
     return (
-        f"### Distillation\n\nThe student was trained for {steps} steps "
+        f"### Distillation\n\n{_student_text(report)}The student was trained for {steps} steps "
         f"({(d.seconds or 0) / 60:.1f} min) on soft targets of the original model at "
         f"temperature {spec['temperature']} (alpha {spec['alpha']} on gold labels where present"
         f"{hidden}); "
@@ -246,6 +246,34 @@ def _distill_text(report: CompressionReport) -> str:
         + (f" (best {d.best_metric:.4f})." if d.best_metric is not None else ".")
         + ("" if "prune" in report.spec["method"] else _unused_labels_text(report))
     )
+
+
+SELECTIONS = {
+    "even": "evenly spaced, ending with the last",
+    "importance": "by a gate on each layer's residual update, scored like heads",
+    "block_influence": "by block influence on the calibration text, as depth pruning "
+    "(`prune --layers`) chooses them",
+}
+
+
+def _student_text(report: CompressionReport) -> str:
+    """Which teacher layers a layer-dropped student kept, and its held-out metric before and
+    after training."""
+    d = report.distillation
+    student = getattr(d, "student", None) or {}
+    kept = student.get("kept_layers")
+    if not kept:
+        return ""
+    how = SELECTIONS.get(student.get("layer_selection") or "", "")
+    text = f"The student kept the teacher's layers {kept}" + (f" ({how})" if how else "") + ". "
+    evaluations = getattr(d, "evaluations", None) or []
+    start = next((e for e in evaluations if e.get("step") == 0), None)
+    metric = getattr(d, "metric", None) or "metric"
+    if start is not None and d.best_metric is not None:
+        text += (
+            f"Held-out {metric} before training {start['metric']:.4g}, after {d.best_metric:.4g}. "
+        )
+    return text
 
 
 def _int8_facts(int8: OnnxInt8 | None) -> dict | None:

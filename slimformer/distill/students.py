@@ -28,7 +28,7 @@ from slimformer.models import model_task
 
 logger = logging.getLogger(__name__)
 
-LayerStrategy = Literal["even", "importance"]
+LayerStrategy = Literal["even", "importance", "block_influence"]
 
 
 def score_layers(
@@ -111,6 +111,31 @@ def _evenly_spaced(num_layers: int, keep: int) -> list[int]:
     return [math.floor((i + 1) * num_layers / keep + 0.5) - 1 for i in range(keep)]
 
 
+def _scored_layers(
+    teacher: nn.Module,
+    keep: int,
+    strategy: str,
+    batches: Sequence[dict],
+    should_cancel: CancelFn | None,
+) -> list[int]:
+    """The ``keep`` layers a scored strategy keeps (see :func:`make_layer_dropped_student`)."""
+    from slimformer.importance import block_influence
+    from slimformer.pruning.depth import plan_depth
+
+    n = ModelAdapter(teacher).num_layers
+    if strategy == "importance":
+        scores = score_layers(teacher, batches, should_cancel=should_cancel)
+        order = torch.argsort(scores, descending=True, stable=True)
+        kept = sorted(int(i) for i in order[:keep])
+    else:
+        # as a depth-only prune job plans it (its uniform layout protects no layer)
+        scores = block_influence(teacher, batches, should_cancel=should_cancel)
+        dropped = set(plan_depth(scores, n - keep))
+        kept = [i for i in range(n) if i not in dropped]
+    logger.info("layer scores %s; keeping layers %s", [round(float(v), 6) for v in scores], kept)
+    return kept
+
+
 def make_layer_dropped_student(
     teacher: nn.Module,
     num_layers: int,
@@ -133,8 +158,10 @@ def make_layer_dropped_student(
         num_layers: layers to keep, 1 to the teacher's count.
         strategy: ``even`` keeps every (teacher layers / ``num_layers``)-th layer, ending with the
             last; ``importance`` keeps the ``num_layers`` layers with the highest
-            :func:`score_layers` scores.
-        calibration_batches: tokenised batches for ``importance``.
+            :func:`score_layers` scores; ``block_influence`` keeps what depth pruning keeps
+            (:func:`slimformer.pruning.plan_depth` on ShortGPT's block influence), so
+            distillation starts where ``prune --layers`` ends.
+        calibration_batches: tokenised batches for ``importance`` and ``block_influence``.
         should_cancel: checked between calibration batches.
 
     Returns:
@@ -158,19 +185,16 @@ def make_layer_dropped_student(
         )
     if strategy == "even":
         kept = _evenly_spaced(n, num_layers)
-    elif strategy == "importance":
+    elif strategy in ("importance", "block_influence"):
         if not calibration_batches:
             raise InvalidSpec(
-                "the importance strategy needs calibration_batches to score the layers"
+                f"the {strategy} strategy needs calibration_batches to score the layers"
             )
-        scores = score_layers(teacher, calibration_batches, should_cancel=should_cancel)
-        order = torch.argsort(scores, descending=True, stable=True)
-        kept = sorted(int(i) for i in order[:num_layers])
-        logger.info(
-            "layer scores %s; keeping layers %s", [round(float(s), 6) for s in scores], kept
-        )
+        kept = _scored_layers(teacher, num_layers, strategy, calibration_batches, should_cancel)
     else:
-        raise InvalidSpec(f"unknown layer strategy {strategy!r}; choose 'even' or 'importance'")
+        raise InvalidSpec(
+            f"unknown layer strategy {strategy!r}; choose 'even', 'importance' or 'block_influence'"
+        )
     student = copy.deepcopy(teacher)
     keep_layers(student, kept)
     return student.eval(), kept

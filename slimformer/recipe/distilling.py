@@ -82,8 +82,10 @@ def _student(job: Job) -> tuple[nn.Module, list[int] | None]:
     if spec.method == "prune_distill":
         return job.pruned.model, None
     if d.student.layers is not None:
-        calibration = None
-        if d.student.layer_selection == "importance":
+        strategy, calibration = d.student.selection_for(inputs.task), None
+        if strategy != "even" and inputs.cal_batches is not None:  # causal LMs: packed windows
+            calibration = inputs.cal_batches
+        elif strategy != "even":
             rows = calibration_sample(inputs.data.train, spec.prune.calibration_samples)
             calibration = make_batches(
                 inputs.tokenizer, rows, task=inputs.task, config=teacher.config
@@ -91,7 +93,7 @@ def _student(job: Job) -> tuple[nn.Module, list[int] | None]:
         return distillation.make_layer_dropped_student(
             teacher,
             d.student.layers,
-            strategy=d.student.layer_selection,
+            strategy=strategy,
             calibration_batches=calibration,
             should_cancel=job.should_cancel,
         )
@@ -100,10 +102,14 @@ def _student(job: Job) -> tuple[nn.Module, list[int] | None]:
     return named.model, None
 
 
-def _report(spec: JobSpec, result, recipe, layer_map) -> dict:
+def _report(spec: JobSpec, task: str, result, recipe, layer_map) -> dict:
     d = spec.distill
     if d.student and d.student.layers:
-        student = {"layers": d.student.layers, "kept_layers": layer_map}
+        student = {
+            "layers": d.student.layers,
+            "kept_layers": layer_map,
+            "layer_selection": d.student.selection_for(task),
+        }
     else:
         student = {"id": d.student.id} if d.student else {"pruned": True}
     history = result.history
@@ -150,7 +156,7 @@ def run(job: Job) -> Distilled:
         on_progress=job.on_progress,
         should_cancel=job.should_cancel,
     )
-    report = _report(spec, result, recipe, layer_map)
+    report = _report(spec, inputs.task, result, recipe, layer_map)
     job.distilled = Distilled(result.student, report, settings_used(spec.distill, report["recipe"]))
     job.timed("distilling", t0)
     return job.distilled

@@ -16,12 +16,20 @@ class StudentSpec(_Strict):
     id: str | None = Field(
         None, description="A smaller model sharing the teacher's tokenizer and labels."
     )
-    layer_selection: Literal["even", "importance"] = Field(
-        "even",
+    layer_selection: Literal["even", "importance", "block_influence"] | None = Field(
+        None,
         description="Which of the teacher's layers a layer-dropped student keeps: even (every "
-        "other layer, ending with the last) or importance (a gate on each layer's residual update, "
-        "scored like heads).",
+        "other layer, ending with the last), importance (a gate on each layer's residual update, "
+        "scored like heads) or block_influence (the layers depth pruning keeps: ShortGPT's block "
+        "influence on the calibration text, so distillation starts where `prune --layers` ends). "
+        "Null: block_influence for causal LMs, even for the other tasks.",
     )
+
+    def selection_for(self, task: str) -> str:
+        """The layer selection used for ``task`` (the field, or its default by task)."""
+        if self.layer_selection is not None:
+            return self.layer_selection
+        return "block_influence" if task == "text-generation" else "even"
 
     @field_validator("id")
     @classmethod
