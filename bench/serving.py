@@ -18,6 +18,17 @@ Needs the engines (``make engines``). Prints the table and writes ``serving.json
 and ``serving.png`` under ``--out``.
 
     python bench/serving.py [--eval-windows 16]
+
+``--quantized`` measures ``export.quantize`` instead: the job ``prune: {ffn: 0.3, layout:
+nemotron_nas}`` (or the model folder of such a job given with ``--pruned``), then each quantized
+copy (gptq-int4, w8a8) made from it on the job's calibration windows (``--calibration-windows``
+windows of 512 tokens of WikiText-2 validation): WikiText-2 test perplexity in transformers (the
+gptq engine, bfloat16, a fresh process) and in vLLM (bfloat16) against the pruned bf16 folder in
+the same engines, size on disk, quantization wall time and peak memory of the quantizing process,
+and vLLM greedy tokens/s (a batch of 8 and one stream). Writes ``quantized.json`` and
+``quantized.md``.
+
+    python bench/serving.py --quantized [--pruned FOLDER] [--eval-windows 24]
 """
 
 from __future__ import annotations
@@ -120,6 +131,132 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _fixture() -> Path:
+    if not MAKE_SMOLLM2.exists() or not (WIKITEXT / "test.txt").exists():
+        sys.exit(f"serving: needs {MAKE_SMOLLM2} and {WIKITEXT} (../shared next to the repo)")
+    out = subprocess.run(
+        [str(MAKE_SMOLLM2), sys.executable], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _pruned_folder(args, work: Path) -> Path:
+    """The model folder of ``prune --ffn 0.3 --layout nemotron_nas`` (``--pruned``, or run here)."""
+    if args.pruned:
+        return Path(args.pruned)
+    from slimformer.pipeline import run
+    from slimformer.spec import JobSpec
+
+    spec = {
+        "model": {"id": str(_fixture())},
+        "dataset": {
+            "path": str(WIKITEXT / "validation.txt"),
+            "eval_path": str(WIKITEXT / "test.txt"),
+        },
+        "prune": {"ffn": 0.3, "layout": "nemotron_nas"},
+        "evaluation": {"latency": False, "max_samples": args.eval_windows},
+    }
+    return run(JobSpec.model_validate(spec, context={"local_files": True}), work / "job").folder
+
+
+def _engine_rows(folder: Path, windows: list[list[int]]) -> dict:
+    from slimformer.engines import vllm_scores
+    from slimformer.engines.quantize import quantized_scores
+
+    hf = quantized_scores(folder, windows)
+    rows = {"transformers bf16": engine_row(hf | {"bench": {"tokens_per_s": float("nan")}}, 1)}
+    for batch in (BATCH, 1):
+        bench = {"batch": batch, "prompt": PROMPT, "new_tokens": NEW}
+        scores = vllm_scores(folder, windows, bench=bench, dtype="bfloat16")
+        rows[f"vLLM bf16, batch {batch}"] = engine_row(scores, batch)
+    return rows
+
+
+def quantized_main(args) -> None:
+    """``--quantized``: the pruned bf16 folder and each quantized copy, side by side."""
+    from transformers import AutoTokenizer
+
+    from slimformer.engines import kept_engines
+    from slimformer.engines.quantize import quantize_folder
+    from slimformer.text import pack_texts, read_documents
+
+    torch.set_num_threads(2)
+    results = {"environment": environment(), "models": {}, "quantization": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _pruned_folder(args, Path(tmp))
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        windows = pack_texts(
+            tokenizer, read_documents(WIKITEXT / "test.txt"), max_windows=args.eval_windows
+        ).input_ids.tolist()
+        calibration = pack_texts(
+            tokenizer,
+            read_documents(WIKITEXT / "validation.txt"),
+            max_windows=args.calibration_windows,
+        ).input_ids.tolist()
+        with kept_engines():
+            results["models"]["pruned bf16"] = _engine_rows(folder, windows)
+            bf16_size = (folder / "model.safetensors").stat().st_size / 2  # float32 on disk
+            for method in ("gptq-int4", "w8a8"):
+                out = Path(tmp) / "quantized" / method
+                start = time.perf_counter()
+                record = quantize_folder(
+                    folder, method, calibration, blocks="model.layers", out=out,
+                    desc_act=args.desc_act,
+                )  # fmt: skip
+                record["wall_s"] = time.perf_counter() - start
+                results["quantization"][method] = record
+                print(method, record, flush=True)
+                results["models"][method] = _engine_rows(out, windows)
+                results["models"][method]["size_mb"] = record["size_bytes"] / 1e6
+        results["models"]["pruned bf16"]["size_mb"] = bf16_size / 1e6
+    _quantized_table(args, results)
+
+
+def _quantized_table(args, results: dict) -> None:
+    base = results["models"]["pruned bf16"]
+    rows = []
+    for name, engines in results["models"].items():
+        record = results["quantization"].get(name, {})
+        for engine, row in engines.items():
+            if engine == "size_mb":
+                continue
+            ratio = row["perplexity"] / base[engine]["perplexity"]
+            speed = row["tokens_per_s"]
+            rows.append(
+                [
+                    name,
+                    engine,
+                    f"{engines['size_mb']:,.0f}",
+                    f"{row['perplexity']:.2f}",
+                    f"x{ratio:.3f}",
+                    "" if math.isnan(speed) else f"{speed:.1f}",
+                    f"{record['wall_s']:.0f}" if record else "",
+                    f"{record['peak_rss_bytes'] / 2**30:.2f}" if record else "",
+                ]
+            )
+    table = Table(
+        title="SmolLM2-135M pruned 30% of the FFN (nemotron_nas), quantized, WikiText-2 test",
+        headers=[
+            "model", "engine", "MB", "perplexity", "vs bf16", "tokens/s", "quantize s", "peak GiB",
+        ],
+        rows=rows,
+        notes=[
+            f"perplexity on the first {args.eval_windows} windows of 512 tokens; calibration: "
+            f"{args.calibration_windows} windows of 512 tokens of WikiText-2 validation",
+            "MB: the weights on disk (the pruned folder: its float32 file halved, as bf16); "
+            "quantize s: wall time of quantizing, saving and reloading; peak GiB: the "
+            "quantizing process's peak RSS",
+            f"tokens/s: vLLM greedy generation, {PROMPT}-token prompts, {NEW} new tokens, "
+            "2 CPU cores, one OpenMP thread",
+        ],
+    )  # fmt: skip
+    print(render_text(table))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quantized.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "quantized.md").write_text(render_markdown(table) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--eval-windows", type=int, default=16)
@@ -127,7 +264,14 @@ def main() -> None:
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw serving.png from serving.json in --out"
     )
+    parser.add_argument("--quantized", action="store_true", help="measure export.quantize")
+    parser.add_argument("--pruned", help="--quantized: a pruned model folder to start from")
+    parser.add_argument("--calibration-windows", type=int, default=32)
+    parser.add_argument("--desc-act", action="store_true", help="gptq-int4 with act-order")
     args = parser.parse_args()
+    if args.quantized:
+        quantized_main(args)
+        return
     if args.plot_only:
         out = Path(args.out)
         plot(json.loads((out / "serving.json").read_text()), out / "serving.png")
