@@ -450,9 +450,16 @@ class WholeModel(_Open):
     latency, generations and downstream tasks, where one fits."""
 
     loaded: bool = Field(description="Whether the whole models were loaded and measured")
-    needed_bytes: int | None = Field(description="What one whole model needs, estimated")
+    latency: bool | None = _optional("Whether latency was measured")
+    generations: bool | None = _optional("Whether the generations were made")
+    needed_bytes: int | None = Field(
+        description="What one whole model needs for latency (batch 32), estimated"
+    )
+    generation_needed_bytes: int | None = _optional(
+        "What one whole model needs for the generations alone (one sequence), estimated"
+    )
     room_bytes: int | None = Field(description="The memory left for it at that moment")
-    why_not: str | None = Field(description="Why latency and generations were not measured")
+    why_not: str | None = Field(description="What was not measured, and why")
     peak_before_bytes: int = Field(description="The process's peak before they were loaded")
     peak_bytes: int | None = Field(None, description="The process's peak after them")
 

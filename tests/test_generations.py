@@ -102,8 +102,34 @@ def test_without_room_for_a_whole_model_the_card_says_latency_was_not_measured(
     assert report["evaluation"]["ratios"]["latency_speedup"] is None
     assert "generations" not in report["evaluation"]
     card = (out / "README.md").read_text()
-    assert "Latency and generations were not measured: one whole model needs" in card
+    assert "Latency and generations were not measured: latency would need about" in card
+    assert "generations would need about" in card
     assert "Generations side by side" not in card
+
+
+def test_generations_are_made_where_only_latency_does_not_fit(tiny_lm, tmp_path, monkeypatch):
+    from slimformer.pipeline import run
+    from slimformer.recipe import whole_models
+
+    folder, data = tiny_lm
+    real = whole_models.whole_model_bytes
+
+    def latency_too_big(shape, dtype_bytes, batch_tokens):
+        return (
+            2**50
+            if batch_tokens > whole_models.MAX_LENGTH
+            else real(shape, dtype_bytes, batch_tokens)
+        )
+
+    monkeypatch.setattr(whole_models, "whole_model_bytes", latency_too_big)
+    out = tmp_path / "out"
+    report = run(_spec(folder, data, new_tokens=6), tmp_path / "work", out_dir=out).report
+    whole = report["execution"]["whole_model"]
+    assert whole["loaded"] and whole["generations"] and not whole["latency"]
+    assert report["evaluation"]["original"]["latency"] is None
+    assert len(report["evaluation"]["generations"]["items"]) >= 1
+    card = (out / "README.md").read_text()
+    assert "Generations were then measured" in card and "Not measured: latency would need" in card
 
 
 def test_default_prompts_come_from_the_evaluation_text_in_memory_too(tiny_lm, tmp_path):

@@ -133,13 +133,19 @@ def _whole_model_text(whole) -> str:
         return " Latency was not measured."
     if not whole.loaded:
         return f" Latency and generations were not measured: {whole.why_not}."
+    done = [w for w, on in (("latency", whole.latency), ("generations", whole.generations)) if on]
+    what = " and ".join(done or ["latency", "generations"]).capitalize()
+    verb = "was" if what == "Latency" else "were"
     text = (
-        " Latency and generations were then measured on the written folder and on the original, "
-        "each loaded whole in its checkpoint's dtype, one at a time"
+        f" {what} {verb} then measured on the written folder and on the original, each loaded "
+        "whole in its checkpoint's dtype, one at a time"
     )
     if whole.peak_bytes:
         text += f" (peak memory then: {whole.peak_bytes / 1e9:.2f} GB)"
-    return text + "."
+    text += "."
+    if whole.why_not:
+        text += f" Not measured: {whole.why_not}."
+    return text
 
 
 def _files(report: CompressionReport) -> dict:

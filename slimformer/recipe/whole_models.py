@@ -92,32 +92,47 @@ def _ask(plan: _Plan, name: str, model: nn.Module, tokenizer, on_step: Callable)
             out["tasks"] = run_tasks(model, tokenizer, plan.tasks, plan.task_limit)
 
 
-def _room_for_whole_models(job: Job) -> dict:
-    """Layer by layer: whether one whole model fits beside what the process holds now, within
-    both the memory left and the job's own estimate (the whole-model measurements never take the
-    job past what it said it would need), and the figures."""
+def _room_for_whole_models(job: Job, plan: _Plan) -> dict:
+    """Layer by layer: what one whole model needs for latency (a batch of 32 sequences) and for
+    generations alone (one sequence), beside what the process holds now, within both the memory
+    left and the job's own estimate (the whole-model measurements never take the job past what
+    it said it would need); which of them run, and why the others do not."""
     estimate = job.execution.estimate if job.execution else None
-    room, need = room_now(), None
+    room, latency_need, generation_need = room_now(), None, None
     if estimate is not None:
-        need = whole_model_bytes(
-            estimate.shape, estimate.job["dtype_bytes"], LATENCY_BATCH * MAX_LENGTH
-        )
-        held = resident_bytes()
-        budget = estimate.total_bytes - held
+        shape, dtype_bytes = estimate.shape, estimate.job["dtype_bytes"]
+        latency_need = whole_model_bytes(shape, dtype_bytes, LATENCY_BATCH * MAX_LENGTH)
+        generation_need = whole_model_bytes(shape, dtype_bytes, MAX_LENGTH)
+        budget = estimate.total_bytes - resident_bytes()
         room = budget if room is None else min(room, budget)
-    fits = need is None or room is None or need <= room
-    why = None
-    if not fits:
-        why = (
-            f"one whole model needs about {need / 2**30:.2f} GiB to be measured and "
-            f"{max(0, room) / 2**30:.2f} GiB were left within the memory available and the "
-            "job's estimate"
+
+    def fits(need: int | None) -> bool:
+        return need is None or room is None or need <= room
+
+    latency = plan.latency and fits(latency_need)
+    generations = bool(plan.prompts) and fits(generation_need)
+    skipped = [
+        (what, need)
+        for what, asked, done, need in (
+            ("latency", plan.latency, latency, latency_need),
+            ("generations", bool(plan.prompts), generations, generation_need),
         )
+        if asked and not done
+    ]
+    why = "; ".join(
+        f"{what} would need about {need / 2**30:.2f} GiB for one whole model and "
+        f"{max(0, room) / 2**30:.2f} GiB were left within the memory available and the job's "
+        "estimate"
+        for what, need in skipped
+    )
     return {
-        "loaded": fits,
-        "needed_bytes": need,
+        "loaded": latency or generations,
+        "latency": latency,
+        "generations": generations,
+        "needed_bytes": latency_need,
+        "generation_needed_bytes": generation_need,
         "room_bytes": None if room is None else max(0, room),
-        "why_not": why,
+        "why_not": why or None,
         "peak_before_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
@@ -150,10 +165,11 @@ def measure(job: Job, folder: Path) -> None:
     else:
         inputs.streamed.free_resident()  # the folder is written: the stream is over
         gc.collect()
-        room = _room_for_whole_models(job)
+        room = _room_for_whole_models(job, plan)
         job.execution.extra["whole_model"] = room
-        if not room["loaded"]:  # tasks were asked by name: the estimate made room for them
-            plan.latency, plan.prompts = False, []
+        # tasks were asked by name: the estimate made room for them
+        plan.latency = room["latency"]
+        plan.prompts = plan.prompts if room["generations"] else []
         if plan:
             _from_disk(plan, "compressed", folder, on_step)
             _from_disk(plan, "original", Path(inputs.loaded.path), on_step)
