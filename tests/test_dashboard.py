@@ -43,6 +43,7 @@ def service(tmp_path_factory, tiny_classifier_folder):
     svc, hub = start_service_with_keys(
         tmp_path_factory.mktemp("dashboard-service"), tiny_classifier_folder
     )
+    svc.hub = hub
     yield svc
     svc.kill()
     hub.stop()
@@ -336,4 +337,36 @@ def test_the_form_and_the_timeline_come_from_the_spec_facts(service, page):
     assert [i.get_attribute("data-stage") for i in items.all()] == stages_for(spec)
     does = {stage.name: stage.does for stage in STAGE_TABLE}
     expect(items.first).to_have_attribute("title", does["downloading"])
+    assert not page.problems, "\n".join(page.problems)
+
+
+def test_a_causal_lm_jobs_page_shows_both_models_generations(service, page, tmp_path):
+    from playwright.sync_api import expect
+
+    from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
+
+    service.hub.add_repo("acme/tiny-lm", save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4))
+    upload = service.upload(write_story_txt(tmp_path / "stories.txt"))
+    prompt = "Story 3: the cat sat"
+    spec = {
+        "model": {"id": "acme/tiny-lm"},
+        "dataset": {"upload_id": upload["upload_id"]},
+        "prune": {"heads": 0.25},
+        "evaluation": {"latency": False, "max_samples": 4, "prompts": [prompt], "new_tokens": 6},
+    }
+    job = service.submit(spec)
+    done = service.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    page.goto(service.url + "/")
+    page.fill("#key-input", service.keys["alice"])
+    page.click("#key-form button[type=submit]")
+    page.goto(f"{service.url}/jobs/{job['id']}")
+    section = page.locator("#generations")
+    expect(section).to_be_visible()
+    rows = section.locator("tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator("td").nth(0)).to_have_text(prompt)
+    expect(rows.first.locator("td").nth(2)).to_contain_text("(same: ")
+    expect(page.locator("#card")).to_contain_text("Generations side by side")
+    page.screenshot(path=SHOTS / "5-llm-generations.png", full_page=True)
     assert not page.problems, "\n".join(page.problems)
