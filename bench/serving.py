@@ -201,7 +201,8 @@ def quantized_main(args) -> None:
                 start = time.perf_counter()
                 record = quantize_folder(
                     folder, method, calibration, blocks="model.layers", out=out,
-                    desc_act=args.desc_act,
+                    desc_act=args.desc_act, damp_percent=args.damp_percent,
+                    smoothing=args.smoothing,
                 )  # fmt: skip
                 record["wall_s"] = time.perf_counter() - start
                 results["quantization"][method] = record
@@ -258,6 +259,8 @@ def _quantized_table(args, results: dict) -> None:
 
 
 def main() -> None:
+    from slimformer.engines.quantize import GPTQ_DAMP_PERCENT, W8A8_SMOOTHING
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -267,7 +270,13 @@ def main() -> None:
     parser.add_argument("--quantized", action="store_true", help="measure export.quantize")
     parser.add_argument("--pruned", help="--quantized: a pruned model folder to start from")
     parser.add_argument("--calibration-windows", type=int, default=32)
-    parser.add_argument("--desc-act", action="store_true", help="gptq-int4 with act-order")
+    parser.add_argument(
+        "--desc-act", action="store_true", help="gptq-int4 with act-order (vLLM 0.32 refuses it)"
+    )
+    parser.add_argument("--damp-percent", type=float, default=GPTQ_DAMP_PERCENT)
+    parser.add_argument(
+        "--smoothing", type=float, default=W8A8_SMOOTHING, help="w8a8: SmoothQuant, 0: none"
+    )
     args = parser.parse_args()
     if args.quantized:
         quantized_main(args)

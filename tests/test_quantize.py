@@ -18,6 +18,8 @@ from safetensors import safe_open
 
 from slimformer.engines import EngineMissing, engine_python
 from slimformer.engines.quantize import (
+    GPTQ_DAMP_PERCENT,
+    W8A8_SMOOTHING,
     block_path,
     check_reload,
     group_size_for,
@@ -102,6 +104,7 @@ def test_gptq_int4_reloads_in_a_fresh_process_as_it_was_quantized(llama):
     config = _config(folder, "gptq-int4")["quantization_config"]
     assert (config["quant_method"], config["bits"], config["sym"]) == ("gptq", 4, True)
     assert config["group_size"] == record["group_size"] == 64
+    assert config["damp_percent"] == record["damp_percent"] == GPTQ_DAMP_PERCENT
     with safe_open(folder / "quantized" / "gptq-int4" / "model.safetensors", "pt") as handle:
         names = set(handle.keys())
     assert "model.layers.0.mlp.down_proj.qweight" in names
@@ -172,6 +175,8 @@ def test_w8a8_is_int8_per_channel_with_dynamic_per_token_activations(llama):
         weight = handle.get_tensor("model.layers.0.mlp.down_proj.weight")
         scale = handle.get_tensor("model.layers.0.mlp.down_proj.weight_scale")
     assert weight.dtype == torch.int8 and tuple(scale.shape) == (weight.shape[0], 1)
+    # smoothed by default, on the calibration windows (tests/test_quantize_smoothing.py)
+    assert record["smoothing"] == W8A8_SMOOTHING
     assert record["reload_agreement"] >= 0.98
     base = math.exp(bf16["nll_sum"] / bf16["tokens"])
     assert abs(record["perplexity"] / base - 1) < 0.05

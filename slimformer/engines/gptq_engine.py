@@ -95,6 +95,9 @@ def quantize_gptq(request: dict) -> dict:
         group_size=request["group_size"],
         sym=True,  # vLLM's CPU kernel (CPUWNA16) is symmetric only
         desc_act=request.get("desc_act", False),
+        damp_percent=request.get("damp_percent", 0.1),
+        true_sequential=request.get("true_sequential", True),
+        modules_in_block_to_quantize=request.get("modules"),
         dataset=_samples(request["calibration"]),
         block_name_to_quantize=request["block_name"],
         model_seqlen=request["seq_len"],
@@ -109,6 +112,75 @@ def quantize_gptq(request: dict) -> dict:
     return _finish(request, model, started)
 
 
+# the linears that read one module's output, in llama-like blocks: (that module, its readers)
+SMOOTHED = (
+    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    ("mlp.up_proj", ("mlp.down_proj",)),
+)
+
+
+def _smoothing_pairs(model, block: str) -> list:
+    """(source, [linears]) where dividing the source's output channels by a scale and multiplying
+    the linears' input columns by it leaves the float model unchanged: a norm's weight (and bias)
+    before q/k/v or gate/up, and ``up_proj``'s rows before ``down_proj`` (SwiGLU multiplies
+    ``up_proj``'s output elementwise). Layers without these modules (attention removed, other
+    families) are left as they are."""
+    pairs = []
+    for layer in model.get_submodule(block):
+        for source_name, reader_names in SMOOTHED:
+            try:
+                source = layer.get_submodule(source_name)
+                readers = [layer.get_submodule(name) for name in reader_names]
+            except AttributeError:
+                continue
+            linear = all(isinstance(m, torch.nn.Linear) for m in readers)
+            if linear and isinstance(getattr(source, "weight", None), torch.Tensor):
+                pairs.append((source, readers))
+    return pairs
+
+
+@torch.no_grad()
+def smooth(model, block: str, windows: list[list[int]], alpha: float) -> int:
+    """SmoothQuant: per input channel j of each group of linears that read one module's output,
+    s_j = max|x_j|^alpha / max|W_:j|^(1-alpha) over the calibration ``windows``; the linears'
+    columns are multiplied by s and the source's output divided by it, moving activation
+    outliers (which per-token int8 rounds badly) into the weights (which per-channel int8 holds).
+    The float model computes the same function. Answers how many groups were smoothed."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"smoothing strength {alpha} is outside (0, 1]")
+    pairs = _smoothing_pairs(model, block)
+    peaks: dict = {}
+
+    def record(module, args):
+        x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+        peaks[module] = torch.maximum(peaks[module], x) if module in peaks else x
+
+    hooks = [readers[0].register_forward_pre_hook(record) for _, readers in pairs]
+    model.eval()
+    for window in windows:
+        model(input_ids=torch.tensor([window]))
+    for hook in hooks:
+        hook.remove()
+    for source, readers in pairs:
+        weight_peak = torch.stack([m.weight.abs().amax(0).float() for m in readers]).amax(0)
+        scale = peaks[readers[0]].clamp(min=1e-5).pow(alpha) / weight_peak.clamp(min=1e-5).pow(
+            1 - alpha
+        )
+        scale = scale.clamp(min=1e-5)
+        for module in readers:
+            module.weight.copy_((module.weight.float() * scale).to(module.weight.dtype))
+        if isinstance(source, torch.nn.Linear):  # up_proj: its output rows
+            source.weight.copy_((source.weight.float() / scale[:, None]).to(source.weight.dtype))
+            if source.bias is not None:
+                source.bias.copy_((source.bias.float() / scale).to(source.bias.dtype))
+        else:  # a norm: its elementwise weight (and bias)
+            source.weight.copy_((source.weight.float() / scale).to(source.weight.dtype))
+            if getattr(source, "bias", None) is not None:
+                source.bias.copy_((source.bias.float() / scale).to(source.bias.dtype))
+    return len(pairs)
+
+
 def quantize_w8a8(request: dict) -> dict:
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
@@ -120,8 +192,20 @@ def quantize_w8a8(request: dict) -> dict:
     from compressed_tensors.quantization.utils import calculate_qparams
 
     started = time.perf_counter()
-    model = _load(request, dtype=torch.bfloat16)
-    block = request["block_name"]
+    block, smoothed = request["block_name"], 0
+    if request.get("smoothing"):
+        # float32 while smoothing: bfloat16 matmuls are slow on most CPUs, and the scales are
+        # folded in before the one rounding to bfloat16
+        model = _load(request, dtype=torch.float32)
+        windows = json.loads(Path(request["calibration"]).read_text())
+        smoothed = smooth(model, block, windows, request["smoothing"])
+        # the weights only, as a bfloat16 load leaves them: buffers (rotary frequencies) stay
+        # float32, else the written model's outputs differ from what a reload computes
+        for param in model.parameters():
+            param.data = param.data.to(torch.bfloat16)
+        model.config.dtype = torch.bfloat16
+    else:
+        model = _load(request, dtype=torch.bfloat16)
     scheme = preset_name_to_scheme("W8A8", ["Linear"])
     ignore = [
         name
@@ -146,7 +230,7 @@ def quantize_w8a8(request: dict) -> dict:
     compressor.compress_model(model)
     model.save_pretrained(request["out"])
     compressor.update_config(request["out"])
-    return _finish(request, model, started)
+    return _finish(request, model, started) | {"smoothed": smoothed}
 
 
 @torch.no_grad()

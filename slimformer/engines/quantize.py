@@ -31,6 +31,11 @@ GROUP_SIZES = (128, 64, 32)
 # LMs) or the cosine of the last hidden states (encoders) on the probe windows
 RELOAD_AGREEMENT = 0.98
 PROBE_WINDOWS, PROBE_TOKENS = 2, 64
+# The defaults, measured on SmolLM2-135M pruned 30% of the FFN (docs/serving.md, "Quantized
+# copies"): gptq-int4's Hessian dampening (a share of its mean diagonal), and w8a8's SmoothQuant
+# migration strength (0: plain round-to-nearest)
+GPTQ_DAMP_PERCENT = 0.1
+W8A8_SMOOTHING = 0.5
 
 
 def group_size_for(widths: dict[str, int], *, also: Iterable[int] = ()) -> int:
@@ -148,23 +153,27 @@ def quantize_folder(
     out: str | Path | None = None,
     windows: list[list[int]] | None = None,
     desc_act: bool = False,
+    damp_percent: float = GPTQ_DAMP_PERCENT,
+    smoothing: float = W8A8_SMOOTHING,
     auto_class: str | None = None,
 ) -> dict:
     """Write the quantized copy ``method`` (``gptq-int4`` or ``w8a8``) of the saved ``folder`` into
     ``out`` (default ``folder/quantized/<method>``), reload it in a fresh engine process and
     measure it there on ``windows`` (causal LMs).
 
-    ``calibration``: token-id windows GPTQ calibrates on (w8a8 rounds weights to nearest and needs
-    none). ``blocks``: the dotted path of the layer list (:func:`block_path`). ``auto_class``: the
-    transformers class that loads the folder (default by ``causal``: AutoModelForCausalLM or
-    AutoModel). The first calibration windows (else evaluation windows), cut short, are the probe
-    the reload must reproduce.
+    ``calibration``: token-id windows GPTQ calibrates on, and w8a8 smooths on (SmoothQuant with
+    migration strength ``smoothing``; none without windows or with ``smoothing`` 0, then plain
+    round-to-nearest). ``damp_percent``: GPTQ's dampening. ``blocks``: the dotted path of the
+    layer list (:func:`block_path`). ``auto_class``: the transformers class that loads the folder
+    (default by ``causal``: AutoModelForCausalLM or AutoModel). The first calibration windows
+    (else evaluation windows), cut short, are the probe the reload must reproduce.
 
     Returns:
-        ``method``, ``path`` (relative to ``folder``), ``group_size`` (gptq-int4), ``size_bytes``,
-        ``seconds`` and ``peak_rss_bytes`` of the quantization, ``reload_agreement`` (the reload
-        against the quantizing process), ``perplexity``/``next_token_accuracy`` in transformers when
-        ``windows`` are given.
+        ``method``, ``path`` (relative to ``folder``), ``group_size``, ``desc_act`` and
+        ``damp_percent`` (gptq-int4), ``smoothing`` (w8a8: the strength, null when none),
+        ``size_bytes``, ``seconds`` and ``peak_rss_bytes`` of the quantization,
+        ``reload_agreement`` (the reload against the quantizing process),
+        ``perplexity``/``next_token_accuracy`` in transformers when ``windows`` are given.
 
     Raises:
         InvalidSpec: a width gptq-int4 cannot quantize (naming the layer and width).
@@ -186,6 +195,8 @@ def quantize_folder(
         causal=causal,
         blocks=blocks,
         desc_act=desc_act,
+        damp_percent=damp_percent,
+        smoothing=smoothing,
         auto_class=auto_class,
     )
     reloaded = check_reload(
@@ -200,7 +211,13 @@ def quantize_folder(
         "reload_agreement": round(reloaded["agreement"], 4),
     }
     if "group_size" in written:
-        record |= {"group_size": written["group_size"], "desc_act": desc_act}
+        record |= {
+            "group_size": written["group_size"],
+            "desc_act": desc_act,
+            "damp_percent": damp_percent,
+        }
+    if method == "w8a8":
+        record["smoothing"] = written.get("smoothing")
     if reloaded["tokens"]:
         record["perplexity"] = math.exp(reloaded["nll_sum"] / reloaded["tokens"])
         record["next_token_accuracy"] = reloaded["hits"] / reloaded["tokens"]
@@ -218,11 +235,13 @@ def write_quantized(
     causal: bool,
     blocks: str,
     desc_act: bool = False,
+    damp_percent: float = GPTQ_DAMP_PERCENT,
+    smoothing: float = W8A8_SMOOTHING,
     auto_class: str | None = None,
 ) -> dict:
     """The quantizing process: writes ``target`` and answers ``seconds``, ``peak_rss_bytes``,
-    ``group_size`` (gptq-int4) and ``probe`` (the written model's outputs on the ``probe``
-    windows, recorded after saving)."""
+    ``group_size`` (gptq-int4), ``smoothing`` (w8a8: the strength used, None when none) and
+    ``probe`` (the written model's outputs on the ``probe`` windows, recorded after saving)."""
     if method not in ("gptq-int4", "w8a8"):
         raise ValueError(f"unknown quantization {method!r}; choose gptq-int4 or w8a8")
     extra: dict = {"op": method, "out": str(target.resolve()), "block_name": blocks}
@@ -232,6 +251,14 @@ def write_quantized(
         extra["group_size"] = group_size_for(folder_widths(folder, blocks))
         extra["seq_len"] = max(len(w) for w in calibration)
         extra["desc_act"] = desc_act
+        extra["damp_percent"] = damp_percent
+    elif calibration and smoothing:
+        if not 0 < smoothing <= 1:
+            raise InvalidSpec(
+                f"w8a8 smoothing strength {smoothing} is outside (0, 1]",
+                details={"field": "quantize"},
+            )
+        extra["smoothing"] = smoothing
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slimformer-calibration-") as tmp:
         calib = Path(tmp) / "calibration.json"
@@ -246,6 +273,8 @@ def write_quantized(
     written["probe_windows"] = probe
     if "group_size" in extra:
         written["group_size"] = extra["group_size"]
+    if method == "w8a8":
+        written["smoothing"] = extra.get("smoothing")
     return written
 
 

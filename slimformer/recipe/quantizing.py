@@ -116,7 +116,7 @@ def measure(job: Job, folder: Path, bench: dict | None) -> list[dict] | None:
         record = quantize_folder(
             folder,
             method,
-            calibration if method == "gptq-int4" else [],
+            calibration,  # gptq-int4 calibrates on it, w8a8 smooths on it
             causal=causal,
             blocks=blocks,
             windows=windows,
