@@ -20,6 +20,16 @@ from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
 PROMPT = "Once upon a time, the little fox"
 
 
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """The room a job's process has, as in a process of its own: a test worker's memory holds
+    every earlier test's, which the whole-model measurements would count against the job's
+    estimate (tests/test_llm_pruning.py runs a real job in a process of its own)."""
+    from slimformer.recipe import whole_models
+
+    monkeypatch.setattr(whole_models, "resident_bytes", lambda: 0)
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-gen")
@@ -56,7 +66,9 @@ print(json.dumps(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_a_layer_by_layer_job_shows_generations_and_latency_of_the_written_model(tiny_lm, tmp_path):
+def test_a_layer_by_layer_job_shows_generations_and_latency_of_the_written_model(
+    tiny_lm, tmp_path, fresh_process
+):
     from slimformer.pipeline import run
 
     folder, data = tiny_lm
@@ -107,7 +119,9 @@ def test_without_room_for_a_whole_model_the_card_says_latency_was_not_measured(
     assert "Generations side by side" not in card
 
 
-def test_generations_are_made_where_only_latency_does_not_fit(tiny_lm, tmp_path, monkeypatch):
+def test_generations_are_made_where_only_latency_does_not_fit(
+    tiny_lm, tmp_path, monkeypatch, fresh_process
+):
     from slimformer.pipeline import run
     from slimformer.recipe import whole_models
 

@@ -28,10 +28,11 @@ Streamed (decoder LLMs, layer by layer; the peak is one layer's work on top of w
 - ``head_chunk``: the float32 logits of one chunk of :data:`HEAD_CHUNK_TOKENS` tokens:
   ``4 x 1024 V``. A layer's own activations over such a chunk are smaller and never live at the
   same time (the head runs after the layers), so this term bounds both.
-- ``runtime``: :data:`STREAMED_RUNTIME_BYTES` (0.7 GiB): Python, torch, transformers, tokenizers,
+- ``runtime``: :data:`STREAMED_RUNTIME_BYTES` (0.6 GiB): Python, torch, transformers, tokenizers,
   the data. Measured as the peak less the other parts: 0.50 GB on SmolLM2-135M with the defaults,
-  0.63 GB on the 1B shape (``bench/llm_memory.py``); the estimate then lies 5–18% above the measured
-  peaks (SmolLM2, 1B, 3B and 8B shapes, ``docs/benchmarks.md``).
+  0.63 GB on the 1B shape (``bench/llm_memory.py``); with 0.7 GiB the estimate lay 5–27% above
+  the measured peaks (SmolLM2 at 16 evaluation windows the 27%), with 0.6 GiB 0.5–15% (SmolLM2,
+  1B, 3B and 8B shapes, ``docs/benchmarks.md``).
 
 In memory (encoders, distillation, Michel importance; today's path for every job):
 
@@ -55,16 +56,16 @@ evaluation windows of 512 tokens, the causal-LM defaults; in brackets 16 and 16)
 
 | model        | checkpoint             | params | streamed  | in memory |
 |--------------|------------------------|-------:|----------:|----------:|
-| SmolLM2-135M | float32, V 49152, tied |   135M | 1.1 (1.0) |       2.6 |
-| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M | 1.8 (1.6) |       8.1 |
-| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B | 3.3 (2.8) |      17.3 |
-| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B | 4.2 (3.6) |      39.1 |
-| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 8.5 (7.6) |     102.9 |
+| SmolLM2-135M | float32, V 49152, tied |   135M | 1.0 (0.9) |       2.6 |
+| Qwen2.5-0.5B | bf16, V 151936, tied   |   494M | 1.7 (1.5) |       8.1 |
+| Llama-3.2-1B | bf16, V 128256, tied   |  1.24B | 3.2 (2.7) |      17.3 |
+| Llama-3.2-3B | bf16, V 128256, tied   |  3.21B | 4.1 (3.5) |      39.1 |
+| Llama-3.1-8B | bf16, V 128256, untied |  8.03B | 8.4 (7.5) |     102.9 |
 
 The 8B's streamed peak is the resident embeddings and head (1.96), one layer twice in float32
 (1.63), its Gram matrices (0.83) and their solve (1.97: one float64 copy of the FFN's 14,337-wide
 Gram matrix and the down projection), the calibration (0.25) and evaluation (1.0) states, a head
-chunk and the runtime (0.7); with 16 evaluation windows, or its states in files, under 8 GiB.
+chunk and the runtime (0.6); with 16 evaluation windows, or its states in files, under 8 GiB.
 
 """
 
@@ -80,7 +81,7 @@ from slimformer.families import FAMILIES
 GIB = 1024**3
 HEAD_CHUNK_TOKENS = 256  # tokens whose logits are computed at once (LM head, backward batches)
 RUNTIME_BYTES = GIB  # in memory: Python, torch, tokenizers, the data (fitted with the weights')
-STREAMED_RUNTIME_BYTES = int(0.7 * GIB)  # layer by layer: the same, measured (0.50-0.63 GB)
+STREAMED_RUNTIME_BYTES = int(0.6 * GIB)  # layer by layer: the same, measured (0.50-0.63 GB)
 IN_MEMORY_WEIGHT_COPIES = 2.45  # float32 copies of the weights at the in-memory peak (fitted)
 # float64 copies of the largest Gram matrix alive while it is solved: one, factored in place
 SOLVE_FLOAT64_COPIES = 1.0
