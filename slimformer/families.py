@@ -17,7 +17,7 @@ test holds the two equal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # the parts of a layer whose output projection may carry a bias
 PARTS = ("attention", "mlp")
@@ -65,6 +65,9 @@ class Family:
     gguf_architecture: str | None  # llama.cpp's GGUF architecture; None: no GGUF export
     # the nemotron_nas layout (per-layer shapes that vLLM and llama.cpp serve) applies
     nemotron_nas: bool
+    # an encoder whose GPTQ folder (export.quantize gptq-int4) reloads in transformers, as
+    # tests/test_quantize.py checks; decoders all quantize
+    gptq_encoder: bool = False
 
     @property
     def grouped(self) -> bool:
@@ -188,7 +191,7 @@ def _llama_like(
 
 
 _ALL = (
-    _bert_like("bert", "BERT"),
+    replace(_bert_like("bert", "BERT"), gptq_encoder=True),
     _bert_like("roberta", "RoBERTa"),
     _bert_like("xlm-roberta", "XLM-RoBERTa"),
     Family(
@@ -286,6 +289,15 @@ FAMILIES: dict[str, Family] = {family.name: family for family in _ALL}
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(f.name for f in _ALL if f.stock)
 # the families llama.cpp's converter writes as GGUF
 GGUF_FAMILIES: tuple[str, ...] = tuple(f.name for f in _ALL if f.gguf_architecture)
+# the encoder families whose GPTQ folder reloads
+GPTQ_ENCODERS: tuple[str, ...] = tuple(f.name for f in _ALL if f.gptq_encoder)
 
 
-__all__ = ["FAMILIES", "GGUF_FAMILIES", "PARTS", "SUPPORTED_FAMILIES", "Family"]
+__all__ = [
+    "FAMILIES",
+    "GGUF_FAMILIES",
+    "GPTQ_ENCODERS",
+    "PARTS",
+    "SUPPORTED_FAMILIES",
+    "Family",
+]
