@@ -34,7 +34,7 @@ PROBE_WINDOWS, PROBE_TOKENS = 2, 64
 # The defaults, measured on SmolLM2-135M pruned 30% of the FFN (docs/serving.md, "Quantized
 # copies"): gptq-int4's Hessian dampening (a share of its mean diagonal), and w8a8's SmoothQuant
 # migration strength (0: plain round-to-nearest)
-GPTQ_DAMP_PERCENT = 0.1
+GPTQ_DAMP_PERCENT = 0.01
 W8A8_SMOOTHING = 0.5
 
 
