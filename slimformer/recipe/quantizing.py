@@ -15,11 +15,10 @@ from slimformer.architectures import ModelAdapter
 from slimformer.engines import engine_python, vllm_scores
 from slimformer.engines.quantize import block_path, group_size_for, linear_widths, quantize_folder
 from slimformer.errors import InvalidSpec
+from slimformer.families import GPTQ_ENCODERS
 from slimformer.models import AUTO_CLASS_FOR_TASK
 from slimformer.recipe.job import Job
 
-# encoder families whose GPTQ folder reloads (tests/test_quantize.py); others: --onnx-int8
-GPTQ_ENCODERS = ("bert",)
 CAUSAL = "text-generation"
 
 
