@@ -25,7 +25,7 @@ from slimformer.evaluation.downstream import run_tasks
 from slimformer.evaluation.lm import greedy_continuations
 from slimformer.evaluation.side_by_side import model_latency, with_latency
 from slimformer.loading import load_model
-from slimformer.memory import resident_bytes, room_now, whole_model_bytes
+from slimformer.memory import room_now, whole_model_bytes
 from slimformer.recipe import downstream
 from slimformer.recipe.inputs import MAX_LENGTH
 from slimformer.recipe.job import Job
@@ -94,16 +94,20 @@ def _ask(plan: _Plan, name: str, model: nn.Module, tokenizer, on_step: Callable)
 
 def _room_for_whole_models(job: Job, plan: _Plan) -> dict:
     """Layer by layer: what one whole model needs for latency (a batch of 32 sequences) and for
-    generations alone (one sequence), beside what the process holds now, within both the memory
-    left and the job's own estimate (the whole-model measurements never take the job past what
-    it said it would need); which of them run, and why the others do not."""
+    generations alone (one sequence); which of them run, and why the others do not.
+
+    One runs where its estimated peak, the runtime and one whole model, stays within the job's own
+    estimate (the layer's work and the resident embeddings it replaces are given back by then),
+    so the whole-model measurements never take a job past what it announced, whatever the process
+    held before the job (a worker runs many), and where the memory left now holds it.
+    """
     estimate = job.execution.estimate if job.execution else None
     room, latency_need, generation_need = room_now(), None, None
     if estimate is not None:
         shape, dtype_bytes = estimate.shape, estimate.job["dtype_bytes"]
         latency_need = whole_model_bytes(shape, dtype_bytes, LATENCY_BATCH * MAX_LENGTH)
         generation_need = whole_model_bytes(shape, dtype_bytes, MAX_LENGTH)
-        budget = estimate.total_bytes - resident_bytes()
+        budget = estimate.total_bytes - estimate.breakdown["runtime"]
         room = budget if room is None else min(room, budget)
 
     def fits(need: int | None) -> bool:
@@ -121,8 +125,7 @@ def _room_for_whole_models(job: Job, plan: _Plan) -> dict:
     ]
     why = "; ".join(
         f"{what} would need about {need / 2**30:.2f} GiB for one whole model and "
-        f"{max(0, room) / 2**30:.2f} GiB were left within the memory available and the job's "
-        "estimate"
+        f"{max(0, room) / 2**30:.2f} GiB are left of the job's estimate and the memory available"
         for what, need in skipped
     )
     return {
