@@ -16,7 +16,6 @@ from slimformer.memory.available import (
     available_memory,
     available_memory_bytes,
     cgroup_memory_room,
-    resident_bytes,
     room_now,
 )
 from slimformer.memory.estimate import (
@@ -61,7 +60,6 @@ __all__ = [
     "ModelShape",
     "available_memory",
     "available_memory_bytes",
-    "resident_bytes",
     "room_now",
     "cgroup_memory_room",
     "check_fits",
