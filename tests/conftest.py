@@ -10,6 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No default downstream tasks in the jobs tests run: their data is on the Hub, which tests cannot
+# reach, and reading lm-eval's task index costs 10-30 s in every job process.
+# tests/test_lm_eval_tasks.py runs the default set on purpose (the real one offline, and local
+# tasks named as the operator's default set).
+os.environ.setdefault("SLIMFORMER_DEFAULT_TASKS", "")
 # One intra-op thread: tiny models gain nothing from more, and several pytest or benchmark processes
 # sharing the two cores would otherwise spin against each other (100x slower forward passes).
 torch.set_num_threads(1)

@@ -15,6 +15,7 @@ import pytest
 from slimformer.errors import DatasetError, InvalidSpec
 from slimformer.evaluation.downstream import BOOTSTRAP_ITERS, TASK_PATHS_ENV
 from slimformer.spec import JobSpec
+from slimformer.spec.evaluation import DEFAULT_TASK_LIMIT, DEFAULT_TASKS, DEFAULT_TASKS_ENV
 from testkit.tiny_models import save_tiny_causal_lm, write_story_txt
 
 LIMIT = 8
@@ -234,4 +235,87 @@ def test_task_flags_set_the_spec(tmp_path):
     args = build_parser().parse_args(argv + ["--tasks", "a, b,a", "--task-limit", "5"])
     spec = _validated(_spec_data(args, "prune", PRUNE_FLAGS), PRUNE_FLAGS)
     assert spec.evaluation.tasks == ["a", "b"] and spec.evaluation.task_limit == 5
-    assert _validated(_spec_data(build_parser().parse_args(argv), "prune", PRUNE_FLAGS))
+    plain = _validated(_spec_data(build_parser().parse_args(argv), "prune", PRUNE_FLAGS))
+    assert plain.evaluation.tasks is None  # the default set
+    args = build_parser().parse_args(argv + ["--tasks", "none"])
+    spec = _validated(_spec_data(args, "prune", PRUNE_FLAGS), PRUNE_FLAGS)
+    assert spec.evaluation.tasks == [] and spec.evaluation.downstream(True) == ([], None, False)
+    args = build_parser().parse_args(argv + ["--tasks", "none,arc_easy"])
+    with pytest.raises(InvalidSpec, match="'none' turns the tasks off: name it alone"):
+        _validated(_spec_data(args, "prune", PRUNE_FLAGS), PRUNE_FLAGS)
+
+
+def test_the_default_set_is_what_a_causal_lm_gets_when_no_task_is_named(monkeypatch):
+    from slimformer.spec.evaluation import EvaluationSpec
+
+    monkeypatch.delenv(DEFAULT_TASKS_ENV)
+    assert EvaluationSpec().downstream(True) == (list(DEFAULT_TASKS), DEFAULT_TASK_LIMIT, True)
+    assert EvaluationSpec(task_limit=7).downstream(True)[1] == 7
+    assert EvaluationSpec().downstream(False) == ([], None, False)  # encoders: their task metric
+    monkeypatch.setenv(DEFAULT_TASKS_ENV, "piqa, boolq")  # the operator's set
+    assert EvaluationSpec().downstream(True)[0] == ["piqa", "boolq"]
+    monkeypatch.setenv(DEFAULT_TASKS_ENV, "")
+    assert EvaluationSpec().downstream(True)[0] == []
+
+
+def test_an_operators_default_set_runs_when_no_task_is_named(tmp_path, local_tasks, monkeypatch):
+    from slimformer.pipeline import run
+
+    monkeypatch.setenv(DEFAULT_TASKS_ENV, "tiny_choice,tiny_missing")
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
+    data = write_story_txt(tmp_path / "stories.txt", stories=40)
+    result = run(_spec(folder, data, "magnitude"), tmp_path / "work")
+    downstream = result.report["evaluation"]["downstream"]
+    assert downstream["default"] is True and downstream["tasks"] == ["tiny_choice"]
+    assert downstream["limit"] == DEFAULT_TASK_LIMIT
+    # all 12 items (fewer than the limit), both models
+    assert [(r["task"], r["metric"], r["items"]) for r in downstream["rows"]] == [
+        ("tiny_choice", "acc", 12)
+    ]
+    # a default task that cannot load is left out, saying why; the job goes on
+    assert list(downstream["not_run"]) == ["tiny_missing"]
+    card = (result.folder / "README.md").read_text()
+    assert "The default tasks (none were named)." in card and "| tiny_choice | acc | 12 |" in card
+    assert "Default tasks that did not run" in card and "\n- tiny_missing: " in card
+
+
+def test_the_default_set_offline_is_left_out_saying_why(tmp_path, local_tasks, monkeypatch):
+    """The real default tasks, their data on an unreachable Hub: the job is written, and the card
+    names each task and why it did not run."""
+    from slimformer.pipeline import run
+
+    monkeypatch.delenv(DEFAULT_TASKS_ENV)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
+    data = write_story_txt(tmp_path / "stories.txt", stories=40)
+    result = run(_spec(folder, data), tmp_path / "work")
+    downstream = result.report["evaluation"]["downstream"]
+    assert downstream["default"] is True and downstream["rows"] == []
+    assert list(downstream["not_run"]) == list(DEFAULT_TASKS)
+    assert all("ConnectionError" in why for why in downstream["not_run"].values())
+    card = (result.folder / "README.md").read_text()
+    for task in DEFAULT_TASKS:
+        assert f"- {task}: ConnectionError" in card
+
+
+def test_default_tasks_layer_by_layer_run_only_where_a_whole_model_fits(
+    tmp_path, local_tasks, monkeypatch
+):
+    """Named tasks are in the job's estimate; the default set is not, so layer by layer it runs
+    only where one whole model fits, like latency, and the card says why it did not."""
+    from slimformer.pipeline import run
+    from slimformer.recipe import whole_models
+
+    monkeypatch.setenv(DEFAULT_TASKS_ENV, "tiny_choice")
+    monkeypatch.setattr(whole_models, "whole_model_bytes", lambda *a: 2**50)  # a PiB each
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
+    data = write_story_txt(tmp_path / "stories.txt", stories=40)
+    result = run(_spec(folder, data), tmp_path / "work")
+    report = result.report
+    assert report["execution"]["path"] == "layer_by_layer"
+    whole = report["execution"]["whole_model"]
+    assert whole["tasks"] is False and whole["task_needed_bytes"] > 2**50
+    downstream = report["evaluation"]["downstream"]
+    assert downstream["rows"] == [] and downstream["tasks"] == []
+    assert downstream["not_run"]["tiny_choice"].startswith("no room for a whole model: ")
+    assert "default downstream tasks would need about" in (result.folder / "README.md").read_text()

@@ -128,13 +128,21 @@ def _generations(generations) -> dict | None:
 
 
 def _whole_model_text(whole) -> str:
-    """Layer by layer: whether the whole models were loaded for latency and generations."""
+    """Layer by layer: whether the whole models were loaded for latency, generations and tasks."""
     if whole is None:
         return " Latency was not measured."
     if not whole.loaded:
-        return f" Latency and generations were not measured: {whole.why_not}."
-    done = [w for w, on in (("latency", whole.latency), ("generations", whole.generations)) if on]
-    what = " and ".join(done or ["latency", "generations"]).capitalize()
+        return f" Not measured: {whole.why_not}."
+    done = [
+        what
+        for what, on in (
+            ("latency", whole.latency),
+            ("generations", whole.generations),
+            ("downstream tasks", whole.tasks),
+        )
+        if on
+    ]
+    what = (", ".join(done[:-1]) + " and " + done[-1] if len(done) > 1 else done[0]).capitalize()
     verb = "was" if what == "Latency" else "were"
     text = (
         f" {what} {verb} then measured on the written folder and on the original, each loaded "

@@ -46,6 +46,17 @@ def check(job: Job) -> None:
         )
 
 
+def unavailable_defaults(job: Job, tasks: list[str]) -> dict[str, str]:
+    """``{task: why}`` for the default tasks (asked for by no one) that lm-eval does not know or
+    cannot load: they are left out, and the card says why, instead of failing the job."""
+    if not tasks:
+        return {}
+    unknown = {name: "lm-eval knows no such task" for name in unknown_tasks(tasks)}
+    with data_access(job):
+        failed = unloadable_tasks([name for name in tasks if name not in unknown])
+    return unknown | failed
+
+
 def data_access(job: Job):
     """The context lm-eval reads its task data in: the job's token (on a worker that has no login
     of its own for jobs, none without it) and a datasets cache of the job's own
@@ -67,15 +78,25 @@ def check_task(spec: JobSpec, task: str) -> None:
 
 
 def record(
-    tasks: list[str], limit: int | None, original: dict, compressed: dict, seconds: float
+    tasks: list[str],
+    limit: int | None,
+    original: dict,
+    compressed: dict,
+    seconds: float,
+    *,
+    default: bool = False,
+    not_run: dict[str, str] | None = None,
 ) -> dict:
     """The report's ``evaluation.downstream`` from both models' lm-eval results (run by
-    :mod:`slimformer.recipe.whole_models`, which loads each model once for all it measures)."""
+    :mod:`slimformer.recipe.whole_models`, which loads each model once for all it measures);
+    ``default``: the tasks are the default set; ``not_run``: default tasks left out, and why."""
     return {
         "harness": "lm-eval",
         "harness_version": _lm_eval_version(),
         "tasks": list(tasks),
         "limit": limit,
+        "default": default,
+        "not_run": dict(not_run or {}),
         "rows": compare_tasks(original, compressed),
         "seconds": round(seconds, 2),
     }

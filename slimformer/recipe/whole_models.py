@@ -3,11 +3,12 @@ LMs), lm-eval's downstream tasks (``evaluation.tasks``) and, layer by layer, lat
 
 In memory both models are loaded already (their latency was measured by the evaluating stage).
 Layer by layer neither ever was: the written folder, then the original, are loaded whole, one at
-a time, in the checkpoint's dtype. Downstream tasks were asked for by name, so the job's memory
-estimate counts that load and the job was refused before work if it could not hold it. Latency
-and generations are measured by default, so they run only where one whole model fits in the room
-left at that moment; otherwise the report's ``execution.whole_model`` says what it would have
-needed, and the card says they were not measured.
+a time, in the checkpoint's dtype. Downstream tasks named in the spec were asked for, so the
+job's memory estimate counts that load and the job was refused before work if it could not hold
+it. Latency, generations and the default downstream tasks are measured by default, so they run
+only where one whole model fits in the room left at that moment; otherwise the report's
+``execution.whole_model`` says what it would have needed, and the card says they were not
+measured. A default task whose data cannot be loaded is left out the same way, saying why.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
+from slimformer.evaluation.downstream import BATCH_SIZE as TASK_BATCH
 from slimformer.evaluation.downstream import run_tasks
 from slimformer.evaluation.lm import greedy_continuations
 from slimformer.evaluation.side_by_side import model_latency, with_latency
@@ -32,6 +34,9 @@ from slimformer.recipe.job import Job
 from slimformer.spec.evaluation import DEFAULT_PROMPTS, PROMPT_TOKENS
 
 LATENCY_BATCH = 32  # the throughput's batch (slimformer.evaluation.side_by_side.model_latency)
+# tokens of one lm-eval request held for room: a multiple-choice item's context and answer (the
+# default tasks' longest, HellaSwag's, are under 200 tokens)
+TASK_REQUEST_TOKENS = 256
 
 
 @dataclass
@@ -44,6 +49,8 @@ class _Plan:
     tasks: list[str]
     task_limit: int | None
     task_data: Callable  # the context lm-eval reads task data in (downstream.data_access)
+    default_tasks: bool = False  # the default set: left out (not failed) where they cannot run
+    not_run: dict = field(default_factory=dict)  # default tasks left out: {task: why}
     results: dict = field(default_factory=lambda: {"original": {}, "compressed": {}})
 
     def __bool__(self) -> bool:
@@ -67,13 +74,15 @@ def prompt_ids(job: Job) -> list[list[int]]:
 def _plan(job: Job) -> _Plan:
     inputs, spec = job.inputs, job.inputs.spec.evaluation
     causal = inputs.task == "text-generation"
+    tasks, task_limit, default_tasks = spec.downstream(causal)
     return _Plan(
         latency=spec.latency and inputs.streamed is not None,
         prompts=prompt_ids(job) if causal and spec.new_tokens else [],
         new_tokens=spec.new_tokens,
-        tasks=list(spec.tasks) if causal else [],
-        task_limit=spec.task_limit,
+        tasks=tasks,
+        task_limit=task_limit,
         task_data=lambda: downstream.data_access(job),
+        default_tasks=default_tasks,
     )
 
 
@@ -92,48 +101,63 @@ def _ask(plan: _Plan, name: str, model: nn.Module, tokenizer, on_step: Callable)
             out["tasks"] = run_tasks(model, tokenizer, plan.tasks, plan.task_limit)
 
 
+def _needs(job: Job) -> dict[str, int | None]:
+    """What one whole model needs for each measurement (None: no estimate): latency a batch of
+    32 sequences, generations one sequence, a downstream task one batch of lm-eval requests
+    (whose log-probabilities lm-eval takes at every position, in float32)."""
+    estimate = job.execution.estimate if job.execution else None
+    if estimate is None:
+        return {"latency": None, "generations": None, "tasks": None}
+    shape, dtype_bytes = estimate.shape, estimate.job["dtype_bytes"]
+    task_tokens = TASK_BATCH * TASK_REQUEST_TOKENS
+    return {
+        "latency": whole_model_bytes(shape, dtype_bytes, LATENCY_BATCH * MAX_LENGTH),
+        "generations": whole_model_bytes(shape, dtype_bytes, MAX_LENGTH),
+        "tasks": whole_model_bytes(shape, dtype_bytes, task_tokens) + 4 * shape.vocab * task_tokens,
+    }
+
+
 def _room_for_whole_models(job: Job, plan: _Plan) -> dict:
-    """Layer by layer: what one whole model needs for latency (a batch of 32 sequences) and for
-    generations alone (one sequence); which of them run, and why the others do not.
+    """Layer by layer: what one whole model needs for latency, for generations and for the
+    default downstream tasks (:func:`_needs`); which of them run, and why the others do not.
 
     One runs where its estimated peak, the runtime and one whole model, stays within the job's own
     estimate (the layer's work and the resident embeddings it replaces are given back by then),
     so the whole-model measurements never take a job past what it announced, whatever the process
-    held before the job (a worker runs many), and where the memory left now holds it.
+    held before the job (a worker runs many), and where the memory left now holds it. Tasks named
+    in the spec always run: the estimate counted them.
     """
     estimate = job.execution.estimate if job.execution else None
-    room, latency_need, generation_need = room_now(), None, None
+    room, needs = room_now(), _needs(job)
     if estimate is not None:
-        shape, dtype_bytes = estimate.shape, estimate.job["dtype_bytes"]
-        latency_need = whole_model_bytes(shape, dtype_bytes, LATENCY_BATCH * MAX_LENGTH)
-        generation_need = whole_model_bytes(shape, dtype_bytes, MAX_LENGTH)
         budget = estimate.total_bytes - estimate.breakdown["runtime"]
         room = budget if room is None else min(room, budget)
 
     def fits(need: int | None) -> bool:
         return need is None or room is None or need <= room
 
-    latency = plan.latency and fits(latency_need)
-    generations = bool(plan.prompts) and fits(generation_need)
-    skipped = [
-        (what, need)
-        for what, asked, done, need in (
-            ("latency", plan.latency, latency, latency_need),
-            ("generations", bool(plan.prompts), generations, generation_need),
-        )
-        if asked and not done
-    ]
+    asked = {
+        "latency": plan.latency,
+        "generations": bool(plan.prompts),
+        "tasks": bool(plan.tasks) and plan.default_tasks,
+    }
+    runs = {what: on and fits(needs[what]) for what, on in asked.items()}
     why = "; ".join(
-        f"{what} would need about {need / 2**30:.2f} GiB for one whole model and "
-        f"{max(0, room) / 2**30:.2f} GiB are left of the job's estimate and the memory available"
-        for what, need in skipped
+        f"{'default downstream tasks' if what == 'tasks' else what} would need about "
+        f"{needs[what] / 2**30:.2f} GiB for one whole model and {max(0, room) / 2**30:.2f} GiB "
+        "are left of the job's estimate and the memory available"
+        for what, on in asked.items()
+        if on and not runs[what]
     )
+    tasks = bool(plan.tasks) and (runs["tasks"] or not plan.default_tasks)
     return {
-        "loaded": latency or generations,
-        "latency": latency,
-        "generations": generations,
-        "needed_bytes": latency_need,
-        "generation_needed_bytes": generation_need,
+        "loaded": runs["latency"] or runs["generations"] or tasks,
+        "latency": runs["latency"],
+        "generations": runs["generations"],
+        "tasks": tasks,
+        "needed_bytes": needs["latency"],
+        "generation_needed_bytes": needs["generations"],
+        "task_needed_bytes": needs["tasks"] if plan.default_tasks else None,
         "room_bytes": None if room is None else max(0, room),
         "why_not": why or None,
         "peak_before_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -153,8 +177,6 @@ def measure(job: Job, folder: Path) -> None:
     """Generations, downstream tasks and (layer by layer) latency of both models, into
     ``job.evaluation`` (and ``job.execution.extra["whole_model"]`` layer by layer)."""
     plan = _plan(job)
-    if not plan:
-        return
     inputs = job.inputs
     t0 = time.perf_counter()
 
@@ -162,17 +184,25 @@ def measure(job: Job, folder: Path) -> None:
         job.check()
         job.stage("writing_card", 0.1, message)
 
+    if plan.default_tasks and plan.tasks:
+        on_step(f"loading the default lm-eval tasks ({', '.join(plan.tasks)})")
+        plan.not_run = downstream.unavailable_defaults(job, plan.tasks)
+        plan.tasks = [name for name in plan.tasks if name not in plan.not_run]
     if inputs.streamed is None:
-        _ask(plan, "original", inputs.original, inputs.tokenizer, on_step)
-        _ask(plan, "compressed", job.compressed, inputs.tokenizer, on_step)
-    else:
+        if plan:
+            _ask(plan, "original", inputs.original, inputs.tokenizer, on_step)
+            _ask(plan, "compressed", job.compressed, inputs.tokenizer, on_step)
+    elif plan:
         inputs.streamed.free_resident()  # the folder is written: the stream is over
         gc.collect()
         room = _room_for_whole_models(job, plan)
         job.execution.extra["whole_model"] = room
-        # tasks were asked by name: the estimate made room for them
         plan.latency = room["latency"]
         plan.prompts = plan.prompts if room["generations"] else []
+        if not room["tasks"]:
+            why = f"no room for a whole model: {room['why_not']}"
+            plan.not_run |= dict.fromkeys(plan.tasks, why)
+            plan.tasks = []
         if plan:
             _from_disk(plan, "compressed", folder, on_step)
             _from_disk(plan, "original", Path(inputs.loaded.path), on_step)
@@ -189,9 +219,15 @@ def _report(job: Job, plan: _Plan, seconds: float) -> None:
         evaluation["generations"] = generations_record(
             tokenizer, plan.prompts, original["generations"], compressed["generations"], texts
         ) | {"new_tokens": plan.new_tokens}
-    if "tasks" in original:
+    if "tasks" in original or plan.not_run:
         evaluation["downstream"] = downstream.record(
-            plan.tasks, plan.task_limit, original["tasks"], compressed["tasks"], seconds
+            plan.tasks,
+            plan.task_limit,
+            original.get("tasks", {}),
+            compressed.get("tasks", {}),
+            seconds,
+            default=plan.default_tasks,
+            not_run=plan.not_run,
         )
 
 

@@ -197,11 +197,16 @@ class WholeModel(_Open):
     loaded: bool = Field(description="Whether the whole models were loaded and measured")
     latency: bool | None = _optional("Whether latency was measured")
     generations: bool | None = _optional("Whether the generations were made")
+    tasks: bool | None = _optional("Whether the downstream tasks ran")
     needed_bytes: int | None = Field(
         description="What one whole model needs for latency (batch 32), estimated"
     )
     generation_needed_bytes: int | None = _optional(
         "What one whole model needs for the generations alone (one sequence), estimated"
+    )
+    task_needed_bytes: int | None = _optional(
+        "What one whole model needs for the default downstream tasks (a batch of lm-eval "
+        "requests), estimated; null when the tasks were named (the estimate counts them)"
     )
     room_bytes: int | None = Field(description="The memory left for it at that moment")
     why_not: str | None = Field(description="What was not measured, and why")

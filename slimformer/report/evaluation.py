@@ -108,6 +108,14 @@ class Downstream(_Open):
     harness_version: str | None
     tasks: list[str]
     limit: int | None = Field(description="Items per task (evaluation.task_limit); null: all")
+    default: bool = Field(
+        False, description="The default set (evaluation.tasks null), not tasks the spec named"
+    )
+    not_run: dict[str, str] = Field(
+        default_factory=dict,
+        description="Default tasks left out, and why: lm-eval could not load them (their data "
+        "is on the Hub), or no whole model fitted (layer by layer)",
+    )
     rows: list[DownstreamRow] = Field(description="One per task and metric")
     seconds: Number = Field(description="Both models, all tasks")
 
@@ -131,7 +139,8 @@ class Evaluation(_Open):
         "latency on): prompt_tokens, new_tokens, original_tokens_per_s, compressed_tokens_per_s"
     )
     downstream: Downstream | None = _optional(
-        "lm-evaluation-harness tasks on both models, same items (evaluation.tasks)"
+        "lm-evaluation-harness tasks on both models, same items (evaluation.tasks, or the "
+        "default set for causal LMs)"
     )
     generations: Generations | None = _optional(
         "Causal LMs: greedy continuations of a few prompts by both models (evaluation.prompts, "
