@@ -202,6 +202,7 @@ def quantized_main(args) -> None:
                 record = quantize_folder(
                     folder, method, calibration, blocks="model.layers", out=out,
                     desc_act=args.desc_act, damp_percent=args.damp_percent,
+                    group_size=args.group_size, clip_norm=args.clip_norm,
                     smoothing=args.smoothing,
                 )  # fmt: skip
                 record["wall_s"] = time.perf_counter() - start
@@ -259,7 +260,12 @@ def _quantized_table(args, results: dict) -> None:
 
 
 def main() -> None:
-    from slimformer.engines.quantize import GPTQ_DAMP_PERCENT, W8A8_SMOOTHING
+    from slimformer.engines.quantize import (
+        GPTQ_CLIP_NORM,
+        GPTQ_DAMP_PERCENT,
+        GPTQ_GROUP_SIZE,
+        W8A8_SMOOTHING,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--eval-windows", type=int, default=16)
@@ -274,6 +280,10 @@ def main() -> None:
         "--desc-act", action="store_true", help="gptq-int4 with act-order (vLLM 0.32 refuses it)"
     )
     parser.add_argument("--damp-percent", type=float, default=GPTQ_DAMP_PERCENT)
+    parser.add_argument("--group-size", type=int, default=GPTQ_GROUP_SIZE, help="gptq-int4")
+    parser.add_argument(
+        "--clip-norm", type=float, default=GPTQ_CLIP_NORM, help="gptq-int4 clipping, 0: off"
+    )
     parser.add_argument(
         "--smoothing", type=float, default=W8A8_SMOOTHING, help="w8a8: SmoothQuant, 0: none"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from safetensors import safe_open
 
 from slimformer.engines import EngineMissing, engine_python
 from slimformer.engines.quantize import (
+    GPTQ_CLIP_NORM,
     GPTQ_DAMP_PERCENT,
+    GPTQ_GROUP_SIZE,
     W8A8_SMOOTHING,
     block_path,
     check_reload,
@@ -31,8 +34,8 @@ from slimformer.engines.quantize import (
 from slimformer.errors import ExportError, InvalidSpec
 from testkit.tiny_models import VOCAB, save_tiny_causal_lm, tiny_model
 
-# widths that quantize at group 64: hidden 64, 4 heads of 32 (vLLM's CPU attention takes no head
-# of 16), FFN 128
+# widths that quantize at groups of 32 and 64: hidden 64, 4 heads of 32 (vLLM's CPU attention
+# takes no head of 16), FFN 128
 WIDTHS = dict(hidden_size=64, head_dim=32, intermediate_size=128, max_position_embeddings=128)
 
 
@@ -67,11 +70,14 @@ def _config(folder, method: str) -> dict:
 
 
 def test_the_group_is_the_largest_that_divides_every_width_and_a_width_that_cannot_is_named():
-    # SmolLM2: hidden 576 rules out 128
-    assert group_size_for({"q_proj": 576, "down_proj": 1536}) == 64
+    # the default group, the best measured (docs/serving.md), divides every width that quantizes
+    assert GPTQ_GROUP_SIZE == 32
+    assert group_size_for({"q_proj": 1024, "down_proj": 2048}) == 32
+    # larger groups, asked for: SmolLM2's hidden 576 rules out 128
+    assert group_size_for({"q_proj": 576, "down_proj": 1536}, largest=128) == 64
     # an attention output of 3 heads of 64 rules out 128 as well
-    assert group_size_for({"q_proj": 1024, "o_proj": 192}) == 64
-    assert group_size_for({"q_proj": 1024, "down_proj": 2048}) == 128
+    assert group_size_for({"q_proj": 1024, "o_proj": 192}, largest=128) == 64
+    assert group_size_for({"q_proj": 1024, "down_proj": 2048}, largest=128) == 128
     with pytest.raises(InvalidSpec, match=r"model.layers.0.mlp.down_proj has 200 inputs"):
         group_size_for({"layers.0.self_attn.q_proj": 576, "model.layers.0.mlp.down_proj": 200})
 
@@ -103,8 +109,9 @@ def test_gptq_int4_reloads_in_a_fresh_process_as_it_was_quantized(llama):
     assert record["reload_agreement"] >= 0.98
     config = _config(folder, "gptq-int4")["quantization_config"]
     assert (config["quant_method"], config["bits"], config["sym"]) == ("gptq", 4, True)
-    assert config["group_size"] == record["group_size"] == 64
+    assert config["group_size"] == record["group_size"] == GPTQ_GROUP_SIZE
     assert config["damp_percent"] == record["damp_percent"] == GPTQ_DAMP_PERCENT
+    assert record["clip_norm"] == GPTQ_CLIP_NORM > 0
     with safe_open(folder / "quantized" / "gptq-int4" / "model.safetensors", "pt") as handle:
         names = set(handle.keys())
     assert "model.layers.0.mlp.down_proj.qweight" in names
@@ -253,3 +260,53 @@ def test_widths_that_cannot_quantize_are_refused_before_pruning(tmp_path):
         )
     assert "pruning" not in progress
     assert not (tmp_path / "work" / "model").exists()
+
+
+CLIPPING = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import gptq_engine
+from optimum.gptq import GPTQQuantizer
+from gptqmodel.quantization.quantizer import Quantizer
+
+gptq_engine._clipping_search(float(sys.argv[2]))
+config = GPTQQuantizer(bits=4, group_size=32, sym=True).quantizeConfig
+# groups of 32 Gaussian weights: a scale that fits the largest leaves most of the 16 levels to a
+# few weights; a smaller one rounds the many more finely, clipping the largest a little
+torch.manual_seed(0)
+weights = torch.randn(8, 32) * 0.02
+quantizer = Quantizer(qcfg=config)
+quantizer.configure(perchannel=True, bits=4, sym=True)
+quantizer.find_params(weights, weight=True)
+scale = quantizer.scale.flatten()
+fitted = weights.abs().amax(1) * 2 / quantizer.maxq.item()
+levels = torch.clamp(torch.round(weights / scale[:, None]), -8, 7)
+error = ((levels * scale[:, None] - weights).abs() ** 2.4).sum().item()
+print(json.dumps({"mse": config.mse, "shrink": (scale / fitted).tolist(), "error": error}))
+"""
+
+
+def test_the_clipping_search_runs_inside_what_optimum_builds():
+    """GPTQConfig has no field for GPTQ's clipping search: the engine sets it on the gptqmodel
+    config optimum builds, and a group then gets a smaller scale than one that fits its largest
+    weight, with a smaller rounding error (in the norm searched)."""
+    _engine("gptq")
+    from slimformer.engines import engine_python
+    from slimformer.engines.quantize import SCRIPT
+
+    def run(norm: float) -> dict:
+        done = subprocess.run(
+            [str(engine_python("gptq")), "-c", CLIPPING, str(SCRIPT.parent), str(norm)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    searched, plain = run(GPTQ_CLIP_NORM), run(0.0)
+    assert searched["mse"] == GPTQ_CLIP_NORM and plain["mse"] == 0.0
+    assert all(s == pytest.approx(1.0, abs=1e-4) for s in plain["shrink"])
+    assert all(s <= 1 + 1e-4 for s in searched["shrink"])
+    assert sum(s < 0.99 for s in searched["shrink"]) >= len(searched["shrink"]) // 4
+    assert searched["error"] < plain["error"]

@@ -86,10 +86,29 @@ def _finish(request: dict, model, started: float) -> dict:
     }
 
 
+def _clipping_search(norm: float) -> None:
+    """GPTQ's clipping search (the reference implementation's ``--mse``, gptqmodel's
+    ``QuantizeConfig.mse``): each group's scale is shrunk over a grid (down to 0.8 of its
+    maximum) to the one that minimises the ``norm``-th power of the rounding error, instead of
+    fitting the group's largest weight. ``GPTQConfig`` has no field for it, and optimum builds
+    gptqmodel's config itself, so it is set on that config once optimum has built it."""
+    from optimum.gptq import quantizer
+
+    build = quantizer.GPTQQuantizer.__init__
+
+    def init(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        self.quantizeConfig.mse = norm
+
+    quantizer.GPTQQuantizer.__init__ = init
+
+
 def quantize_gptq(request: dict) -> dict:
     from transformers import GPTQConfig
 
     started = time.perf_counter()
+    if request.get("clip_norm"):
+        _clipping_search(request["clip_norm"])
     config = GPTQConfig(
         bits=4,
         group_size=request["group_size"],

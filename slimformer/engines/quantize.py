@@ -32,23 +32,31 @@ GROUP_SIZES = (128, 64, 32)
 RELOAD_AGREEMENT = 0.98
 PROBE_WINDOWS, PROBE_TOKENS = 2, 64
 # The defaults, measured on SmolLM2-135M pruned 30% of the FFN (docs/serving.md, "Quantized
-# copies"): gptq-int4's Hessian dampening (a share of its mean diagonal), and w8a8's SmoothQuant
+# copies"): gptq-int4's group (32, which every width gptq-int4 takes divides: x1.098 against x1.143
+# at 64, with the clipping search), its Hessian dampening (a share of its mean diagonal), its
+# clipping search (the norm of the rounding error each group's scale minimises, as GPTQ's
+# reference code's --mse; 0: the scale fits the group's largest weight), and w8a8's SmoothQuant
 # migration strength (0: plain round-to-nearest)
+GPTQ_GROUP_SIZE = 32
 GPTQ_DAMP_PERCENT = 0.01
+GPTQ_CLIP_NORM = 2.4
 W8A8_SMOOTHING = 0.5
 
 
-def group_size_for(widths: dict[str, int], *, also: Iterable[int] = ()) -> int:
-    """The largest group size in :data:`GROUP_SIZES` that divides every quantized linear's input
-    width (``widths``: name → in_features) and each of ``also`` (widths pruning may produce, e.g.
-    a head's dimension when heads are removed one by one).
+def group_size_for(
+    widths: dict[str, int], *, also: Iterable[int] = (), largest: int = GPTQ_GROUP_SIZE
+) -> int:
+    """The largest group size in :data:`GROUP_SIZES`, up to ``largest`` (by default
+    :data:`GPTQ_GROUP_SIZE`), that divides every quantized linear's input width (``widths``:
+    name → in_features) and each of ``also`` (widths pruning may produce, e.g. a head's dimension
+    when heads are removed one by one).
 
     Raises:
         InvalidSpec: no group size of 32 or more divides them; the message names the layer and
             width that rules out 32.
     """
     named = dict(widths) | {f"a pruned width of {w}": w for w in also}
-    for size in GROUP_SIZES:
+    for size in (s for s in GROUP_SIZES if s <= largest):
         if all(width % size == 0 for width in named.values()):
             return size
     name, width = next((n, w) for n, w in named.items() if w % GROUP_SIZES[-1])
@@ -154,6 +162,8 @@ def quantize_folder(
     windows: list[list[int]] | None = None,
     desc_act: bool = False,
     damp_percent: float = GPTQ_DAMP_PERCENT,
+    clip_norm: float = GPTQ_CLIP_NORM,
+    group_size: int | None = None,
     smoothing: float = W8A8_SMOOTHING,
     auto_class: str | None = None,
 ) -> dict:
@@ -163,14 +173,17 @@ def quantize_folder(
 
     ``calibration``: token-id windows GPTQ calibrates on, and w8a8 smooths on (SmoothQuant with
     migration strength ``smoothing``; none without windows or with ``smoothing`` 0, then plain
-    round-to-nearest). ``damp_percent``: GPTQ's dampening. ``blocks``: the dotted path of the
+    round-to-nearest). ``damp_percent``: GPTQ's dampening; ``clip_norm``: its clipping search
+    (0: none); ``group_size``: the largest group to use (default :data:`GPTQ_GROUP_SIZE`; a smaller
+    one where it does not divide every width). ``blocks``: the dotted path of the
     layer list (:func:`block_path`). ``auto_class``: the transformers class that loads the folder
     (default by ``causal``: AutoModelForCausalLM or AutoModel). The first calibration windows
     (else evaluation windows), cut short, are the probe the reload must reproduce.
 
     Returns:
-        ``method``, ``path`` (relative to ``folder``), ``group_size``, ``desc_act`` and
-        ``damp_percent`` (gptq-int4), ``smoothing`` (w8a8: the strength, null when none),
+        ``method``, ``path`` (relative to ``folder``), ``group_size``, ``desc_act``,
+        ``damp_percent`` and ``clip_norm`` (gptq-int4), ``smoothing`` (w8a8: the strength, null
+        when none),
         ``size_bytes``, ``seconds`` and ``peak_rss_bytes`` of the quantization,
         ``reload_agreement`` (the reload against the quantizing process),
         ``perplexity``/``next_token_accuracy`` in transformers when ``windows`` are given.
@@ -196,6 +209,8 @@ def quantize_folder(
         blocks=blocks,
         desc_act=desc_act,
         damp_percent=damp_percent,
+        clip_norm=clip_norm,
+        group_size=group_size,
         smoothing=smoothing,
         auto_class=auto_class,
     )
@@ -215,6 +230,7 @@ def quantize_folder(
             "group_size": written["group_size"],
             "desc_act": desc_act,
             "damp_percent": damp_percent,
+            "clip_norm": clip_norm,
         }
     if method == "w8a8":
         record["smoothing"] = written.get("smoothing")
@@ -236,6 +252,8 @@ def write_quantized(
     blocks: str,
     desc_act: bool = False,
     damp_percent: float = GPTQ_DAMP_PERCENT,
+    clip_norm: float = GPTQ_CLIP_NORM,
+    group_size: int | None = None,
     smoothing: float = W8A8_SMOOTHING,
     auto_class: str | None = None,
 ) -> dict:
@@ -248,10 +266,13 @@ def write_quantized(
     if method == "gptq-int4":
         if not calibration:
             raise InvalidSpec("gptq-int4 needs calibration windows", details={"field": "quantize"})
-        extra["group_size"] = group_size_for(folder_widths(folder, blocks))
+        extra["group_size"] = group_size_for(
+            folder_widths(folder, blocks), largest=group_size or GPTQ_GROUP_SIZE
+        )
         extra["seq_len"] = max(len(w) for w in calibration)
         extra["desc_act"] = desc_act
         extra["damp_percent"] = damp_percent
+        extra["clip_norm"] = clip_norm
     elif calibration and smoothing:
         if not 0 < smoothing <= 1:
             raise InvalidSpec(

@@ -76,6 +76,13 @@ class QuantizedFolder(_Open):
     )
     group_size: int | None = _optional("gptq-int4: the group size")
     desc_act: bool | None = _optional("gptq-int4: act-order")
+    damp_percent: Number | None = _optional(
+        "gptq-int4: the Hessian dampening, a share of its mean diagonal"
+    )
+    clip_norm: Number | None = _optional(
+        "gptq-int4: the norm of the rounding error each group's scale was searched to minimise "
+        "(GPTQ's clipping search); 0: the scale fits the group's largest weight"
+    )
     perplexity: Number | None = _optional("In transformers on the evaluation windows (causal LMs)")
     next_token_accuracy: Number | None = _optional("In transformers on the evaluation windows")
     measured_by: str | None = _optional("What measured it")
