@@ -323,3 +323,34 @@ def test_downstream_tasks_layer_by_layer_count_one_whole_float32_model():
         small, dtype_bytes=2, path="streamed", downstream_tasks=True, **JOB
     )
     assert tiny_tasks.total_bytes == tiny_plain.total_bytes  # one layer's work is the larger
+
+
+def test_quantized_copies_count_the_quantizing_process_whole_model():
+    """export.quantize loads the written model whole in another process once the layers are done:
+    an 8B job that streams within 8 GiB needs its bf16 weights and GPTQ's copy then, and says so
+    before any weight moves."""
+    from slimformer.memory.estimate import ENGINE_RUNTIME_BYTES, quantizer_bytes
+
+    plain = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", **JOB)
+    gptq = estimate_job_memory(
+        LLAMA_8B, dtype_bytes=2, path="streamed", quantize=("gptq-int4",), **JOB
+    )
+    weights = plain.shape.parameters()
+    assert plain.total_bytes < 9 * GIB
+    need = quantizer_bytes(gptq.shape, gptq.job)
+    # the file's bf16 pages (its working copy is the same dtype), the 4-bit copy, block states
+    assert need > ENGINE_RUNTIME_BYTES + 2 * weights + weights // 2
+    # the layer's work is given back by then: the peak is the resident parts, runtime and engine
+    layer_work = sum(v for k, v in plain.breakdown.items() if k not in ("resident", "runtime"))
+    assert gptq.breakdown["quantizer"] == need - layer_work
+    assert gptq.total_bytes == plain.breakdown["resident"] + plain.breakdown["runtime"] + need
+    assert gptq.total_bytes > 20 * GIB  # refused before work on a 16 GiB worker
+    # W8A8 smooths in float32: a float32 copy beside the file's bf16 pages
+    w8a8 = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", quantize=("w8a8",), **JOB)
+    assert quantizer_bytes(w8a8.shape, w8a8.job) == ENGINE_RUNTIME_BYTES + 7 * weights
+    # in memory the models stay while the engine runs: the whole engine need is added
+    small = estimate_job_memory(SMOLLM2, dtype_bytes=4, path="in_memory", **JOB)
+    small_q = estimate_job_memory(
+        SMOLLM2, dtype_bytes=4, path="in_memory", quantize=("gptq-int4",), **JOB
+    )
+    assert small_q.total_bytes - small.total_bytes == quantizer_bytes(small_q.shape, small_q.job)

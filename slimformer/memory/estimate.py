@@ -51,6 +51,11 @@ In memory (encoders, distillation, Michel importance; today's path for every job
 - ``optimizer`` (distillation): AdamW's gradients and two moments, ``3 x 4 W`` (the student is at
   most the original).
 
+Quantized copies (``export.quantize``), both paths: ``quantizer``, the quantizing engine's process
+once the folder is written (:func:`quantizer_bytes`: it loads the written model whole, bf16 for
+GPTQ, float32 while W8A8 is smoothed), less what the job gives back by then (layer by layer, the
+layer's work and any downstream model; in memory nothing: the models stay).
+
 What the models need (real configs; OBS; checkpoint dtype as published; 32 calibration and 64
 evaluation windows of 512 tokens, the causal-LM defaults; in brackets 16 and 16), GiB:
 
@@ -82,6 +87,9 @@ GIB = 1024**3
 HEAD_CHUNK_TOKENS = 256  # tokens whose logits are computed at once (LM head, backward batches)
 RUNTIME_BYTES = GIB  # in memory: Python, torch, tokenizers, the data (fitted with the weights')
 STREAMED_RUNTIME_BYTES = int(0.6 * GIB)  # layer by layer: the same, measured (0.50-0.63 GB)
+# the quantizing engine's process (Python, torch, transformers, optimum and gptqmodel or
+# compressed-tensors): SmolLM2-135M's peaks less their weights' parts (docs/serving.md)
+ENGINE_RUNTIME_BYTES = int(0.45 * GIB)
 IN_MEMORY_WEIGHT_COPIES = 2.45  # float32 copies of the weights at the in-memory peak (fitted)
 # float64 copies of the largest Gram matrix alive while it is solved: one, factored in place
 SOLVE_FLOAT64_COPIES = 1.0
@@ -237,6 +245,7 @@ def estimate_job_memory(
     solve_copies: float = SOLVE_FLOAT64_COPIES,
     spill_states: bool = False,
     downstream_tasks: bool = False,
+    quantize: tuple[str, ...] = (),
 ) -> MemoryEstimate:
     """The peak memory of a job on ``config`` (a ``config.json`` dict, or its :class:`ModelShape`);
     see the module's docstring for each part and the numbers of common models.
@@ -258,6 +267,7 @@ def estimate_job_memory(
         downstream_tasks: the job runs lm-eval tasks; layer by layer that loads each model
             whole, in the checkpoint's dtype, after the layers are done (``downstream_model``:
             what that needs beyond the layer's work, which is over by then).
+        quantize: ``export.quantize``'s methods (``quantizer``: :func:`quantizer_bytes`).
 
     Raises:
         ValueError: a streamed job that distils or uses Michel importance (both need the whole
@@ -288,6 +298,7 @@ def estimate_job_memory(
         "solve_copies": solve_copies,
         "spill_states": spill_states and path == "streamed",
         "downstream_tasks": downstream_tasks,
+        "quantize": list(quantize),
     }
     parts = _streamed_parts if path == "streamed" else _in_memory_parts
     runtime = STREAMED_RUNTIME_BYTES if path == "streamed" else RUNTIME_BYTES
@@ -324,6 +335,9 @@ def _streamed_parts(shape: ModelShape, job: dict) -> dict[str, int]:
         layer_work = sum(v for k, v in parts.items() if k != "resident")
         whole = job["dtype_bytes"] * shape.parameters()  # loaded in the checkpoint's dtype
         parts["downstream_model"] = max(0, whole - layer_work)
+    if job.get("quantize"):  # another process, once the layers (and any tasks) are done
+        given_back = sum(v for k, v in parts.items() if k != "resident")
+        parts["quantizer"] = max(0, quantizer_bytes(shape, job) - given_back)
     return parts
 
 
@@ -341,7 +355,33 @@ def _in_memory_parts(shape: ModelShape, job: dict) -> dict[str, int]:
         "head_chunk": head_chunk,
         "backward": backward,
         "optimizer": 3 * weights32 if job["distill"] else 0,
+        # another process, beside the models the job still holds
+        "quantizer": quantizer_bytes(shape, job) if job.get("quantize") else 0,
     }
+
+
+def quantizer_bytes(shape: ModelShape, job: dict) -> int:
+    """The quantizing engine's peak for the costliest of ``job["quantize"]``: its runtime
+    (:data:`ENGINE_RUNTIME_BYTES`), the written folder's file as read (``B W``, pages the process
+    maps), the working copy where its dtype is not the file's (GPTQ: bf16, ``2 W``; W8A8: float32
+    while smoothing, ``4 W``), the quantized copy (``W / 2`` for 4 bits, ``W`` for int8) and, for
+    GPTQ, one block's calibration inputs and outputs (bf16, ``2 x 2 windows T h``) and one
+    linear's Hessian (float32, ``4 f^2``). The written model is at most the original (``W`` its
+    parameters). SmolLM2-135M pruned 30% of its FFN (float32 file; estimated from the original's
+    135M parameters): GPTQ measured 1.14 GiB, estimated 1.31; W8A8 1.00, estimated 1.08."""
+    weights, file_bytes = shape.parameters(), job["dtype_bytes"]
+    needs = []
+    for method in job["quantize"]:
+        gptq = method == "gptq-int4"
+        working = 2 if gptq else 4
+        need = (working if working != file_bytes else 0) * weights
+        if gptq:
+            states = 2 * 2 * job["calibration_windows"] * job["window_tokens"] * shape.hidden
+            need += weights // 2 + states + 4 * shape.ffn**2
+        else:
+            need += weights
+        needs.append(need)
+    return ENGINE_RUNTIME_BYTES + file_bytes * weights + max(needs)
 
 
 def states_go_to_files(estimate: MemoryEstimate, available: int | None) -> bool:

@@ -91,6 +91,7 @@ def estimate_for_repo(
     reconstruction: bool | None = None,
     spill_states: bool = False,
     downstream_tasks: bool = False,
+    quantize: tuple[str, ...] = (),
 ) -> MemoryEstimate:
     """:func:`estimate_job_memory` from what a repo says before its weights are downloaded: its
     ``config.json`` and the dtype of its weights (a name, the Hub's ``safetensors.parameters`` by
@@ -116,4 +117,5 @@ def estimate_for_repo(
         reconstruction=reconstruction,
         spill_states=spill_states,
         downstream_tasks=downstream_tasks,
+        quantize=quantize,
     )

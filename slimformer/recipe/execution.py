@@ -110,4 +110,5 @@ def _estimate(
         distill=spec.method != "prune",
         spill_states=spill,
         downstream_tasks=bool(spec.evaluation.tasks),
+        quantize=tuple(spec.export.quantize),
     )
