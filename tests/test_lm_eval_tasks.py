@@ -174,7 +174,8 @@ def test_card_task_numbers_equal_lm_eval_alone_on_the_saved_folders(
     shown = f"| tiny_choice | acc | {LIMIT} | {100 * acc['original']:.2f}% ± "
     assert shown in card
     header = card.split("\n---\n", 1)[0]  # model-index: the compressed model's value per task
-    assert "name: tiny_continuation" in header and "name: acc (lm-eval)" in header
+    assert "name: tiny_continuation" in header
+    assert f"name: acc (lm-eval, first {LIMIT} items)" in header  # not the full split's figure
 
 
 @pytest.mark.parametrize(
@@ -288,7 +289,9 @@ def test_the_default_set_offline_is_left_out_saying_why(tmp_path, local_tasks, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
     data = write_story_txt(tmp_path / "stories.txt", stories=40)
-    result = run(_spec(folder, data), tmp_path / "work")
+    # in memory: layer by layer a tiny model's estimate leaves no room for a whole model, and the
+    # tasks would be left out for that before their data is asked for (the test after this one)
+    result = run(_spec(folder, data, "magnitude"), tmp_path / "work")
     downstream = result.report["evaluation"]["downstream"]
     assert downstream["default"] is True and downstream["rows"] == []
     assert list(downstream["not_run"]) == list(DEFAULT_TASKS)
@@ -319,3 +322,27 @@ def test_default_tasks_layer_by_layer_run_only_where_a_whole_model_fits(
     assert downstream["rows"] == [] and downstream["tasks"] == []
     assert downstream["not_run"]["tiny_choice"].startswith("no room for a whole model: ")
     assert "default downstream tasks would need about" in (result.folder / "README.md").read_text()
+
+
+def test_a_default_task_that_fails_while_it_runs_is_left_out_not_the_job(
+    tmp_path, local_tasks, monkeypatch
+):
+    from slimformer.pipeline import run
+    from slimformer.recipe import whole_models
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the context is longer than the model's positions")
+
+    monkeypatch.setenv(DEFAULT_TASKS_ENV, "tiny_choice")
+    monkeypatch.setattr(whole_models, "run_tasks", broken)
+    folder = save_tiny_causal_lm(tmp_path / "lm", num_hidden_layers=4)
+    data = write_story_txt(tmp_path / "stories.txt", stories=40)
+    result = run(_spec(folder, data, "magnitude"), tmp_path / "work")
+    downstream = result.report["evaluation"]["downstream"]
+    assert downstream["rows"] == [] and downstream["tasks"] == []
+    why = downstream["not_run"]["tiny_choice"]
+    assert why.startswith("lm-eval failed on the original model: RuntimeError: the context")
+    # a task the spec names fails the job instead
+    spec = _spec(folder, data, "magnitude", tasks=["tiny_choice"])
+    with pytest.raises(RuntimeError, match="longer than the model's positions"):
+        run(spec, tmp_path / "work2")

@@ -49,13 +49,15 @@ def _downstream_results(report: CompressionReport) -> list[EvalResult]:
     downstream = report.evaluation.downstream
     if downstream is None:
         return []
+    # a run on the first N items says so: its value is not the task's full-split figure
+    limit = f", first {downstream.limit} items" if downstream.limit else ""
     return [
         EvalResult(
             task_type="text-generation",
             dataset_type=row.task,
             dataset_name=row.task,
             metric_type=row.metric,
-            metric_name=f"{row.metric} (lm-eval)",
+            metric_name=f"{row.metric} (lm-eval{limit})",
             metric_value=round(float(row.compressed), 6),
         )
         for row in downstream.rows

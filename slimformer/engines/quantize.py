@@ -55,6 +55,11 @@ def group_size_for(
         InvalidSpec: no group size of 32 or more divides them; the message names the layer and
             width that rules out 32.
     """
+    if largest not in GROUP_SIZES:
+        raise InvalidSpec(
+            f"gptq-int4 group size {largest}: choose one of {', '.join(map(str, GROUP_SIZES))}",
+            details={"field": "quantize", "group_size": largest},
+        )
     named = dict(widths) | {f"a pruned width of {w}": w for w in also}
     for size in (s for s in GROUP_SIZES if s <= largest):
         if all(width % size == 0 for width in named.values()):

@@ -27,7 +27,10 @@ def _what_fits(estimate: MemoryEstimate, available: int) -> list[str]:
     """Changes to the job that would bring it under ``available`` bytes."""
     fits = []
     job = estimate.job
-    if estimate.path == "streamed" and estimate.breakdown["eval_states"]:
+    # the quantizing engine's part is what it needs less what the job gave back, evaluation states
+    # among them: fewer windows would not lower the peak then
+    quantizer = estimate.breakdown.get("quantizer", 0)
+    if estimate.path == "streamed" and estimate.breakdown["eval_states"] and not quantizer:
         per_window = estimate.breakdown["eval_states"] // job["eval_windows"]
         room = available - (estimate.total_bytes - estimate.breakdown["eval_states"])
         windows = room // per_window if per_window else 0

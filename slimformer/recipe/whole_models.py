@@ -22,6 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
+from slimformer.errors import Cancelled
 from slimformer.evaluation.downstream import BATCH_SIZE as TASK_BATCH
 from slimformer.evaluation.downstream import run_tasks
 from slimformer.evaluation.lm import greedy_continuations
@@ -98,7 +99,16 @@ def _ask(plan: _Plan, name: str, model: nn.Module, tokenizer, on_step: Callable)
     if plan.tasks:
         on_step(f"lm-eval tasks ({', '.join(plan.tasks)}) on the {name} model")
         with plan.task_data():
-            out["tasks"] = run_tasks(model, tokenizer, plan.tasks, plan.task_limit)
+            try:
+                out["tasks"] = run_tasks(model, tokenizer, plan.tasks, plan.task_limit)
+            except Exception as err:  # lm-eval raises many kinds; a default set never fails a job
+                if not plan.default_tasks or isinstance(err, Cancelled):
+                    raise
+                why = f"lm-eval failed on the {name} model: {type(err).__name__}: {err}"[:400]
+                plan.not_run |= dict.fromkeys(plan.tasks, why)
+                plan.tasks = []
+                for results in plan.results.values():
+                    results.pop("tasks", None)
 
 
 def _needs(job: Job) -> dict[str, int | None]:
@@ -142,13 +152,14 @@ def _room_for_whole_models(job: Job, plan: _Plan) -> dict:
         "tasks": bool(plan.tasks) and plan.default_tasks,
     }
     runs = {what: on and fits(needs[what]) for what, on in asked.items()}
-    why = "; ".join(
-        f"{'default downstream tasks' if what == 'tasks' else what} would need about "
+    reasons = {
+        what: f"{'default downstream tasks' if what == 'tasks' else what} would need about "
         f"{needs[what] / 2**30:.2f} GiB for one whole model and {max(0, room) / 2**30:.2f} GiB "
         "are left of the job's estimate and the memory available"
         for what, on in asked.items()
         if on and not runs[what]
-    )
+    }
+    why = "; ".join(reasons.values())
     tasks = bool(plan.tasks) and (runs["tasks"] or not plan.default_tasks)
     return {
         "loaded": runs["latency"] or runs["generations"] or tasks,
@@ -160,6 +171,7 @@ def _room_for_whole_models(job: Job, plan: _Plan) -> dict:
         "task_needed_bytes": needs["tasks"] if plan.default_tasks else None,
         "room_bytes": None if room is None else max(0, room),
         "why_not": why or None,
+        "tasks_why_not": reasons.get("tasks"),  # for the tasks' not_run; not in the report
         "peak_before_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
@@ -184,11 +196,9 @@ def measure(job: Job, folder: Path) -> None:
         job.check()
         job.stage("writing_card", 0.1, message)
 
-    if plan.default_tasks and plan.tasks:
-        on_step(f"loading the default lm-eval tasks ({', '.join(plan.tasks)})")
-        plan.not_run = downstream.unavailable_defaults(job, plan.tasks)
-        plan.tasks = [name for name in plan.tasks if name not in plan.not_run]
     if inputs.streamed is None:
+        _in_memory_task_room(job, plan)
+        _load_defaults(job, plan, on_step)
         if plan:
             _ask(plan, "original", inputs.original, inputs.tokenizer, on_step)
             _ask(plan, "compressed", job.compressed, inputs.tokenizer, on_step)
@@ -200,13 +210,41 @@ def measure(job: Job, folder: Path) -> None:
         plan.latency = room["latency"]
         plan.prompts = plan.prompts if room["generations"] else []
         if not room["tasks"]:
-            why = f"no room for a whole model: {room['why_not']}"
+            why = f"no room for a whole model: {room['tasks_why_not']}"
             plan.not_run |= dict.fromkeys(plan.tasks, why)
             plan.tasks = []
+        del room["tasks_why_not"]
+        _load_defaults(job, plan, on_step)  # only those that will run: their data is downloaded
         if plan:
             _from_disk(plan, "compressed", folder, on_step)
             _from_disk(plan, "original", Path(inputs.loaded.path), on_step)
     _report(job, plan, time.perf_counter() - t0)
+
+
+def _load_defaults(job: Job, plan: _Plan, on_step: Callable) -> None:
+    """The default tasks lm-eval can load stay in ``plan``; the others go to ``plan.not_run``."""
+    if plan.default_tasks and plan.tasks:
+        on_step(f"loading the default lm-eval tasks ({', '.join(plan.tasks)})")
+        plan.not_run |= downstream.unavailable_defaults(job, plan.tasks)
+        plan.tasks = [name for name in plan.tasks if name not in plan.not_run]
+
+
+def _in_memory_task_room(job: Job, plan: _Plan) -> None:
+    """In memory both models are there; the default tasks need room for a batch of lm-eval
+    requests' log-probabilities (float32, every position), which the job's estimate does not
+    count: without it they are left out, saying why."""
+    estimate = job.execution.estimate if job.execution else None
+    room = room_now()
+    if not (plan.default_tasks and plan.tasks) or estimate is None or room is None:
+        return
+    need = 4 * estimate.shape.vocab * TASK_BATCH * TASK_REQUEST_TOKENS
+    if need > room:
+        why = (
+            f"no room for a batch of lm-eval requests: about {need / 2**30:.2f} GiB, "
+            f"{room / 2**30:.2f} GiB available"
+        )
+        plan.not_run |= dict.fromkeys(plan.tasks, why)
+        plan.tasks = []
 
 
 def _report(job: Job, plan: _Plan, seconds: float) -> None:

@@ -204,9 +204,11 @@ class WholeModel(_Open):
     generation_needed_bytes: int | None = _optional(
         "What one whole model needs for the generations alone (one sequence), estimated"
     )
-    task_needed_bytes: int | None = _optional(
-        "What one whole model needs for the default downstream tasks (a batch of lm-eval "
-        "requests), estimated; null when the tasks were named (the estimate counts them)"
+    task_needed_bytes: int | None = Field(
+        None,
+        description="What one whole model needs for the default downstream tasks (a batch of "
+        "lm-eval requests), estimated; null when the tasks were named (the estimate counts them) "
+        "or there were none",
     )
     room_bytes: int | None = Field(description="The memory left for it at that moment")
     why_not: str | None = Field(description="What was not measured, and why")
