@@ -332,6 +332,10 @@ def run_recovery(folder: Path, args) -> dict:
     from slimformer.spec import JobSpec
 
     work = Path(tempfile.mkdtemp(prefix="llm-recovery-"))
+    targets = [int(t) for t in args.recovery_tokens.split(",") if t]
+    budget = {"max_minutes": args.recovery_minutes}
+    if targets:
+        budget = {"max_steps": _steps_for_tokens(folder, max(targets))}
     spec = {
         "model": {"id": str(folder)},
         "dataset": {
@@ -339,7 +343,7 @@ def run_recovery(folder: Path, args) -> dict:
             "eval_path": str(WIKITEXT / "test.txt"),
         },
         "prune": {"heads": 0.3, "ffn": 0.3},
-        "distill": {"max_minutes": args.recovery_minutes},
+        "distill": budget,
         "evaluation": {"latency": False, "max_samples": args.eval_windows},
         "seed": SEED,
     }
@@ -370,8 +374,48 @@ def run_recovery(folder: Path, args) -> dict:
             "fresh_process": json.loads(fresh.stdout.strip().splitlines()[-1]),
             "distillation": (result.report.get("distillation") or {}).get("summary"),
         }
+        if targets:
+            results[method]["by_tokens"] = _by_tokens(result.report["distillation"], targets)
         logger.info("recovery %s: %s", method, results[method])
     return {"method": "recovery", "kind": "recovery", "runs": results, "peak_mb": round(peak_mb())}
+
+
+def _steps_for_tokens(folder: Path, tokens: int) -> int:
+    """Optimizer steps that train on about ``tokens`` input tokens: the training rows' mean
+    length, cut at the recipe's max_length, times the recipe's batch size."""
+    from transformers import AutoTokenizer
+
+    from slimformer.distill.config import DistillConfig
+    from slimformer.distill.recipes import TASK_SETTINGS
+    from slimformer.text import read_documents
+
+    batch = TASK_SETTINGS["text-generation"]["batch_size"]
+    max_length = DistillConfig().max_length
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [t for t in read_documents(WIKITEXT / "validation.txt") if t.strip()]
+    lengths = [min(max_length, len(tokenizer(t)["input_ids"])) for t in rows]
+    return math.ceil(tokens / (batch * sum(lengths) / len(lengths)))
+
+
+def _by_tokens(distillation: dict, targets: list[int]) -> list[dict]:
+    """The distillation's evaluation nearest each token count: tokens trained on, the held-out
+    perplexity and its ratio to the teacher's on the same tokens, minutes."""
+    evaluations = [e for e in distillation["evaluations"] if "tokens" in e]
+    teacher = distillation["teacher_metric"]
+    rows = []
+    for target in targets:
+        e = min(evaluations, key=lambda x: abs(x["tokens"] - target))
+        rows.append(
+            {
+                "target": target,
+                "tokens": e["tokens"],
+                "step": e["step"],
+                "perplexity": e["metric"],
+                "ratio": e["metric"] / teacher if teacher else None,
+                "minutes": e["seconds"] / 60,
+            }
+        )
+    return rows
 
 
 def reload_and_measure(folder: Path, eval_windows: int) -> dict:
@@ -423,6 +467,7 @@ def child(kind: str, method: str, folder: Path, args, work: Path) -> dict:
         ",".join(map(str, args.depth)),
     ]
     command += ["--recovery-minutes", str(args.recovery_minutes)]
+    command += ["--recovery-tokens", args.recovery_tokens]
     command += ["--recovery-runs", args.recovery_runs]
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -507,6 +552,41 @@ def tables(results: dict) -> list[Table]:
                     f"{run['seconds'] / 60:.1f}",
                 ]
             )
+        by_tokens = [
+            [
+                name,
+                f"{row['target']:,}",
+                f"{row['tokens']:,}",
+                str(row["step"]),
+                f"{row['perplexity']:.2f}",
+                f"×{row['ratio']:.2f}" if row["ratio"] else "-",
+                f"{row['minutes']:.1f}",
+            ]
+            for name, run in recovery["runs"].items()
+            for row in run.get("by_tokens", [])
+        ]
+        if by_tokens:
+            out.append(
+                Table(
+                    title="Recovery in distillation tokens (30% heads + 30% FFN, the defaults)",
+                    headers=[
+                        "method",
+                        "tokens asked",
+                        "tokens trained",
+                        "step",
+                        "held-out ppl",
+                        "vs teacher",
+                        "minutes",
+                    ],
+                    rows=by_tokens,
+                    notes=[
+                        "held-out ppl: the distillation's own evaluation (the first 2048 tokens "
+                        "of the evaluation text), the one nearest each token count; vs teacher: "
+                        "against the original on the same tokens; tokens: inputs trained on, "
+                        "padding not counted",
+                    ],
+                )  # fmt: skip
+            )
         out.append(
             Table(
                 title="Recovery: 30% heads + 30% FFN, the defaults, through the pipeline",
@@ -553,6 +633,12 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--calibration-windows", type=int, default=32)
     parser.add_argument("--recovery-minutes", type=float, default=30.0)
+    parser.add_argument(
+        "--recovery-tokens",
+        default="",
+        help="recovery measured in distillation tokens, e.g. 50000,100000,200000: one run to the "
+        "largest (max_steps from the training rows' mean length), its evaluations read at each",
+    )
     parser.add_argument("--no-recovery", action="store_true")
     parser.add_argument(
         "--recovery-runs",

@@ -212,6 +212,11 @@ def test_the_kept_lm_is_the_best_checkpoint_and_never_worse_than_the_start():
     )
     kept_perplexity = _lm_perplexity(result.student, batches, 256)
     assert kept_perplexity == pytest.approx(result.best_metric, rel=1e-5)
+    # the tokens trained on, padding not counted: what recovery is measured in
+    tokens = [h["tokens"] for h in result.history]
+    assert tokens[0] == 0 and all(b > a for a, b in zip(tokens, tokens[1:], strict=False))
+    cap = FAST["batch_size"] * FAST["max_length"]
+    assert tokens[-1] <= 12 * cap
 
 
 def test_an_lm_starting_above_the_random_guess_level_is_a_warning():

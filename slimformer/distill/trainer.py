@@ -158,6 +158,7 @@ class _Run(_Outcome, _Evaluating, _Planning):
                     "lr": 0.0,
                     "metric": None,
                     "seconds": self.elapsed(),
+                    "tokens": 0,
                 }
             )
             self.evaluate()
@@ -186,11 +187,12 @@ class _Run(_Outcome, _Evaluating, _Planning):
         state, config = self.state, self.config
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value, bad = 0.0, None
+        loss_value, bad, tokens = 0.0, None, 0
         for k in range(config.grad_accum):
             if k:
                 self.cancel_if_asked(should_cancel)
             batch = self.batch_at(state.micro + k)
+            tokens += _tokens(batch)
             with self.autocast():
                 loss, _ = batch_loss(
                     self.student,
@@ -231,6 +233,8 @@ class _Run(_Outcome, _Evaluating, _Planning):
                 "lr": lr,
                 "metric": None,
                 "seconds": self.elapsed(),
+                # the input tokens trained on so far (padding not counted)
+                "tokens": state.history[-1].get("tokens", 0) + tokens,
             }
         )
         took = time.perf_counter() - started
@@ -317,3 +321,12 @@ class _Run(_Outcome, _Evaluating, _Planning):
                 self.state.seconds,
             )
         return self.finish()
+
+
+def _tokens(batch: dict) -> int:
+    """The input tokens of one batch, padding not counted."""
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    ids = batch.get("input_ids")  # embedding pairs batch their two sides under other names
+    return int(ids.numel()) if ids is not None else 0
