@@ -310,3 +310,25 @@ def test_the_clipping_search_runs_inside_what_optimum_builds():
     assert all(s <= 1 + 1e-4 for s in searched["shrink"])
     assert sum(s < 0.99 for s in searched["shrink"]) >= len(searched["shrink"]) // 4
     assert searched["error"] < plain["error"]
+
+
+def test_the_quantizers_peak_is_its_own_not_the_jobs_that_started_it(llama, tmp_path):
+    """The engine reports its own peak memory: a job holding a large model when it starts the
+    engine does not show up as the quantizer's peak (ru_maxrss would carry it across the exec)."""
+    folder, calibration, _, records, _ = llama
+    held = bytearray(1536 * 2**20)  # the job's 1.5 GiB, touched so that it is resident
+    for i in range(0, len(held), 4096):
+        held[i] = 1
+    windows = calibration[:2]
+    written = write_quantized(
+        folder,
+        tmp_path / "w8a8",
+        "w8a8",
+        windows,
+        probe=windows,
+        causal=True,
+        blocks="model.layers",
+        smoothing=0,
+    )
+    assert written["peak_rss_bytes"] < 1.2 * 2**30 < len(held)
+    del held

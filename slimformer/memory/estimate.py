@@ -368,7 +368,8 @@ def quantizer_bytes(shape: ModelShape, job: dict) -> int:
     GPTQ, one block's calibration inputs and outputs (bf16, ``2 x 2 windows T h``) and one
     linear's Hessian (float32, ``4 f^2``). The written model is at most the original (``W`` its
     parameters). SmolLM2-135M pruned 30% of its FFN (float32 file; estimated from the original's
-    135M parameters): GPTQ measured 1.14 GiB, estimated 1.31; W8A8 1.00, estimated 1.08."""
+    135M parameters): GPTQ measured at most 1.14 GiB, estimated 1.31; W8A8 at most 1.00, estimated
+    1.08 (those measurements also held the launching process's resident size, about 0.5 GB)."""
     weights, file_bytes = shape.parameters(), job["dtype_bytes"]
     needs = []
     for method in job["quantize"]:
