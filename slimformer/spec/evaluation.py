@@ -65,7 +65,8 @@ class EvaluationSpec(_Strict):
         f"{', '.join(DEFAULT_TASKS)} at {DEFAULT_TASK_LIMIT} items each (the operator's "
         f"{DEFAULT_TASKS_ENV} where set), run where their data loads and, layer by layer, where "
         "a whole model fits in the job's estimate; the card says why one did not run. "
-        f'["{NO_TASKS}"] or []: none. Cost: a forward per answer choice per item, for both '
+        f'{NO_TASKS} (["{NO_TASKS}"] or [] in a spec): none. Cost: a forward per answer choice '
+        "per item, for both "
         "models (docs/pruning.md).",
     )
     task_limit: int | None = Field(
