@@ -38,6 +38,12 @@ LATENCY_BATCH = 32  # the throughput's batch (slimformer.evaluation.side_by_side
 # tokens of one lm-eval request held for room: a multiple-choice item's context and answer (the
 # default tasks' longest, HellaSwag's, are under 200 tokens)
 TASK_REQUEST_TOKENS = 256
+TASK_TOKENS = TASK_BATCH * TASK_REQUEST_TOKENS  # one batch of lm-eval requests
+
+
+def _task_logits_bytes(vocab: int) -> int:
+    """lm-eval's float32 log-probabilities at every position of one batch of requests."""
+    return 4 * vocab * TASK_TOKENS
 
 
 @dataclass
@@ -119,11 +125,12 @@ def _needs(job: Job) -> dict[str, int | None]:
     if estimate is None:
         return {"latency": None, "generations": None, "tasks": None}
     shape, dtype_bytes = estimate.shape, estimate.job["dtype_bytes"]
-    task_tokens = TASK_BATCH * TASK_REQUEST_TOKENS
     return {
         "latency": whole_model_bytes(shape, dtype_bytes, LATENCY_BATCH * MAX_LENGTH),
         "generations": whole_model_bytes(shape, dtype_bytes, MAX_LENGTH),
-        "tasks": whole_model_bytes(shape, dtype_bytes, task_tokens) + 4 * shape.vocab * task_tokens,
+        "tasks": (
+            whole_model_bytes(shape, dtype_bytes, TASK_TOKENS) + _task_logits_bytes(shape.vocab)
+        ),
     }
 
 
@@ -237,7 +244,7 @@ def _in_memory_task_room(job: Job, plan: _Plan) -> None:
     room = room_now()
     if not (plan.default_tasks and plan.tasks) or estimate is None or room is None:
         return
-    need = 4 * estimate.shape.vocab * TASK_BATCH * TASK_REQUEST_TOKENS
+    need = _task_logits_bytes(estimate.shape.vocab)
     if need > room:
         why = (
             f"no room for a batch of lm-eval requests: about {need / 2**30:.2f} GiB, "
