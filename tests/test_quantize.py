@@ -191,10 +191,15 @@ def test_w8a8_is_int8_per_channel_with_dynamic_per_token_activations(llama):
 
 def test_vllm_loads_both_quantized_folders(llama):
     _engine("vllm")
-    from slimformer.engines import vllm_scores
+    from slimformer.engines import vllm_scores, vllm_serves_int4
 
     folder, _, windows, records, _ = llama
     for method, record in records.items():
+        if method == "gptq-int4" and not vllm_serves_int4():
+            # an AVX2-only CPU: vLLM loads its kernel library without the 4-bit kernel
+            with pytest.raises(ExportError, match="cpu_gemm_wna16"):
+                vllm_scores(folder / "quantized" / method, windows, dtype="bfloat16")
+            continue
         scores = vllm_scores(folder / "quantized" / method, windows, dtype="bfloat16")
         perplexity = math.exp(scores["nll_sum"] / scores["tokens"])
         assert perplexity == pytest.approx(record["perplexity"], rel=0.1), method
@@ -332,3 +337,125 @@ def test_the_quantizers_peak_is_its_own_not_the_jobs_that_started_it(llama, tmp_
     )
     assert written["peak_rss_bytes"] < 1.2 * 2**30 < len(held)
     del held
+
+
+WHOLE_MODEL = """
+import json, sys, torch, transformers
+sys.path.insert(0, sys.argv[1])
+import gptq_engine
+request = json.loads(open(sys.argv[2]).read())
+gptq_engine._clipping_search(request["clip_norm"])
+windows = json.loads(open(request["calibration"]).read())
+config = gptq_engine._gptq_config(request, dataset=gptq_engine._samples(request["calibration"]))
+model = transformers.AutoModelForCausalLM.from_pretrained(
+    request["model"], quantization_config=config, dtype=torch.bfloat16
+)
+model.save_pretrained(request["out"])
+"""
+
+
+def test_block_by_block_gptq_writes_what_optimum_writes_for_the_whole_model(llama, tmp_path):
+    """A causal LM is quantized one block at a time from its files; optimum's own quantize_model
+    (transformers' GPTQConfig over the model loaded whole) writes the same tensors, bit for bit."""
+    from slimformer.engines.quantize import SCRIPT
+
+    folder, calibration, _, records, _ = llama
+    calib = tmp_path / "calibration.json"
+    calib.write_text(json.dumps(calibration))
+    request = {
+        "model": str(folder),
+        "out": str(tmp_path / "whole"),
+        "calibration": str(calib),
+        "group_size": records["gptq-int4"]["group_size"],
+        "damp_percent": GPTQ_DAMP_PERCENT,
+        "clip_norm": GPTQ_CLIP_NORM,
+        "block_name": "model.layers",
+        "seq_len": max(len(w) for w in calibration),
+    }
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    done = subprocess.run(
+        [
+            str(engine_python("gptq")),
+            "-c",
+            WHOLE_MODEL,
+            str(SCRIPT.parent),
+            str(tmp_path / "request.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (
+        safe_open(tmp_path / "whole" / "model.safetensors", "pt") as whole,
+        safe_open(folder / "quantized" / "gptq-int4" / "model.safetensors", "pt") as blocks,
+    ):
+        assert set(whole.keys()) == set(blocks.keys())
+        assert any(name.endswith(".qweight") for name in blocks.keys())
+        for name in whole.keys():
+            assert torch.equal(whole.get_tensor(name), blocks.get_tensor(name)), name
+
+
+def _peak_growth(tmp_path, method: str, layers: int) -> tuple[int, dict]:
+    folder = tmp_path / f"{method}-{layers}"
+    save_tiny_causal_lm(
+        folder,
+        hidden_size=1024,
+        head_dim=64,
+        intermediate_size=2816,
+        num_hidden_layers=layers,
+        max_position_embeddings=128,
+    )
+    windows = _windows(4, 32, seed=4)
+    record = quantize_folder(
+        folder,
+        method,
+        windows,
+        blocks="model.layers",
+        windows=windows,
+        clip_norm=0,  # the plain GPTQ step is enough here, and faster
+        shard_bytes=16 * 2**20,
+    )
+    return record["peak_rss_bytes"], record | {"folder": folder}
+
+
+@pytest.mark.parametrize("method", ["gptq-int4", "w8a8"])
+def test_the_quantizer_holds_one_block_not_the_whole_model(tmp_path, method):
+    """Seven more blocks (175 MB more in bfloat16, twice that in the float32 file) leave the
+    quantizer's peak where it was: it reads, quantizes and writes one block at a time, in files
+    of the size asked for, and the folder still reloads as it was quantized."""
+    _engine("gptq")
+    one, _ = _peak_growth(tmp_path, method, 1)
+    eight, record = _peak_growth(tmp_path, method, 8)
+    block_bf16 = 2 * (4 * 1024 * 1024 + 3 * 1024 * 2816)
+    assert eight - one < 7 * block_bf16 / 3
+    assert record["reload_agreement"] >= 0.98
+    target = record["folder"] / "quantized" / method
+    shards = sorted(p.name for p in target.glob("*.safetensors"))
+    assert len(shards) > 1 and (target / "model.safetensors.index.json").is_file()
+    assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+
+
+def test_a_job_says_when_vllm_cannot_run_the_4bit_copy(tmp_path):
+    """Target vllm with gptq-int4: on a CPU whose vLLM build has the 4-bit kernel (AVX-512) the
+    copy is measured in vLLM; on one without (AVX2) the job still succeeds, the report says why
+    vLLM did not measure it and the card says so beside the serving notes."""
+    _engine("gptq")
+    _engine("vllm")
+    from slimformer.engines import VLLM_NO_INT4, vllm_serves_int4
+    from slimformer.pipeline import run
+    from testkit.tiny_models import write_story_txt
+
+    folder = save_tiny_causal_lm(tmp_path / "lm", **WIDTHS)
+    data = write_story_txt(tmp_path / "stories.txt")
+    prune = {"ffn": 0.25, "layout": "uniform"}  # a layout vLLM serves at any width
+    spec = _job(folder, data, prune, ["gptq-int4"], targets=["transformers", "vllm"])
+    result = run(spec, tmp_path / "work")
+    record = result.report["artifacts"]["quantized"][0]
+    card = (result.folder / "README.md").read_text()
+    if vllm_serves_int4():
+        assert record["vllm"]["perplexity"] > 1 and not record.get("vllm_not_measured")
+        assert "vLLM (GPTQ int4" in card
+    else:
+        assert record.get("vllm") is None and record["vllm_not_measured"] == VLLM_NO_INT4
+        assert "GPTQ int4 was not measured in vLLM: vLLM's CPU build has no 4-bit kernel" in card

@@ -1,13 +1,14 @@
-"""w8a8's SmoothQuant-style smoothing (slimformer.engines.gptq_engine.smooth): it moves activation
-outliers into the weights without changing what the float model computes, so that int8 per-token
-activations lose less. Runs in slimformer's own environment (the function needs only torch)."""
+"""w8a8's SmoothQuant-style smoothing (slimformer.engines.block_quantizers.smooth_layer): it moves
+activation outliers into the weights without changing what the float model computes, so that int8
+per-token activations lose less. Runs in slimformer's own environment (the function needs only
+torch)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from slimformer.engines.gptq_engine import smooth
+from slimformer.engines.block_quantizers import smooth_layer
 from testkit.tiny_models import VOCAB, tiny_model
 
 
@@ -28,6 +29,19 @@ def _model_with_outliers():
                 for name in readers:
                     getattr(parent, name).weight[:, [3, 17]] /= 40
     return model
+
+
+def smooth(model, windows: list[list[int]], alpha: float) -> int:
+    """Each layer smoothed in turn on what the whole model feeds it (the engine runs each block
+    on its calibration states; a float model's function does not change, so neither do the
+    later layers' inputs)."""
+
+    def forward():
+        with torch.no_grad():
+            for window in windows:
+                model(input_ids=torch.tensor([window]))
+
+    return sum(smooth_layer(layer, forward, alpha) for layer in model.model.layers)
 
 
 def _windows(count: int, seed: int) -> list[list[int]]:
@@ -66,7 +80,7 @@ def test_smoothing_keeps_the_float_model_and_shrinks_int8_activation_error():
     with torch.no_grad():
         before = model(input_ids=probe).logits
     error_before = _activation_error(model, _windows(4, seed=6))
-    groups = smooth(model, "model.layers", _windows(8, seed=7), alpha=0.5)
+    groups = smooth(model, _windows(8, seed=7), alpha=0.5)
     assert groups == 3 * len(model.model.layers)  # q/k/v, gate/up and down in every layer
     with torch.no_grad():
         after = model(input_ids=probe).logits
@@ -82,7 +96,7 @@ def test_layers_without_attention_are_smoothed_where_they_can_be():
     model.model.layers[0].input_layernorm = torch.nn.Identity()
     with torch.no_grad():
         before = model(input_ids=torch.tensor(_windows(1, seed=1))).logits
-    groups = smooth(model, "model.layers", _windows(4, seed=2), alpha=0.5)
+    groups = smooth(model, _windows(4, seed=2), alpha=0.5)
     assert groups == 3 * len(model.model.layers) - 1
     with torch.no_grad():
         after = model(input_ids=torch.tensor(_windows(1, seed=1))).logits
@@ -92,7 +106,7 @@ def test_layers_without_attention_are_smoothed_where_they_can_be():
 @pytest.mark.parametrize("alpha", [0.0, 1.5])
 def test_a_migration_strength_outside_0_to_1_is_refused(alpha):
     with pytest.raises(ValueError, match="smoothing"):
-        smooth(_model_with_outliers(), "model.layers", _windows(1, seed=0), alpha=alpha)
+        smooth(_model_with_outliers(), _windows(1, seed=0), alpha=alpha)
 
 
 def _logprob_gap(a: dict, b: dict) -> float:

@@ -239,6 +239,11 @@ def quantized_notes(report: CompressionReport) -> list[str]:
         f"{100 * q.reload_agreement:.0f}% agreement with the model as quantized)"
         for q in quantized
     ]
+    lines += [
+        f"{_METHOD_LABELS[q.method]} was not measured in vLLM: {q.vllm_not_measured}"
+        for q in quantized
+        if q.vllm_not_measured
+    ]
     gptq = next((q for q in quantized if q.group_size), None)
     pruning, ffn = report.pruning, (report.spec.get("prune") or {}).get("ffn") or 0
     if gptq is not None and pruning is not None and ffn:

@@ -38,7 +38,7 @@ from slimformer.engines.runtime import (
     engines_home,
     kept_engines,
 )
-from slimformer.engines.vllm import vllm_scores
+from slimformer.engines.vllm import VLLM_NO_INT4, vllm_scores, vllm_serves_int4
 
 __all__ = [
     "ENGINES",
@@ -53,4 +53,6 @@ __all__ = [
     "llama_cpp_scores",
     "quantize_folder",
     "vllm_scores",
+    "vllm_serves_int4",
+    "VLLM_NO_INT4",
 ]

@@ -5,18 +5,23 @@ answer.
 
 Requests (``op``):
 
-* ``gptq-int4``: transformers' ``GPTQConfig`` (optimum.gptq over gptqmodel) on the calibration token
-  windows in ``calibration`` (a JSON file of token-id lists), saved with transformers'
-  ``save_pretrained`` before any forward pass (the first forward repacks the weights in place, and
-  ``GPTQQuantizer.save`` writes v1 tensors under a config that says ``gptq_v2``), the calibration
-  data cleared from the config;
+* ``gptq-int4``: optimum.gptq's ``GPTQQuantizer`` (built from transformers' ``GPTQConfig``, over
+  gptqmodel) on the calibration token windows in ``calibration`` (a JSON file of token-id lists). A
+  causal LM is quantized block by block from its files and written block by block
+  (:mod:`block_quantizers`): the tensors are those optimum writes for the model loaded whole, but
+  the process never holds more than one block. An encoder (small) goes through transformers'
+  ``GPTQConfig`` whole and is saved with transformers' ``save_pretrained`` before any forward pass
+  (the first forward repacks the weights in place, and ``GPTQQuantizer.save`` writes v1 tensors
+  under a config that says ``gptq_v2``). The calibration data is cleared from the config;
 * ``w8a8``: int8 weights per output channel (round to nearest) and dynamic per-token int8
-  activations, compressed with compressed-tensors in its ``int-quantized`` format (what vLLM reads);
+  activations, smoothed first, compressed with compressed-tensors in its ``int-quantized`` format
+  (what vLLM reads), block by block;
 * ``score``: the folder loaded in this fresh process, scored on ``windows`` (next-token NLL and
   greedy hits for causal LMs) and on the ``probe`` windows.
 
 Every write also records the written model's outputs on the ``probe`` windows in the process that
-quantized it, after saving, so that a reload elsewhere can be compared with what was quantized.
+quantized it, through the written kernels (block by block: the probe's states are carried through
+each quantized block), so that a reload elsewhere can be compared with what was quantized.
 """
 
 from __future__ import annotations
@@ -28,9 +33,18 @@ import sys
 import time
 from pathlib import Path
 
+# this script's folder is on sys.path (it runs as a script): the block-by-block modules beside it
+import block_quantizers
 import torch
+from block_stream import SHARD_BYTES, ShardWriter
 
-KEEP = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+KEEP = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+)
 
 
 def _load(request: dict, **kwargs):
@@ -52,18 +66,27 @@ def _probe(model, windows: list[list[int]], causal: bool) -> dict:
     """What a reload must reproduce: top-1 ids and each real next token's log probability (causal
     LMs), or the last hidden state (encoders)."""
     model.eval()
-    out: dict = {"top1": [], "logprobs": [], "hidden": []}
+    logits, hidden = [], []
     for window in windows:
         ids = torch.tensor([window])
         result = model(
             input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=not causal
         )
         if causal:
-            logp = torch.log_softmax(result.logits[0, :-1].float(), -1)
-            out["top1"].append(logp.argmax(-1).tolist())
-            out["logprobs"].append(logp.gather(-1, ids[0, 1:, None])[:, 0].tolist())
+            logits.append(result.logits)
         else:
-            out["hidden"].append(result.hidden_states[-1][0].float().flatten().tolist())
+            hidden.append(result.hidden_states[-1][0].float().flatten().tolist())
+    if causal:
+        return _causal_probe(logits, windows)
+    return {"top1": [], "logprobs": [], "hidden": hidden}
+
+
+def _causal_probe(logits: list[torch.Tensor], windows: list[list[int]]) -> dict:
+    out: dict = {"top1": [], "logprobs": [], "hidden": []}
+    for window, scores in zip(windows, logits, strict=True):
+        logp = torch.log_softmax(scores[0, :-1].float(), -1)
+        out["top1"].append(logp.argmax(-1).tolist())
+        out["logprobs"].append(logp.gather(-1, torch.tensor(window[1:])[:, None])[:, 0].tolist())
     return out
 
 
@@ -80,7 +103,7 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _finish(request: dict, model, started: float) -> dict:
+def _finish(request: dict, started: float, probe: dict) -> dict:
     """Copy what ``save_pretrained`` does not write (tokenizer files, bundled modelling code) and
     the architecture name engines know the model by (a Nemotron-NAS folder says
     ``DeciLMForCausalLM``; saved from slimformer's class it would say that class)."""
@@ -95,7 +118,7 @@ def _finish(request: dict, model, started: float) -> dict:
     return {
         "seconds": seconds,
         "peak_rss_bytes": _peak_rss(),
-        "probe": _probe(model, request["probe"], request["causal"]),
+        "probe": probe,
     }
 
 
@@ -116,13 +139,10 @@ def _clipping_search(norm: float) -> None:
     quantizer.GPTQQuantizer.__init__ = init
 
 
-def quantize_gptq(request: dict) -> dict:
+def _gptq_config(request: dict, **extra):
     from transformers import GPTQConfig
 
-    started = time.perf_counter()
-    if request.get("clip_norm"):
-        _clipping_search(request["clip_norm"])
-    config = GPTQConfig(
+    return GPTQConfig(
         bits=4,
         group_size=request["group_size"],
         sym=True,  # vLLM's CPU kernel (CPUWNA16) is symmetric only
@@ -130,139 +150,81 @@ def quantize_gptq(request: dict) -> dict:
         damp_percent=request.get("damp_percent", 0.1),
         true_sequential=request.get("true_sequential", True),
         modules_in_block_to_quantize=request.get("modules"),
-        dataset=_samples(request["calibration"]),
         block_name_to_quantize=request["block_name"],
         model_seqlen=request["seq_len"],
+        **extra,
     )
-    model = _load(request, quantization_config=config, dtype=torch.bfloat16)
-    written = model.config.quantization_config
-    written.dataset = None  # else the calibration windows land in config.json
+
+
+def _written_config(written, request: dict):
+    """The quantization config as written: no calibration windows (else they land in
+    config.json), and the block list named (encoders reload only with it)."""
+    written.dataset = None
     written.tokenizer = None
-    # encoders reload only when the block list is named in the config
     written.block_name_to_quantize = request["block_name"]
+    return written
+
+
+def quantize_gptq(request: dict) -> dict:
+    """gptq-int4: a causal LM block by block from its files (:mod:`block_quantizers`), an encoder
+    (small; its blocks take the inputs BERT-like models compute) whole through transformers'
+    ``GPTQConfig``."""
+    started = time.perf_counter()
+    if request.get("clip_norm"):
+        _clipping_search(request["clip_norm"])
+    if request["causal"]:
+        return _gptq_blocks(request, started)
+    config = _gptq_config(request, dataset=_samples(request["calibration"]))
+    model = _load(request, quantization_config=config, dtype=torch.bfloat16)
+    _written_config(model.config.quantization_config, request)
     model.save_pretrained(request["out"])  # before any forward pass: it repacks the weights
-    return _finish(request, model, started)
+    return _finish(request, started, _probe(model, request["probe"], causal=False))
 
 
-# the linears that read one module's output, in llama-like blocks: (that module, its readers)
-SMOOTHED = (
-    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-    ("mlp.up_proj", ("mlp.down_proj",)),
-)
+def _gptq_blocks(request: dict, started: float) -> dict:
+    from optimum.gptq import GPTQQuantizer
+    from transformers import GPTQConfig
 
-
-def _smoothing_pairs(model, block: str) -> list:
-    """(source, [linears]) where dividing the source's output channels by a scale and multiplying
-    the linears' input columns by it leaves the float model unchanged: a norm's weight (and bias)
-    before q/k/v or gate/up, and ``up_proj``'s rows before ``down_proj`` (SwiGLU multiplies
-    ``up_proj``'s output elementwise). Layers without these modules (attention removed, other
-    families) are left as they are."""
-    pairs = []
-    for layer in model.get_submodule(block):
-        for source_name, reader_names in SMOOTHED:
-            try:
-                source = layer.get_submodule(source_name)
-                readers = [layer.get_submodule(name) for name in reader_names]
-            except AttributeError:
-                continue
-            linear = all(isinstance(m, torch.nn.Linear) for m in readers)
-            if linear and isinstance(getattr(source, "weight", None), torch.Tensor):
-                pairs.append((source, readers))
-    return pairs
-
-
-@torch.no_grad()
-def smooth(model, block: str, windows: list[list[int]], alpha: float) -> int:
-    """SmoothQuant: per input channel j of each group of linears that read one module's output,
-    s_j = max|x_j|^alpha / max|W_:j|^(1-alpha) over the calibration ``windows``; the linears'
-    columns are multiplied by s and the source's output divided by it, moving activation
-    outliers (which per-token int8 rounds badly) into the weights (which per-channel int8 holds).
-    The float model computes the same function. Answers how many groups were smoothed."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"smoothing strength {alpha} is outside (0, 1]")
-    pairs = _smoothing_pairs(model, block)
-    peaks: dict = {}
-
-    def record(module, args):
-        x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
-        peaks[module] = torch.maximum(peaks[module], x) if module in peaks else x
-
-    hooks = [readers[0].register_forward_pre_hook(record) for _, readers in pairs]
-    model.eval()
-    for window in windows:
-        model(input_ids=torch.tensor([window]))
-    for hook in hooks:
-        hook.remove()
-    for source, readers in pairs:
-        weight_peak = torch.stack([m.weight.abs().amax(0).float() for m in readers]).amax(0)
-        scale = peaks[readers[0]].clamp(min=1e-5).pow(alpha) / weight_peak.clamp(min=1e-5).pow(
-            1 - alpha
-        )
-        scale = scale.clamp(min=1e-5)
-        for module in readers:
-            module.weight.copy_((module.weight.float() * scale).to(module.weight.dtype))
-        if isinstance(source, torch.nn.Linear):  # up_proj: its output rows
-            source.weight.copy_((source.weight.float() / scale[:, None]).to(source.weight.dtype))
-            if source.bias is not None:
-                source.bias.copy_((source.bias.float() / scale).to(source.bias.dtype))
-        else:  # a norm: its elementwise weight (and bias)
-            source.weight.copy_((source.weight.float() / scale).to(source.weight.dtype))
-            if getattr(source, "bias", None) is not None:
-                source.bias.copy_((source.bias.float() / scale).to(source.bias.dtype))
-    return len(pairs)
+    optimum = GPTQQuantizer.from_dict(_gptq_config(request).to_dict_optimum())
+    writer = _writer(request)
+    result = block_quantizers.gptq_int4(request, optimum, writer)
+    writer.close()
+    written = _written_config(GPTQConfig.from_dict(result["config"]), request)
+    _save_config(request, quantization_config=written)
+    return _finish(request, started, _causal_probe(result["logits"], request["probe"]))
 
 
 def quantize_w8a8(request: dict) -> dict:
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (
-        QuantizationConfig,
-        QuantizationStatus,
-        apply_quantization_config,
-        preset_name_to_scheme,
-    )
-    from compressed_tensors.quantization.utils import calculate_qparams
-
     started = time.perf_counter()
-    block, smoothed = request["block_name"], 0
-    if request.get("smoothing"):
-        # float32 while smoothing: bfloat16 matmuls are slow on most CPUs, and the scales are
-        # folded in before the one rounding to bfloat16
-        model = _load(request, dtype=torch.float32)
-        windows = json.loads(Path(request["calibration"]).read_text())
-        smoothed = smooth(model, block, windows, request["smoothing"])
-        # the weights only, as a bfloat16 load leaves them: buffers (rotary frequencies) stay
-        # float32, else the written model's outputs differ from what a reload computes
-        for param in model.parameters():
-            param.data = param.data.to(torch.bfloat16)
-        model.config.dtype = torch.bfloat16
-    else:
-        model = _load(request, dtype=torch.bfloat16)
-    scheme = preset_name_to_scheme("W8A8", ["Linear"])
-    ignore = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not name.startswith(block + ".")
-    ]
-    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore)
-    apply_quantization_config(model, config, show_progress=False)
-    with torch.no_grad():
-        for module in model.modules():
-            scheme = getattr(module, "quantization_scheme", None)
-            if scheme is None:
-                continue
-            weight = module.weight.float()
-            scale, zero = calculate_qparams(
-                weight.amin(1, keepdim=True), weight.amax(1, keepdim=True), scheme.weights
-            )
-            module.weight_scale.copy_(scale.to(module.weight_scale.dtype))
-            module.weight_zero_point.copy_(zero.to(module.weight_zero_point.dtype))
-            module.quantization_status = QuantizationStatus.FROZEN
-    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="int-quantized")
-    compressor.compress_model(model)
-    model.save_pretrained(request["out"])
-    compressor.update_config(request["out"])
-    return _finish(request, model, started) | {"smoothed": smoothed}
+    writer = _writer(request)
+    result = block_quantizers.w8a8(request, writer)
+    writer.close()
+    _save_config(request)
+    result["compressor"].update_config(request["out"])
+    probe = _causal_probe(result["logits"], request["probe"])
+    return _finish(request, started, probe) | {"smoothed": result["smoothed"]}
+
+
+def _writer(request: dict) -> ShardWriter:
+    return ShardWriter(Path(request["out"]), request.get("shard_bytes") or SHARD_BYTES)
+
+
+def _save_config(request: dict, **set_) -> None:
+    """The source folder's config (and generation config) into the written folder, in bfloat16
+    and with ``set_`` set, as ``save_pretrained`` writes them."""
+    import transformers
+
+    source, remote = request["model"], request["trust_remote_code"]
+    config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=remote)
+    config.dtype = torch.bfloat16
+    for key, value in set_.items():
+        setattr(config, key, value)
+    config.save_pretrained(request["out"])
+    try:
+        generation = transformers.GenerationConfig.from_pretrained(source)
+    except OSError:  # the source folder has none
+        return
+    generation.save_pretrained(request["out"])
 
 
 @torch.no_grad()

@@ -132,10 +132,14 @@ def _run(request: dict, what: str) -> dict:
         path = Path(tmp) / "request.json"
         path.write_text(json.dumps(request))
         # gptqmodel compiles its packing extension once, into the engine's own folder
-        extensions = {"GPTQMODEL_TORCH_EXTENSIONS_DIR": str(engines_home() / ENGINE / "extensions")}
-        out = run_engine(
-            ENGINE, [str(SCRIPT), str(path)], timeout=6 * 3600, what=what, env=extensions
-        )
+        env = {
+            "GPTQMODEL_TORCH_EXTENSIONS_DIR": str(engines_home() / ENGINE / "extensions"),
+            # every block of 1 MiB or more its own mapping, returned when freed: glibc would
+            # otherwise raise that threshold as blocks are freed and keep them in its heap
+            # (slimformer.streaming.model.give_freed_memory_back does the same in-process)
+            "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+        }
+        out = run_engine(ENGINE, [str(SCRIPT), str(path)], timeout=6 * 3600, what=what, env=env)
     line = next(x for x in reversed(out.splitlines()) if x.startswith("SLIMFORMER_RESULT "))
     return json.loads(line.removeprefix("SLIMFORMER_RESULT "))
 
@@ -171,6 +175,7 @@ def quantize_folder(
     group_size: int | None = None,
     smoothing: float = W8A8_SMOOTHING,
     auto_class: str | None = None,
+    shard_bytes: int | None = None,
 ) -> dict:
     """Write the quantized copy ``method`` (``gptq-int4`` or ``w8a8``) of the saved ``folder`` into
     ``out`` (default ``folder/quantized/<method>``), reload it in a fresh engine process and
@@ -182,7 +187,8 @@ def quantize_folder(
     (0: none); ``group_size``: the largest group to use (default :data:`GPTQ_GROUP_SIZE`; a smaller
     one where it does not divide every width). ``blocks``: the dotted path of the
     layer list (:func:`block_path`). ``auto_class``: the transformers class that loads the folder
-    (default by ``causal``: AutoModelForCausalLM or AutoModel). The first calibration windows
+    (default by ``causal``: AutoModelForCausalLM or AutoModel). ``shard_bytes``: the largest
+    safetensors file written (default the engine's 512 MiB). The first calibration windows
     (else evaluation windows), cut short, are the probe the reload must reproduce.
 
     Returns:
@@ -218,6 +224,7 @@ def quantize_folder(
         group_size=group_size,
         smoothing=smoothing,
         auto_class=auto_class,
+        shard_bytes=shard_bytes,
     )
     reloaded = check_reload(
         target, written, windows if causal else None, causal=causal, auto_class=auto_class
@@ -261,13 +268,18 @@ def write_quantized(
     group_size: int | None = None,
     smoothing: float = W8A8_SMOOTHING,
     auto_class: str | None = None,
+    shard_bytes: int | None = None,
 ) -> dict:
-    """The quantizing process: writes ``target`` and answers ``seconds``, ``peak_rss_bytes``,
+    """The quantizing process: writes ``target`` (causal LMs block by block, in safetensors files
+    of at most ``shard_bytes``, by default the engine's 512 MiB) and answers ``seconds``,
+    ``peak_rss_bytes``,
     ``group_size`` (gptq-int4), ``smoothing`` (w8a8: the strength used, None when none) and
     ``probe`` (the written model's outputs on the ``probe`` windows, recorded after saving)."""
     if method not in ("gptq-int4", "w8a8"):
         raise ValueError(f"unknown quantization {method!r}; choose gptq-int4 or w8a8")
     extra: dict = {"op": method, "out": str(target.resolve()), "block_name": blocks}
+    if shard_bytes:
+        extra["shard_bytes"] = shard_bytes
     if method == "gptq-int4":
         if not calibration:
             raise InvalidSpec("gptq-int4 needs calibration windows", details={"field": "quantize"})

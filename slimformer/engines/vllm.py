@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -69,6 +70,32 @@ if sys.argv[1] == "--serve":  # kept running: one request per stdin line, one an
 else:
     print("SLIMFORMER_RESULT " + json.dumps(score(json.load(open(sys.argv[1])))))
 """
+
+# vLLM's CPU build ships two kernel libraries and loads the AVX2 one on a CPU without AVX-512; its
+# 4-bit weight kernel (GPTQ's CPUWNA16) is only in the other one
+VLLM_INT4_KERNEL = "cpu_gemm_wna16"
+VLLM_NO_INT4 = (
+    f"vLLM's CPU build has no 4-bit kernel for this CPU ({VLLM_INT4_KERNEL} is built for AVX-512 "
+    "CPUs only; this one has AVX2): the folder serves in vLLM on an AVX-512 CPU or a GPU"
+)
+_KERNELS = f"""
+import torch, vllm._custom_ops  # loads the kernel library this CPU takes
+print("SLIMFORMER_RESULT", hasattr(torch.ops._C, "{VLLM_INT4_KERNEL}"))
+"""
+
+
+@functools.cache
+def vllm_serves_int4() -> bool:
+    """Whether the vllm engine can run GPTQ's 4-bit weights on this machine's CPU (asked once per
+    process, in the engine: about 10 s).
+
+    Raises:
+        EngineMissing: the vllm engine is not built.
+    """
+    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    out = run_engine("vllm", ["-c", _KERNELS], timeout=600, what="vLLM's kernel check", env=env)
+    line = next(x for x in reversed(out.splitlines()) if x.startswith("SLIMFORMER_RESULT "))
+    return line.split()[-1] == "True"
 
 
 def vllm_scores(

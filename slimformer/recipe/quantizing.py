@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from slimformer.architectures import ModelAdapter
-from slimformer.engines import engine_python, vllm_scores
+from slimformer.engines import VLLM_NO_INT4, engine_python, vllm_scores, vllm_serves_int4
 from slimformer.engines.quantize import block_path, group_size_for, linear_widths, quantize_folder
 from slimformer.errors import InvalidSpec
 from slimformer.families import GPTQ_ENCODERS
@@ -123,6 +123,9 @@ def measure(job: Job, folder: Path, bench: dict | None) -> list[dict] | None:
         )
         if causal and windows and "vllm" in job.spec.export.targets:
             job.check()
-            record["vllm"] = _vllm(folder / record["path"], windows, bench)
+            if method == "gptq-int4" and not vllm_serves_int4():
+                record["vllm_not_measured"] = VLLM_NO_INT4
+            else:
+                record["vllm"] = _vllm(folder / record["path"], windows, bench)
         records.append(record)
     return records

@@ -87,6 +87,10 @@ class QuantizedFolder(_Open):
     next_token_accuracy: Number | None = _optional("In transformers on the evaluation windows")
     measured_by: str | None = _optional("What measured it")
     vllm: QuantizedServed | None = _optional("The folder in vLLM (target vllm)")
+    vllm_not_measured: str | None = _optional(
+        "Why vLLM did not measure the folder though target vllm was asked (its CPU build has no "
+        "4-bit kernel for a CPU without AVX-512)"
+    )
 
 
 def _files_required(schema: dict[str, Any]) -> None:
