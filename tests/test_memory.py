@@ -325,29 +325,49 @@ def test_downstream_tasks_layer_by_layer_count_one_whole_float32_model():
     assert tiny_tasks.total_bytes == tiny_plain.total_bytes  # one layer's work is the larger
 
 
-def test_quantized_copies_count_the_quantizing_process_whole_model():
-    """export.quantize loads the written model whole in another process once the layers are done:
-    an 8B job that streams within 8 GiB needs its bf16 weights and GPTQ's copy then, and says so
-    before any weight moves."""
-    from slimformer.memory.estimate import ENGINE_RUNTIME_BYTES, quantizer_bytes
+def test_quantized_copies_are_made_block_by_block_within_the_streamed_peak():
+    """export.quantize reads, quantizes and writes one block at a time in another process once
+    the layers are done: an 8B job that streams within 9 GiB still does with gptq-int4 or w8a8
+    (the model whole would be 16 GB of bf16 weights), and twice the layers need no more than the
+    finished blocks waiting to be written."""
+    from slimformer.memory.estimate import (
+        ENGINE_RUNTIME_BYTES,
+        QUANTIZER_SHARD_BYTES,
+        quantizer_bytes,
+    )
 
     plain = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", **JOB)
-    gptq = estimate_job_memory(
-        LLAMA_8B, dtype_bytes=2, path="streamed", quantize=("gptq-int4",), **JOB
-    )
-    weights = plain.shape.parameters()
     assert plain.total_bytes < 9 * GIB
-    need = quantizer_bytes(gptq.shape, gptq.job)
-    # the file's bf16 pages (its working copy is the same dtype), the 4-bit copy, block states
-    assert need > ENGINE_RUNTIME_BYTES + 2 * weights + weights // 2
-    # the layer's work is given back by then: the peak is the resident parts, runtime and engine
-    layer_work = sum(v for k, v in plain.breakdown.items() if k not in ("resident", "runtime"))
-    assert gptq.breakdown["quantizer"] == need - layer_work
-    assert gptq.total_bytes == plain.breakdown["resident"] + plain.breakdown["runtime"] + need
-    assert gptq.total_bytes > 20 * GIB  # refused before work on a 16 GiB worker
-    # W8A8 smooths in float32: a float32 copy beside the file's bf16 pages
-    w8a8 = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", quantize=("w8a8",), **JOB)
-    assert quantizer_bytes(w8a8.shape, w8a8.job) == ENGINE_RUNTIME_BYTES + 7 * weights
+    weights = plain.shape.parameters()
+    for method in ("gptq-int4", "w8a8"):
+        job = estimate_job_memory(
+            LLAMA_8B, dtype_bytes=2, path="streamed", quantize=(method,), **JOB
+        )
+        need = quantizer_bytes(job.shape, job.job)
+        assert ENGINE_RUNTIME_BYTES[method] < need < 2 * weights / 2
+        assert job.total_bytes < 10 * GIB, method  # fits a 16 GiB worker
+        # what the job holds meanwhile (its resident parts and runtime) plus what the engine
+        # needs beyond the layer work the job has given back
+        layer_work = sum(v for k, v in plain.breakdown.items() if k not in ("resident", "runtime"))
+        assert job.breakdown["quantizer"] == max(0, need - layer_work)
+        deeper = estimate_job_memory(
+            dict(LLAMA_8B, num_hidden_layers=64),
+            dtype_bytes=2,
+            path="streamed",
+            quantize=(method,),
+            **JOB,
+        )
+        grown = quantizer_bytes(deeper.shape, deeper.job) - need
+        assert 0 <= grown <= QUANTIZER_SHARD_BYTES, method
+    # W8A8 smooths in float32: its calibration states cost twice GPTQ's bf16 ones
+    fewer = dict(JOB, calibration_windows=16)
+    for method, state_bytes in (("gptq-int4", 2), ("w8a8", 4)):
+        a = estimate_job_memory(LLAMA_8B, dtype_bytes=2, path="streamed", quantize=(method,), **JOB)
+        b = estimate_job_memory(
+            LLAMA_8B, dtype_bytes=2, path="streamed", quantize=(method,), **fewer
+        )
+        states = 2 * 16 * 512 * 4096 * state_bytes
+        assert quantizer_bytes(a.shape, a.job) - quantizer_bytes(b.shape, b.job) == states
     # in memory the models stay while the engine runs: the whole engine need is added
     small = estimate_job_memory(SMOLLM2, dtype_bytes=4, path="in_memory", **JOB)
     small_q = estimate_job_memory(

@@ -52,9 +52,11 @@ In memory (encoders, distillation, Michel importance; today's path for every job
   most the original).
 
 Quantized copies (``export.quantize``), both paths: ``quantizer``, the quantizing engine's process
-once the folder is written (:func:`quantizer_bytes`: it loads the written model whole, bf16 for
-GPTQ, float32 while W8A8 is smoothed), less what the job gives back by then (layer by layer, the
-layer's work and any downstream model; in memory nothing: the models stay).
+once the folder is written (:func:`quantizer_bytes`: a causal LM block by block from the written
+files, the embeddings and head resident; an encoder whole), less what the job gives back by then
+(layer by layer, the layer's work and any downstream model; in memory nothing: the models stay).
+Llama-3.1-8B's shape with either method stays within its streamed peak plus 1.1 GiB (the job's
+resident parts wait beside the engine).
 
 What the models need (real configs; OBS; checkpoint dtype as published; 32 calibration and 64
 evaluation windows of 512 tokens, the causal-LM defaults; in brackets 16 and 16), GiB:
@@ -87,9 +89,16 @@ GIB = 1024**3
 HEAD_CHUNK_TOKENS = 256  # tokens whose logits are computed at once (LM head, backward batches)
 RUNTIME_BYTES = GIB  # in memory: Python, torch, tokenizers, the data (fitted with the weights')
 STREAMED_RUNTIME_BYTES = int(0.6 * GIB)  # layer by layer: the same, measured (0.50-0.63 GB)
-# the quantizing engine's process (Python, torch, transformers, optimum and gptqmodel or
-# compressed-tensors): SmolLM2-135M's peaks less their weights' parts (docs/serving.md)
-ENGINE_RUNTIME_BYTES = int(0.45 * GIB)
+# the quantizing engine's process before any model (Python, torch, transformers, and optimum with
+# gptqmodel for GPTQ or compressed-tensors for W8A8): measured 0.50 and 0.40 GiB (tiny models)
+ENGINE_RUNTIME_BYTES = {"gptq-int4": int(0.55 * GIB), "w8a8": int(0.45 * GIB)}
+# the quantizing engine's block-by-block work: copies of the largest linear's float32 Hessian
+# gptqmodel keeps while it solves (the matrix, its Cholesky inverse, a damped retry), float32
+# copies of that linear's weights (the weights, their quantized values, the error), the bytes of
+# finished blocks waiting to be written (the engine's shard size)
+GPTQ_HESSIAN_COPIES = 3
+GPTQ_WEIGHT_COPIES = 4
+QUANTIZER_SHARD_BYTES = 512 * 1024**2
 IN_MEMORY_WEIGHT_COPIES = 2.45  # float32 copies of the weights at the in-memory peak (fitted)
 # float64 copies of the largest Gram matrix alive while it is solved: one, factored in place
 SOLVE_FLOAT64_COPIES = 1.0
@@ -361,28 +370,50 @@ def _in_memory_parts(shape: ModelShape, job: dict) -> dict[str, int]:
 
 
 def quantizer_bytes(shape: ModelShape, job: dict) -> int:
-    """The quantizing engine's peak for the costliest of ``job["quantize"]``: its runtime
-    (:data:`ENGINE_RUNTIME_BYTES`), the written folder's file as read (``B W``, pages the process
-    maps), the working copy where its dtype is not the file's (GPTQ: bf16, ``2 W``; W8A8: float32
-    while smoothing, ``4 W``), the quantized copy (``W / 2`` for 4 bits, ``W`` for int8) and, for
-    GPTQ, one block's calibration inputs and outputs (bf16, ``2 x 2 windows T h``) and one
-    linear's Hessian (float32, ``4 f^2``). The written model is at most the original (``W`` its
-    parameters). SmolLM2-135M pruned 30% of its FFN (float32 file; estimated from the original's
-    135M parameters): GPTQ measured at most 1.14 GiB, estimated 1.31; W8A8 at most 1.00, estimated
-    1.08 (those measurements also held the launching process's resident size, about 0.5 GB)."""
+    """The quantizing engine's peak for the costliest of ``job["quantize"]``.
+
+    A causal LM is quantized block by block from the written folder's files
+    (``slimformer/engines/block_stream.py``): the engine's runtime (:data:`ENGINE_RUNTIME_BYTES`),
+    what lies outside the blocks (embeddings, head) in bf16, one block as read from the file and in
+    its working dtype, that block's quantized copy and the copy waiting to be written (at most
+    :data:`QUANTIZER_SHARD_BYTES` of finished blocks), the calibration states of a block's inputs
+    and outputs, and for GPTQ the largest linear's Hessian (float32, ``n x n`` for ``n`` inputs)
+    with :data:`GPTQ_HESSIAN_COPIES` copies and :data:`GPTQ_WEIGHT_COPIES` float32 copies of its
+    weights. W8A8 works on a block in float32 while it smooths (its states too). Measured in
+    ``bench/quantize_memory.py`` (docs/serving.md).
+
+    An encoder (GPTQ only) is quantized whole: the file as read, a bf16 working copy, the 4-bit
+    copy and a block's calibration states."""
     weights, file_bytes = shape.parameters(), job["dtype_bytes"]
+    windows, tokens = job["calibration_windows"], job["window_tokens"]
+    if not shape.causal:
+        states = 2 * 2 * windows * tokens * shape.hidden
+        working = 2 * weights if file_bytes != 2 else 0
+        runtime = ENGINE_RUNTIME_BYTES["gptq-int4"]
+        return runtime + file_bytes * weights + working + weights // 2 + states
+    outside = shape.embedding_parameters() + shape.head_parameters()
+    block = shape.layer_parameters()
+    widest = max(shape.hidden, shape.ffn, shape.q_width)
     needs = []
     for method in job["quantize"]:
         gptq = method == "gptq-int4"
-        working = 2 if gptq else 4
-        need = (working if working != file_bytes else 0) * weights
+        work = 2 if gptq else 4  # bytes per value while quantizing
+        written = (block // 2 if gptq else block) * shape.layers + 2 * outside
+        read = (file_bytes + work if file_bytes != work else work) * block
+        quantized = 2 * (
+            block // 2 if gptq else block
+        )  # its copy, and the one waiting to be written
+        solve = 0
         if gptq:
-            states = 2 * 2 * job["calibration_windows"] * job["window_tokens"] * shape.hidden
-            need += weights // 2 + states + 4 * shape.ffn**2
-        else:
-            need += weights
-        needs.append(need)
-    return ENGINE_RUNTIME_BYTES + file_bytes * weights + max(needs)
+            solve = 4 * widest * (GPTQ_HESSIAN_COPIES * widest + GPTQ_WEIGHT_COPIES * shape.hidden)
+        during = (
+            2 * outside
+            + max(read, 2 * block + quantized + solve)
+            + 2 * windows * tokens * shape.hidden * work
+            + min(QUANTIZER_SHARD_BYTES, written)
+        )
+        needs.append(ENGINE_RUNTIME_BYTES[method] + during)
+    return max(needs)
 
 
 def states_go_to_files(estimate: MemoryEstimate, available: int | None) -> bool:
