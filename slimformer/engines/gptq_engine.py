@@ -33,10 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-# this script's folder is on sys.path (it runs as a script): the block-by-block modules beside it
-import block_quantizers
 import torch
-from block_stream import SHARD_BYTES, ShardWriter
 
 KEEP = (
     "generation_config.json",
@@ -182,6 +179,7 @@ def quantize_gptq(request: dict) -> dict:
 
 
 def _gptq_blocks(request: dict, started: float) -> dict:
+    import block_quantizers
     from optimum.gptq import GPTQQuantizer
     from transformers import GPTQConfig
 
@@ -195,6 +193,8 @@ def _gptq_blocks(request: dict, started: float) -> dict:
 
 
 def quantize_w8a8(request: dict) -> dict:
+    import block_quantizers
+
     started = time.perf_counter()
     writer = _writer(request)
     result = block_quantizers.w8a8(request, writer)
@@ -205,7 +205,11 @@ def quantize_w8a8(request: dict) -> dict:
     return _finish(request, started, probe) | {"smoothed": result["smoothed"]}
 
 
-def _writer(request: dict) -> ShardWriter:
+def _writer(request: dict):
+    # the block-by-block modules beside this script (its folder is on sys.path when it runs as
+    # one; imported as part of slimformer, this module needs neither)
+    from block_stream import SHARD_BYTES, ShardWriter
+
     return ShardWriter(Path(request["out"]), request.get("shard_bytes") or SHARD_BYTES)
 
 
