@@ -53,7 +53,7 @@ def gptq_int4(request: dict, quantizer, writer: ShardWriter) -> dict:
     quantizer.format = "gptq_v2"  # as optimum's quantize_model: gptqmodel's internal format
     quantizer.select_quant_linear(device_map={"": torch.device("cpu")}, pack=True)
     stream = BlockStream(request, torch.bfloat16)
-    calibration = [w for w in _windows(request["calibration"])]
+    calibration = _windows(request["calibration"])
     args, kwargs = stream.first_inputs(calibration)
     probe_args, probe_kwargs = stream.first_inputs(request["probe"])
     as_tuple = False
